@@ -1,0 +1,41 @@
+# asr: Automated System Recovery for Linux.  `make demo` and `make test` do all their own set-up.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+ASR := $(VENV)/bin/asr
+STAMP := $(VENV)/.installed
+APT_PACKAGES := qemu-system-x86 qemu-utils ovmf mtools dosfstools xorriso genisoimage e2fsprogs fdisk \
+	zstd fakeroot grub-common cpio xz-utils acl attr xfsprogs btrfs-progs python3-venv
+
+.PHONY: all setup deps venv test test-fast lint demo bench clean
+
+all: test
+
+deps:
+	@bash scripts/ensure-deps.sh $(APT_PACKAGES)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+setup: deps venv
+
+lint: venv
+	$(VENV)/bin/ruff check builder recovery_env tests
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(VENV)/bin/pytest -v --durations=15
+
+test-fast: setup lint
+	$(VENV)/bin/pytest -m 'not vm' -q
+
+demo: setup
+	$(ASR) demo
+
+clean:
+	rm -rf out tests/artifacts

@@ -1,0 +1,1 @@
+"""Host side of asr: capture (`asr backup`), media build (`asr build`), QEMU launcher (`asr boot`)."""

@@ -1,0 +1,97 @@
+"""The `asr` command line.  Each subcommand parses its flags here and calls one function of the module that
+owns the work; errors are reported once, without a traceback unless --debug."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from recovery_env.errors import AsrError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="asr", description="Automated System Recovery for Linux machines")
+    p.add_argument("--debug", action="store_true", help="log every command and show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="build the recovery ISO and the ASR floppy")
+    b.add_argument("--descriptor", type=Path, help="ASR.SIF to put on the floppy (default: the embedded sample)")
+    b.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out/)")
+    b.add_argument("--cache", type=Path, help="package cache (default: ~/.cache/asr or $ASR_CACHE)")
+    b.add_argument("--budget-mb", type=float, help="fail if the ISO would exceed this many MB (default 40)")
+    b.add_argument("--json", action="store_true", help="print a machine-readable result")
+
+    bo = sub.add_parser("boot", help="start the media in QEMU")
+    bo.add_argument("--uefi", action="store_true", help="boot with OVMF instead of SeaBIOS")
+    bo.add_argument("--iso", type=Path, default=Path("out/asr.iso"))
+    bo.add_argument("--floppy", type=Path, help="floppy image for drive A: (default: out/asr-floppy.img)")
+    bo.add_argument("--no-floppy", action="store_true", help="boot with an empty floppy drive")
+    bo.add_argument("--disk", type=Path, action="append", default=[], help="extra hard disk image (repeatable)")
+    bo.add_argument("--iso-as-disk", action="store_true", help="attach the ISO as a hard disk (isohybrid/USB)")
+    bo.add_argument("--headless", action="store_true", help="no window; serial console on this terminal")
+    bo.add_argument("--screenshot", type=Path, help="save a PNG of the VGA screen when the F2 prompt shows")
+    bo.add_argument("--append", default="", help="extra kernel command line options (asr.timeout=...)")
+    bo.add_argument("--memory", default="512M")
+
+    i = sub.add_parser("inspect", help="show a descriptor, a floppy image or a backup set")
+    i.add_argument("path", type=Path)
+    i.add_argument("--json", action="store_true")
+
+    bk = sub.add_parser("backup", help="record this machine's disks and back up its system volumes")
+    bk.add_argument("--to", type=Path, required=True, dest="dest", help="backup directory")
+    bk.add_argument("--root", type=Path, default=Path("/"), help="root of the system to capture")
+    bk.add_argument("--disk", action="append", default=[], help="capture only these disks (repeatable)")
+    bk.add_argument("--include-mount", action="append", default=[], help="also back up this mount point")
+    bk.add_argument("--exclude", action="append", default=[], help="tar exclude pattern (repeatable)")
+    bk.add_argument("--json", action="store_true")
+
+    sub.add_parser("demo", help="build the media of the embedded sample, boot it, press F2, show the summary")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(name)s: %(message)s",
+    )
+    try:
+        return _dispatch(args)
+    except AsrError as e:
+        if args.debug:
+            raise
+        print(f"asr: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("asr: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "build":
+        from builder.build import cli_build
+
+        return cli_build(args)
+    if args.command == "boot":
+        from builder.qemu import cli_boot
+
+        return cli_boot(args)
+    if args.command == "inspect":
+        from builder.inspect import cli_inspect
+
+        return cli_inspect(args)
+    if args.command == "backup":
+        from builder.capture import cli_backup
+
+        return cli_backup(args)
+    if args.command == "demo":
+        from builder.demo import cli_demo
+
+        return cli_demo(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The exception tree of asr, shared by builder/ (host) and recovery_env/ (boot media).
+
+Three families, as a person acts on them differently:
+
+- ``InputError``: what the user gave us is wrong (a descriptor, a flag, a budget).  Fix the input.
+- ``MediaError``: a medium is missing, unreadable or damaged (floppy, backup set, ISO).  Fix or swap the medium.
+- ``ToolError``: an external program failed; carries its argv, exit code and output.
+- ``InternalError``: a bug in asr.
+
+Every error's message says *what* and *where*; the CLI prints it once, without a traceback unless --debug.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+
+
+class AsrError(Exception):
+    """Base of every error asr raises on purpose.  ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class InputError(AsrError):
+    """Bad input from the user: a descriptor, a command-line flag, a setting."""
+
+    exit_code = 2
+
+
+class DescriptorError(InputError):
+    """An ASR.SIF / ASRPNP.SIF that does not parse or validate.  The message names file, line, section, field."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str = "ASR.SIF",
+        line: int | None = None,
+        section: str | None = None,
+        record: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.file = file
+        self.line = line
+        self.section = section
+        self.record = record
+        self.field = field
+        self.reason = message
+        super().__init__(self.location() + ": " + message if self.location() else message)
+
+    def location(self) -> str:
+        parts = [self.file]
+        if self.line is not None:
+            parts[0] += f" line {self.line}"
+        where = []
+        if self.section is not None:
+            where.append(f"[{self.section}]")
+        if self.record is not None:
+            where.append(f"record {self.record}")
+        if self.field is not None:
+            where.append(f"field {self.field!r}")
+        if where:
+            parts.append(" ".join(where))
+        return ", ".join(parts)
+
+
+class IntegrityError(DescriptorError):
+    """The integrity line of a descriptor does not match its content: damaged or edited."""
+
+
+class BudgetError(InputError):
+    """The boot media would be larger than the size budget allows."""
+
+
+class MediaError(AsrError):
+    """A medium is missing, unreadable or damaged."""
+
+    exit_code = 3
+
+
+class NoFloppyDriveError(MediaError):
+    pass
+
+
+class NoDiskInDriveError(MediaError):
+    pass
+
+
+class NotFatError(MediaError):
+    pass
+
+
+class DescriptorMissingError(MediaError):
+    pass
+
+
+class BackupSetError(MediaError):
+    """A backup set is missing, incomplete, or fails its checksums."""
+
+
+class CaptureRefused(InputError):
+    """`asr backup` refuses to capture this machine (not root, destination on a system volume, LVM/MD/LUKS...)."""
+
+
+class ToolError(AsrError):
+    """An external command failed.  Carries what is needed to report it once, with its command line."""
+
+    exit_code = 4
+
+    def __init__(self, argv: Sequence[str], returncode: int, stdout: str = "", stderr: str = "") -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        tail = (stderr or stdout).strip().splitlines()[-5:]
+        detail = ("\n  " + "\n  ".join(tail)) if tail else ""
+        super().__init__(f"command failed with exit code {returncode}: {shlex.join(self.argv)}{detail}")
+
+
+class ToolMissingError(AsrError):
+    exit_code = 4
+
+    def __init__(self, tool: str, hint: str = "") -> None:
+        self.tool = tool
+        super().__init__(f"required tool {tool!r} is not installed" + (f" ({hint})" if hint else ""))
+
+
+class InternalError(AsrError):
+    """A bug in asr: please report it."""
+
+    exit_code = 70

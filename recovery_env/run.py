@@ -68,7 +68,7 @@ def run_bytes(argv: Sequence[str | os.PathLike[str]], *, input: bytes | None = N
     if shutil.which(args[0]) is None and not Path(args[0]).is_file():
         raise ToolMissingError(args[0])
     log.debug("+ %s", shlex.join(args))
-    proc = subprocess.run(args, input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    proc = subprocess.run(args, input=input, capture_output=True, check=False)
     if proc.returncode != 0:
         raise ToolError(args, proc.returncode, "", proc.stderr.decode(errors="replace"))
     return proc.stdout

@@ -1,0 +1,347 @@
+"""The ASR descriptor model: what a machine's storage looked like when it was captured.
+
+One model, two users: builder/ (capture, media build, inspect) and recovery_env/ (the agent) both use these
+frozen dataclasses.  Standard library only: this module runs on the minimal Python inside the initramfs.
+
+The text forms (ASR.SIF, ASRPNP.SIF) are rendered by ``builder.sif_render`` (jinja2) and parsed and validated by
+``recovery_env.sif``.  Keys tie records together: a partition names its disk by key (``disk1``), a filesystem its
+partition (``disk1p2``), a mount and an archive their filesystem (``fs2``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+FORMAT_VERSION = 1
+SIGNATURE = "$ASR-LINUX$"
+
+
+class Firmware(StrEnum):
+    BIOS = "bios"
+    UEFI = "uefi"
+
+
+class TableType(StrEnum):
+    MBR = "mbr"
+    GPT = "gpt"
+
+    @property
+    def sfdisk_label(self) -> str:
+        """The ``label:`` value of an sfdisk script."""
+        return "dos" if self is TableType.MBR else "gpt"
+
+    @classmethod
+    def from_sfdisk(cls, label: str) -> TableType:
+        return {"dos": cls.MBR, "gpt": cls.GPT}[label]
+
+
+class FsType(StrEnum):
+    EXT2 = "ext2"
+    EXT3 = "ext3"
+    EXT4 = "ext4"
+    XFS = "xfs"
+    BTRFS = "btrfs"
+    VFAT = "vfat"
+    SWAP = "swap"
+
+    @property
+    def label_max(self) -> int:
+        """Longest label the filesystem accepts (bytes)."""
+        return FS_LABEL_MAX[self]
+
+    @property
+    def has_files(self) -> bool:
+        """Whether the filesystem holds files that a backup archives (swap does not)."""
+        return self is not FsType.SWAP
+
+
+FS_LABEL_MAX: dict[FsType, int] = {
+    FsType.EXT2: 16,
+    FsType.EXT3: 16,
+    FsType.EXT4: 16,
+    FsType.XFS: 12,
+    FsType.BTRFS: 255,
+    FsType.VFAT: 11,
+    FsType.SWAP: 15,
+}
+
+
+class PartFlag(StrEnum):
+    BOOT = "boot"  # MBR active flag / GPT LegacyBIOSBootable attribute
+    ESP = "esp"  # EFI system partition
+    BIOS_GRUB = "bios_grub"  # GPT BIOS boot partition for grub's core image
+
+
+class FstabSpec(StrEnum):
+    """How /etc/fstab names the device of a mount."""
+
+    UUID = "uuid"
+    LABEL = "label"
+    PARTUUID = "partuuid"
+    PARTLABEL = "partlabel"
+    PATH = "path"
+
+
+class BootloaderKind(StrEnum):
+    GRUB_BIOS = "grub-bios"
+    GRUB_EFI = "grub-efi"
+    SYSTEMD_BOOT = "systemd-boot"
+    NONE = "none"
+
+    @property
+    def grub_target(self) -> str | None:
+        return {"grub-bios": "i386-pc", "grub-efi": "x86_64-efi"}.get(self.value)
+
+
+class Compression(StrEnum):
+    ZSTD = "zstd"
+    NONE = "none"
+
+    @property
+    def suffix(self) -> str:
+        return ".tar.zst" if self is Compression.ZSTD else ".tar"
+
+
+# Partition type facts: GPT type GUIDs and MBR ids with their meaning.  The validator, the layout reader and the
+# planner all read this table.
+GPT_TYPES: dict[str, str] = {
+    "c12a7328-f81f-11d2-ba4b-00a0c93ec93b": "EFI System",
+    "21686148-6449-6e6f-744e-656564454649": "BIOS boot",
+    "0fc63daf-8483-4772-8e79-3d69d8477de4": "Linux filesystem",
+    "4f68bce3-e8cd-4db1-96e7-fbcaf984b709": "Linux root (x86-64)",
+    "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f": "Linux swap",
+    "bc13c2ff-59e6-4262-a352-b275fd6f7172": "Linux extended boot",
+    "933ac7e1-2eb4-4f13-b844-0e14e2aef915": "Linux home",
+    "3b8f8425-20e0-4f3b-907f-1a25a76f98e8": "Linux server data",
+    "e6d6d379-f507-44c2-a23c-238f2a3df928": "Linux LVM",
+    "a19d880f-05fc-4d3b-a006-743f0f84911e": "Linux RAID",
+    "ca7d7ccb-63ed-4c53-861c-1742536059cc": "Linux LUKS",
+    "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7": "Microsoft basic data",
+}
+GPT_ESP = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+GPT_BIOS_BOOT = "21686148-6449-6e6f-744e-656564454649"
+
+MBR_TYPES: dict[str, str] = {
+    "83": "Linux",
+    "82": "Linux swap",
+    "ef": "EFI (FAT-12/16/32)",
+    "0c": "W95 FAT32 (LBA)",
+    "0b": "W95 FAT32",
+    "06": "FAT16",
+    "0e": "W95 FAT16 (LBA)",
+    "05": "Extended",
+    "0f": "W95 Extended (LBA)",
+    "8e": "Linux LVM",
+    "fd": "Linux raid autodetect",
+    "07": "HPFS/NTFS/exFAT",
+}
+MBR_ESP = "ef"
+MBR_EXTENDED = frozenset({"05", "0f", "85"})
+
+# GPT attribute bits (sfdisk names them): 0 RequiredPartition, 1 NoBlockIOProtocol, 2 LegacyBIOSBootable,
+# 48-63 type-specific ("GUID:N").
+GPT_ATTR_LEGACY_BIOS_BOOTABLE = 1 << 2
+
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MBR_ID_RE = re.compile(r"^0x[0-9a-f]{8}$")
+MBR_TYPE_RE = re.compile(r"^[0-9a-f]{2}$")
+FAT_VOLID_RE = re.compile(r"^[0-9A-F]{4}-[0-9A-F]{4}$")
+KEY_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    hostname: str
+    machine_id: str
+    architecture: str  # e.g. x86_64
+    firmware: Firmware
+    kernel: str  # uname -r of the captured system
+    os_release: str  # PRETTY_NAME from /etc/os-release
+    captured_at: str  # ISO 8601, UTC, e.g. 2026-11-26T01:02:03Z
+    tool_version: str  # asr version that wrote the descriptor
+
+
+@dataclass(frozen=True)
+class Disk:
+    key: str  # our name for it: disk1, disk2, ...
+    size_bytes: int
+    logical_sector_size: int
+    physical_sector_size: int
+    table: TableType
+    disk_id: str  # MBR signature "0x1234abcd" or GPT disk GUID (lower case)
+    critical: bool  # holds a system volume: must be re-created at restore
+    device: str = ""  # kernel name at capture time, e.g. /dev/sda (informational)
+    model: str = ""
+    serial: str = ""
+    wwn: str = ""
+    by_id: tuple[str, ...] = ()  # /dev/disk/by-id names, without the directory
+    grow_last: bool = True  # at restore on a larger disk, the last partition grows to fill it
+
+    @property
+    def size_sectors(self) -> int:
+        return self.size_bytes // self.logical_sector_size
+
+
+@dataclass(frozen=True)
+class Partition:
+    disk: str  # Disk.key
+    number: int  # 1-based partition number
+    start: int  # in logical sectors
+    size: int  # in logical sectors
+    type: str  # MBR id ("83") or GPT type GUID (lower case)
+    partuuid: str = ""  # GPT partition GUID, or MBR "<signature>-<NN>"
+    name: str = ""  # GPT partition name
+    attributes: int = 0  # GPT attribute bits
+    flags: tuple[PartFlag, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.disk}p{self.number}"
+
+    @property
+    def end(self) -> int:
+        """First sector after the partition."""
+        return self.start + self.size
+
+
+@dataclass(frozen=True)
+class Filesystem:
+    key: str  # fs1, fs2, ...
+    partition: str  # Partition.key
+    type: FsType
+    uuid: str = ""  # as blkid shows it (FAT: "ABCD-1234")
+    label: str = ""
+    block_size: int = 0  # 0 = the tool's default
+    features: tuple[str, ...] = ()  # ext* features (-O), xfs/btrfs feature names
+    fat_size: int = 0  # 12, 16 or 32 for vfat; 0 otherwise
+    inode_size: int = 0
+    backup: bool = True  # archived in the backup set
+
+
+@dataclass(frozen=True)
+class Mount:
+    mountpoint: str  # "/", "/boot/efi", or "swap"
+    filesystem: str  # Filesystem.key
+    options: str = "defaults"
+    spec: FstabSpec = FstabSpec.UUID
+    device: str = ""  # the fstab first field as written, e.g. "UUID=...", "/dev/sda2"
+    dump: int = 0
+    passno: int = 0
+
+
+@dataclass(frozen=True)
+class Bootloader:
+    kind: BootloaderKind
+    disk: str = ""  # Disk.key the loader lives on
+    esp_mountpoint: str = ""  # "/boot/efi" for grub-efi / systemd-boot
+    efi_directory: str = ""  # bootloader id, e.g. "debian" (\EFI\debian\)
+
+
+@dataclass(frozen=True)
+class Archive:
+    filesystem: str  # Filesystem.key
+    file: str  # file name within the backup set directory
+    size: int  # bytes of the archive file
+    sha256: str
+    entries: int = 0  # entries in the archive
+
+
+@dataclass(frozen=True)
+class BackupSet:
+    media_label: str  # filesystem label of the backup medium ("" = any)
+    media_uuid: str  # filesystem UUID of the backup medium ("" = any)
+    path: str  # directory of the set on the medium, e.g. "/asr/sample-20261126"
+    compression: Compression
+    manifest: str  # file name of the manifest, e.g. "MANIFEST"
+    manifest_sha256: str
+    file_count: int  # entries listed in the manifest
+    archives: tuple[Archive, ...] = ()
+
+
+@dataclass(frozen=True)
+class Command:
+    """A post-restore command, run in the restored system (like XP's [COMMANDS])."""
+
+    order: int
+    command: str
+    critical: bool = False  # a failure stops the restore
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    system: SystemInfo
+    disks: tuple[Disk, ...]
+    partitions: tuple[Partition, ...]
+    filesystems: tuple[Filesystem, ...]
+    mounts: tuple[Mount, ...]
+    bootloader: Bootloader
+    backup: BackupSet | None = None
+    commands: tuple[Command, ...] = ()
+    version: int = FORMAT_VERSION
+
+    def disk(self, key: str) -> Disk:
+        for d in self.disks:
+            if d.key == key:
+                return d
+        raise KeyError(key)
+
+    def partition(self, key: str) -> Partition:
+        for p in self.partitions:
+            if p.key == key:
+                return p
+        raise KeyError(key)
+
+    def filesystem(self, key: str) -> Filesystem:
+        for f in self.filesystems:
+            if f.key == key:
+                return f
+        raise KeyError(key)
+
+    def partitions_of(self, disk_key: str) -> tuple[Partition, ...]:
+        return tuple(sorted((p for p in self.partitions if p.disk == disk_key), key=lambda p: p.number))
+
+    def mount_of(self, fs_key: str) -> Mount | None:
+        for m in self.mounts:
+            if m.filesystem == fs_key:
+                return m
+        return None
+
+    @property
+    def root_mount(self) -> Mount:
+        for m in self.mounts:
+            if m.mountpoint == "/":
+                return m
+        raise KeyError("/")
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device of the machine (ASRPNP.SIF), so the rescue system can carry its driver."""
+
+    bus: str  # pci, usb, virtio, ...
+    address: str  # bus address, e.g. 0000:00:1f.2
+    vendor: str = ""  # hex id, e.g. 8086
+    device: str = ""  # hex id
+    device_class: str = ""  # e.g. 0x010601
+    modalias: str = ""
+    driver: str = ""  # kernel driver in use
+    modules: tuple[str, ...] = ()  # kernel modules that provide the driver
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceInventory:
+    hostname: str
+    devices: tuple[Device, ...] = field(default_factory=tuple)
+    version: int = FORMAT_VERSION
+
+    def modules(self) -> tuple[str, ...]:
+        """Every kernel module the inventory's devices use, in first-seen order."""
+        seen: dict[str, None] = {}
+        for d in self.devices:
+            for m in d.modules or ((d.driver,) if d.driver else ()):
+                seen.setdefault(m, None)
+        return tuple(seen)

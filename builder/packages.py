@@ -1,0 +1,504 @@
+"""The Debian package set of the rescue environment: table, lock file, cache, verified fetch, .deb reader.
+
+``PACKAGES`` lists every package the rescue environment is assembled from (kernel, busybox, Python, the restore
+tools, their libraries, and the boot loader files the media need).  ``packages.lock`` at the top of the repo
+records for each one the exact version, architecture, file name and SHA-256.  A build reads the lock, finds the
+files in the cache (``~/.cache/asr/debs``; ``$ASR_CACHE/debs``; or an explicit directory), downloads what is
+missing as ``NAME=VERSION`` with the host's ``apt-get download``, and verifies every hash.  A warm cache needs
+no network.
+
+Refresh the lock (newest candidate versions of the host's apt): ``python -m builder.packages --update-lock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import lzma
+import os
+import re
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from recovery_env.errors import InputError, MediaError
+from recovery_env.run import run
+
+log = logging.getLogger("asr.packages")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCK_PATH = REPO_ROOT / "packages.lock"
+LOCK_FORMAT = 1
+
+#: The meta package through which the generic (not cloud) kernel is resolved when the lock is made.
+KERNEL_META = "linux-image-amd64"
+
+#: Every package of the rescue environment and the boot media.  Libraries are listed explicitly: the rootfs
+#: assembler resolves the DT_NEEDED closure of the tools against exactly this set and names what is missing.
+PACKAGES: tuple[str, ...] = (
+    # kernel (the versioned linux-image-6.1.0-NN-amd64 is added through KERNEL_META)
+    KERNEL_META,
+    # shell and basic userland
+    "busybox-static",
+    # C runtime
+    "libc6",
+    "libgcc-s1",
+    # Python 3.11 and the libraries of the interpreter and the extensions we ship
+    "python3.11-minimal",
+    "libpython3.11-minimal",
+    "libpython3.11-stdlib",
+    "zlib1g",
+    "libexpat1",
+    "liblzma5",
+    "libbz2-1.0",
+    # partitioning and probing: sfdisk, wipefs, blkid, mkswap, lsblk, blockdev
+    "fdisk",
+    "util-linux",
+    "libfdisk1",
+    "libsmartcols1",
+    "libreadline8",
+    "libtinfo6",
+    "libuuid1",
+    "libblkid1",
+    "libselinux1",
+    "libpcre2-8-0",
+    # file systems: ext4, vfat, xfs, btrfs
+    "e2fsprogs",
+    "libext2fs2",
+    "libcom-err2",
+    "dosfstools",
+    "xfsprogs",
+    "libinih1",
+    "liburcu8",
+    "btrfs-progs",
+    "libudev1",
+    "liblzo2-2",
+    # archives: GNU tar, zstd
+    "tar",
+    "libacl1",
+    "zstd",
+    "libzstd1",
+    "liblz4-1",
+    # boot loader installation in the restored system: grub-install for i386-pc and x86_64-efi
+    "grub2-common",
+    "grub-common",
+    "grub-pc-bin",
+    "grub-efi-amd64-bin",
+    "libdevmapper1.02.1",
+    "libefiboot1",
+    "libefivar1",
+    # boot media (used by the ISO builder, not in the initramfs)
+    "isolinux",
+    "syslinux-common",
+)
+
+
+class PackageHashMismatch(MediaError):
+    """A cached .deb does not have the SHA-256 recorded in packages.lock: damaged, truncated or replaced."""
+
+    def __init__(self, path: Path, expected: str, actual: str) -> None:
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{path}: SHA-256 {actual} does not match packages.lock ({expected}); "
+            "delete the file to download it again"
+        )
+
+
+class PackageFetchError(MediaError):
+    """A package could not be found in the cache nor downloaded."""
+
+
+class LockError(InputError):
+    """packages.lock is missing, unreadable, or does not cover the package table."""
+
+
+class BadDebError(MediaError):
+    """A file is not a Debian package this reader understands."""
+
+
+# ---------------------------------------------------------------------------------------------------------- lock
+
+
+@dataclass(frozen=True)
+class LockedPackage:
+    name: str
+    version: str
+    arch: str
+    filename: str
+    sha256: str
+
+    @property
+    def spec(self) -> str:
+        """What ``apt-get download`` is given for exactly this version."""
+        return f"{self.name}={self.version}"
+
+
+@dataclass(frozen=True)
+class PackageLock:
+    packages: tuple[LockedPackage, ...]
+    kernel_package: str
+
+    def get(self, name: str) -> LockedPackage:
+        for pkg in self.packages:
+            if pkg.name == name:
+                return pkg
+        raise LockError(f"{LOCK_PATH.name}: no package {name!r}; run `python -m builder.packages --update-lock`")
+
+    @property
+    def kernel_version(self) -> str:
+        """The kernel release string, e.g. ``6.1.0-56-amd64``, from the versioned kernel package name."""
+        return self.kernel_package.removeprefix("linux-image-")
+
+    def check_covers(self, names: Iterable[str]) -> None:
+        have = {p.name for p in self.packages}
+        missing = sorted(set(names) - have)
+        if missing:
+            raise LockError(
+                f"{LOCK_PATH.name} lacks {', '.join(missing)}; run `python -m builder.packages --update-lock`"
+            )
+
+
+def render_lock(lock: PackageLock) -> str:
+    """The lock as JSON text (sorted, one package per object, stable for diffs)."""
+    doc = {
+        "format": LOCK_FORMAT,
+        "kernel_package": lock.kernel_package,
+        "packages": [
+            {"name": p.name, "version": p.version, "arch": p.arch, "filename": p.filename, "sha256": p.sha256}
+            for p in sorted(lock.packages, key=lambda p: p.name)
+        ],
+    }
+    return json.dumps(doc, indent=1) + "\n"
+
+
+def read_lock(path: Path = LOCK_PATH) -> PackageLock:
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LockError(f"{path}: missing; run `python -m builder.packages --update-lock`") from None
+    except (OSError, ValueError) as exc:
+        raise LockError(f"{path}: unreadable: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != LOCK_FORMAT:
+        raise LockError(f"{path}: not a format-{LOCK_FORMAT} package lock")
+    pkgs = []
+    for i, entry in enumerate(doc.get("packages", []), start=1):
+        try:
+            pkg = LockedPackage(
+                name=str(entry["name"]),
+                version=str(entry["version"]),
+                arch=str(entry["arch"]),
+                filename=str(entry["filename"]),
+                sha256=str(entry["sha256"]),
+            )
+        except (KeyError, TypeError):
+            raise LockError(f"{path}: package entry {i} lacks name/version/arch/filename/sha256") from None
+        if not re.fullmatch(r"[0-9a-f]{64}", pkg.sha256) or "/" in pkg.filename:
+            raise LockError(f"{path}: package entry {i} ({pkg.name}): bad sha256 or file name")
+        pkgs.append(pkg)
+    lock = PackageLock(packages=tuple(pkgs), kernel_package=str(doc.get("kernel_package", "")))
+    lock.check_covers([*PACKAGES, lock.kernel_package])
+    return lock
+
+
+# --------------------------------------------------------------------------------------------------------- cache
+
+
+def cache_dir(override: Path | None = None) -> Path:
+    """Where .debs are cached: ``override``, else ``$ASR_CACHE/debs``, else ``~/.cache/asr/debs``."""
+    if override is not None:
+        return Path(override)
+    root = os.environ.get("ASR_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "asr"
+    return base / "debs"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class PackageSet:
+    """The verified .debs of a lock, in a cache directory."""
+
+    cache: Path
+    lock: PackageLock
+
+    def deb(self, name: str) -> Path:
+        return self.cache / self.lock.get(name).filename
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.lock.packages)
+
+    @property
+    def kernel_package(self) -> str:
+        return self.lock.kernel_package
+
+    @property
+    def kernel_version(self) -> str:
+        return self.lock.kernel_version
+
+
+def _download(specs: Sequence[str], dest: Path) -> None:
+    """``apt-get download`` ``specs`` into ``dest`` (the host's apt configuration decides the source)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    # apt drops privileges to _apt for downloads; a directory it can write avoids its sandbox warning.
+    os.chmod(dest, 0o777)
+    run(["apt-get", "download", "-q", *specs], cwd=dest, timeout=1800)
+
+
+def check_package(path: Path, pkg: LockedPackage) -> None:
+    """Raise PackageHashMismatch unless ``path`` has the locked SHA-256."""
+    actual = sha256_file(path)
+    if actual != pkg.sha256:
+        raise PackageHashMismatch(path, pkg.sha256, actual)
+
+
+def fetch_packages(cache: Path | None = None, lock: PackageLock | None = None) -> PackageSet:
+    """Every package of the lock in the cache, downloaded when missing, all hashes verified."""
+    lock = lock if lock is not None else read_lock()
+    where = cache_dir(cache)
+    where.mkdir(parents=True, exist_ok=True)
+    missing = [p for p in lock.packages if not (where / p.filename).is_file()]
+    if missing:
+        log.info("downloading %d package(s) into %s", len(missing), where)
+        with tempfile.TemporaryDirectory(prefix="dl-", dir=where) as tmp:
+            try:
+                _download([p.spec for p in missing], Path(tmp))
+            except Exception as exc:
+                raise PackageFetchError(
+                    f"cannot download {', '.join(p.spec for p in missing)} into {where}: {exc}"
+                ) from exc
+            for p in missing:
+                got = Path(tmp) / p.filename
+                if not got.is_file():
+                    raise PackageFetchError(f"apt-get download {p.spec} did not produce {p.filename}")
+                check_package(got, p)
+                os.replace(got, where / p.filename)
+    for p in lock.packages:
+        check_package(where / p.filename, p)
+    return PackageSet(cache=where, lock=lock)
+
+
+def make_lock(cache: Path | None = None) -> PackageLock:
+    """Download the newest candidate of every package of the table (and the kernel the meta package depends
+    on) into the cache, and describe them as a lock."""
+    where = cache_dir(cache)
+    where.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lock-", dir=where) as tmp:
+        tmpdir = Path(tmp)
+        _download(PACKAGES, tmpdir)
+        meta = _single(tmpdir, KERNEL_META)
+        kernel_pkg = find_kernel_package(read_control(meta))
+        _download([kernel_pkg], tmpdir)
+        locked = []
+        for deb in sorted(tmpdir.glob("*.deb")):
+            ctl = read_control(deb)
+            locked.append(
+                LockedPackage(
+                    name=ctl["Package"],
+                    version=ctl["Version"],
+                    arch=ctl["Architecture"],
+                    filename=deb.name,
+                    sha256=sha256_file(deb),
+                )
+            )
+            os.replace(deb, where / deb.name)
+    lock = PackageLock(packages=tuple(sorted(locked, key=lambda p: p.name)), kernel_package=kernel_pkg)
+    lock.check_covers([*PACKAGES, kernel_pkg])
+    return lock
+
+
+def find_kernel_package(meta_control: Mapping[str, str]) -> str:
+    """The versioned generic kernel package (``linux-image-6.1.0-NN-amd64``) a meta package depends on."""
+    for dep in meta_control.get("Depends", "").split(","):
+        name = dep.strip().split(" ")[0]
+        if re.fullmatch(r"linux-image-[0-9.]+-[0-9]+-amd64", name):
+            return name
+    raise LockError(f"{KERNEL_META} depends on no generic amd64 kernel image: {meta_control.get('Depends')!r}")
+
+
+def _single(directory: Path, name: str) -> Path:
+    found = sorted(directory.glob(f"{name}_*.deb"))
+    if len(found) != 1:
+        raise PackageFetchError(f"expected one {name}_*.deb in {directory}, found {len(found)}")
+    return found[0]
+
+
+# ------------------------------------------------------------------------------------------------- .deb reading
+
+
+class MemberKind(StrEnum):
+    """The kind of a path in a package (or in the rescue tree)."""
+
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    HARDLINK = "hardlink"
+    CHAR = "char"
+    BLOCK = "block"
+    FIFO = "fifo"
+
+    @classmethod
+    def of(cls, info: tarfile.TarInfo) -> MemberKind:
+        if info.isreg():
+            return cls.FILE
+        if info.isdir():
+            return cls.DIR
+        if info.issym():
+            return cls.SYMLINK
+        if info.islnk():
+            return cls.HARDLINK
+        if info.ischr():
+            return cls.CHAR
+        if info.isblk():
+            return cls.BLOCK
+        if info.isfifo():
+            return cls.FIFO
+        raise BadDebError(f"unsupported tar member type {info.type!r} for {info.name}")
+
+
+@dataclass(frozen=True)
+class DebMember:
+    """One path of a package's data.tar: ``path`` is relative (no leading ``./`` or ``/``)."""
+
+    path: str
+    kind: MemberKind
+    mode: int
+    target: str = ""
+    data: bytes = field(default=b"", repr=False)
+
+
+def _ar_members(blob: bytes, where: Path) -> dict[str, bytes]:
+    if not blob.startswith(b"!<arch>\n"):
+        raise BadDebError(f"{where}: not an ar archive (not a .deb)")
+    members: dict[str, bytes] = {}
+    off = 8
+    while off + 60 <= len(blob):
+        header = blob[off : off + 60]
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        try:
+            size = int(header[48:58])
+        except ValueError:
+            raise BadDebError(f"{where}: corrupt ar header at byte {off}") from None
+        off += 60
+        members[name] = blob[off : off + size]
+        off += size + (size & 1)
+    return members
+
+
+def _tar_of(members: Mapping[str, bytes], stem: str, where: Path) -> tarfile.TarFile:
+    for name, payload in members.items():
+        if name == f"{stem}.tar.xz":
+            return tarfile.open(fileobj=io.BytesIO(payload), mode="r|xz")
+        if name == f"{stem}.tar.gz":
+            return tarfile.open(fileobj=io.BytesIO(payload), mode="r|gz")
+        if name == f"{stem}.tar":
+            return tarfile.open(fileobj=io.BytesIO(payload), mode="r|")
+    raise BadDebError(f"{where}: no {stem}.tar.xz/.gz in the package (members: {', '.join(members)})")
+
+
+def read_control(path: Path) -> dict[str, str]:
+    """The fields of a package's DEBIAN/control (continuation lines joined)."""
+    members = _ar_members(path.read_bytes(), path)
+    with _tar_of(members, "control", path) as tar:
+        for info in tar:
+            if info.name.lstrip("./") == "control":
+                f = tar.extractfile(info)
+                assert f is not None
+                return _parse_control(f.read().decode())
+    raise BadDebError(f"{path}: no control file")
+
+
+def _parse_control(text: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    key = ""
+    for line in text.splitlines():
+        if line[:1] in (" ", "\t") and key:
+            fields[key] += "\n" + line.strip()
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
+
+
+def _norm(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name.strip("/")
+
+
+def read_deb(path: Path, prefixes: Sequence[str] | None = None) -> dict[str, DebMember]:
+    """Every member of the package's data.tar (or those under one of ``prefixes``), data in memory.
+
+    Paths are relative (``usr/bin/python3.11``); hard links have kind HARDLINK and their target path.
+    Results are memoised per (file, size, mtime, prefixes): the kernel package takes seconds to decompress.
+    """
+    st = path.stat()
+    return _read_deb_cached(str(path), st.st_size, st.st_mtime_ns, tuple(prefixes) if prefixes else ())
+
+
+@lru_cache(maxsize=6)
+def _read_deb_cached(path: str, size: int, mtime_ns: int, prefixes: tuple[str, ...]) -> dict[str, DebMember]:
+    del size, mtime_ns  # only part of the cache key
+    where = Path(path)
+    started = time.monotonic()
+    members = _ar_members(where.read_bytes(), where)
+    out: dict[str, DebMember] = {}
+    try:
+        with _tar_of(members, "data", where) as tar:
+            for info in tar:
+                name = _norm(info.name)
+                if not name or (prefixes and not any(name.startswith(p) for p in prefixes)):
+                    continue
+                kind = MemberKind.of(info)
+                data = b""
+                if kind is MemberKind.FILE:
+                    f = tar.extractfile(info)
+                    assert f is not None
+                    data = f.read()
+                target = info.linkname if kind is MemberKind.SYMLINK else _norm(info.linkname)
+                out[name] = DebMember(path=name, kind=kind, mode=info.mode & 0o7777, target=target, data=data)
+    except (tarfile.TarError, lzma.LZMAError, EOFError) as exc:
+        raise BadDebError(f"{where}: damaged data archive: {exc}") from None
+    log.debug("read %s (%d members) in %.2fs", where.name, len(out), time.monotonic() - started)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m builder.packages", description=__doc__.splitlines()[0])
+    parser.add_argument("--update-lock", action="store_true", help="re-resolve the table and rewrite the lock")
+    parser.add_argument("--cache", type=Path, default=None, help="the .deb cache directory")
+    parser.add_argument("--lock", type=Path, default=LOCK_PATH, help="the lock file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.update_lock:
+        lock = make_lock(args.cache)
+        args.lock.write_text(render_lock(lock))
+        print(f"wrote {args.lock}: {len(lock.packages)} packages, kernel {lock.kernel_package}")
+        return 0
+    pkgs = fetch_packages(args.cache, read_lock(args.lock))
+    print(f"{len(pkgs.names)} packages verified in {pkgs.cache}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

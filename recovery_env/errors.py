@@ -73,6 +73,10 @@ class BudgetError(InputError):
     """The boot media would be larger than the size budget allows."""
 
 
+class ImageFullError(InputError):
+    """Files do not fit in a FAT image of the requested size (e.g. a descriptor too large for a floppy)."""
+
+
 class MediaError(AsrError):
     """A medium is missing, unreadable or damaged."""
 

@@ -58,10 +58,10 @@ class DescriptorError(InputError):
             where.append(f"[{self.section}]")
         if self.record is not None:
             where.append(f"record {self.record}")
-        if self.field is not None:
-            where.append(f"field {self.field!r}")
         if where:
             parts.append(" ".join(where))
+        if self.field is not None:
+            parts.append(f"field {self.field!r}")
         return ", ".join(parts)
 
 
@@ -107,6 +107,31 @@ class CaptureRefused(InputError):
     """`asr backup` refuses to capture this machine (not root, destination on a system volume, LVM/MD/LUKS...)."""
 
 
+class NotRootError(CaptureRefused):
+    """Capture needs root: it reads every file and the disks' partition tables."""
+
+
+class UnsupportedLayoutError(CaptureRefused):
+    """The layout uses something capture does not handle yet (LVM, MD RAID, LUKS...).  Lists every offender."""
+
+    def __init__(self, offenders: Sequence[tuple[str, str]]) -> None:
+        self.offenders = list(offenders)
+        lines = "".join(f"\n  {dev}: {what}" for dev, what in self.offenders)
+        super().__init__(f"unsupported storage layout ({len(self.offenders)} device(s)); not captured:{lines}")
+
+
+class LayoutError(CaptureRefused):
+    """The layout cannot be recorded as it is (a system mount not on the captured disks, not mounted...)."""
+
+
+class DestinationError(CaptureRefused):
+    """The backup directory is unusable: on a volume that would be backed up or wiped at restore, or not empty."""
+
+
+class InsufficientSpaceError(CaptureRefused):
+    """The backup directory's filesystem has less free space than the backup is estimated to need."""
+
+
 class ToolError(AsrError):
     """An external command failed.  Carries what is needed to report it once, with its command line."""
 
@@ -134,3 +159,48 @@ class InternalError(AsrError):
     """A bug in asr: please report it."""
 
     exit_code = 70
+
+
+# --- restore: disk matching, plan checks, executor (recovery_env.plan / recovery_env.execute) ---
+
+
+class DiskMatchError(InputError):
+    """The disks of this machine cannot be matched to the descriptor's disks.  Nothing has been written."""
+
+
+class TargetTooSmallError(DiskMatchError):
+    """XP's rule: a replacement disk must be at least as large as the original disk."""
+
+
+class AmbiguousDiskMatchError(DiskMatchError):
+    """Several disks fit an original disk equally well and nobody is there to pick (unattended)."""
+
+
+class NoTargetDiskError(DiskMatchError):
+    """No disk is left to restore an original disk onto (all excluded, read-only, or of another sector size)."""
+
+
+class PlanError(InputError):
+    """The descriptor cannot be turned into a restore plan (a value sfdisk or mkfs cannot express...)."""
+
+
+class PlanViolationError(InternalError):
+    """The executor was about to touch a device or path the confirmed plan does not name: refused."""
+
+
+class StepFailed(AsrError):
+    """A restore step failed.  Carries the step's name, command line and output so a UI can offer retry / shell /
+    quit."""
+
+    exit_code = 4
+
+    def __init__(self, step: str, argv: Sequence[str], output: str, reason: str = "") -> None:
+        self.step = step
+        self.argv = list(argv)
+        self.output = output
+        self.reason = reason
+        cmd = f": {shlex.join(self.argv)}" if self.argv else ""
+        tail = output.strip().splitlines()[-5:]
+        detail = ("\n  " + "\n  ".join(tail)) if tail else ""
+        why = f" ({reason})" if reason else ""
+        super().__init__(f"step {step!r} failed{why}{cmd}{detail}")

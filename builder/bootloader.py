@@ -70,7 +70,7 @@ GRUB_EFI_MODULE_DIR = ("grub-efi-amd64-bin", "usr/lib/grub/x86_64-efi")
 GRUB_EFI_MODULES: tuple[str, ...] = (
     "part_gpt", "part_msdos", "fat", "iso9660", "ext2",
     "linux", "boot", "normal", "configfile", "search", "search_fs_file",
-    "echo", "sleep", "test", "serial", "terminal", "efi_gop", "all_video", "gzio",
+    "echo", "serial", "terminal", "efi_gop", "all_video", "gzio",
 )  # fmt: skip
 """Built into BOOTX64.EFI (grub-mkimage adds their dependencies from moddep.lst)."""
 

@@ -317,3 +317,75 @@ def test_bad_input_is_a_named_error_and_writes_nothing(
     with pytest.raises(error, match=message):
         build("bad.iso", **overrides)
     assert list(tmp_path.parent.glob("iso*/bad.iso*")) == []
+
+
+# --- smoke boot under QEMU: the media start a real kernel with our command line ----------------------------
+
+SMOKE_INIT = """#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sys /sys
+/bin/busybox mount -t devtmpfs dev /dev
+fw=BIOS; [ -d /sys/firmware/efi ] && fw=UEFI
+echo "ASR-SMOKE firmware=$fw cmdline=$(/bin/busybox cat /proc/cmdline)" > /dev/ttyS0
+/bin/busybox poweroff -f
+"""
+OVMF = Path("/usr/share/ovmf/OVMF.fd")
+SMOKE_MODES = {
+    "bios-cd": ("BIOS", ["-cdrom", "{iso}", "-boot", "d"]),
+    "uefi-cd": ("UEFI", ["-bios", str(OVMF), "-cdrom", "{iso}", "-boot", "d"]),
+    "bios-disk": ("BIOS", ["-drive", "file={iso},format=raw,if=ide,snapshot=on"]),
+    "uefi-disk": ("UEFI", ["-bios", str(OVMF), "-drive", "file={iso},format=raw,if=ide,snapshot=on"]),
+}
+
+
+@pytest.fixture(scope="session")
+def smoke_iso(loaders: BootLoaders, esp: bytes, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ISO with the real Debian kernel and an initramfs whose /init reports firmware and command line on
+    ttyS0 and powers off."""
+    from builder.packages import read_deb
+
+    packages = fetch_packages()
+    kernel = next(m.data for p, m in read_deb(packages.deb(packages.kernel_package), ["boot/vmlinuz-"]).items())
+    root = tmp_path_factory.mktemp("smoke-root")
+    (root / "bin").mkdir()
+    (root / "bin/busybox").write_bytes(read_deb(packages.deb("busybox-static"), ["bin/busybox"])["bin/busybox"].data)
+    (root / "init").write_text(SMOKE_INIT)
+    for path in (root / "bin/busybox", root / "init"):
+        path.chmod(0o755)
+    initrd = root.parent / "smoke-initrd.cpio"
+    run(["cpio", "-o", "-H", "newc", "--quiet", "-O", initrd], input="init\nbin\nbin/busybox\n", cwd=root)
+    out = tmp_path_factory.mktemp("smoke") / "smoke.iso"
+    make_iso(
+        out,
+        kernel=kernel,
+        initramfs=initrd.read_bytes(),
+        isolinux_bin=loaders.isolinux_bin,
+        ldlinux_c32=loaders.ldlinux_c32,
+        isolinux_cfg=render_isolinux_cfg(OPTIONS),
+        grub_cfg=render_grub_cfg(OPTIONS),
+        esp_image=esp,
+        volume_id="ASR_SMOKE",
+        epoch=EPOCH,
+    )
+    return out
+
+
+@pytest.mark.vm
+@pytest.mark.parametrize("mode", sorted(SMOKE_MODES))
+def test_media_boot_the_kernel_with_our_command_line(smoke_iso: Path, mode: str) -> None:
+    firmware, args = SMOKE_MODES[mode]
+    if firmware == "UEFI" and not OVMF.is_file():
+        pytest.skip(f"{OVMF} missing (package ovmf)")
+    argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-display", "none", "-monitor", "none"]
+    argv += ["-serial", "stdio", "-no-reboot", *(a.format(iso=smoke_iso) for a in args)]
+    proc = run(argv, timeout=300)
+    lines = [ln.strip() for ln in proc.stdout.splitlines() if ln.startswith("ASR-SMOKE ")]
+    assert lines, proc.stdout[-3000:]
+    verdict = lines[-1]
+    assert verdict.startswith(f"ASR-SMOKE firmware={firmware} cmdline=")
+    cmdline = verdict.split("cmdline=", 1)[1].split()
+    assert "BOOT_IMAGE=/live/vmlinuz" in cmdline
+    expected = list(OPTIONS.kernel_args())
+    start = cmdline.index(expected[0])
+    assert cmdline[start : start + len(expected)] == expected

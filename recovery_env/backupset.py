@@ -1,0 +1,579 @@
+"""The backup set: one archive per backed-up filesystem, a MANIFEST of every archived entry, and their checksums.
+
+Archives: GNU tar, pax format, numeric owners, xattrs (all namespaces), ACLs, SELinux labels, sparse files, hard
+links, device nodes, one file system, piped through ``zstd -T0``.  Python sits in the pipe: it counts the bytes
+(progress), hashes the compressed archive (SHA-256) and parses the tar stream as it passes, so the MANIFEST lists
+exactly what the archive holds.
+
+MANIFEST format (JSON lines, UTF-8, parseable with the standard library):
+
+- line 1, a header: ``{"format": "asr-manifest", "version": 1}``;
+- then one object per archived entry, in archive order, archives in mount order::
+
+    {"path": "/etc/passwd", "fs": "fs2", "type": "file", "mode": 420, "uid": 0, "gid": 0, "size": 1234,
+     "mtime": 1764118923, "sha256": "...", "xattrs": {"user.foo": "<sha256 of the value>"}}
+
+  ``path`` is absolute in the captured system (mount point + path in the filesystem; "/boot/efi" for the root
+  directory of the filesystem mounted there).  ``type`` is one of file, hardlink, dir, symlink, chr, blk, fifo.
+  ``mode`` holds the permission bits (incl. setuid/setgid/sticky); ``mtime`` whole seconds.  file and hardlink
+  have ``size`` and ``sha256`` (content; holes of sparse files read as zeros; ``"sparse": true`` marks them);
+  symlink has ``link`` (its target); hardlink has ``link`` (the absolute path of the entry it shares an inode
+  with); chr/blk have ``major`` and ``minor``.  ``xattrs`` (only when there are any) maps each extended attribute
+  (ACLs are system.posix_acl_access/default, SELinux security.selinux) to the SHA-256 of its value.
+
+When a path appears twice (a mount point directory in the parent filesystem, then the root of the filesystem
+mounted on it), the later entry is the one that is visible after a restore, and the one verified.
+
+The MANIFEST's SHA-256 and each archive's size and SHA-256 go into the descriptor ([BACKUP], [ARCHIVES]); the
+restore checks them with :func:`check_backup_set` before it touches a disk and verifies the restored tree with
+:func:`verify_manifest`.
+
+Standard library only: this module runs in the boot media too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import tarfile
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from recovery_env.descriptor import Archive, BackupSet, Compression
+from recovery_env.errors import BackupSetError, InternalError
+from recovery_env.run import run_feed, run_pipe
+
+MANIFEST_NAME = "MANIFEST"
+MANIFEST_HEADER = {"format": "asr-manifest", "version": 1}
+
+# The tar options of an archive and of its extraction: the same set both ways.
+TAR_ATTR_OPTIONS: tuple[str, ...] = (
+    "--format=pax",
+    "--numeric-owner",
+    "--xattrs",
+    "--xattrs-include=*",
+    "--acls",
+    "--selinux",
+    "--sparse",
+)
+TAR_EXTRACT_OPTIONS: tuple[str, ...] = (
+    "--numeric-owner",
+    "--xattrs",
+    "--xattrs-include=*",
+    "--acls",
+    "--selinux",
+    "--sparse",
+    "--preserve-permissions",
+    "--same-owner",
+)
+
+# Compression → the filter argv of the archive, and the decompressor of the restore.
+COMPRESSORS: dict[Compression, tuple[str, ...] | None] = {
+    Compression.ZSTD: ("zstd", "-T0", "-3", "-q", "-c"),
+    Compression.NONE: None,
+}
+DECOMPRESSORS: dict[Compression, tuple[str, ...] | None] = {
+    Compression.ZSTD: ("zstd", "-d", "-q", "-c"),
+    Compression.NONE: None,
+}
+
+# GNU tar exits 1 when a file changed while it was read (a live system): the archive is still complete.
+TAR_OK_CODES = (0, 1)
+
+Progress = Callable[[int, int], None]  # (bytes done, total estimate)
+
+
+class EntryType(StrEnum):
+    FILE = "file"
+    HARDLINK = "hardlink"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    CHR = "chr"
+    BLK = "blk"
+    FIFO = "fifo"
+
+    @property
+    def has_content(self) -> bool:
+        return self in (EntryType.FILE, EntryType.HARDLINK)
+
+    @classmethod
+    def from_tarinfo(cls, ti: tarfile.TarInfo) -> EntryType:
+        try:
+            return TAR_TYPES[ti.type]
+        except KeyError as e:
+            raise BackupSetError(f"archive entry {ti.name!r}: unsupported tar type {ti.type!r}") from e
+
+    def matches_mode(self, st_mode: int) -> bool:
+        return STAT_TESTS[self](st_mode)
+
+
+TAR_TYPES: dict[bytes, EntryType] = {
+    tarfile.REGTYPE: EntryType.FILE,
+    tarfile.AREGTYPE: EntryType.FILE,
+    tarfile.CONTTYPE: EntryType.FILE,
+    tarfile.GNUTYPE_SPARSE: EntryType.FILE,
+    tarfile.LNKTYPE: EntryType.HARDLINK,
+    tarfile.DIRTYPE: EntryType.DIR,
+    tarfile.SYMTYPE: EntryType.SYMLINK,
+    tarfile.CHRTYPE: EntryType.CHR,
+    tarfile.BLKTYPE: EntryType.BLK,
+    tarfile.FIFOTYPE: EntryType.FIFO,
+}
+STAT_TESTS: dict[EntryType, Callable[[int], bool]] = {
+    EntryType.FILE: stat.S_ISREG,
+    EntryType.HARDLINK: stat.S_ISREG,
+    EntryType.DIR: stat.S_ISDIR,
+    EntryType.SYMLINK: stat.S_ISLNK,
+    EntryType.CHR: stat.S_ISCHR,
+    EntryType.BLK: stat.S_ISBLK,
+    EntryType.FIFO: stat.S_ISFIFO,
+}
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    path: str
+    fs: str
+    type: EntryType
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    size: int = 0
+    sha256: str = ""
+    link: str = ""
+    major: int = 0
+    minor: int = 0
+    sparse: bool = False
+    xattrs: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        d: dict[str, Any] = {"path": self.path, "fs": self.fs, "type": self.type.value, "mode": self.mode,
+                             "uid": self.uid, "gid": self.gid, "mtime": self.mtime}
+        if self.type.has_content:
+            d["size"] = self.size
+            d["sha256"] = self.sha256
+        if self.link:
+            d["link"] = self.link
+        if self.type in (EntryType.CHR, EntryType.BLK):
+            d["major"], d["minor"] = self.major, self.minor
+        if self.sparse:
+            d["sparse"] = True
+        if self.xattrs:
+            d["xattrs"] = dict(sorted(self.xattrs.items()))
+        return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str, where: str) -> ManifestEntry:
+        try:
+            d = json.loads(line)
+            return cls(
+                path=str(d["path"]), fs=str(d["fs"]), type=EntryType(d["type"]), mode=int(d["mode"]),
+                uid=int(d["uid"]), gid=int(d["gid"]), mtime=int(d["mtime"]), size=int(d.get("size", 0)),
+                sha256=str(d.get("sha256", "")), link=str(d.get("link", "")), major=int(d.get("major", 0)),
+                minor=int(d.get("minor", 0)), sparse=bool(d.get("sparse", False)),
+                xattrs={str(k): str(v) for k, v in d.get("xattrs", {}).items()},
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise BackupSetError(f"{where}: not a manifest entry: {e}") from e
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Plan (pure)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArchiveJob:
+    """One archive to make: tar of ``source`` (the filesystem mounted at ``mountpoint`` of the captured system)."""
+
+    fs: str  # Filesystem.key
+    mountpoint: str  # in the captured system, e.g. "/boot/efi"
+    source: str  # directory on this machine, e.g. "/mnt/sys/boot/efi"
+    file: str  # archive file name in the set
+    tar_argv: tuple[str, ...]
+    filter_argv: tuple[str, ...] | None
+    estimate: int  # bytes of data expected (for progress)
+
+
+def plan_tar_argv(source: str, mountpoint: str, excludes: Sequence[str], exclude_dirs: Sequence[str] = ()) -> tuple[
+        str, ...]:
+    """tar argv for one filesystem.  Members are named ``./rel/path``.  A pattern starting with "/" is a path in
+    the captured system: it applies (anchored) only to the filesystem that holds it.  Other patterns are tar's
+    unanchored wildcards (e.g. ``*.cache``).  ``exclude_dirs`` are absolute directories in the captured system
+    left out as they are (the backup destination)."""
+    argv = ["tar", "--create", "--file=-", *TAR_ATTR_OPTIONS, "--one-file-system", f"--directory={source}"]
+    anchored: list[str] = []
+    loose: list[str] = []
+    for pat in [*excludes, *exclude_dirs]:
+        if pat.startswith("/"):
+            rel = _relative_to_mount(pat.rstrip("/") or "/", mountpoint)
+            if rel is not None and rel != ".":
+                anchored.append("./" + rel)
+        else:
+            loose.append(pat)
+    if anchored:
+        argv += ["--anchored", *(f"--exclude={p}" for p in anchored), "--no-anchored"]
+    argv += [f"--exclude={p}" for p in loose]
+    argv.append(".")
+    return tuple(argv)
+
+
+def _relative_to_mount(path: str, mountpoint: str) -> str | None:
+    if mountpoint == "/":
+        return path.lstrip("/") or "."
+    if path == mountpoint:
+        return "."
+    if path.startswith(mountpoint + "/"):
+        return path[len(mountpoint) + 1:]
+    return None
+
+
+def plan_archive_name(fs_key: str, compression: Compression) -> str:
+    return f"{fs_key}{compression.suffix}"
+
+
+def plan_archives(
+    sources: Sequence[tuple[str, str, str, int]],
+    *,
+    excludes: Sequence[str] = (),
+    exclude_dirs: Sequence[str] = (),
+    compression: Compression = Compression.ZSTD,
+) -> tuple[ArchiveJob, ...]:
+    """``sources``: (fs key, mount point, source directory, estimated bytes), in mount order → archive jobs."""
+    jobs = []
+    for fs_key, mountpoint, source, estimate in sources:
+        jobs.append(ArchiveJob(
+            fs=fs_key,
+            mountpoint=mountpoint,
+            source=source,
+            file=plan_archive_name(fs_key, compression),
+            tar_argv=plan_tar_argv(source, mountpoint, excludes, exclude_dirs),
+            filter_argv=COMPRESSORS[compression],
+            estimate=estimate,
+        ))
+    return tuple(jobs)
+
+
+def plan_extract(archive: Path, target: Path, compression: Compression) -> tuple[tuple[str, ...], ...]:
+    """The chain that extracts an archive into ``target``: (decompressor,) + tar -x; fed the archive's bytes."""
+    tar = ("tar", "--extract", "--file=-", *TAR_EXTRACT_OPTIONS, f"--directory={target}")
+    dec = DECOMPRESSORS[compression]
+    return (dec, tar) if dec is not None else (tar,)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Make (thin executors)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    archives: tuple[Archive, ...]
+    manifest: str  # file name
+    manifest_sha256: str
+    file_count: int
+    raw_bytes: int  # tar bytes before compression
+    warnings: tuple[str, ...] = ()
+
+
+def make_backup_set(
+    jobs: Sequence[ArchiveJob],
+    dest: Path,
+    *,
+    progress: Progress | None = None,
+) -> BackupResult:
+    """Make every archive of ``jobs`` in ``dest`` and the MANIFEST; return the records for the descriptor."""
+    total = sum(j.estimate for j in jobs) or 1
+    done = 0
+    archives = []
+    warnings: list[str] = []
+    count = 0
+    manifest_path = dest / MANIFEST_NAME
+    with open(manifest_path, "w", encoding="utf-8", newline="\n") as manifest:
+        manifest.write(json.dumps(MANIFEST_HEADER) + "\n")
+        for job in jobs:
+            base = done
+
+            def tick(n: int, base: int = base) -> None:
+                if progress is not None:
+                    progress(base + n, max(total, base + n))
+
+            archive, raw, n_entries, warn = make_archive(job, dest, manifest, tick)
+            archives.append(archive)
+            done = base + raw
+            count += n_entries
+            warnings += warn
+    if progress is not None:
+        progress(done, max(done, 1))
+    return BackupResult(tuple(archives), MANIFEST_NAME, sha256_file(manifest_path), count, done, tuple(warnings))
+
+
+def make_archive(
+    job: ArchiveJob, dest: Path, manifest: Any, tick: Callable[[int], None]
+) -> tuple[Archive, int, int, list[str]]:
+    """tar | zstd into dest/job.file; the tar stream is parsed on the way into MANIFEST lines."""
+    rfd, wfd = os.pipe()
+    reader = os.fdopen(rfd, "rb")
+    writer = os.fdopen(wfd, "wb")
+    parsed: list[int] = [0]
+    failure: list[BaseException] = []
+
+    def parse() -> None:
+        try:
+            for entry in iter_tar_entries(reader, job.fs, job.mountpoint):
+                manifest.write(entry.to_json() + "\n")
+                parsed[0] += 1
+        except BaseException as e:  # reported by the main thread
+            failure.append(e)
+        finally:
+            while reader.read(1 << 16):
+                pass
+            reader.close()
+
+    parser = threading.Thread(target=parse, daemon=True)
+    parser.start()
+    raw = 0
+
+    def on_chunk(chunk: bytes) -> None:
+        nonlocal raw
+        writer.write(chunk)
+        raw += len(chunk)
+        tick(raw)
+
+    try:
+        with open(dest / job.file, "wb") as out:
+            res = run_pipe(job.tar_argv, job.filter_argv, out, on_chunk=on_chunk, ok_codes=TAR_OK_CODES)
+    finally:
+        writer.close()
+        parser.join()
+    if failure:
+        raise BackupSetError(f"{job.file}: could not list the archive of {job.mountpoint}: {failure[0]}")
+    warnings = []
+    if res.returncode != 0:
+        tail = " / ".join(res.stderr.strip().splitlines()[-3:])
+        warnings.append(f"{job.mountpoint}: tar exit {res.returncode} (files changed while read): {tail}")
+    size = (dest / job.file).stat().st_size
+    if size != res.out_bytes:
+        raise InternalError(f"{job.file}: wrote {res.out_bytes} bytes but the file has {size}")
+    return Archive(job.fs, job.file, size, res.sha256, parsed[0]), raw, parsed[0], warnings
+
+
+def iter_tar_entries(stream: BinaryIO, fs: str, mountpoint: str) -> Iterator[ManifestEntry]:
+    """Parse a tar stream (pax, as made by plan_tar_argv) into manifest entries with content digests."""
+    contents: dict[str, tuple[int, str]] = {}  # member name → (size, sha256) of regular files, for hard links
+    with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape") as tf:
+        for ti in tf:
+            etype = EntryType.from_tarinfo(ti)
+            sha = ""
+            size = ti.size
+            if etype is EntryType.HARDLINK:
+                size, sha = contents.get(ti.linkname, (0, ""))
+            if etype is EntryType.FILE:
+                f = tf.extractfile(ti)
+                assert f is not None
+                h = hashlib.sha256()
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+                sha = h.hexdigest()
+                contents[ti.name] = (size, sha)
+            xattrs = {}
+            for key, value in ti.pax_headers.items():
+                if key.startswith("SCHILY.xattr."):
+                    xattrs[key[len("SCHILY.xattr."):]] = _digest_pax_value(value)
+                elif key == "RHT.security.selinux":
+                    xattrs["security.selinux"] = _digest_pax_value(value.rstrip("\0") + "\0")
+            link = ""
+            if etype is EntryType.SYMLINK:
+                link = ti.linkname
+            elif etype is EntryType.HARDLINK:
+                link = member_path(mountpoint, ti.linkname)
+            yield ManifestEntry(
+                path=member_path(mountpoint, ti.name),
+                fs=fs,
+                type=etype,
+                mode=ti.mode & 0o7777,
+                uid=ti.uid,
+                gid=ti.gid,
+                mtime=int(float(ti.pax_headers.get("mtime", ti.mtime))),
+                size=size if etype.has_content else 0,
+                sha256=sha,
+                link=link,
+                major=ti.devmajor if etype in (EntryType.CHR, EntryType.BLK) else 0,
+                minor=ti.devminor if etype in (EntryType.CHR, EntryType.BLK) else 0,
+                sparse=ti.sparse is not None,
+                xattrs=xattrs,
+            )
+        # read to the end of the stream (tar pads its last record)
+        while stream.read(1 << 16):
+            pass
+
+
+def _digest_pax_value(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def member_path(mountpoint: str, name: str) -> str:
+    """Archive member name ("./etc/x", ".") → absolute path in the captured system."""
+    rel = name[2:] if name.startswith("./") else ("" if name == "." else name.lstrip("/"))
+    rel = rel.rstrip("/")
+    if not rel:
+        return mountpoint
+    return ("" if mountpoint == "/" else mountpoint) + "/" + rel
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_backup_record(
+    result: BackupResult, *, path: str, media_label: str = "", media_uuid: str = "",
+    compression: Compression = Compression.ZSTD,
+) -> BackupSet:
+    return BackupSet(
+        media_label=media_label,
+        media_uuid=media_uuid,
+        path=path,
+        compression=compression,
+        manifest=result.manifest,
+        manifest_sha256=result.manifest_sha256,
+        file_count=result.file_count,
+        archives=result.archives,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Check and verify (restore side)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def check_backup_set(directory: Path, backup: BackupSet) -> None:
+    """Every archive and the MANIFEST are there with their recorded size and SHA-256; else BackupSetError."""
+    problems = []
+    for name, size, sha in [(a.file, a.size, a.sha256) for a in backup.archives] + [
+            (backup.manifest, -1, backup.manifest_sha256)]:
+        p = directory / name
+        if not p.is_file():
+            problems.append(f"{name}: missing")
+            continue
+        if size >= 0 and p.stat().st_size != size:
+            problems.append(f"{name}: {p.stat().st_size} bytes, expected {size}")
+            continue
+        actual = sha256_file(p)
+        if actual != sha:
+            problems.append(f"{name}: SHA-256 {actual}, expected {sha}")
+    if problems:
+        raise BackupSetError(f"backup set {directory} is damaged or incomplete:\n  " + "\n  ".join(problems))
+
+
+def extract_archive(
+    archive: Path, target: Path, compression: Compression, *, expected_sha256: str = "",
+    on_chunk: Callable[[bytes], None] | None = None,
+) -> None:
+    """Extract an archive into ``target`` with GNU tar (the options it was made with); the bytes fed are hashed
+    and compared with ``expected_sha256`` when given."""
+    with open(archive, "rb") as src:
+        sha = run_feed(plan_extract(archive, target, compression), src, on_chunk=on_chunk)
+    if expected_sha256 and sha != expected_sha256:
+        raise BackupSetError(f"{archive}: SHA-256 {sha} while extracting, expected {expected_sha256}")
+
+
+def read_manifest(path: Path) -> tuple[ManifestEntry, ...]:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        lines = f.read().splitlines()
+    if not lines:
+        raise BackupSetError(f"{path}: empty manifest")
+    try:
+        header = json.loads(lines[0])
+    except json.JSONDecodeError as e:
+        raise BackupSetError(f"{path} line 1: not a manifest header: {e}") from e
+    if header != MANIFEST_HEADER:
+        raise BackupSetError(f"{path} line 1: header {header!r}, expected {MANIFEST_HEADER!r}")
+    return tuple(ManifestEntry.from_json(line, f"{path} line {n}") for n, line in enumerate(lines[1:], 2) if line)
+
+
+@dataclass(frozen=True)
+class Difference:
+    path: str
+    what: str  # missing, type, mode, uid, gid, size, sha256, link, device, mtime, xattrs, hardlink
+    expected: str
+    actual: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.what} is {self.actual}, expected {self.expected}"
+
+
+def verify_manifest(root: Path, manifest: Path, *, check_mtime: bool = True) -> list[Difference]:
+    """Compare the tree under ``root`` (the restored system) with every MANIFEST entry; [] when all match."""
+    entries: dict[str, ManifestEntry] = {}
+    for e in read_manifest(manifest):
+        entries.pop(e.path, None)
+        entries[e.path] = e  # the later entry (a mounted filesystem's root) is the visible one
+    diffs: list[Difference] = []
+    for e in entries.values():
+        diffs += verify_entry(root, e, check_mtime=check_mtime)
+    return diffs
+
+
+def verify_entry(root: Path, e: ManifestEntry, *, check_mtime: bool = True) -> list[Difference]:
+    p = root / e.path.lstrip("/")
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return [Difference(e.path, "missing", e.type.value, "absent")]
+    out: list[Difference] = []
+
+    def need(what: str, expected: object, actual: object) -> None:
+        if expected != actual:
+            out.append(Difference(e.path, what, str(expected), str(actual)))
+
+    if not e.type.matches_mode(st.st_mode):
+        return [Difference(e.path, "type", e.type.value, oct(stat.S_IFMT(st.st_mode)))]
+    if e.type is not EntryType.SYMLINK:  # a symlink's mode is not kept by Linux
+        need("mode", oct(e.mode), oct(stat.S_IMODE(st.st_mode)))
+    need("uid", e.uid, st.st_uid)
+    need("gid", e.gid, st.st_gid)
+    if e.type.has_content:
+        need("size", e.size, st.st_size)
+        if st.st_size == e.size:
+            need("sha256", e.sha256, sha256_file(p))
+    if e.type is EntryType.SYMLINK:
+        need("link", e.link, os.readlink(p))
+    if e.type is EntryType.HARDLINK:
+        try:
+            other = os.lstat(root / e.link.lstrip("/"))
+            need("hardlink", f"same inode as {e.link}", f"same inode as {e.link}" if (
+                other.st_ino, other.st_dev) == (st.st_ino, st.st_dev) else f"not linked to {e.link}")
+        except FileNotFoundError:
+            out.append(Difference(e.path, "hardlink", f"same inode as {e.link}", f"{e.link} absent"))
+    if e.type in (EntryType.CHR, EntryType.BLK):
+        need("device", f"{e.major}:{e.minor}", f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+    if check_mtime and e.type is not EntryType.DIR:
+        need("mtime", e.mtime, int(st.st_mtime))
+    if e.type is not EntryType.SYMLINK:
+        need("xattrs", dict(sorted(e.xattrs.items())), read_xattr_digests(p))
+    return out
+
+
+def read_xattr_digests(path: Path) -> dict[str, str]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for name in sorted(names):
+        try:
+            out[name] = hashlib.sha256(os.getxattr(path, name, follow_symlinks=False)).hexdigest()
+        except OSError:
+            continue
+    return out

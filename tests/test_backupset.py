@@ -1,0 +1,233 @@
+"""Archives, MANIFEST and their verification, on real trees with GNU tar and zstd (no mounts needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from recovery_env.backupset import (
+    MANIFEST_NAME,
+    EntryType,
+    check_backup_set,
+    extract_archive,
+    make_backup_record,
+    make_backup_set,
+    member_path,
+    plan_archives,
+    plan_tar_argv,
+    read_manifest,
+    sha256_file,
+    verify_manifest,
+)
+from recovery_env.descriptor import Compression
+from recovery_env.errors import BackupSetError, ToolError
+from recovery_env.run import run
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown and mknod need root")
+
+
+def make_tree(top: Path) -> None:
+    """Owners, modes, xattrs, an ACL, hard links, symlinks, a sparse file, a device node, a fifo."""
+    (top / "etc").mkdir(parents=True)
+    (top / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    (top / "etc/shadow").write_text("root:*:1::::::\n")
+    os.chmod(top / "etc/shadow", 0o640)
+    os.chown(top / "etc/shadow", 0, 42)
+    (top / "home/user").mkdir(parents=True)
+    (top / "home/user/notes").write_text("mine\n")
+    os.chown(top / "home/user", 1000, 1000)
+    os.chown(top / "home/user/notes", 1000, 1000)
+    os.chmod(top / "home/user/notes", 0o600)
+    (top / "usr/bin").mkdir(parents=True)
+    (top / "usr/bin/tool").write_bytes(b"#!/bin/sh\necho tool\n")
+    os.chmod(top / "usr/bin/tool", 0o4755)
+    os.link(top / "usr/bin/tool", top / "usr/bin/tool-again")
+    os.symlink("tool", top / "usr/bin/tool-link")
+    os.symlink("/nonexistent/target", top / "usr/bin/dangling")
+    with open(top / "var.sparse", "wb") as f:
+        f.seek(64 << 20)
+        f.write(b"end")
+    (top / "dev").mkdir()
+    os.mknod(top / "dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(top / "dev/loop9", 0o660 | stat.S_IFBLK, os.makedev(7, 9))
+    os.mkfifo(top / "fifo")
+    os.setxattr(top / "etc/passwd", "user.asr.test", b"value\x00\xff binary")
+    os.setxattr(top / "home/user", "trusted.asr", b"t")
+    run(["setfacl", "-m", "u:1000:r,g:42:rw", str(top / "etc/shadow")])
+    run(["setfacl", "-d", "-m", "u:1000:rwx", str(top / "home/user")])
+    (top / "cache").mkdir()
+    (top / "cache/big.tmp").write_text("excluded\n")
+    (top / "cache/keep").write_text("kept\n")
+    os.utime(top / "etc/passwd", (1_700_000_000, 1_700_000_000))
+
+
+@pytest.fixture(scope="module")
+def backup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    if os.geteuid() != 0:
+        pytest.skip("chown and mknod need root")
+    base = tmp_path_factory.mktemp("bset")
+    root, efi, dest = base / "root", base / "efi", base / "dest"
+    make_tree(root)
+    (root / "boot/efi").mkdir(parents=True)
+    (efi / "EFI/debian").mkdir(parents=True)
+    (efi / "EFI/debian/grubx64.efi").write_bytes(os.urandom(4096))
+    dest.mkdir()
+    jobs = plan_archives([("fs2", "/", str(root), 64 << 20), ("fs1", "/boot/efi", str(efi), 4096)],
+                         excludes=["*.tmp"])
+    seen: list[tuple[int, int]] = []
+    result = make_backup_set(jobs, dest, progress=lambda d, t: seen.append((d, t)))
+    assert [a.file for a in result.archives] == ["fs2.tar.zst", "fs1.tar.zst"]
+    assert seen and seen[-1][0] == result.raw_bytes and all(d <= t for d, t in seen)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    record = make_backup_record(result, path="/asr/test")
+    (dest / "record.json").write_text(json.dumps({"sha": record.manifest_sha256,
+                                                  "archives": [a.__dict__ for a in record.archives]}))
+    return root, efi, dest
+
+
+def restore(dest: Path, target: Path) -> None:
+    target.mkdir()
+    extract_archive(dest / "fs2.tar.zst", target, Compression.ZSTD)
+    extract_archive(dest / "fs1.tar.zst", target / "boot/efi", Compression.ZSTD)
+
+
+def test_archives_restore_and_every_entry_matches(backup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    root, _, dest = backup
+    target = tmp_path / "restored"
+    restore(dest, target)
+    assert verify_manifest(target, dest / MANIFEST_NAME) == []
+    # and what verify checked is really there
+    assert os.stat(target / "usr/bin/tool").st_ino == os.stat(target / "usr/bin/tool-again").st_ino
+    assert stat.S_IMODE(os.stat(target / "usr/bin/tool").st_mode) == 0o4755
+    assert os.readlink(target / "usr/bin/dangling") == "/nonexistent/target"
+    st = os.stat(target / "dev/null", follow_symlinks=False)
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    assert stat.S_ISBLK(os.lstat(target / "dev/loop9").st_mode)
+    assert stat.S_ISFIFO(os.lstat(target / "fifo").st_mode)
+    assert (os.stat(target / "home/user").st_uid, os.stat(target / "etc/shadow").st_gid) == (1000, 42)
+    assert os.getxattr(target / "etc/passwd", "user.asr.test") == b"value\x00\xff binary"
+    assert "user:1000:r--" in run(["getfacl", "-n", str(target / "etc/shadow")]).stdout
+    assert "default:user:1000:rwx" in run(["getfacl", "-n", str(target / "home/user")]).stdout
+    sp = os.stat(target / "var.sparse")
+    assert sp.st_size == (64 << 20) + 3 and sp.st_blocks * 512 < 1 << 20  # the hole stayed a hole
+    assert (target / "boot/efi/EFI/debian/grubx64.efi").read_bytes() == (
+        root.parent / "efi/EFI/debian/grubx64.efi").read_bytes()
+    assert not (target / "cache/big.tmp").exists() and (target / "cache/keep").exists()
+
+
+def test_manifest_lists_every_entry_with_its_facts(backup: tuple[Path, Path, Path]) -> None:
+    root, _, dest = backup
+    entries = {e.path: e for e in read_manifest(dest / MANIFEST_NAME)}
+    walked = {"/" + str(p.relative_to(root)) for p in root.rglob("*") if not p.name.endswith(".tmp")}
+    assert walked | {"/"} <= set(entries)
+    assert "/cache/big.tmp" not in entries
+    assert "/boot/efi/EFI/debian/grubx64.efi" in entries
+    pw = entries["/etc/passwd"]
+    assert (pw.type, pw.mode, pw.uid, pw.mtime, pw.size) == (EntryType.FILE, 0o644, 0, 1_700_000_000, 26)
+    assert pw.sha256 == sha256_file(root / "etc/passwd")
+    assert set(pw.xattrs) == {"user.asr.test"}
+    assert "system.posix_acl_access" in entries["/etc/shadow"].xattrs
+    assert "system.posix_acl_default" in entries["/home/user"].xattrs
+    tools = [entries["/usr/bin/tool"], entries["/usr/bin/tool-again"]]
+    assert sorted(t.type for t in tools) == [EntryType.FILE, EntryType.HARDLINK]
+    hard = next(t for t in tools if t.type is EntryType.HARDLINK)
+    assert hard.link in ("/usr/bin/tool", "/usr/bin/tool-again") and hard.sha256 == tools[0].sha256 == tools[1].sha256
+    assert (entries["/dev/null"].type, entries["/dev/null"].major, entries["/dev/null"].minor) == (EntryType.CHR, 1, 3)
+    assert entries["/usr/bin/tool-link"].link == "tool"
+    assert entries["/var.sparse"].sparse and entries["/var.sparse"].size == (64 << 20) + 3
+    assert entries["/fifo"].type is EntryType.FIFO
+
+
+def test_archives_are_real_zstd_tar(backup: tuple[Path, Path, Path]) -> None:
+    _, _, dest = backup
+    record = json.loads((dest / "record.json").read_text())
+    for a in record["archives"]:
+        assert sha256_file(dest / a["file"]) == a["sha256"] and (dest / a["file"]).stat().st_size == a["size"]
+        run(["zstd", "-t", "-q", str(dest / a["file"])])
+        listing = run(["tar", "--zstd", "-tvf", str(dest / a["file"])]).stdout.splitlines()
+        assert len(listing) == a["entries"]
+    assert sha256_file(dest / MANIFEST_NAME) == record["sha"]
+
+
+def test_differences_are_reported(backup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, _, dest = backup
+    target = tmp_path / "restored"
+    restore(dest, target)
+    (target / "etc/passwd").write_text("root:x:0:0::/root:/bin/bash\n")
+    os.chmod(target / "etc/shadow", 0o644)
+    os.chown(target / "home/user/notes", 0, 0)
+    (target / "usr/bin/tool-again").unlink()
+    shutil.copy(target / "usr/bin/tool", target / "usr/bin/tool-again")
+    os.remove(target / "fifo")
+    os.removexattr(target / "etc/passwd", "user.asr.test")
+    whats = {(d.path, d.what) for d in verify_manifest(target, dest / MANIFEST_NAME)}
+    assert {("/etc/passwd", "size"), ("/etc/shadow", "mode"), ("/home/user/notes", "uid"),
+            ("/home/user/notes", "gid"), ("/fifo", "missing"), ("/etc/passwd", "xattrs")} <= whats
+    assert ("/usr/bin/tool-again", "hardlink") in whats or ("/usr/bin/tool", "hardlink") in whats
+
+
+def test_tampered_or_missing_archive_is_refused(backup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, _, dest = backup
+    from recovery_env.descriptor import Archive, BackupSet
+
+    rec = json.loads((dest / "record.json").read_text())
+    bset = BackupSet("", "", "/asr/test", Compression.ZSTD, MANIFEST_NAME, rec["sha"], 0,
+                     tuple(Archive(**a) for a in rec["archives"]))
+    copy = tmp_path / "copy"
+    shutil.copytree(dest, copy)
+    check_backup_set(copy, bset)
+    with open(copy / "fs1.tar.zst", "r+b") as f:
+        f.seek(100)
+        b = f.read(1)
+        f.seek(100)
+        f.write(bytes([b[0] ^ 1]))
+    (copy / "fs2.tar.zst").unlink()
+    with pytest.raises(BackupSetError) as ei:
+        check_backup_set(copy, bset)
+    assert "fs1.tar.zst: SHA-256" in str(ei.value) and "fs2.tar.zst: missing" in str(ei.value)
+    with pytest.raises((ToolError, BackupSetError)):
+        t = tmp_path / "t"
+        t.mkdir()
+        extract_archive(copy / "fs1.tar.zst", t, Compression.ZSTD, expected_sha256=rec["archives"][1]["sha256"])
+
+
+def test_manifest_errors_say_where(tmp_path: Path) -> None:
+    m = tmp_path / "MANIFEST"
+    m.write_text('{"format": "asr-manifest", "version": 1}\n{"path": "/x"}\n')
+    with pytest.raises(BackupSetError, match=r"MANIFEST line 2: not a manifest entry"):
+        read_manifest(m)
+    m.write_text('{"format": "other"}\n')
+    with pytest.raises(BackupSetError, match=r"line 1: header"):
+        read_manifest(m)
+
+
+def test_tar_argv_plan() -> None:
+    argv = plan_tar_argv("/mnt/sys/boot/efi", "/boot/efi", ["/boot/efi/EFI/old", "/var/cache", "*.swp"],
+                         ["/boot/efi/asr"])
+    assert argv[:2] == ("tar", "--create") and "--one-file-system" in argv and "--directory=/mnt/sys/boot/efi" in argv
+    assert {"--format=pax", "--numeric-owner", "--xattrs", "--acls", "--selinux", "--sparse"} <= set(argv)
+    i = argv.index("--anchored")
+    assert argv[i:i + 4] == ("--anchored", "--exclude=./EFI/old", "--exclude=./asr", "--no-anchored")
+    assert "--exclude=*.swp" in argv and not any("var/cache" in a for a in argv)
+    assert argv[-1] == "."
+    assert member_path("/boot/efi", ".") == "/boot/efi" and member_path("/", "./etc/x") == "/etc/x"
+    assert member_path("/", ".") == "/" and member_path("/var", "./log/") == "/var/log"
+
+
+@needs_root
+def test_uncompressed_set_and_tar_failure(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    res = make_backup_set(plan_archives([("fs1", "/", str(src), 2)], compression=Compression.NONE), dest)
+    assert res.archives[0].file == "fs1.tar" and res.file_count == 2
+    run(["tar", "-tf", str(dest / "fs1.tar")])
+    with pytest.raises(ToolError, match="tar --create"):
+        make_backup_set(plan_archives([("fs1", "/", str(tmp_path / "absent"), 1)]), dest)

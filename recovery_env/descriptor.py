@@ -143,6 +143,9 @@ MBR_EXTENDED = frozenset({"05", "0f", "85"})
 # GPT attribute bits (sfdisk names them): 0 RequiredPartition, 1 NoBlockIOProtocol, 2 LegacyBIOSBootable,
 # 48-63 type-specific ("GUID:N").
 GPT_ATTR_LEGACY_BIOS_BOOTABLE = 1 << 2
+GPT_ENTRY_ARRAY_BYTES = 128 * 128  # 128 partition entries of 128 bytes, as sfdisk and every tool writes them
+GPT_NAME_MAX = 36  # UTF-16 code units in a GPT partition name
+MBR_MAX_SECTORS = 1 << 32  # an MBR entry holds 32-bit start and size
 
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MBR_ID_RE = re.compile(r"^0x[0-9a-f]{8}$")
@@ -183,6 +186,22 @@ class Disk:
     @property
     def size_sectors(self) -> int:
         return self.size_bytes // self.logical_sector_size
+
+    @property
+    def first_usable(self) -> int:
+        """First sector a partition may start at: after the GPT header and its 128-entry array (34 with 512-byte
+        sectors, 6 with 4096-byte sectors), after the MBR itself (1) on an MBR disk."""
+        if self.table is TableType.MBR:
+            return 1
+        return 2 + -(-GPT_ENTRY_ARRAY_BYTES // self.logical_sector_size)
+
+    @property
+    def last_usable(self) -> int:
+        """Last sector a partition may use (inclusive): before the backup GPT (size - 34 with 512-byte sectors),
+        the disk's last sector on MBR (and never past the 32-bit LBA limit of an MBR entry)."""
+        if self.table is TableType.MBR:
+            return min(self.size_sectors, MBR_MAX_SECTORS) - 1
+        return self.size_sectors - 2 - -(-GPT_ENTRY_ARRAY_BYTES // self.logical_sector_size)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1429 @@
+"""ASR.SIF and ASRPNP.SIF: the strict parser and the two-pass validator (standard library only).
+
+The format (written by ``builder.sif_render`` through ``templates/asr.sif.j2`` and ``templates/asrpnp.sif.j2``)
+----------------------------------------------------------------------------------------------------------------
+An INI-style UTF-8 text, one item per line, ``\\n`` line ends::
+
+    ; comment                                   (a line whose first non-blank character is ';')
+    [VERSION]                                   (sections, in a fixed order, each exactly once)
+    signature = "$ASR-LINUX$"                   (scalar sections: ``key = value`` lines)
+    [PARTITIONS]
+    disk=disk1 number=1 start=2048 size=2048 type=21686148-6449-6e6f-744e-656564454649 ...
+                                                (record sections: one record per line, ``field=value`` pairs)
+    [INTEGRITY]
+    sha256 = <hex SHA-256 of every byte before the [INTEGRITY] line>
+
+Records use *named* fields rather than positional columns.  A sysadmin who edits a record sees what every value
+means without counting commas against a header; a field the model gives a default may be left out; a later format
+can add fields without shifting columns; and an error names the field a person has to fix.  The price is size:
+a 16-disk, 128-partition descriptor is still about a third of 100 KB, and a floppy holds 1.44 MB.
+
+Values (the same grammar in scalar and record sections):
+
+- a *bare* value is a run of ``A-Z a-z 0-9 _ . / : + @ % - ~``: numbers, keys, UUIDs, paths, enum values;
+- anything else is a *quoted* string ``"..."``: inside it ``\\\\`` and ``\\"`` stand for a backslash and a quote,
+  ``\\n \\t \\r`` for those controls, and ``\\xHH``, ``\\uHHHH``, ``\\UHHHHHHHH`` for any character that is not
+  printable (controls, line and paragraph separators, lone surrogates).  Every other printable character, commas,
+  ``=``, ``;``, spaces and non-ASCII included, stands for itself, so ANY string round-trips and every line stays
+  one line;
+- a list is its items joined by ``,`` (each bare or quoted); an empty list is an empty value (``flags=``);
+- booleans are ``yes`` / ``no``; integers are decimal, GPT attribute bits hexadecimal (``0x4``); enums their value.
+
+After a complete value, the rest of a line may be a ``;`` comment.
+
+Parsing is strict: unknown, duplicate, misplaced or missing sections, unknown or duplicate keys, missing required
+keys, malformed values and a wrong signature or format version are :class:`DescriptorError` naming file, line,
+section, record (1-based within its section) and field.  The integrity line is checked first, over the raw bytes:
+a damaged or edited file is an :class:`IntegrityError` before anything else is believed.  A sysadmin who edited
+the file on purpose re-seals it with ``asr inspect --reseal FILE``.
+
+Validation runs in two passes, on parsed and on in-memory descriptors alike (:func:`validate_descriptor`):
+pass 1 checks each record's own fields (syntax, formats, ranges, enums); pass 2 the references between records
+and the geometry (partitions inside their disk and apart, one filesystem per partition, one root mount, the ESP
+is vfat on an ESP partition, archives for every backed-up filesystem...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import itertools
+import re
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from recovery_env.descriptor import (
+    FAT_VOLID_RE,
+    FORMAT_VERSION,
+    GPT_ATTR_LEGACY_BIOS_BOOTABLE,
+    GPT_BIOS_BOOT,
+    GPT_ESP,
+    GPT_NAME_MAX,
+    KEY_RE,
+    MBR_ESP,
+    MBR_EXTENDED,
+    MBR_ID_RE,
+    MBR_MAX_SECTORS,
+    MBR_TYPE_RE,
+    SHA256_RE,
+    SIGNATURE,
+    UUID_RE,
+    Archive,
+    BackupSet,
+    Bootloader,
+    BootloaderKind,
+    Command,
+    Descriptor,
+    Device,
+    DeviceInventory,
+    Disk,
+    Filesystem,
+    Firmware,
+    FstabSpec,
+    FsType,
+    Mount,
+    PartFlag,
+    Partition,
+    SystemInfo,
+    TableType,
+)
+from recovery_env.errors import DescriptorError, IntegrityError
+
+PNP_SIGNATURE = "$ASR-LINUX-PNP$"
+INTEGRITY_HEADER = "[INTEGRITY]"
+SECTOR_SIZES = (512, 4096)
+
+BARE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./:+@%-~")
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_UNESCAPES = {"\\": "\\", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
+_HEX_ESCAPE_DIGITS = {"x": 2, "u": 4, "U": 8}
+
+_SECTION_RE = re.compile(r"^\s*\[([^\]]*)\]\s*(;.*)?$")
+_SCALAR_RE = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*=[ \t]*")
+_FIELD_RE = re.compile(r"([a-z_][a-z0-9_]*)=")
+_INT_RE = re.compile(r"^-?[0-9]+$")
+_HEX_RE = re.compile(r"^0x[0-9a-f]{1,16}$")
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+_MACHINE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_ARCH_RE = re.compile(r"^[a-z0-9_]+$")
+_CAPTURED_AT_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")
+_MBR_PARTUUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{2}$")
+_FEATURE_RE = re.compile(r"^\^?[a-z0-9_]+$")
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:+@%~-]+$")
+_BUS_RE = re.compile(r"^[a-z0-9_]+$")
+_HEX4_RE = re.compile(r"^[0-9a-f]{4}$")
+_CLASS_RE = re.compile(r"^0x[0-9a-f]{6}$")
+_MODALIAS_RE = re.compile(r"^[a-z0-9_]+:\S+$")
+_MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+T = TypeVar("T")
+
+
+# --- values ------------------------------------------------------------------------------------------------------
+
+
+def format_string(value: str) -> str:
+    """A string as a value: bare when it can be, else quoted with the escapes above."""
+    if value and all(c in BARE_CHARS for c in value):
+        return value
+    out = []
+    for c in value:
+        if c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif c.isprintable():
+            out.append(c)
+        elif ord(c) < 0x100:
+            out.append(f"\\x{ord(c):02x}")
+        elif ord(c) < 0x10000:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(f"\\U{ord(c):08x}")
+    return '"' + "".join(out) + '"'
+
+
+def format_value(value: object) -> str:
+    """Any model value as it is written in a SIF file (see the module docstring)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return format_string(value)
+    if isinstance(value, tuple):
+        return ",".join(format_value(v) for v in value)
+    raise TypeError(f"no SIF form for {type(value).__name__}: {value!r}")
+
+
+def format_hex(value: int) -> str:
+    """An integer bit set, in hexadecimal (GPT attribute bits)."""
+    return f"0x{value:x}"
+
+
+class ValueKind(StrEnum):
+    """How a field's text turns into a model value."""
+
+    STR = "str"
+    INT = "int"
+    HEX = "hex"
+    BOOL = "bool"
+    ENUM = "enum"
+    STR_LIST = "str-list"
+    ENUM_LIST = "enum-list"
+
+    @property
+    def is_list(self) -> bool:
+        return self in (ValueKind.STR_LIST, ValueKind.ENUM_LIST)
+
+    def convert(self, items: Sequence[str], enum: type[StrEnum] | None) -> object:
+        """The model value of ``items`` (the value's list items).  ValueError with a reason when malformed."""
+        if self.is_list:
+            if self is ValueKind.ENUM_LIST:
+                assert enum is not None
+                return tuple(_convert_enum(i, enum) for i in items)
+            return tuple(items)
+        if len(items) != 1:
+            raise ValueError("a value is missing" if not items else f"expected one value, got a list of {len(items)}")
+        text = items[0]
+        if self is ValueKind.STR:
+            return text
+        if self is ValueKind.INT:
+            if not _INT_RE.match(text):
+                raise ValueError(f"{text!r} is not a whole number")
+            return int(text)
+        if self is ValueKind.HEX:
+            if not _HEX_RE.match(text):
+                raise ValueError(f"{text!r} is not a hexadecimal number like 0x4")
+            return int(text, 16)
+        if self is ValueKind.BOOL:
+            if text not in ("yes", "no"):
+                raise ValueError(f"{text!r} is not yes or no")
+            return text == "yes"
+        assert enum is not None
+        return _convert_enum(text, enum)
+
+
+def _convert_enum(text: str, enum: type[StrEnum]) -> StrEnum:
+    try:
+        return enum(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not one of {', '.join(e.value for e in enum)}") from None
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: ValueKind
+    required: bool
+    enum: type[StrEnum] | None = None
+
+
+def _field_specs(cls: type, *, skip: tuple[str, ...] = (), hex_fields: tuple[str, ...] = ()) -> dict[str, FieldSpec]:
+    """The fields of a model dataclass as a SIF section or record holds them, read from its type hints."""
+    hints = typing.get_type_hints(cls)
+    specs: dict[str, FieldSpec] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        hint = hints[f.name]
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        enum: type[StrEnum] | None = None
+        if hint is str:
+            kind = ValueKind.STR
+        elif hint is bool:
+            kind = ValueKind.BOOL
+        elif hint is int:
+            kind = ValueKind.HEX if f.name in hex_fields else ValueKind.INT
+        elif isinstance(hint, type) and issubclass(hint, StrEnum):
+            kind, enum = ValueKind.ENUM, hint
+        elif typing.get_origin(hint) is tuple and typing.get_args(hint)[0] is str:
+            kind = ValueKind.STR_LIST
+        elif typing.get_origin(hint) is tuple and issubclass(typing.get_args(hint)[0], StrEnum):
+            kind, enum = ValueKind.ENUM_LIST, typing.get_args(hint)[0]
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name}: no SIF form for {hint!r}")
+        specs[f.name] = FieldSpec(f.name, kind, required, enum)
+    return specs
+
+
+# --- sections ----------------------------------------------------------------------------------------------------
+
+
+class SectionKind(StrEnum):
+    SCALAR = "scalar"  # key = value lines
+    RECORDS = "records"  # one record per line of field=value pairs
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    name: str
+    kind: SectionKind
+    fields: Mapping[str, FieldSpec]
+
+
+_VERSION_FIELDS = {
+    "signature": FieldSpec("signature", ValueKind.STR, True),
+    "format": FieldSpec("format", ValueKind.INT, True),
+    "tool": FieldSpec("tool", ValueKind.STR, True),
+}
+
+ASR_SECTIONS: tuple[SectionSpec, ...] = (
+    SectionSpec("VERSION", SectionKind.SCALAR, _VERSION_FIELDS),
+    SectionSpec("SYSTEM", SectionKind.SCALAR, _field_specs(SystemInfo, skip=("tool_version",))),
+    SectionSpec("DISKS", SectionKind.RECORDS, _field_specs(Disk)),
+    SectionSpec("PARTITIONS", SectionKind.RECORDS, _field_specs(Partition, hex_fields=("attributes",))),
+    SectionSpec("FILESYSTEMS", SectionKind.RECORDS, _field_specs(Filesystem)),
+    SectionSpec("MOUNTS", SectionKind.RECORDS, _field_specs(Mount)),
+    SectionSpec("BOOTLOADER", SectionKind.SCALAR, _field_specs(Bootloader)),
+    SectionSpec("BACKUP", SectionKind.SCALAR, _field_specs(BackupSet, skip=("archives",))),
+    SectionSpec("ARCHIVES", SectionKind.RECORDS, _field_specs(Archive)),
+    SectionSpec("COMMANDS", SectionKind.RECORDS, _field_specs(Command)),
+)
+"""The sections of ASR.SIF in their order (then [INTEGRITY]).  [BACKUP] and [ARCHIVES] are empty without a backup
+set; every section is always present."""
+
+PNP_SECTIONS: tuple[SectionSpec, ...] = (
+    SectionSpec("VERSION", SectionKind.SCALAR, _VERSION_FIELDS),
+    SectionSpec("SYSTEM", SectionKind.SCALAR, {"hostname": FieldSpec("hostname", ValueKind.STR, True)}),
+    SectionSpec("DEVICES", SectionKind.RECORDS, _field_specs(Device)),
+)
+"""The sections of ASRPNP.SIF in their order (then [INTEGRITY])."""
+
+
+@dataclass(frozen=True)
+class RawValue:
+    items: tuple[str, ...]
+    line: int
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A record line (or a scalar section: its ``key = value`` lines) before conversion."""
+
+    section: str
+    number: int | None  # 1-based within the section; None for a scalar section
+    line: int  # the record's line, or the section header's for a scalar section
+    values: Mapping[str, RawValue]
+
+
+@dataclass(frozen=True)
+class SifDocument:
+    """A SIF file split into sections, integrity checked, values still text."""
+
+    file: str
+    sections: Mapping[str, tuple[RawRecord, ...]]  # scalar sections: one RawRecord; record sections: one per line
+    section_lines: Mapping[str, int]
+
+    def line_of(self, section: str | None, record: int | None, field: str | None) -> int | None:
+        """The line an error at (section, record, field) points at; None when the location is not in the file."""
+        if section is None or section not in self.sections:
+            return None
+        recs = self.sections[section]
+        rec = next((r for r in recs if r.number == record), None)  # record None: the scalar section's only one
+        if rec is None:
+            return self.section_lines.get(section)
+        if field is not None and field in rec.values:
+            return rec.values[field].line
+        return rec.line
+
+
+class _Cursor:
+    """A position in a file for error messages."""
+
+    def __init__(self, file: str, line: int, section: str | None, record: int | None = None) -> None:
+        self.file, self.line, self.section, self.record = file, line, section, record
+
+    def error(self, message: str, field: str | None = None) -> DescriptorError:
+        return DescriptorError(
+            message, file=self.file, line=self.line, section=self.section, record=self.record, field=field
+        )
+
+
+# --- integrity ---------------------------------------------------------------------------------------------------
+
+
+def split_integrity(data: bytes) -> tuple[bytes, bytes | None]:
+    """(body, integrity part): the bytes before the ``[INTEGRITY]`` line, and that line with what follows
+    (None when the file has no such line)."""
+    header = INTEGRITY_HEADER.encode()
+    pos = 0
+    while pos <= len(data):
+        end = data.find(b"\n", pos)
+        line = data[pos : end if end >= 0 else len(data)]
+        if line.strip() == header:
+            return data[:pos], data[pos:]
+        if end < 0:
+            break
+        pos = end + 1
+    return data, None
+
+
+def make_integrity_line(body: bytes) -> str:
+    return f"sha256 = {hashlib.sha256(body).hexdigest()}"
+
+
+def seal(body: str) -> str:
+    """``body`` with its [INTEGRITY] section appended."""
+    if body and not body.endswith("\n"):
+        body += "\n"
+    return f"{body}{INTEGRITY_HEADER}\n{make_integrity_line(body.encode('utf-8'))}\n"
+
+
+def reseal(text: str) -> str:
+    """The text with a freshly computed [INTEGRITY] section (after a deliberate edit).  No validation here."""
+    body, _ = split_integrity(text.encode("utf-8"))
+    return seal(body.decode("utf-8"))
+
+
+def check_integrity(data: bytes, *, file: str) -> bytes:
+    """The body of ``data`` if its [INTEGRITY] line matches; IntegrityError when damaged, edited or missing."""
+    body, tail = split_integrity(data)
+    if tail is None:
+        raise IntegrityError(
+            f"{file}: integrity check failed: no {INTEGRITY_HEADER} section (the file is damaged or truncated)",
+            file=file,
+        )
+    header_line = body.count(b"\n") + 1
+    lines = tail.split(b"\n")
+    found: str | None = None
+    for offset, raw in enumerate(lines[1:], start=1):
+        text = raw.decode("utf-8", "replace").strip()
+        if not text or text.startswith(";"):
+            continue
+        m = re.fullmatch(r"sha256\s*=\s*([0-9a-f]{64})", text)
+        if m is None or found is not None:
+            raise IntegrityError(
+                f"{file}: integrity check failed: the integrity line is damaged ({text[:80]!r})",
+                file=file,
+                line=header_line + offset,
+                section="INTEGRITY",
+            )
+        found = m.group(1)
+    actual = hashlib.sha256(body).hexdigest()
+    if found is None:
+        raise IntegrityError(
+            f"{file}: integrity check failed: no sha256 line (the file is damaged or truncated)",
+            file=file,
+            line=header_line,
+            section="INTEGRITY",
+        )
+    if found != actual:
+        raise IntegrityError(
+            f"{file}: integrity check failed: the file is damaged or was edited (sha256 {actual} expected {found});"
+            " if you edited it on purpose, re-seal it with `asr inspect --reseal FILE`",
+            file=file,
+            section="INTEGRITY",
+            line=header_line + 1,
+        )
+    return body
+
+
+# --- syntax ------------------------------------------------------------------------------------------------------
+
+
+def read_document(data: bytes, sections: Sequence[SectionSpec], *, file: str) -> SifDocument:
+    """Check integrity, then split the body into sections and raw values (strict syntax, order and keys)."""
+    body = check_integrity(data, file=file)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad_line = body[: e.start].count(b"\n") + 1
+        raise DescriptorError(f"not UTF-8 text (byte {body[e.start]:#04x})", file=file, line=bad_line) from None
+    specs = {s.name: s for s in sections}
+    order = [s.name for s in sections]
+    found: dict[str, list[RawRecord]] = {}
+    section_lines: dict[str, int] = {}
+    current: SectionSpec | None = None
+    scalar: dict[str, RawValue] = {}
+
+    def close_section() -> None:
+        if current is not None and current.kind is SectionKind.SCALAR:
+            found[current.name] = [RawRecord(current.name, None, section_lines[current.name], dict(scalar))]
+
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(";"):
+            continue
+        if stripped.startswith("["):
+            m = _SECTION_RE.match(line)
+            cur = _Cursor(file, lineno, None)
+            if m is None:
+                raise cur.error(f"malformed section header {stripped[:40]!r}")
+            name = m.group(1)
+            if name not in specs:
+                raise cur.error(f"unknown section [{name}] (expected one of {', '.join(f'[{n}]' for n in order)})")
+            if name in section_lines:
+                raise cur.error(f"duplicate section [{name}] (first on line {section_lines[name]})")
+            expected = order[len(section_lines)]
+            if name != expected:
+                raise cur.error(f"section [{name}] out of order: expected [{expected}] here")
+            close_section()
+            current = specs[name]
+            section_lines[name] = lineno
+            found[name] = []
+            scalar = {}
+            continue
+        if current is None:
+            raise _Cursor(file, lineno, None).error(f"text before the first section: {stripped[:40]!r}")
+        if current.kind is SectionKind.SCALAR:
+            cur = _Cursor(file, lineno, current.name)
+            key, items = _scan_scalar(line, cur)
+            if key not in current.fields:
+                raise cur.error(f"unknown key (expected one of {', '.join(current.fields)})", key)
+            if key in scalar:
+                raise cur.error(f"duplicate key (first on line {scalar[key].line})", key)
+            scalar[key] = RawValue(items, lineno)
+        else:
+            number = len(found[current.name]) + 1
+            cur = _Cursor(file, lineno, current.name, number)
+            values: dict[str, RawValue] = {}
+            for fname, items in _scan_record(line, cur):
+                if fname not in current.fields:
+                    raise cur.error(f"unknown field (expected one of {', '.join(current.fields)})", fname)
+                if fname in values:
+                    raise cur.error("duplicate field", fname)
+                values[fname] = RawValue(items, lineno)
+            found[current.name].append(RawRecord(current.name, number, lineno, values))
+    close_section()
+    missing = [n for n in order if n not in section_lines]
+    if missing:
+        raise DescriptorError(
+            f"section [{missing[0]}] is missing", file=file, line=text.count("\n") + 1, section=missing[0]
+        )
+    return SifDocument(file, {k: tuple(v) for k, v in found.items()}, section_lines)
+
+
+def _scan_scalar(line: str, cur: _Cursor) -> tuple[str, tuple[str, ...]]:
+    m = _SCALAR_RE.match(line)
+    if m is None:
+        raise cur.error(f"expected 'key = value', got {line.strip()[:40]!r}")
+    items, pos = _scan_value(line, m.end(), cur, m.group(1))
+    _expect_end(line, pos, cur, m.group(1))
+    return m.group(1), items
+
+
+def _scan_record(line: str, cur: _Cursor) -> Iterator[tuple[str, tuple[str, ...]]]:
+    pos = _skip_blanks(line, 0)
+    while pos < len(line) and line[pos] != ";":
+        m = _FIELD_RE.match(line, pos)
+        if m is None:
+            raise cur.error(f"expected field=value at column {pos + 1}, got {line[pos : pos + 20]!r}")
+        items, pos = _scan_value(line, m.end(), cur, m.group(1))
+        yield m.group(1), items
+        pos = _skip_blanks(line, pos)
+
+
+def _skip_blanks(line: str, pos: int) -> int:
+    while pos < len(line) and line[pos] in " \t":
+        pos += 1
+    return pos
+
+
+def _expect_end(line: str, pos: int, cur: _Cursor, field: str) -> None:
+    pos = _skip_blanks(line, pos)
+    if pos < len(line) and line[pos] != ";":
+        raise cur.error(f"unexpected text after the value: {line[pos : pos + 20]!r}", field)
+
+
+def _scan_value(line: str, pos: int, cur: _Cursor, field: str) -> tuple[tuple[str, ...], int]:
+    """The items of the value starting at ``pos`` and the position after it."""
+    items: list[str] = []
+    while True:
+        if pos < len(line) and line[pos] == '"':
+            text, pos = _scan_quoted(line, pos, cur, field)
+            items.append(text)
+        else:
+            start = pos
+            while pos < len(line) and line[pos] in BARE_CHARS:
+                pos += 1
+            if pos == start:
+                at_end = pos == len(line) or line[pos] in " \t;"
+                if not items and at_end:
+                    return (), pos
+                if at_end:
+                    raise cur.error("a list item is missing after ','", field)
+                raise cur.error(f'unexpected character {line[pos]!r} in a value (quote such values: "...")', field)
+            items.append(line[start:pos])
+        if pos < len(line) and line[pos] == ",":
+            pos += 1
+            continue
+        if pos < len(line) and line[pos] not in " \t;":
+            raise cur.error(f'unexpected character {line[pos]!r} after a value (quote such values: "...")', field)
+        return tuple(items), pos
+
+
+def _scan_quoted(line: str, pos: int, cur: _Cursor, field: str) -> tuple[str, int]:
+    out: list[str] = []
+    pos += 1
+    while pos < len(line):
+        c = line[pos]
+        if c == '"':
+            return "".join(out), pos + 1
+        if c == "\\":
+            esc = line[pos + 1 : pos + 2]
+            if esc in _UNESCAPES:
+                out.append(_UNESCAPES[esc])
+                pos += 2
+                continue
+            if esc in _HEX_ESCAPE_DIGITS:
+                n = _HEX_ESCAPE_DIGITS[esc]
+                digits = line[pos + 2 : pos + 2 + n]
+                if len(digits) != n or not all(d in "0123456789abcdefABCDEF" for d in digits):
+                    raise cur.error(f"bad escape \\{esc}{digits} (needs {n} hex digits)", field)
+                code = int(digits, 16)
+                if code > 0x10FFFF:
+                    raise cur.error(f"bad escape \\{esc}{digits} (not a character)", field)
+                out.append(chr(code))
+                pos += 2 + n
+                continue
+            raise cur.error(f"unknown escape \\{esc} in a quoted string", field)
+        if not c.isprintable():
+            raise cur.error(f"raw control character {c!r} in a quoted string (write it as an escape)", field)
+        out.append(c)
+        pos += 1
+    raise cur.error("unterminated quoted string (a quote is missing)", field)
+
+
+# --- conversion --------------------------------------------------------------------------------------------------
+
+
+def _convert_fields(
+    spec: SectionSpec, rec: RawRecord, file: str, *, skip_missing: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in rec.values.items():
+        fs = spec.fields[name]
+        try:
+            out[name] = fs.kind.convert(raw.items, fs.enum)
+        except ValueError as e:
+            raise DescriptorError(
+                str(e), file=file, line=raw.line, section=spec.name, record=rec.number, field=name
+            ) from None
+    for name, fs in spec.fields.items():
+        if fs.required and name not in out and name not in skip_missing:
+            what = "key" if spec.kind is SectionKind.SCALAR else "field"
+            raise DescriptorError(
+                f"required {what} {name!r} is missing",
+                file=file,
+                line=rec.line,
+                section=spec.name,
+                record=rec.number,
+                field=name,
+            )
+    return out
+
+
+def _make(cls: Callable[..., T], spec: SectionSpec, rec: RawRecord, file: str, **extra: Any) -> T:
+    return cls(**_convert_fields(spec, rec, file), **extra)
+
+
+def _check_version(doc: SifDocument, signature: str) -> str:
+    values = _convert_fields(ASR_SECTIONS[0], doc.sections["VERSION"][0], doc.file)
+    where = doc.sections["VERSION"][0].values
+    if values["signature"] != signature:
+        other = {SIGNATURE: "ASR.SIF", PNP_SIGNATURE: "ASRPNP.SIF"}.get(values["signature"])
+        hint = f" (this is an {other})" if other else ""
+        raise DescriptorError(
+            f"signature {values['signature']!r} is not {signature!r}{hint}",
+            file=doc.file,
+            line=where["signature"].line,
+            section="VERSION",
+            field="signature",
+        )
+    if values["format"] != FORMAT_VERSION:
+        raise DescriptorError(
+            f"format {values['format']} is not supported (this asr reads format {FORMAT_VERSION})",
+            file=doc.file,
+            line=where["format"].line,
+            section="VERSION",
+            field="format",
+        )
+    tool: str = values["tool"]
+    return tool
+
+
+def parse_asr_sif(text: str, *, file: str = "ASR.SIF") -> Descriptor:
+    """The descriptor in ``text``: integrity checked, strictly parsed, validated (two passes).
+    DescriptorError (IntegrityError for a damaged or edited file) naming file, line, section, record, field."""
+    return parse_asr_sif_bytes(_encode(text, file), file=file)
+
+
+def parse_asr_sif_bytes(data: bytes, *, file: str = "ASR.SIF") -> Descriptor:
+    doc = read_document(data, ASR_SECTIONS, file=file)
+    tool = _check_version(doc, SIGNATURE)
+    spec = {s.name: s for s in ASR_SECTIONS}
+    sec = doc.sections
+    system = _make(SystemInfo, spec["SYSTEM"], sec["SYSTEM"][0], file, tool_version=tool)
+    disks = tuple(_make(Disk, spec["DISKS"], r, file) for r in sec["DISKS"])
+    partitions = tuple(_make(Partition, spec["PARTITIONS"], r, file) for r in sec["PARTITIONS"])
+    filesystems = tuple(_make(Filesystem, spec["FILESYSTEMS"], r, file) for r in sec["FILESYSTEMS"])
+    mounts = tuple(_make(Mount, spec["MOUNTS"], r, file) for r in sec["MOUNTS"])
+    bootloader = _make(Bootloader, spec["BOOTLOADER"], sec["BOOTLOADER"][0], file)
+    archives = tuple(_make(Archive, spec["ARCHIVES"], r, file) for r in sec["ARCHIVES"])
+    backup_rec = sec["BACKUP"][0]
+    backup: BackupSet | None = None
+    if backup_rec.values:
+        backup = _make(BackupSet, spec["BACKUP"], backup_rec, file, archives=archives)
+    elif archives:
+        raise DescriptorError(
+            "archives are listed but [BACKUP] is empty",
+            file=file,
+            line=sec["ARCHIVES"][0].line,
+            section="ARCHIVES",
+            record=1,
+        )
+    commands = tuple(_make(Command, spec["COMMANDS"], r, file) for r in sec["COMMANDS"])
+    d = Descriptor(system, disks, partitions, filesystems, mounts, bootloader, backup, commands)
+    try:
+        validate_descriptor(d, file=file)
+    except DescriptorError as e:
+        raise _with_line(e, doc) from None
+    return d
+
+
+def parse_asrpnp_sif(text: str, *, file: str = "ASRPNP.SIF") -> DeviceInventory:
+    """The device inventory in ``text``: integrity checked, strictly parsed, validated."""
+    return parse_asrpnp_sif_bytes(_encode(text, file), file=file)
+
+
+def parse_asrpnp_sif_bytes(data: bytes, *, file: str = "ASRPNP.SIF") -> DeviceInventory:
+    doc = read_document(data, PNP_SECTIONS, file=file)
+    _check_version(doc, PNP_SIGNATURE)
+    spec = {s.name: s for s in PNP_SECTIONS}
+    hostname: str = _convert_fields(spec["SYSTEM"], doc.sections["SYSTEM"][0], file)["hostname"]
+    devices = tuple(_make(Device, spec["DEVICES"], r, file) for r in doc.sections["DEVICES"])
+    inv = DeviceInventory(hostname, devices)
+    try:
+        validate_inventory(inv, file=file)
+    except DescriptorError as e:
+        raise _with_line(e, doc) from None
+    return inv
+
+
+def read_asr_sif(path: Path) -> Descriptor:
+    """Read and validate the ASR.SIF at ``path`` (errors name the file by its name)."""
+    return parse_asr_sif_bytes(path.read_bytes(), file=path.name)
+
+
+def read_asrpnp_sif(path: Path) -> DeviceInventory:
+    return parse_asrpnp_sif_bytes(path.read_bytes(), file=path.name)
+
+
+def _encode(text: str, file: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        line = text[: e.start].count("\n") + 1
+        raise DescriptorError(f"character {text[e.start]!r} cannot be written as UTF-8", file=file, line=line) from None
+
+
+def _with_line(e: DescriptorError, doc: SifDocument) -> DescriptorError:
+    return type(e)(
+        e.reason,
+        file=doc.file,
+        line=doc.line_of(e.section, e.record, e.field),
+        section=e.section,
+        record=e.record,
+        field=e.field,
+    )
+
+
+# --- validation --------------------------------------------------------------------------------------------------
+
+
+class _Checker:
+    """Raises the first problem found, located by section, record and field."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, section: str, record: int | None, field: str | None, message: str) -> typing.NoReturn:
+        raise DescriptorError(message, file=self.file, section=section, record=record, field=field)
+
+    def need(self, ok: bool, section: str, record: int | None, field: str | None, message: str) -> None:
+        if not ok:
+            self.fail(section, record, field, message)
+
+
+def validate_descriptor(d: Descriptor, *, file: str = "ASR.SIF") -> None:
+    """Check a descriptor, field by field (pass 1), then references and geometry (pass 2).
+    DescriptorError naming section, record (1-based within the section) and field of the first problem."""
+    c = _Checker(file)
+    _check_fields(d, c)
+    _check_references(d, c)
+
+
+def _is_abs_path(p: str) -> bool:
+    return p.startswith("/") and "//" not in p and (p == "/" or not p.endswith("/")) and "\n" not in p
+
+
+def _is_file_name(name: str) -> bool:
+    return bool(name) and "/" not in name and name not in (".", "..") and name.isprintable()
+
+
+def _check_fields(d: Descriptor, c: _Checker) -> None:
+    s = d.system
+    c.need(d.version == FORMAT_VERSION, "VERSION", None, "format", f"format {d.version} is not {FORMAT_VERSION}")
+    c.need(bool(s.tool_version), "VERSION", None, "tool", "the tool version is empty")
+    c.need(bool(_HOSTNAME_RE.match(s.hostname)), "SYSTEM", None, "hostname", f"{s.hostname!r} is not a host name")
+    c.need(
+        s.machine_id == "" or bool(_MACHINE_ID_RE.match(s.machine_id)),
+        "SYSTEM",
+        None,
+        "machine_id",
+        f"{s.machine_id!r} is not a machine id (32 lower-case hex digits)",
+    )
+    c.need(
+        bool(_ARCH_RE.match(s.architecture)),
+        "SYSTEM",
+        None,
+        "architecture",
+        f"{s.architecture!r} is not an architecture",
+    )
+    c.need(
+        _is_utc_time(s.captured_at),
+        "SYSTEM",
+        None,
+        "captured_at",
+        f"{s.captured_at!r} is not a UTC time like 2026-01-01T00:00:00Z",
+    )
+
+    for i, disk in enumerate(d.disks, start=1):
+        _check_disk(disk, i, c)
+    disks = {disk.key: disk for disk in d.disks}
+    for i, p in enumerate(d.partitions, start=1):
+        _check_partition(p, disks.get(p.disk), i, c)
+    for i, f in enumerate(d.filesystems, start=1):
+        _check_filesystem(f, i, c)
+    for i, m in enumerate(d.mounts, start=1):
+        _check_mount(m, i, c)
+    b = d.bootloader
+    c.need(b.disk == "" or bool(KEY_RE.match(b.disk)), "BOOTLOADER", None, "disk", f"{b.disk!r} is not a disk key")
+    c.need(
+        b.esp_mountpoint == "" or _is_abs_path(b.esp_mountpoint),
+        "BOOTLOADER",
+        None,
+        "esp_mountpoint",
+        f"{b.esp_mountpoint!r} is not an absolute path",
+    )
+    c.need(
+        b.efi_directory == "" or bool(_TOKEN_RE.match(b.efi_directory)),
+        "BOOTLOADER",
+        None,
+        "efi_directory",
+        f"{b.efi_directory!r} is not a directory name under EFI/",
+    )
+    if d.backup is not None:
+        _check_backup(d.backup, c)
+    for i, cmd in enumerate(d.commands, start=1):
+        c.need(cmd.order >= 1, "COMMANDS", i, "order", f"order {cmd.order} must be 1 or more")
+        c.need(bool(cmd.command.strip()), "COMMANDS", i, "command", "the command is empty")
+        c.need("\n" not in cmd.command, "COMMANDS", i, "command", "a command is one line")
+
+
+def _is_utc_time(text: str) -> bool:
+    if not _CAPTURED_AT_RE.match(text):
+        return False
+    try:
+        dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return False
+    return True
+
+
+def _check_disk(disk: Disk, i: int, c: _Checker) -> None:
+    sec = "DISKS"
+    c.need(bool(KEY_RE.match(disk.key)), sec, i, "key", f"{disk.key!r} is not a key (a-z, 0-9, _; a letter first)")
+    c.need(
+        disk.logical_sector_size in SECTOR_SIZES,
+        sec,
+        i,
+        "logical_sector_size",
+        f"{disk.logical_sector_size} is not a sector size (512 or 4096)",
+    )
+    c.need(
+        disk.physical_sector_size in SECTOR_SIZES,
+        sec,
+        i,
+        "physical_sector_size",
+        f"{disk.physical_sector_size} is not a sector size (512 or 4096)",
+    )
+    c.need(
+        disk.physical_sector_size >= disk.logical_sector_size,
+        sec,
+        i,
+        "physical_sector_size",
+        f"physical sector size {disk.physical_sector_size} is smaller than the logical {disk.logical_sector_size}",
+    )
+    c.need(disk.size_bytes > 0, sec, i, "size_bytes", f"size {disk.size_bytes} must be more than 0")
+    c.need(
+        disk.size_bytes % disk.logical_sector_size == 0,
+        sec,
+        i,
+        "size_bytes",
+        f"size {disk.size_bytes} is not a whole number of {disk.logical_sector_size}-byte sectors",
+    )
+    if disk.table is TableType.GPT:
+        c.need(
+            bool(UUID_RE.match(disk.disk_id)),
+            sec,
+            i,
+            "disk_id",
+            f"{disk.disk_id!r} is not a GPT disk GUID (lower case)",
+        )
+        c.need(
+            disk.size_sectors > 2 * disk.first_usable,
+            sec,
+            i,
+            "size_bytes",
+            f"size {disk.size_bytes} is too small for a GPT",
+        )
+    else:
+        c.need(
+            bool(MBR_ID_RE.match(disk.disk_id)),
+            sec,
+            i,
+            "disk_id",
+            f"{disk.disk_id!r} is not an MBR disk signature like 0x1234abcd",
+        )
+    c.need(disk.device == "" or _is_abs_path(disk.device), sec, i, "device", f"{disk.device!r} is not a device path")
+    for name in disk.by_id:
+        c.need(_is_file_name(name), sec, i, "by_id", f"{name!r} is not a /dev/disk/by-id name")
+
+
+def _check_partition(p: Partition, disk: Disk | None, i: int, c: _Checker) -> None:
+    sec = "PARTITIONS"
+    c.need(bool(KEY_RE.match(p.disk)), sec, i, "disk", f"{p.disk!r} is not a disk key")
+    c.need(p.number >= 1, sec, i, "number", f"partition number {p.number} must be 1 or more")
+    c.need(p.start >= 1, sec, i, "start", f"start {p.start} must be 1 or more")
+    c.need(p.size > 0, sec, i, "size", f"size {p.size} must be more than 0")
+    c.need(len(set(p.flags)) == len(p.flags), sec, i, "flags", "a flag is listed twice")
+    if disk is None:
+        return  # pass 2 reports the missing disk
+    if disk.table is TableType.GPT:
+        c.need(
+            bool(UUID_RE.match(p.type)),
+            sec,
+            i,
+            "type",
+            f"{p.type!r} is not a GPT type GUID (lower case; {disk.key} is GPT)",
+        )
+        c.need(p.partuuid == "" or bool(UUID_RE.match(p.partuuid)), sec, i, "partuuid", f"{p.partuuid!r} is not a GUID")
+        c.need(
+            len(p.name.encode("utf-16-le", "surrogatepass")) <= 2 * GPT_NAME_MAX,
+            sec,
+            i,
+            "name",
+            f"the name is longer than {GPT_NAME_MAX} characters",
+        )
+        c.need(0 <= p.attributes < 1 << 64, sec, i, "attributes", f"attributes {p.attributes:#x} are not 64 bits")
+        c.need(
+            PartFlag.BOOT not in p.flags or bool(p.attributes & GPT_ATTR_LEGACY_BIOS_BOOTABLE),
+            sec,
+            i,
+            "flags",
+            "flag boot on a GPT partition needs attribute bit 2 (LegacyBIOSBootable)",
+        )
+        c.need(
+            PartFlag.BIOS_GRUB not in p.flags or p.type == GPT_BIOS_BOOT,
+            sec,
+            i,
+            "flags",
+            f"flag bios_grub needs the BIOS boot type {GPT_BIOS_BOOT}",
+        )
+        c.need(
+            PartFlag.ESP not in p.flags or p.type == GPT_ESP,
+            sec,
+            i,
+            "flags",
+            f"flag esp needs the EFI System type {GPT_ESP}",
+        )
+    else:
+        c.need(
+            bool(MBR_TYPE_RE.match(p.type)),
+            sec,
+            i,
+            "type",
+            f"{p.type!r} is not an MBR type id (2 hex digits; {disk.key} is MBR)",
+        )
+        c.need(
+            p.partuuid == "" or bool(_MBR_PARTUUID_RE.match(p.partuuid)),
+            sec,
+            i,
+            "partuuid",
+            f"{p.partuuid!r} is not an MBR PARTUUID like 1234abcd-01",
+        )
+        c.need(p.name == "", sec, i, "name", "MBR partitions have no name")
+        c.need(p.attributes == 0, sec, i, "attributes", "MBR partitions have no attribute bits")
+        c.need(
+            PartFlag.BIOS_GRUB not in p.flags,
+            sec,
+            i,
+            "flags",
+            f"flag bios_grub is for GPT disks only ({disk.key} is MBR)",
+        )
+        c.need(PartFlag.ESP not in p.flags or p.type == MBR_ESP, sec, i, "flags", f"flag esp needs MBR type {MBR_ESP}")
+        c.need(
+            p.start < MBR_MAX_SECTORS and p.size < MBR_MAX_SECTORS, sec, i, "start", "an MBR entry holds 32-bit sectors"
+        )
+
+
+def _check_filesystem(f: Filesystem, i: int, c: _Checker) -> None:
+    sec = "FILESYSTEMS"
+    c.need(bool(KEY_RE.match(f.key)), sec, i, "key", f"{f.key!r} is not a key (a-z, 0-9, _; a letter first)")
+    c.need(bool(f.partition), sec, i, "partition", "the partition is empty")
+    if f.uuid:
+        if f.type is FsType.VFAT:
+            c.need(
+                bool(FAT_VOLID_RE.match(f.uuid)), sec, i, "uuid", f"{f.uuid!r} is not a FAT volume id like ABCD-1234"
+            )
+        else:
+            c.need(bool(UUID_RE.match(f.uuid)), sec, i, "uuid", f"{f.uuid!r} is not a UUID (lower case)")
+    label_bytes = len(f.label.encode("utf-8", "surrogatepass"))
+    c.need(
+        label_bytes <= f.type.label_max,
+        sec,
+        i,
+        "label",
+        f"label {f.label!r} is {label_bytes} bytes; {f.type.value} allows {f.type.label_max}",
+    )
+    c.need(f.label.isprintable(), sec, i, "label", f"label {f.label!r} has a control character")
+    c.need(
+        f.block_size == 0 or (f.block_size >= 512 and f.block_size <= 65536 and f.block_size & (f.block_size - 1) == 0),
+        sec,
+        i,
+        "block_size",
+        f"block size {f.block_size} is not 0 or a power of two from 512 to 65536",
+    )
+    if f.type is FsType.VFAT:
+        c.need(f.fat_size in (0, 12, 16, 32), sec, i, "fat_size", f"FAT size {f.fat_size} is not 12, 16 or 32")
+    else:
+        c.need(f.fat_size == 0, sec, i, "fat_size", f"fat_size is for vfat only (this is {f.type.value})")
+    if f.type in (FsType.EXT2, FsType.EXT3, FsType.EXT4):
+        c.need(
+            f.inode_size == 0 or (128 <= f.inode_size <= 4096 and f.inode_size & (f.inode_size - 1) == 0),
+            sec,
+            i,
+            "inode_size",
+            f"inode size {f.inode_size} is not 0 or a power of two from 128 to 4096",
+        )
+    else:
+        c.need(f.inode_size == 0, sec, i, "inode_size", f"inode_size is for ext2/3/4 only (this is {f.type.value})")
+    for feat in f.features:
+        c.need(bool(_FEATURE_RE.match(feat)), sec, i, "features", f"{feat!r} is not a feature name")
+    c.need(not (f.type is FsType.SWAP and f.features), sec, i, "features", "swap has no features")
+
+
+def _check_mount(m: Mount, i: int, c: _Checker) -> None:
+    sec = "MOUNTS"
+    c.need(
+        m.mountpoint == "swap" or _is_abs_path(m.mountpoint),
+        sec,
+        i,
+        "mountpoint",
+        f"{m.mountpoint!r} is not an absolute path or 'swap'",
+    )
+    c.need(bool(m.filesystem), sec, i, "filesystem", "the filesystem is empty")
+    c.need(
+        bool(m.options) and not any(ch.isspace() for ch in m.options),
+        sec,
+        i,
+        "options",
+        f"options {m.options!r} must be non-empty, without blanks",
+    )
+    c.need(not any(ch.isspace() for ch in m.device), sec, i, "device", f"device {m.device!r} has blanks")
+    c.need(m.dump in (0, 1), sec, i, "dump", f"dump {m.dump} is not 0 or 1")
+    c.need(0 <= m.passno <= 9, sec, i, "passno", f"passno {m.passno} is not 0 to 9")
+
+
+def _check_backup(b: BackupSet, c: _Checker) -> None:
+    sec = "BACKUP"
+    c.need(_is_abs_path(b.path), sec, None, "path", f"{b.path!r} is not an absolute path")
+    c.need(
+        b.media_uuid == "" or bool(UUID_RE.match(b.media_uuid) or FAT_VOLID_RE.match(b.media_uuid)),
+        sec,
+        None,
+        "media_uuid",
+        f"{b.media_uuid!r} is not a filesystem UUID",
+    )
+    c.need(_is_file_name(b.manifest), sec, None, "manifest", f"{b.manifest!r} is not a file name")
+    c.need(
+        bool(SHA256_RE.match(b.manifest_sha256)),
+        sec,
+        None,
+        "manifest_sha256",
+        "not a SHA-256 (64 lower-case hex digits)",
+    )
+    c.need(b.file_count >= 0, sec, None, "file_count", f"file count {b.file_count} is negative")
+    for i, a in enumerate(b.archives, start=1):
+        c.need(
+            bool(KEY_RE.match(a.filesystem)), "ARCHIVES", i, "filesystem", f"{a.filesystem!r} is not a filesystem key"
+        )
+        c.need(_is_file_name(a.file), "ARCHIVES", i, "file", f"{a.file!r} is not a file name")
+        c.need(
+            a.file.endswith(b.compression.suffix),
+            "ARCHIVES",
+            i,
+            "file",
+            f"{a.file!r} does not end in {b.compression.suffix} (compression {b.compression.value})",
+        )
+        c.need(a.size > 0, "ARCHIVES", i, "size", f"size {a.size} must be more than 0")
+        c.need(bool(SHA256_RE.match(a.sha256)), "ARCHIVES", i, "sha256", "not a SHA-256 (64 lower-case hex digits)")
+        c.need(a.entries >= 0, "ARCHIVES", i, "entries", f"entries {a.entries} is negative")
+
+
+def is_extended(p: Partition, disk: Disk) -> bool:
+    """Whether ``p`` is an MBR extended partition (a container of logical partitions)."""
+    return disk.table is TableType.MBR and p.type in MBR_EXTENDED
+
+
+def is_esp(p: Partition) -> bool:
+    return p.type in (GPT_ESP, MBR_ESP)
+
+
+def _check_references(d: Descriptor, c: _Checker) -> None:
+    disks: dict[str, Disk] = {}
+    disk_ids: dict[str, str] = {}
+    for i, disk in enumerate(d.disks, start=1):
+        c.need(disk.key not in disks, "DISKS", i, "key", f"duplicate disk key {disk.key!r}")
+        c.need(
+            disk.disk_id not in disk_ids,
+            "DISKS",
+            i,
+            "disk_id",
+            f"disk id {disk.disk_id} is also {disk_ids.get(disk.disk_id)}'s",
+        )
+        disks[disk.key] = disk
+        disk_ids[disk.disk_id] = disk.key
+
+    parts: dict[str, tuple[int, Partition]] = {}
+    partuuids: dict[str, str] = {}
+    for i, p in enumerate(d.partitions, start=1):
+        c.need(p.disk in disks, "PARTITIONS", i, "disk", f"disk {p.disk!r} is not in [DISKS]")
+        disk = disks[p.disk]
+        c.need(p.key not in parts, "PARTITIONS", i, "number", f"{p.disk} has two partitions number {p.number}")
+        if p.partuuid:
+            c.need(
+                p.partuuid not in partuuids,
+                "PARTITIONS",
+                i,
+                "partuuid",
+                f"PARTUUID {p.partuuid} is also {partuuids.get(p.partuuid)}'s",
+            )
+            partuuids[p.partuuid] = p.key
+            if disk.table is TableType.MBR:
+                want = f"{disk.disk_id[2:]}-{p.number:02x}"
+                c.need(
+                    p.partuuid == want,
+                    "PARTITIONS",
+                    i,
+                    "partuuid",
+                    f"PARTUUID {p.partuuid} does not match {disk.key}'s signature: {want}",
+                )
+        parts[p.key] = (i, p)
+    for disk in d.disks:
+        _check_geometry(disk, [(i, p) for i, p in parts.values() if p.disk == disk.key], c)
+
+    filesystems: dict[str, tuple[int, Filesystem]] = {}
+    on_partition: dict[str, str] = {}
+    fs_uuids: dict[str, str] = {}
+    for i, f in enumerate(d.filesystems, start=1):
+        c.need(f.key not in filesystems, "FILESYSTEMS", i, "key", f"duplicate filesystem key {f.key!r}")
+        c.need(f.partition in parts, "FILESYSTEMS", i, "partition", f"partition {f.partition!r} is not in [PARTITIONS]")
+        _, p = parts[f.partition]
+        c.need(
+            not is_extended(p, disks[p.disk]), "FILESYSTEMS", i, "partition", f"{f.partition} is an extended partition"
+        )
+        c.need(p.type != GPT_BIOS_BOOT, "FILESYSTEMS", i, "partition", f"{f.partition} is a BIOS boot partition")
+        c.need(
+            f.partition not in on_partition,
+            "FILESYSTEMS",
+            i,
+            "partition",
+            f"{f.partition} already holds {on_partition.get(f.partition)}",
+        )
+        if f.uuid:
+            c.need(f.uuid not in fs_uuids, "FILESYSTEMS", i, "uuid", f"UUID {f.uuid} is also {fs_uuids.get(f.uuid)}'s")
+            fs_uuids[f.uuid] = f.key
+        filesystems[f.key] = (i, f)
+        on_partition[f.partition] = f.key
+
+    mountpoints: dict[str, int] = {}
+    for i, m in enumerate(d.mounts, start=1):
+        c.need(
+            m.filesystem in filesystems,
+            "MOUNTS",
+            i,
+            "filesystem",
+            f"filesystem {m.filesystem!r} is not in [FILESYSTEMS]",
+        )
+        _, f = filesystems[m.filesystem]
+        if m.mountpoint == "swap":
+            c.need(f.type is FsType.SWAP, "MOUNTS", i, "mountpoint", f"{f.key} is {f.type.value}, not swap")
+        else:
+            c.need(f.type is not FsType.SWAP, "MOUNTS", i, "mountpoint", f"{f.key} is swap: its mountpoint is 'swap'")
+            c.need(
+                m.mountpoint not in mountpoints,
+                "MOUNTS",
+                i,
+                "mountpoint",
+                f"{m.mountpoint} is also mount record {mountpoints.get(m.mountpoint)}",
+            )
+            mountpoints[m.mountpoint] = i
+        _, p = parts[f.partition]
+        if m.spec is FstabSpec.UUID:
+            c.need(bool(f.uuid), "MOUNTS", i, "spec", f"fstab names it by UUID but {f.key} has no UUID")
+        elif m.spec is FstabSpec.LABEL:
+            c.need(bool(f.label), "MOUNTS", i, "spec", f"fstab names it by LABEL but {f.key} has no label")
+        elif m.spec is FstabSpec.PARTUUID:
+            c.need(bool(p.partuuid), "MOUNTS", i, "spec", f"fstab names it by PARTUUID but {p.key} has no PARTUUID")
+        elif m.spec is FstabSpec.PARTLABEL:
+            c.need(bool(p.name), "MOUNTS", i, "spec", f"fstab names it by PARTLABEL but {p.key} has no name")
+    c.need("/" in mountpoints, "MOUNTS", None, None, "no mount of '/' (the root filesystem)")
+    root_fs = filesystems[d.mounts[mountpoints["/"] - 1].filesystem][1]
+    root_disk = parts[root_fs.partition][1].disk
+    c.need(
+        disks[root_disk].critical,
+        "DISKS",
+        list(disks).index(root_disk) + 1,
+        "critical",
+        f"{root_disk} holds '/' and must be critical",
+    )
+
+    _check_bootloader(d, disks, parts, filesystems, mountpoints, c)
+    _check_archives(d, filesystems, c)
+
+    orders: set[int] = set()
+    for i, cmd in enumerate(d.commands, start=1):
+        c.need(cmd.order not in orders, "COMMANDS", i, "order", f"order {cmd.order} is used twice")
+        orders.add(cmd.order)
+
+
+def _check_geometry(disk: Disk, parts: list[tuple[int, Partition]], c: _Checker) -> None:
+    sec = "PARTITIONS"
+    first, last = disk.first_usable, disk.last_usable
+    extended: tuple[int, Partition] | None = None
+    for i, p in parts:
+        c.need(p.start >= first, sec, i, "start", f"start {p.start} is before {disk.key}'s first usable sector {first}")
+        c.need(
+            p.end - 1 <= last,
+            sec,
+            i,
+            "start",
+            f"start {p.start} + size {p.size} exceeds {disk.key} ({disk.size_sectors} sectors, last usable {last})",
+        )
+        if disk.table is TableType.MBR:
+            if is_extended(p, disk):
+                c.need(p.number <= 4, sec, i, "number", f"an extended partition is a primary one (1-4), not {p.number}")
+                c.need(extended is None, sec, i, "type", f"{disk.key} has two extended partitions")
+                extended = (i, p)
+    if disk.table is TableType.MBR:
+        logical = sorted((p.number, i, p) for i, p in parts if p.number > 4)
+        for n, (number, i, p) in enumerate(logical, start=5):
+            c.need(
+                extended is not None,
+                sec,
+                i,
+                "number",
+                f"logical partition {number} needs an extended partition on {disk.key}",
+            )
+            assert extended is not None
+            ext = extended[1]
+            c.need(
+                ext.start < p.start and p.end <= ext.end,
+                sec,
+                i,
+                "start",
+                f"logical partition {number} ({p.start}..{p.end - 1}) is not inside the extended partition "
+                f"{ext.key} ({ext.start}..{ext.end - 1}, after its first sector)",
+            )
+            c.need(
+                number == n, sec, i, "number", f"logical partitions are numbered 5, 6, ... without gaps: expected {n}"
+            )
+    # Overlaps: primaries (the extended one included) with each other; logical ones with each other.
+    groups = [[(i, p) for i, p in parts if p.number <= 4 or disk.table is TableType.GPT]]
+    if disk.table is TableType.MBR:
+        groups.append([(i, p) for i, p in parts if p.number > 4])
+    for group in groups:
+        ordered = sorted(group, key=lambda ip: (ip[1].start, ip[0]))
+        for (_, a), (i, b) in itertools.pairwise(ordered):
+            c.need(
+                b.start >= a.end,
+                sec,
+                i,
+                "start",
+                f"{b.key} ({b.start}..{b.end - 1}) overlaps {a.key} ({a.start}..{a.end - 1})",
+            )
+        if disk.table is TableType.MBR:
+            boot = [i for i, p in group if PartFlag.BOOT in p.flags]
+            c.need(
+                len(boot) <= 1,
+                sec,
+                boot[-1] if boot else None,
+                "flags",
+                f"{disk.key} has more than one active (boot) partition",
+            )
+
+
+def _check_bootloader(
+    d: Descriptor,
+    disks: Mapping[str, Disk],
+    parts: Mapping[str, tuple[int, Partition]],
+    filesystems: Mapping[str, tuple[int, Filesystem]],
+    mountpoints: Mapping[str, int],
+    c: _Checker,
+) -> None:
+    b, sec = d.bootloader, "BOOTLOADER"
+    if b.kind is BootloaderKind.NONE:
+        c.need(b.disk == "", sec, None, "disk", "kind none has no disk")
+    else:
+        c.need(b.disk in disks, sec, None, "disk", f"disk {b.disk!r} is not in [DISKS]")
+    if b.esp_mountpoint:
+        c.need(b.esp_mountpoint in mountpoints, sec, None, "esp_mountpoint", f"{b.esp_mountpoint} is not in [MOUNTS]")
+        m = d.mounts[mountpoints[b.esp_mountpoint] - 1]
+        _, f = filesystems[m.filesystem]
+        c.need(
+            f.type is FsType.VFAT,
+            sec,
+            None,
+            "esp_mountpoint",
+            f"the ESP {b.esp_mountpoint} is {f.type.value} ({f.key}), not vfat",
+        )
+        _, p = parts[f.partition]
+        c.need(
+            is_esp(p),
+            sec,
+            None,
+            "esp_mountpoint",
+            f"the ESP {b.esp_mountpoint} is on {p.key}, whose type {p.type} is not EFI System",
+        )
+    if b.kind in (BootloaderKind.GRUB_EFI, BootloaderKind.SYSTEMD_BOOT):
+        c.need(bool(b.esp_mountpoint), sec, None, "esp_mountpoint", f"{b.kind.value} needs the ESP's mount point")
+        c.need(
+            d.system.firmware is Firmware.UEFI,
+            sec,
+            None,
+            "kind",
+            f"{b.kind.value} does not boot with {d.system.firmware.value} firmware",
+        )
+    if b.kind is BootloaderKind.GRUB_BIOS:
+        c.need(
+            d.system.firmware is Firmware.BIOS,
+            sec,
+            None,
+            "kind",
+            f"grub-bios does not boot with {d.system.firmware.value} firmware",
+        )
+        if disks[b.disk].table is TableType.GPT:
+            c.need(
+                any(p.disk == b.disk and p.type == GPT_BIOS_BOOT for _, p in parts.values()),
+                sec,
+                None,
+                "disk",
+                f"grub-bios on GPT disk {b.disk} needs a BIOS boot partition there",
+            )
+    if d.system.firmware is Firmware.UEFI:
+        c.need(
+            any(is_esp(p) for _, p in parts.values()),
+            "SYSTEM",
+            None,
+            "firmware",
+            "uefi firmware needs an EFI system partition",
+        )
+
+
+def _check_archives(d: Descriptor, filesystems: Mapping[str, tuple[int, Filesystem]], c: _Checker) -> None:
+    if d.backup is None:
+        return
+    archived: dict[str, int] = {}
+    files: set[str] = set()
+    for i, a in enumerate(d.backup.archives, start=1):
+        c.need(
+            a.filesystem in filesystems,
+            "ARCHIVES",
+            i,
+            "filesystem",
+            f"filesystem {a.filesystem!r} is not in [FILESYSTEMS]",
+        )
+        _, f = filesystems[a.filesystem]
+        c.need(f.type.has_files, "ARCHIVES", i, "filesystem", f"{f.key} is {f.type.value}: it has no files to archive")
+        c.need(f.backup, "ARCHIVES", i, "filesystem", f"{f.key} is not backed up (backup=no) but has an archive")
+        c.need(a.filesystem not in archived, "ARCHIVES", i, "filesystem", f"{f.key} has two archives")
+        c.need(
+            a.file not in files and a.file != d.backup.manifest, "ARCHIVES", i, "file", f"file {a.file} is listed twice"
+        )
+        archived[a.filesystem] = i
+        files.add(a.file)
+    for i, f in filesystems.values():
+        c.need(
+            not (f.backup and f.type.has_files) or f.key in archived,
+            "FILESYSTEMS",
+            i,
+            "backup",
+            f"{f.key} is backed up (backup=yes) but [ARCHIVES] has no archive for it",
+        )
+
+
+def validate_inventory(inv: DeviceInventory, *, file: str = "ASRPNP.SIF") -> None:
+    """Check a device inventory record by record.  DescriptorError naming section, record and field."""
+    c = _Checker(file)
+    c.need(inv.version == FORMAT_VERSION, "VERSION", None, "format", f"format {inv.version} is not {FORMAT_VERSION}")
+    c.need(bool(_HOSTNAME_RE.match(inv.hostname)), "SYSTEM", None, "hostname", f"{inv.hostname!r} is not a host name")
+    seen: dict[tuple[str, str], int] = {}
+    sec = "DEVICES"
+    for i, dev in enumerate(inv.devices, start=1):
+        c.need(bool(_BUS_RE.match(dev.bus)), sec, i, "bus", f"{dev.bus!r} is not a bus name")
+        c.need(bool(dev.address) and dev.address.isprintable(), sec, i, "address", "the address is empty")
+        c.need(
+            (dev.bus, dev.address) not in seen,
+            sec,
+            i,
+            "address",
+            f"{dev.bus} {dev.address} is also device {seen.get((dev.bus, dev.address))}",
+        )
+        seen[(dev.bus, dev.address)] = i
+        c.need(
+            dev.vendor == "" or bool(_HEX4_RE.match(dev.vendor)),
+            sec,
+            i,
+            "vendor",
+            f"{dev.vendor!r} is not a 4-digit hex id",
+        )
+        c.need(
+            dev.device == "" or bool(_HEX4_RE.match(dev.device)),
+            sec,
+            i,
+            "device",
+            f"{dev.device!r} is not a 4-digit hex id",
+        )
+        c.need(
+            dev.device_class == "" or bool(_CLASS_RE.match(dev.device_class)),
+            sec,
+            i,
+            "device_class",
+            f"{dev.device_class!r} is not a class like 0x010601",
+        )
+        c.need(
+            dev.modalias == "" or bool(_MODALIAS_RE.match(dev.modalias)),
+            sec,
+            i,
+            "modalias",
+            f"{dev.modalias!r} is not a modalias",
+        )
+        c.need(
+            dev.driver == "" or bool(_MODULE_RE.match(dev.driver)),
+            sec,
+            i,
+            "driver",
+            f"{dev.driver!r} is not a driver name",
+        )
+        for mod in dev.modules:
+            c.need(bool(_MODULE_RE.match(mod)), sec, i, "modules", f"{mod!r} is not a module name")

@@ -193,6 +193,8 @@ def make_iso(
     the same bytes.  Bad input raises InputError and writes nothing.
     """
     check_volume_id(volume_id)
+    if not out.parent.is_dir():
+        raise InputError(f"ISO: output directory {out.parent} does not exist")
     check_isolinux_bin(isolinux_bin)
     check_ldlinux_c32(ldlinux_c32)
     if len(esp_image) > ESP_MAX_SIZE or len(esp_image) % 512 or not esp_image:

@@ -319,6 +319,23 @@ def test_bad_input_is_a_named_error_and_writes_nothing(
     assert list(tmp_path.parent.glob("iso*/bad.iso*")) == []
 
 
+def test_missing_output_directory_is_a_named_error(tmp_path: Path, loaders: BootLoaders, esp: bytes) -> None:
+    with pytest.raises(InputError, match="output directory"):
+        make_iso(
+            tmp_path / "missing" / "asr.iso",
+            kernel=KERNEL,
+            initramfs=INITRAMFS,
+            isolinux_bin=loaders.isolinux_bin,
+            ldlinux_c32=loaders.ldlinux_c32,
+            isolinux_cfg="",
+            grub_cfg="",
+            esp_image=esp,
+            volume_id="ASR",
+            epoch=EPOCH,
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- smoke boot under QEMU: the media start a real kernel with our command line ----------------------------
 
 SMOKE_INIT = """#!/bin/busybox sh
@@ -382,6 +399,8 @@ def test_media_boot_the_kernel_with_our_command_line(smoke_iso: Path, mode: str)
     proc = run(argv, timeout=300)
     lines = [ln.strip() for ln in proc.stdout.splitlines() if ln.startswith("ASR-SMOKE ")]
     assert lines, proc.stdout[-3000:]
+    assert "Unknown command" not in proc.stdout  # the GRUB early config suits the rescue parser
+    assert "cannot find the Automated System Recovery medium" not in proc.stdout
     verdict = lines[-1]
     assert verdict.startswith(f"ASR-SMOKE firmware={firmware} cmdline=")
     cmdline = verdict.split("cmdline=", 1)[1].split()

@@ -181,7 +181,7 @@ class ConsoleSpec:
 
     @property
     def name(self) -> str:
-        return os.path.basename(self.path)
+        return self.path.removeprefix("/dev/")
 
 
 DEFAULT_CONSOLES = (ConsoleSpec("/dev/tty1"), ConsoleSpec("/dev/ttyS0", serial=True))

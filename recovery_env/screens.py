@@ -1,0 +1,145 @@
+"""Text-mode screens in the manner of XP Setup: a title bar, white on blue, a grey status line at the bottom.
+
+Pure: a :class:`Screen` is data and :func:`render_screen` turns it into the bytes (ANSI) written to every
+console; :func:`render_summary` turns a descriptor into the lines of the F2 summary.  Rows are painted top to
+bottom and end with CR LF, so the serial log, stripped of its escape sequences, reads as plain lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from recovery_env.descriptor import GPT_TYPES, MBR_TYPES, Descriptor, DeviceInventory, TableType
+
+WIDTH = 80
+HEIGHT = 24  # a serial terminal has 24 rows; the VGA console's 25th stays blue
+TITLE = "Automated System Recovery"
+
+CSI = "\x1b["
+BODY = CSI + "0;37;44m"  # white on blue
+BRIGHT = CSI + "0;1;37;44m"  # bright white on blue
+STATUS = CSI + "0;30;47m"  # black on grey
+ERROR = CSI + "0;1;33;41m"  # yellow on red: the error box line
+RESET = CSI + "0m"
+
+
+@dataclass(frozen=True)
+class Screen:
+    body: tuple[str, ...]
+    status: str
+    title: str = TITLE
+    error: bool = False  # the first body line is an error heading
+
+    @property
+    def body_rows(self) -> int:
+        return HEIGHT - 4  # title, rule, blank ... status
+
+
+def fit(line: str, width: int = WIDTH - 1) -> str:
+    """One row: cut to the width (never wrap: the row would spill into the next) and padded to it."""
+    if len(line) > width:
+        line = line[: width - 3] + "..."
+    return line.ljust(width)
+
+
+def wrap(text: str, width: int = WIDTH - 6) -> list[str]:
+    """Break a paragraph into lines at spaces (long words are cut by :func:`fit` later)."""
+    lines: list[str] = []
+    for para in text.splitlines() or [""]:
+        current = ""
+        for word in para.split(" "):
+            if current and len(current) + 1 + len(word) > width:
+                lines.append(current)
+                current = word
+            else:
+                current = f"{current} {word}" if current else word
+        lines.append(current)
+    return lines
+
+
+def render_status(text: str) -> str:
+    """Only the status line (for a countdown): move there, paint it, come back to the top."""
+    return f"{CSI}{HEIGHT};1H{STATUS}{fit(' ' + text)}{BODY}{CSI}1;1H"
+
+
+def render_screen(screen: Screen) -> str:
+    body = list(screen.body)
+    room = screen.body_rows
+    if len(body) > room:
+        hidden = len(body) - room + 1
+        body = [*body[: room - 1], f"  ... {hidden} more lines (the serial console has them all)"]
+    rows = [f"{BRIGHT}{fit(' ' + screen.title)}", f"{BODY}{fit(' ' + '=' * (len(screen.title) + 2))}"]
+    for i, line in enumerate(body):
+        colour = ERROR if screen.error and i == 0 else BODY
+        rows.append(f"{colour}{fit('  ' + line)}{BODY}")
+    out = [f"{CSI}?25l{BODY}{CSI}2J{CSI}1;1H"]  # hide the cursor, clear to blue
+    out.extend(f"{CSI}{n};1H{row}\r\n" for n, row in enumerate(rows, start=1))
+    out.append(render_status(screen.status))
+    return "".join(out)
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" or size >= 100 else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError(n)
+
+
+def render_summary(descriptor: Descriptor, inventory: DeviceInventory | None = None) -> list[str]:
+    """The F2 summary of a descriptor: system, disks, partitions, filesystems (with mount points), backup set."""
+    d = descriptor
+    s = d.system
+    lines = [
+        f"System:      {s.hostname}  ({s.os_release}, {s.architecture}, {s.firmware.value.upper()} firmware)",
+        f"Captured:    {s.captured_at}  kernel {s.kernel}  written by {s.tool_version}",
+        f"Disks:       {len(d.disks)}",
+    ]
+    for disk in d.disks:
+        was = ", ".join(x for x in (disk.device, disk.model) if x)
+        lines.append(
+            f"  {disk.key:<8} {human_size(disk.size_bytes):>10}  {disk.table.value.upper():<4}"
+            + ("  critical" if disk.critical else "")
+            + (f"  (was {was})" if was else "")
+        )
+    lines.append(f"Partitions:  {len(d.partitions)}")
+    for p in d.partitions:
+        disk = d.disk(p.disk)
+        kind = GPT_TYPES if disk.table is TableType.GPT else MBR_TYPES
+        flags = " ".join(f.value for f in p.flags)
+        lines.append(
+            f"  {p.key:<8} {human_size(p.size * disk.logical_sector_size):>10}  "
+            f"{kind.get(p.type, p.type)}" + (f"  [{flags}]" if flags else "")
+        )
+    lines.append(f"Filesystems: {len(d.filesystems)}")
+    for fs in d.filesystems:
+        m = d.mount_of(fs.key)
+        label = fs.label or "-"
+        lines.append(
+            f"  {fs.partition:<8} {fs.type.value:<6} {label:<12} {fs.uuid or '-':<36} {m.mountpoint if m else '-'}"
+        )
+    b = d.backup
+    if b is None:
+        lines.append("Backup set:  none recorded")
+    else:
+        medium = b.media_label or b.media_uuid or "any medium"
+        lines.append(
+            f"Backup set:  {b.path} on {medium}, {len(b.archives)} archives, "
+            f"{b.file_count} files, {b.compression.value}"
+        )
+    bl = d.bootloader
+    lines.append(f"Boot loader: {bl.kind.value}" + (f" on {bl.disk}" if bl.disk else ""))
+    if inventory is not None:
+        lines.append(
+            f"Devices:     {len(inventory.devices)} in ASRPNP.SIF, drivers: {', '.join(inventory.modules()) or 'none'}"
+        )
+    return lines
+
+
+def summary_log_line(descriptor: Descriptor) -> str:
+    """The one line tests and scripts match on the serial console."""
+    return (
+        f"summary: host={descriptor.system.hostname} disks={len(descriptor.disks)} "
+        f"partitions={len(descriptor.partitions)} filesystems={len(descriptor.filesystems)}"
+    )

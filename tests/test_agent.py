@@ -34,8 +34,8 @@ from recovery_env.descriptor import (
     Firmware,
     FsType,
     Mount,
-    Partition,
     PartFlag,
+    Partition,
     SystemInfo,
     TableType,
 )
@@ -66,7 +66,7 @@ def sample_descriptor(hostname: str = "sample-host") -> Descriptor:
             partuuid="11111111-2222-4333-8444-555555555551",
             name="EFI",
             flags=(PartFlag.ESP,),
-        ),  # fmt: skip
+        ),
         Partition("disk1", 2, 1050624, 6291456, linux, partuuid="11111111-2222-4333-8444-555555555552", name="root"),
         Partition("disk1", 3, 7342080, 1044480, swap, partuuid="11111111-2222-4333-8444-555555555553", name="swap"),
     )
@@ -419,7 +419,7 @@ def test_crash_report_is_one_line_on_screen_and_the_traceback_in_the_log(tmp_pat
     log = tmp_path / "run" / "asr-agent.log"
     try:
         try:
-            {}["missing"]  # noqa: B018  (a real exception with a real traceback)
+            {}["missing"]  # a real exception with a real traceback
         except KeyError as e:
             report_crash(consoles, e, str(log))
         time.sleep(0.1)

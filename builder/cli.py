@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     bk.add_argument("--disk", action="append", default=[], help="capture only these disks (repeatable)")
     bk.add_argument("--include-mount", action="append", default=[], help="also back up this mount point")
     bk.add_argument("--exclude", action="append", default=[], help="tar exclude pattern (repeatable)")
+    bk.add_argument("--firmware", choices=["bios", "uefi"], help="firmware of a --root system (default: detected)")
     bk.add_argument("--json", action="store_true")
 
     sub.add_parser("demo", help="build the media of the embedded sample, boot it, press F2, show the summary")

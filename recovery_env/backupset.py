@@ -558,7 +558,7 @@ def verify_entry(root: Path, e: ManifestEntry, *, check_mtime: bool = True) -> l
             out.append(Difference(e.path, "hardlink", f"same inode as {e.link}", f"{e.link} absent"))
     if e.type in (EntryType.CHR, EntryType.BLK):
         need("device", f"{e.major}:{e.minor}", f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
-    if check_mtime and e.type is not EntryType.DIR:
+    if check_mtime:
         need("mtime", e.mtime, int(st.st_mtime))
     if e.type is not EntryType.SYMLINK:
         need("xattrs", dict(sorted(e.xattrs.items())), read_xattr_digests(p))

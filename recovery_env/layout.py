@@ -102,6 +102,9 @@ GPT_ATTR_BITS: dict[str, int] = {"RequiredPartition": 0, "NoBlockIOProtocol": 1,
 
 FAT_VERSIONS: dict[str, int] = {"FAT12": 12, "FAT16": 16, "FAT32": 32}
 
+# dumpe2fs lists these state flags among the features; they are not features mke2fs -O can make.
+EXT_STATE_FLAGS = frozenset({"needs_recovery", "orphan_present"})
+
 LSBLK_COLUMNS = "NAME,KNAME,PATH,TYPE,SIZE,LOG-SEC,PHY-SEC,MODEL,SERIAL,WWN,MAJ:MIN,PKNAME,MOUNTPOINTS"
 
 
@@ -262,7 +265,7 @@ def parse_dumpe2fs(text: str, where: str = "dumpe2fs -h") -> ExtFacts:
         return ExtFacts(
             block_size=int(fields["Block size"]),
             inode_size=int(fields.get("Inode size", "0") or 0),
-            features=tuple(fields.get("Filesystem features", "").split()),
+            features=tuple(f for f in fields.get("Filesystem features", "").split() if f not in EXT_STATE_FLAGS),
         )
     except (KeyError, ValueError) as e:
         raise InputError(f"{where}: no usable 'Block size' line") from e

@@ -440,8 +440,8 @@ def test_sfdisk_json_errors_say_where() -> None:
 
 
 def test_dumpe2fs_needs_block_size() -> None:
-    assert parse_dumpe2fs("Block size:  4096\nInode size: 256\nFilesystem features: a b\n") == ExtFacts(
-        4096, 256, ("a", "b"))
+    assert parse_dumpe2fs("Block size:  4096\nInode size: 256\nFilesystem features: a needs_recovery b\n") == (
+        ExtFacts(4096, 256, ("a", "b")))
     with pytest.raises(InputError, match="dumpe2fs -h: no usable 'Block size'"):
         parse_dumpe2fs("nothing")
 

@@ -194,8 +194,9 @@ class StepFailed(AsrError):
 
     exit_code = 4
 
-    def __init__(self, step: str, argv: Sequence[str], output: str, reason: str = "") -> None:
+    def __init__(self, step: str, argv: Sequence[str], output: str, reason: str = "", index: int = -1) -> None:
         self.step = step
+        self.index = index  # the step's position in the plan: retry with execute_plan(..., from_step=index)
         self.argv = list(argv)
         self.output = output
         self.reason = reason

@@ -1,0 +1,1082 @@
+"""The restore planner: descriptor + the disks of this machine → a plan, as data.
+
+Pure: no I/O, no subprocess (the tests run it under ``ASR_FORBID_SUBPROCESS=1``).  Two steps:
+
+1. :func:`match_disks` pairs each critical disk of the descriptor with a disk of this machine: by serial or WWN,
+   then by disk GUID / MBR signature, then by size (at least as large as the original, smallest fitting first).
+   The disks holding the boot and the backup media (``exclude``) are never chosen.  A smaller disk is XP's
+   :class:`TargetTooSmallError`.  Several equal candidates: :class:`AmbiguousDiskMatchError` when unattended,
+   otherwise the result lists them (:attr:`DiskMatch.pending`) so the UI lets the user pick and matches again
+   with ``pinned``.
+2. :func:`plan_restore` turns the matched disks into a :class:`RestorePlan`: per disk the wipe argv, the sfdisk
+   script text and argv; per filesystem the mkfs argv (from :data:`MKFS_TABLE`); mounts in mount-point order under
+   the target root; archive extractions; fstab changes; boot loader commands; post-restore commands; and what the
+   plan screen shows (:attr:`RestorePlan.disks_to_wipe`, :func:`render_plan`).  :meth:`RestorePlan.steps` orders it
+   all into named steps, which :mod:`recovery_env.execute` runs and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from recovery_env.backupset import DECOMPRESSORS, TAR_EXTRACT_OPTIONS
+from recovery_env.descriptor import (
+    GPT_TYPES,
+    MBR_TYPES,
+    BootloaderKind,
+    Descriptor,
+    Disk,
+    Filesystem,
+    Firmware,
+    FstabSpec,
+    FsType,
+    Mount,
+    PartFlag,
+    Partition,
+    TableType,
+)
+from recovery_env.discover import TargetDisk, format_size, partition_device
+from recovery_env.errors import (
+    AmbiguousDiskMatchError,
+    DiskMatchError,
+    NoTargetDiskError,
+    PlanError,
+    TargetTooSmallError,
+)
+
+# ------------------------------------------------------------------------------------------------ disk matching
+
+
+class MatchReason(StrEnum):
+    """Why a disk of this machine was matched to an original disk, strongest first."""
+
+    CHOSEN = "chosen"  # the user picked it
+    SERIAL = "serial"
+    WWN = "wwn"
+    DISK_ID = "disk-id"
+    SIZE = "size"
+
+    @property
+    def describe(self) -> str:
+        return {
+            "chosen": "chosen by you",
+            "serial": "same serial number",
+            "wwn": "same World Wide Name",
+            "disk-id": "same disk GUID / signature",
+            "size": "large enough",
+        }[self.value]
+
+
+@dataclass(frozen=True)
+class DiskChoice:
+    """An original disk that several disks of this machine fit equally: the user picks one (interactive)."""
+
+    disk: Disk
+    candidates: tuple[TargetDisk, ...]  # every disk that fits, smallest first
+    reason: MatchReason  # the tier at which they tied
+
+    def describe(self) -> str:
+        names = ", ".join(t.describe() for t in self.candidates)
+        return f"{describe_disk(self.disk)} fits {len(self.candidates)} disks equally ({self.reason.describe}): {names}"
+
+
+@dataclass(frozen=True)
+class DiskMatch(Mapping[str, TargetDisk]):
+    """The result of :func:`match_disks`: a mapping disk key → target disk, plus the disks still to be chosen."""
+
+    assigned: tuple[tuple[str, TargetDisk, MatchReason], ...] = ()
+    pending: tuple[DiskChoice, ...] = ()
+
+    def __getitem__(self, key: str) -> TargetDisk:
+        for k, t, _ in self.assigned:
+            if k == key:
+                return t
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(k for k, _, _ in self.assigned)
+
+    def __len__(self) -> int:
+        return len(self.assigned)
+
+    @property
+    def complete(self) -> bool:
+        return not self.pending
+
+    def reason(self, key: str) -> MatchReason:
+        for k, _, r in self.assigned:
+            if k == key:
+                return r
+        raise KeyError(key)
+
+
+def describe_disk(disk: Disk) -> str:
+    """``disk1 (was /dev/sda, QEMU HARDDISK, 2.0 GiB)``."""
+    parts = (f"was {disk.device}" if disk.device else "", disk.model, format_size(disk.size_bytes))
+    what = ", ".join(x for x in parts if x)
+    return f"{disk.key} ({what})"
+
+
+def _norm_serial(s: str) -> str:
+    return s.strip()
+
+
+def _norm_wwn(s: str) -> str:
+    t = s.strip().lower()
+    for prefix in ("naa.", "eui.", "0x"):
+        t = t.removeprefix(prefix)
+    return t
+
+
+def _fits(disk: Disk, target: TargetDisk) -> bool:
+    return target.logical_sector_size == disk.logical_sector_size and target.size_bytes >= disk.size_bytes
+
+
+def _identity(disk: Disk, target: TargetDisk) -> MatchReason | None:
+    if disk.serial and _norm_serial(disk.serial) == _norm_serial(target.serial):
+        return MatchReason.SERIAL
+    if disk.wwn and _norm_wwn(disk.wwn) == _norm_wwn(target.wwn):
+        return MatchReason.WWN
+    if disk.disk_id and target.table is disk.table and disk.disk_id.lower() == target.disk_id.lower():
+        return MatchReason.DISK_ID
+    return None
+
+
+def _exclusion_reasons(exclude: Collection[str]) -> dict[str, str]:
+    """Excluded names → why (a Mapping gives reasons; a plain collection says "boot or backup medium")."""
+    out: dict[str, str] = {}
+    for x in exclude:
+        why = exclude[x] if isinstance(exclude, Mapping) else "boot or backup medium"
+        out[os.path.basename(x)] = str(why)
+    return out
+
+
+def _no_target_error(
+    disk: Disk, targets: Sequence[TargetDisk], excluded: Mapping[str, str], taken: set[str]
+) -> DiskMatchError:
+    """The named error for an original disk nothing fits: too small (XP's rule) or nothing left at all."""
+    free = [t for t in targets if t.name not in excluded and not t.read_only and t.name not in taken]
+    same_sector = [t for t in free if t.logical_sector_size == disk.logical_sector_size]
+    if same_sector:
+        has = "; ".join(f"{t.describe()} has {format_size(t.size_bytes)} ({t.size_bytes} bytes)" for t in same_sector)
+        return TargetTooSmallError(
+            "the replacement disk must be at least as large as the original: "
+            f"{describe_disk(disk)} needs {format_size(disk.size_bytes)} ({disk.size_bytes} bytes), {has}"
+        )
+    notes = []
+    for t in targets:
+        if t.name in excluded:
+            notes.append(f"{t.device} is excluded ({excluded[t.name]})")
+        elif t.read_only:
+            notes.append(f"{t.device} is read-only")
+        elif t.name in taken:
+            notes.append(f"{t.device} is already used for another disk")
+        else:
+            notes.append(
+                f"{t.describe()} has {t.logical_sector_size}-byte sectors, "
+                f"{disk.key} had {disk.logical_sector_size}-byte sectors"
+            )
+    detail = "; ".join(notes) if notes else "this machine shows no disks at all"
+    return NoTargetDiskError(f"no disk to restore {describe_disk(disk)} onto: {detail}")
+
+
+def match_disks(
+    descriptor: Descriptor,
+    targets: Sequence[TargetDisk],
+    *,
+    exclude: Collection[str] = (),
+    unattended: bool,
+    pinned: Mapping[str, str] | None = None,
+) -> DiskMatch:
+    """Match every critical disk of the descriptor to a disk of this machine.
+
+    ``exclude``: names or /dev paths never chosen (the boot and backup media; a Mapping may say why).  ``pinned``:
+    disk key → device name or path the user picked for it.  Raises TargetTooSmallError / NoTargetDiskError when an
+    original disk has no candidate, AmbiguousDiskMatchError on a tie when unattended."""
+    excluded = _exclusion_reasons(exclude)
+    usable = [t for t in targets if t.name not in excluded and not t.read_only]
+    wanted = [d for d in descriptor.disks if d.critical]
+    assigned: dict[str, tuple[TargetDisk, MatchReason]] = {}
+
+    def taken() -> set[str]:
+        return {t.name for t, _ in assigned.values()}
+
+    def free_fitting(disk: Disk) -> list[TargetDisk]:
+        return sorted((t for t in usable if t.name not in taken() and _fits(disk, t)), key=lambda t: t.size_bytes)
+
+    # 0. the user's choices
+    for key, dev in (pinned or {}).items():
+        disk = next((d for d in wanted if d.key == key), None)
+        if disk is None:
+            raise DiskMatchError(f"cannot choose a disk for {key!r}: the descriptor has no critical disk of that name")
+        name = os.path.basename(dev)
+        target = next((t for t in usable if t.name == name), None)
+        if target is None or name in taken():
+            raise DiskMatchError(f"cannot use /dev/{name} for {describe_disk(disk)}: not a free disk of this machine")
+        if not _fits(disk, target):
+            raise _no_target_error(disk, [target], excluded, taken())
+        assigned[key] = (target, MatchReason.CHOSEN)
+
+    # 1. identity: serial / WWN, then disk GUID / signature
+    for tier in ((MatchReason.SERIAL, MatchReason.WWN), (MatchReason.DISK_ID,)):
+        for disk in wanted:
+            if disk.key in assigned:
+                continue
+            hits = [t for t in free_fitting(disk) if _identity(disk, t) in tier]
+            if len(hits) == 1:
+                reason = _identity(disk, hits[0])
+                assert reason is not None
+                assigned[disk.key] = (hits[0], reason)
+            elif len(hits) > 1 and unattended:
+                raise AmbiguousDiskMatchError(
+                    DiskChoice(disk, tuple(hits), tier[0]).describe() + "; unattended restore stops here"
+                )
+
+    # 2. size: originals smallest first, each onto the smallest disk that fits
+    ties: list[tuple[Disk, MatchReason]] = []
+    for disk in sorted((d for d in wanted if d.key not in assigned), key=lambda d: (d.size_bytes, d.key)):
+        fitting = free_fitting(disk)
+        if not fitting:
+            raise _no_target_error(disk, targets, excluded, taken())
+        same_id = [t for t in fitting if _identity(disk, t) is not None]
+        if len(same_id) > 1:  # an identity tie (interactive): the user picks among them
+            ties.append((disk, MatchReason.DISK_ID))
+            continue
+        smallest = [t for t in fitting if t.size_bytes == fitting[0].size_bytes]
+        if len(smallest) == 1:
+            assigned[disk.key] = (smallest[0], MatchReason.SIZE)
+        elif unattended:
+            raise AmbiguousDiskMatchError(
+                DiskChoice(disk, tuple(smallest), MatchReason.SIZE).describe() + "; unattended restore stops here"
+            )
+        else:
+            ties.append((disk, MatchReason.SIZE))
+
+    pending: list[DiskChoice] = []
+    for disk, reason in ties:
+        fitting = free_fitting(disk)
+        if not fitting:
+            raise _no_target_error(disk, targets, excluded, taken())
+        pending.append(DiskChoice(disk, tuple(fitting), reason))
+
+    order = {d.key: i for i, d in enumerate(descriptor.disks)}
+    return DiskMatch(
+        assigned=tuple(sorted(((k, t, r) for k, (t, r) in assigned.items()), key=lambda x: order[x[0]])),
+        pending=tuple(pending),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ tool tables
+
+
+@dataclass(frozen=True)
+class MkfsFacts:
+    """How one mkfs tool is told each fact.  ``{}`` in a template is replaced by the value."""
+
+    argv: tuple[str, ...]  # the tool and its fixed options; "{type}" is the filesystem type
+    uuid: tuple[str, ...]
+    label: tuple[str, ...]
+    block_size: tuple[str, ...] = ()
+    inode_size: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()  # "{}" gets the comma-joined feature list
+    fat_size: tuple[str, ...] = ()
+
+    def render(self, fs: Filesystem, device: str) -> tuple[str, ...]:
+        def fill(template: tuple[str, ...], value: object) -> list[str]:
+            return [part.replace("{}", str(value)) for part in template]
+
+        argv = [part.replace("{type}", fs.type.value) for part in self.argv]
+        if fs.uuid:
+            uuid = fs.uuid.replace("-", "").upper() if fs.type is FsType.VFAT else fs.uuid.lower()
+            argv += fill(self.uuid, uuid)
+        if fs.label:
+            argv += fill(self.label, fs.label)
+        if fs.block_size and self.block_size:
+            argv += fill(self.block_size, fs.block_size)
+        if fs.inode_size and self.inode_size:
+            argv += fill(self.inode_size, fs.inode_size)
+        features = [f for f in fs.features if f not in EXT_RUNTIME_FEATURES]
+        if features and self.features:
+            argv += fill(self.features, ",".join(features))
+        if fs.fat_size and self.fat_size:
+            argv += fill(self.fat_size, fs.fat_size)
+        return (*argv, device)
+
+
+# ext features that describe a state, not a choice (a mounted filesystem shows needs_recovery): never passed on.
+EXT_RUNTIME_FEATURES = frozenset({"needs_recovery", "journal_dev"})
+
+_EXT = MkfsFacts(
+    argv=("mke2fs", "-F", "-t", "{type}"),
+    uuid=("-U", "{}"),
+    label=("-L", "{}"),
+    block_size=("-b", "{}"),
+    inode_size=("-I", "{}"),
+    features=("-O", "none,{}"),  # "none" first: exactly the recorded features, not mke2fs.conf's on top of them
+)
+
+MKFS_TABLE: dict[FsType, MkfsFacts] = {
+    FsType.EXT2: _EXT,
+    FsType.EXT3: _EXT,
+    FsType.EXT4: _EXT,
+    # xfs/btrfs feature names are recorded for information only: their mkfs spellings differ (-m/-n/-i k=v).
+    FsType.XFS: MkfsFacts(
+        argv=("mkfs.xfs", "-f"),
+        uuid=("-m", "uuid={}"),
+        label=("-L", "{}"),
+        block_size=("-b", "size={}"),
+        inode_size=("-i", "size={}"),
+    ),
+    FsType.BTRFS: MkfsFacts(argv=("mkfs.btrfs", "-f"), uuid=("-U", "{}"), label=("-L", "{}")),
+    FsType.VFAT: MkfsFacts(argv=("mkfs.vfat",), uuid=("-i", "{}"), label=("-n", "{}"), fat_size=("-F", "{}")),
+    FsType.SWAP: MkfsFacts(argv=("mkswap", "-f"), uuid=("-U", "{}"), label=("-L", "{}")),
+}
+
+# mount options for the restore mounts (the rescue kernel ships nls_cp437 and nls_iso8859-1, not nls_ascii).
+MOUNT_OPTIONS: dict[FsType, str] = {FsType.VFAT: "codepage=437,iocharset=iso8859-1"}
+
+# GNU tar options per filesystem kind: POSIX filesystems take backupset's extraction options (the same set the
+# archives were made with: numeric owners, xattrs, ACLs, SELinux labels, sparse); FAT has no owners, modes or
+# xattrs, and its root directory (a mount point) must not be touched.
+TAR_FAT = ("--no-same-owner", "--no-same-permissions", "--no-overwrite-dir")
+TAR_OPTIONS: dict[FsType, tuple[str, ...]] = {
+    FsType.EXT2: TAR_EXTRACT_OPTIONS,
+    FsType.EXT3: TAR_EXTRACT_OPTIONS,
+    FsType.EXT4: TAR_EXTRACT_OPTIONS,
+    FsType.XFS: TAR_EXTRACT_OPTIONS,
+    FsType.BTRFS: TAR_EXTRACT_OPTIONS,
+    FsType.VFAT: TAR_FAT,
+}
+
+# GPT attribute bits sfdisk can write, by name; bits 48-63 are "GUID:N".
+GPT_ATTR_NAMES: dict[int, str] = {0: "RequiredPartition", 1: "NoBlockIOProtocol", 2: "LegacyBIOSBootable"}
+GPT_ATTR_LEGACY_BIOS_BOOTABLE = 2
+
+ALIGN_BYTES = 1 << 20  # a grown partition ends on a 1 MiB boundary, as partitioning tools align them
+
+
+def render_gpt_attrs(bits: int, where: str) -> str:
+    """Attribute bits → sfdisk's ``attrs=`` value (``LegacyBIOSBootable,GUID:63``)."""
+    names: list[str] = []
+    for bit in range(64):
+        if not bits & (1 << bit):
+            continue
+        if bit in GPT_ATTR_NAMES:
+            names.append(GPT_ATTR_NAMES[bit])
+        elif bit >= 48:
+            names.append(f"GUID:{bit}")
+        else:
+            raise PlanError(f"{where}: GPT attribute bit {bit} is reserved; sfdisk cannot write it")
+    return ",".join(names)
+
+
+# ------------------------------------------------------------------------------------------------ plan data
+
+
+class Phase(StrEnum):
+    """The parts of a restore, in order.  A UI may run them separately (e.g. write its log before UNMOUNT)."""
+
+    PARTITION = "partition"
+    FORMAT = "format"
+    RESTORE = "restore"
+    BOOTLOADER = "bootloader"
+    COMMANDS = "commands"
+    UNMOUNT = "unmount"
+
+    @property
+    def heading(self) -> str:
+        return {
+            "partition": "Re-creating the partition tables",
+            "format": "Formatting",
+            "restore": "Restoring files",
+            "bootloader": "Installing the boot loader",
+            "commands": "Running post-restore commands",
+            "unmount": "Finishing",
+        }[self.value]
+
+
+@dataclass(frozen=True)
+class RunStep:
+    """Run one command.  ``writes``: the devices it writes to (checked against the plan before it runs)."""
+
+    name: str
+    phase: Phase
+    argv: tuple[str, ...]
+    input: str = ""  # stdin text (the sfdisk script)
+    writes: tuple[str, ...] = ()
+    optional: bool = False  # a failure is logged and the restore goes on
+    only_if_any: tuple[str, ...] = ()  # run only when one of these paths exists
+    unless_any: tuple[str, ...] = ()  # skip when one of these paths exists
+
+
+@dataclass(frozen=True)
+class WaitPartitions:
+    """Wait until the kernel shows the new partitions (/sys/class/block) and their /dev nodes exist."""
+
+    name: str
+    phase: Phase
+    disk: str
+    partitions: tuple[str, ...]
+    timeout: float = 15.0
+
+
+@dataclass(frozen=True)
+class CheckTable:
+    """Read the written table back (``sfdisk --json``) and compare it with the plan."""
+
+    name: str
+    phase: Phase
+    disk: DiskPlan
+
+
+@dataclass(frozen=True)
+class CheckFilesystem:
+    """Probe a new filesystem (``blkid -p``) and compare type, UUID and label with the plan."""
+
+    name: str
+    phase: Phase
+    filesystem: FilesystemPlan
+
+
+@dataclass(frozen=True)
+class MakeDir:
+    name: str
+    phase: Phase
+    path: str
+
+
+@dataclass(frozen=True)
+class Extract:
+    """Feed an archive file through ``decompress | tar`` into a directory, with progress."""
+
+    name: str
+    phase: Phase
+    extraction: ExtractionPlan
+
+
+@dataclass(frozen=True)
+class EditFstab:
+    name: str
+    phase: Phase
+    path: str
+    changes: tuple[FstabChange, ...]
+
+
+@dataclass(frozen=True)
+class CheckManifest:
+    """Compare the restored files with the backup set's MANIFEST."""
+
+    name: str
+    phase: Phase
+    root: str
+    manifest: str
+
+
+Step = RunStep | WaitPartitions | CheckTable | CheckFilesystem | MakeDir | Extract | EditFstab | CheckManifest
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    key: str  # disk1p2
+    number: int
+    device: str  # /dev/vda2
+    start: int  # sectors
+    size: int  # sectors
+    type: str
+    partuuid: str = ""
+    name: str = ""
+    attributes: int = 0
+    bootable: bool = False  # MBR active flag
+    original_size: int = 0
+
+    @property
+    def grown(self) -> bool:
+        return self.size != self.original_size
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    key: str
+    target: TargetDisk
+    table: TableType
+    disk_id: str
+    sector_size: int
+    partitions: tuple[PartitionPlan, ...]
+    first_lba: int  # GPT only (0 on MBR)
+    last_lba: int  # GPT only (0 on MBR)
+    sfdisk_script: str
+    wipe_argv: tuple[str, ...]
+    sfdisk_argv: tuple[str, ...]
+    settle_argv: tuple[str, ...]  # tell the kernel about the new partitions
+
+    @property
+    def device(self) -> str:
+        return self.target.device
+
+
+@dataclass(frozen=True)
+class FilesystemPlan:
+    key: str
+    partition: str  # partition key
+    type: FsType
+    device: str
+    uuid: str
+    label: str
+    mkfs_argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MountPlan:
+    mountpoint: str  # as on the original system: "/", "/boot/efi"
+    directory: str  # under the target root
+    filesystem: str
+    device: str
+    type: FsType
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExtractionPlan:
+    filesystem: str
+    mountpoint: str
+    archive: str  # path of the archive file
+    directory: str
+    size: int  # bytes of the archive file (progress total)
+    sha256: str
+    decompress_argv: tuple[str, ...]  # () for an uncompressed archive
+    tar_argv: tuple[str, ...]
+
+    @property
+    def pipeline(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(a for a in (self.decompress_argv, self.tar_argv) if a)
+
+
+@dataclass(frozen=True)
+class FstabChange:
+    mountpoint: str
+    old: str  # first field as it was
+    new: str
+
+
+@dataclass(frozen=True)
+class WipeNotice:
+    """What the plan screen says of one disk that will be erased."""
+
+    disk_key: str
+    device: str
+    model: str
+    serial: str
+    size_bytes: int
+    makes: tuple[str, ...]  # one line per thing made on it
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    hostname: str
+    os_release: str
+    captured_at: str
+    firmware: Firmware
+    target_root: str
+    backup_dir: str
+    disks: tuple[DiskPlan, ...]
+    filesystems: tuple[FilesystemPlan, ...]
+    mounts: tuple[MountPlan, ...]  # in mount-point order
+    extractions: tuple[ExtractionPlan, ...]
+    fstab_changes: tuple[FstabChange, ...]
+    bootloader: tuple[RunStep, ...]
+    post_commands: tuple[RunStep, ...]
+    disks_to_wipe: tuple[WipeNotice, ...]
+    manifest: str = ""  # path of the backup set's MANIFEST ("" = no backup set)
+    bootloader_kind: BootloaderKind = BootloaderKind.NONE
+    chroot_mounts: tuple[str, ...] = field(default=())  # /target/dev, /target/proc, ... (unmounted at the end)
+
+    @property
+    def devices(self) -> frozenset[str]:
+        """Every device the plan may write to: its target disks and their new partitions."""
+        return frozenset([d.device for d in self.disks] + [p.device for d in self.disks for p in d.partitions])
+
+    def steps(self) -> tuple[Step, ...]:
+        return tuple(_iter_steps(self))
+
+    @property
+    def confirm_token(self) -> str:
+        """A short digest of every step: what the user confirms on the plan screen, checked by the executor."""
+        return hashlib.sha256(repr(self.steps()).encode()).hexdigest()[:16]
+
+    @property
+    def tools(self) -> tuple[str, ...]:
+        """The programs the plan runs in the rescue system (for whoever builds the boot media)."""
+        names: set[str] = {"blkid", "sfdisk"}
+        for s in self.steps():
+            if isinstance(s, RunStep) and s.argv[0] != "chroot":
+                names.add(s.argv[0])
+        for e in self.extractions:
+            names.update(a[0] for a in e.pipeline)
+        return tuple(sorted(names))
+
+
+# ------------------------------------------------------------------------------------------------ planning
+
+
+def _type_name(table: TableType, ptype: str) -> str:
+    return (GPT_TYPES if table is TableType.GPT else MBR_TYPES).get(ptype.lower(), ptype)
+
+
+def _quote_name(name: str, where: str) -> str:
+    if '"' in name or "\n" in name or "\\" in name:
+        raise PlanError(f"{where}: partition name {name!r} holds a character sfdisk cannot quote")
+    return f'"{name}"'
+
+
+def _gpt_entries_sectors(sector_size: int) -> int:
+    return -(-(128 * 128) // sector_size)
+
+
+def plan_partitions(disk: Disk, parts: Sequence[Partition], target: TargetDisk) -> tuple[PartitionPlan, ...]:
+    """The partitions as they will be made on ``target``: every start and size kept, except that the last
+    partition (and an extended partition ending with it) grows to the end of a larger disk when ``grow_last``."""
+    ss = disk.logical_sector_size
+    total = target.size_bytes // ss
+    if disk.table is TableType.GPT:
+        last_usable = total - 2 - _gpt_entries_sectors(ss)
+    else:
+        last_usable = min(total, 1 << 32) - 1
+    grain = max(ALIGN_BYTES // ss, 1)
+    max_end = max((p.end for p in parts), default=0)
+    grow = disk.grow_last and target.size_bytes > disk.size_bytes and bool(parts)
+    out: list[PartitionPlan] = []
+    for p in parts:
+        where = f"{p.key} ({partition_device(target.device, p.number)})"
+        if p.end - 1 > last_usable:
+            raise PlanError(f"{where} ends at sector {p.end - 1}, past the last usable sector {last_usable}")
+        size = p.size
+        if grow and p.end == max_end:
+            aligned_end = (last_usable + 1) // grain * grain  # first sector after the grown partition
+            size = max(p.size, aligned_end - p.start)
+        attributes = p.attributes
+        if disk.table is TableType.GPT and PartFlag.BOOT in p.flags:
+            attributes |= 1 << GPT_ATTR_LEGACY_BIOS_BOOTABLE
+        out.append(
+            PartitionPlan(
+                key=p.key,
+                number=p.number,
+                device=partition_device(target.device, p.number),
+                start=p.start,
+                size=size,
+                type=p.type.lower(),
+                partuuid=p.partuuid.lower() if disk.table is TableType.GPT else "",
+                name=p.name if disk.table is TableType.GPT else "",
+                attributes=attributes if disk.table is TableType.GPT else 0,
+                bootable=disk.table is TableType.MBR and PartFlag.BOOT in p.flags,
+                original_size=p.size,
+            )
+        )
+    return tuple(out)
+
+
+def render_sfdisk_script(disk: Disk, parts: Sequence[PartitionPlan], first_lba: int, last_lba: int) -> str:
+    """The sfdisk script that makes the table: original label id, every partition's start, size, type, PARTUUID,
+    name and attributes."""
+    head = [f"label: {disk.table.sfdisk_label}", f"label-id: {disk.disk_id}", "unit: sectors"]
+    if disk.table is TableType.GPT:
+        head += [f"first-lba: {first_lba}", f"last-lba: {last_lba}"]
+    head.append(f"sector-size: {disk.logical_sector_size}")
+    lines = [*head, ""]
+    for p in parts:
+        fields = [f"start={p.start}", f"size={p.size}", f"type={p.type}"]
+        if disk.table is TableType.GPT:
+            if p.partuuid:
+                fields.append(f"uuid={p.partuuid}")
+            if p.name:
+                fields.append(f"name={_quote_name(p.name, p.key)}")
+            if p.attributes:
+                fields.append(f'attrs="{render_gpt_attrs(p.attributes, p.key)}"')
+        elif p.bootable:
+            fields.append("bootable")
+        lines.append(f"{p.device} : " + ", ".join(fields))
+    return "\n".join(lines) + "\n"
+
+
+def plan_disk(disk: Disk, parts: Sequence[Partition], target: TargetDisk) -> DiskPlan:
+    if target.logical_sector_size != disk.logical_sector_size:
+        raise PlanError(
+            f"{describe_disk(disk)} had {disk.logical_sector_size}-byte sectors, {target.describe()} has "
+            f"{target.logical_sector_size}-byte sectors"
+        )
+    if target.size_bytes < disk.size_bytes:
+        raise _no_target_error(disk, [target], {}, set())
+    if not disk.disk_id:
+        raise PlanError(f"{disk.key}: no disk GUID / signature recorded")
+    planned = plan_partitions(disk, parts, target)
+    first_lba = last_lba = 0
+    if disk.table is TableType.GPT:
+        first_lba = 2 + _gpt_entries_sectors(disk.logical_sector_size)
+        last_lba = target.size_bytes // disk.logical_sector_size - 2 - _gpt_entries_sectors(disk.logical_sector_size)
+    dev = target.device
+    return DiskPlan(
+        key=disk.key,
+        target=target,
+        table=disk.table,
+        disk_id=disk.disk_id.lower(),
+        sector_size=disk.logical_sector_size,
+        partitions=planned,
+        first_lba=first_lba,
+        last_lba=last_lba,
+        sfdisk_script=render_sfdisk_script(disk, planned, first_lba, last_lba),
+        wipe_argv=("wipefs", "--all", dev),
+        # the kernel is told afterwards with partx (works on loop devices without a partition scanner too)
+        sfdisk_argv=(
+            "sfdisk",
+            "--no-reread",
+            "--no-tell-kernel",
+            "--wipe",
+            "always",
+            "--wipe-partitions",
+            "always",
+            dev,
+        ),
+        settle_argv=("partx", "--update", dev),
+    )
+
+
+def _mount_order(mountpoint: str) -> tuple[int, str]:
+    norm = os.path.normpath(mountpoint)
+    return (0 if norm == "/" else norm.count("/"), norm)
+
+
+def _under(root: str, mountpoint: str) -> str:
+    return os.path.normpath(root + "/" + mountpoint.lstrip("/")) if mountpoint != "/" else os.path.normpath(root)
+
+
+def _fstab_change(m: Mount, fs: Filesystem, device: str) -> FstabChange | None:
+    if m.spec is FstabSpec.PATH and m.device and m.device != device:
+        return FstabChange(m.mountpoint, m.device, device)
+    if m.spec is FstabSpec.UUID and not fs.uuid:
+        raise PlanError(f"{m.mountpoint}: /etc/fstab names it by UUID but {fs.key} has no UUID recorded")
+    if m.spec is FstabSpec.LABEL and not fs.label:
+        raise PlanError(f"{m.mountpoint}: /etc/fstab names it by LABEL but {fs.key} has no label recorded")
+    return None
+
+
+def plan_bootloader(
+    descriptor: Descriptor, disks: Mapping[str, DiskPlan], root: str, rescue_grub_dir: str, update_config: bool
+) -> tuple[tuple[RunStep, ...], tuple[str, ...]]:
+    """Boot loader commands (run from inside the restored system, with the rescue system's grub as a fallback)
+    and the chroot mounts they need."""
+    bl = descriptor.bootloader
+    ph = Phase.BOOTLOADER
+    if bl.kind is BootloaderKind.NONE:
+        return (), ()
+    if bl.disk not in disks:
+        raise PlanError(f"boot loader: disk {bl.disk!r} is not among the disks being restored")
+    dev = disks[bl.disk].device
+    uefi = bl.kind in (BootloaderKind.GRUB_EFI, BootloaderKind.SYSTEMD_BOOT)
+    steps: list[RunStep] = [
+        RunStep(f"mount /dev into {root}", ph, ("mount", "--bind", "/dev", f"{root}/dev")),
+        RunStep(f"mount /proc into {root}", ph, ("mount", "-t", "proc", "proc", f"{root}/proc")),
+        RunStep(f"mount /sys into {root}", ph, ("mount", "-t", "sysfs", "sysfs", f"{root}/sys")),
+    ]
+    chroot_mounts = [f"{root}/dev", f"{root}/proc", f"{root}/sys"]
+    if uefi:
+        efivars = f"{root}/sys/firmware/efi/efivars"
+        steps.append(
+            RunStep(
+                f"mount efivarfs into {root}",
+                ph,
+                ("mount", "-t", "efivarfs", "efivarfs", efivars),
+                optional=True,
+                only_if_any=("/sys/firmware/efi/efivars",),
+            )
+        )
+        chroot_mounts.append(efivars)
+    own_grub = (f"{root}/usr/sbin/grub-install", f"{root}/sbin/grub-install")
+    esp = bl.esp_mountpoint or "/boot/efi"
+    bl_id = bl.efi_directory or "debian"
+    if bl.kind is BootloaderKind.GRUB_BIOS:
+        steps += [
+            RunStep(
+                f"install grub for BIOS on {dev}",
+                ph,
+                ("chroot", root, "grub-install", "--target=i386-pc", dev),
+                writes=(dev,),
+                only_if_any=own_grub,
+            ),
+            RunStep(
+                f"install grub for BIOS on {dev} (rescue system's grub)",
+                ph,
+                (
+                    "grub-install",
+                    "--target=i386-pc",
+                    f"--boot-directory={root}/boot",
+                    f"--directory={rescue_grub_dir}/i386-pc",
+                    dev,
+                ),
+                writes=(dev,),
+                unless_any=own_grub,
+            ),
+        ]
+    elif bl.kind is BootloaderKind.GRUB_EFI:
+        efi_args = ("--target=x86_64-efi", f"--efi-directory={esp}", f"--bootloader-id={bl_id}")
+        steps += [
+            # the named entry and its NVRAM boot entry: firmware without efivars (or a BIOS-booted rescue system)
+            # cannot take it, so it is optional; the removable path below is what makes the disk boot anywhere.
+            RunStep(
+                f"install grub for UEFI into {esp} (\\EFI\\{bl_id})",
+                ph,
+                ("chroot", root, "grub-install", *efi_args),
+                writes=(dev,),
+                optional=True,
+                only_if_any=own_grub,
+            ),
+            RunStep(
+                f"install grub for UEFI into {esp} (\\EFI\\BOOT\\BOOTX64.EFI)",
+                ph,
+                ("chroot", root, "grub-install", *efi_args, "--removable"),
+                writes=(dev,),
+                only_if_any=own_grub,
+            ),
+            RunStep(
+                f"install grub for UEFI into {esp} (rescue system's grub, \\EFI\\BOOT\\BOOTX64.EFI)",
+                ph,
+                (
+                    "grub-install",
+                    "--target=x86_64-efi",
+                    f"--efi-directory={_under(root, esp)}",
+                    f"--boot-directory={root}/boot",
+                    f"--directory={rescue_grub_dir}/x86_64-efi",
+                    f"--bootloader-id={bl_id}",
+                    "--removable",
+                    "--no-nvram",
+                ),
+                writes=(dev,),
+                unless_any=own_grub,
+            ),
+        ]
+    elif bl.kind is BootloaderKind.SYSTEMD_BOOT:
+        steps.append(
+            RunStep(
+                f"install systemd-boot into {esp}",
+                ph,
+                ("chroot", root, "bootctl", "install", f"--esp-path={esp}"),
+                writes=(dev,),
+            )
+        )
+    if update_config and bl.kind in (BootloaderKind.GRUB_BIOS, BootloaderKind.GRUB_EFI):
+        steps.append(
+            RunStep(
+                "rewrite the grub configuration",
+                ph,
+                ("chroot", root, "update-grub"),
+                only_if_any=(f"{root}/usr/sbin/update-grub", f"{root}/sbin/update-grub"),
+            )
+        )
+    return tuple(steps), tuple(chroot_mounts)
+
+
+def plan_restore(
+    descriptor: Descriptor,
+    mapping: Mapping[str, TargetDisk],
+    *,
+    target_root: str = "/target",
+    backup_dir: str,
+    rescue_grub_dir: str = "/usr/lib/grub",
+) -> RestorePlan:
+    """The whole restore as data.  ``mapping`` comes from :func:`match_disks` (complete)."""
+    root = os.path.normpath(target_root)
+    if root == "/":
+        raise PlanError("the target root cannot be / (the rescue system itself)")
+    critical = [d for d in descriptor.disks if d.critical]
+    missing = [d.key for d in critical if d.key not in mapping]
+    if missing:
+        raise PlanError(f"no target disk chosen for {', '.join(missing)}")
+    used: dict[str, str] = {}
+    for key, t in mapping.items():
+        if t.name in used:
+            raise PlanError(f"{t.device} is the target of both {used[t.name]} and {key}")
+        used[t.name] = key
+
+    disk_plans = {d.key: plan_disk(d, descriptor.partitions_of(d.key), mapping[d.key]) for d in critical}
+    part_dev = {p.key: p.device for dp in disk_plans.values() for p in dp.partitions}
+
+    fs_plans: list[FilesystemPlan] = []
+    for fs in descriptor.filesystems:
+        if fs.partition not in part_dev:
+            continue  # on a disk that is not restored
+        dev = part_dev[fs.partition]
+        fs_plans.append(
+            FilesystemPlan(fs.key, fs.partition, fs.type, dev, fs.uuid, fs.label, MKFS_TABLE[fs.type].render(fs, dev))
+        )
+    fs_by_key = {f.key: f for f in fs_plans}
+
+    mounts: list[MountPlan] = []
+    changes: list[FstabChange] = []
+    for m in sorted(descriptor.mounts, key=lambda m: _mount_order(m.mountpoint)):
+        if m.filesystem not in fs_by_key:
+            continue
+        fsp = fs_by_key[m.filesystem]
+        change = _fstab_change(m, descriptor.filesystem(m.filesystem), fsp.device)
+        if change:
+            changes.append(change)
+        if fsp.type is FsType.SWAP or m.mountpoint == "swap":
+            continue
+        directory = _under(root, m.mountpoint)
+        opts = MOUNT_OPTIONS.get(fsp.type, "")
+        argv = ("mount", "-t", fsp.type.value, *(("-o", opts) if opts else ()), fsp.device, directory)
+        mounts.append(MountPlan(m.mountpoint, directory, fsp.key, fsp.device, fsp.type, argv))
+    if mounts and mounts[0].mountpoint != "/":
+        raise PlanError("the root filesystem (/) is not on a disk being restored")
+
+    extractions: list[ExtractionPlan] = []
+    manifest = ""
+    if descriptor.backup is not None:
+        bs = descriptor.backup
+        manifest = os.path.join(backup_dir, bs.manifest)
+        archives = {a.filesystem: a for a in bs.archives}
+        for mp in mounts:
+            fs = descriptor.filesystem(mp.filesystem)
+            if fs.key not in archives:
+                if fs.backup:
+                    raise PlanError(f"{mp.mountpoint} ({fs.key}): the backup set has no archive for it")
+                continue
+            a = archives[fs.key]
+            tar = ("tar", "--extract", "--file=-", f"--directory={mp.directory}", *TAR_OPTIONS[fs.type])
+            extractions.append(
+                ExtractionPlan(
+                    fs.key,
+                    mp.mountpoint,
+                    os.path.join(backup_dir, a.file),
+                    mp.directory,
+                    a.size,
+                    a.sha256,
+                    DECOMPRESSORS[bs.compression] or (),
+                    tar,
+                )
+            )
+
+    bootloader, chroot_mounts = plan_bootloader(descriptor, disk_plans, root, rescue_grub_dir, bool(changes))
+    post = tuple(
+        RunStep(
+            f"post-restore command {c.order}: {c.command}",
+            Phase.COMMANDS,
+            ("chroot", root, "/bin/sh", "-c", c.command),
+            optional=not c.critical,
+        )
+        for c in sorted(descriptor.commands, key=lambda c: c.order)
+    )
+    ordered_disks = tuple(disk_plans[d.key] for d in critical)
+    return RestorePlan(
+        hostname=descriptor.system.hostname,
+        os_release=descriptor.system.os_release,
+        captured_at=descriptor.system.captured_at,
+        firmware=descriptor.system.firmware,
+        target_root=root,
+        backup_dir=backup_dir,
+        disks=ordered_disks,
+        filesystems=tuple(fs_plans),
+        mounts=tuple(mounts),
+        extractions=tuple(extractions),
+        fstab_changes=tuple(changes),
+        bootloader=bootloader,
+        post_commands=post,
+        disks_to_wipe=tuple(_wipe_notice(dp, fs_plans, mounts) for dp in ordered_disks),
+        manifest=manifest,
+        bootloader_kind=descriptor.bootloader.kind,
+        chroot_mounts=chroot_mounts,
+    )
+
+
+def _wipe_notice(dp: DiskPlan, fs_plans: Sequence[FilesystemPlan], mounts: Sequence[MountPlan]) -> WipeNotice:
+    t = dp.target
+    makes = [
+        f"{dp.table.value.upper()} partition table, disk {'GUID' if dp.table is TableType.GPT else 'signature'}"
+        f" {dp.disk_id}"
+    ]
+    for p in dp.partitions:
+        size = format_size(p.size * dp.sector_size)
+        if p.grown:
+            size += f" (grows from {format_size(p.original_size * dp.sector_size)})"
+        line = f"{p.device}  {size}  {_type_name(dp.table, p.type)}"
+        fsp = next((f for f in fs_plans if f.partition == p.key), None)
+        if fsp is not None:
+            line += f"  {fsp.type.value}"
+            if fsp.label:
+                line += f" '{fsp.label}'"
+            mp = next((m for m in mounts if m.filesystem == fsp.key), None)
+            if mp is not None:
+                line += f"  {mp.mountpoint}"
+        makes.append(line)
+    return WipeNotice(dp.key, t.device, t.model, t.serial, t.size_bytes, tuple(makes))
+
+
+def _iter_steps(plan: RestorePlan) -> Iterator[Step]:
+    ph = Phase.PARTITION
+    for d in plan.disks:
+        dev = d.device
+        yield RunStep(f"erase old signatures on {dev}", ph, d.wipe_argv, writes=(dev,))
+        yield RunStep(
+            f"write the {d.table.value.upper()} partition table on {dev}",
+            ph,
+            d.sfdisk_argv,
+            input=d.sfdisk_script,
+            writes=(dev,),
+        )
+        yield RunStep(f"tell the kernel about the partitions of {dev}", ph, d.settle_argv)
+        yield WaitPartitions(f"wait for the partitions of {dev}", ph, dev, tuple(p.device for p in d.partitions))
+        yield CheckTable(f"check the partition table of {dev}", ph, d)
+    for f in plan.filesystems:
+        yield RunStep(f"make {f.type.value} on {f.device}", Phase.FORMAT, f.mkfs_argv, writes=(f.device,))
+        yield CheckFilesystem(f"check {f.type.value} on {f.device}", Phase.FORMAT, f)
+    ph = Phase.RESTORE
+    by_fs = {e.filesystem: e for e in plan.extractions}
+    for m in plan.mounts:
+        yield MakeDir(f"make the mount point {m.directory}", ph, m.directory)
+        yield RunStep(f"mount {m.mountpoint} ({m.device})", ph, m.argv)
+        if m.filesystem in by_fs:
+            e = by_fs[m.filesystem]
+            yield Extract(f"restore {m.mountpoint} from {os.path.basename(e.archive)}", ph, e)
+    if plan.fstab_changes:
+        yield EditFstab("rewrite /etc/fstab", ph, f"{plan.target_root}/etc/fstab", plan.fstab_changes)
+    if plan.manifest and plan.extractions:
+        yield CheckManifest("compare the restored files with the MANIFEST", ph, plan.target_root, plan.manifest)
+    for cm in plan.chroot_mounts:
+        if not cm.endswith("/efivars"):
+            yield MakeDir(f"make the mount point {cm}", Phase.BOOTLOADER, cm)
+    yield from plan.bootloader
+    yield from plan.post_commands
+    ph = Phase.UNMOUNT
+    for cm in reversed(plan.chroot_mounts):
+        yield RunStep(f"unmount {cm}", ph, ("umount", cm), optional=cm.endswith("/efivars"))
+    for m in reversed(plan.mounts):
+        yield RunStep(f"unmount {m.mountpoint} ({m.device})", ph, ("umount", m.directory))
+    yield RunStep("flush the disks", ph, ("sync",))
+
+
+def render_plan(plan: RestorePlan) -> list[str]:
+    """The plan screen's lines: every disk that will be erased (device, model, serial, size) and what will be made
+    on it, then what happens next."""
+    lines = [
+        f"Automated System Recovery will restore {plan.hostname} ({plan.os_release}), backed up {plan.captured_at}.",
+        "",
+        "These disks will be ERASED. Everything on them will be lost:",
+    ]
+    for w in plan.disks_to_wipe:
+        facts = (w.model, f"serial {w.serial}" if w.serial else "", format_size(w.size_bytes))
+        ident = ", ".join(x for x in facts if x)
+        lines.append(f"  {w.device} ({ident})  <- {w.disk_key}")
+        lines += [f"      {m}" for m in w.makes]
+    lines.append("")
+    if plan.extractions:
+        total = sum(e.size for e in plan.extractions)
+        lines.append(f"Then restore {len(plan.extractions)} archive(s), {format_size(total)}, from {plan.backup_dir}:")
+        lines += [f"  {e.mountpoint:<12} <- {os.path.basename(e.archive)}" for e in plan.extractions]
+    for c in plan.fstab_changes:
+        lines.append(f"Change /etc/fstab: {c.mountpoint} {c.old} -> {c.new}")
+    if plan.bootloader_kind is not BootloaderKind.NONE:
+        lines.append(f"Install the boot loader: {plan.bootloader_kind.value}.")
+    if plan.post_commands:
+        lines.append(f"Run {len(plan.post_commands)} post-restore command(s).")
+    return lines

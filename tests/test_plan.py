@@ -1,0 +1,628 @@
+"""Disk discovery parsing, disk matching and the restore planner: pure functions, compared with expected output.
+
+Every test here runs with ``ASR_FORBID_SUBPROCESS=1``: planning must not run anything.  The tool outputs parsed
+here were captured on real machines (this project's CI host and Debian 12 guests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from recovery_env.descriptor import (
+    GPT_BIOS_BOOT,
+    GPT_ESP,
+    Archive,
+    BackupSet,
+    Bootloader,
+    BootloaderKind,
+    Command,
+    Compression,
+    Descriptor,
+    Disk,
+    Filesystem,
+    Firmware,
+    FstabSpec,
+    FsType,
+    Mount,
+    PartFlag,
+    Partition,
+    SystemInfo,
+    TableType,
+)
+from recovery_env.discover import (
+    BlockNode,
+    TargetDisk,
+    find_holding_disks,
+    format_size,
+    is_skipped_name,
+    make_target_disk,
+    normalize_wwn,
+    parse_mountinfo,
+    parse_table_facts,
+    parse_vpd_pg80,
+    partition_device,
+)
+from recovery_env.errors import (
+    AmbiguousDiskMatchError,
+    DiskMatchError,
+    NoTargetDiskError,
+    PlanError,
+    TargetTooSmallError,
+)
+from recovery_env.layout import parse_blkid_export
+from recovery_env.plan import (
+    CheckManifest,
+    Extract,
+    MatchReason,
+    Phase,
+    RunStep,
+    match_disks,
+    plan_restore,
+    render_plan,
+)
+
+GIB = 1 << 30
+MIB = 1 << 20
+ROOT_UUID = "0b9e7f3c-5a1d-4c2e-9f80-1d2c3b4a5e6f"
+SWAP_UUID = "7c1e2d3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f"
+GPT_ID = "6a4e5c3b-9f0d-4b7e-8a21-0c5d7e9f1a2b"
+LINUX_FS = "0fc63daf-8483-4772-8e79-3d69d8477de4"
+
+
+@pytest.fixture(autouse=True)
+def _pure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASR_FORBID_SUBPROCESS", "1")
+
+
+def _system(firmware: Firmware) -> SystemInfo:
+    return SystemInfo("sample", "0123456789abcdef0123456789abcdef", "x86_64", firmware, "6.1.0-28-amd64",
+                      "Debian GNU/Linux 12 (bookworm)", "2026-11-26T01:02:03Z", "0.1.0")
+
+
+def gpt_descriptor(*, serial: str = "QM00001", grow: bool = True) -> Descriptor:
+    """A UEFI machine on one 2 GiB GPT disk: BIOS boot, ESP (vfat), ext4 root."""
+    disk = Disk("disk1", 2 * GIB, 512, 4096, TableType.GPT, GPT_ID, True, device="/dev/sda",
+                model="QEMU HARDDISK", serial=serial, grow_last=grow)
+    parts = (
+        Partition("disk1", 1, 2048, 2048, GPT_BIOS_BOOT, "11111111-0000-4000-8000-000000000001", "bios",
+                  flags=(PartFlag.BIOS_GRUB,)),
+        Partition("disk1", 2, 4096, 204800, GPT_ESP, "11111111-0000-4000-8000-000000000002", "EFI System Partition",
+                  flags=(PartFlag.ESP,)),
+        Partition("disk1", 3, 208896, 3983360, LINUX_FS, "11111111-0000-4000-8000-000000000003", "root",
+                  attributes=1 << 63),
+    )
+    filesystems = (
+        Filesystem("fs1", "disk1p2", FsType.VFAT, "ABCD-1234", "EFI", fat_size=32),
+        Filesystem("fs2", "disk1p3", FsType.EXT4, ROOT_UUID, "root", block_size=4096, inode_size=256,
+                   features=("has_journal", "ext_attr", "dir_index", "filetype", "needs_recovery", "extent",
+                             "64bit", "flex_bg", "metadata_csum")),
+    )
+    mounts = (
+        Mount("/boot/efi", "fs1", "umask=0077", FstabSpec.UUID, "UUID=ABCD-1234", 0, 1),
+        Mount("/", "fs2", "errors=remount-ro", FstabSpec.UUID, f"UUID={ROOT_UUID}", 0, 1),
+    )
+    backup = BackupSet("ASRBACKUP", "", "/asr/sample", Compression.ZSTD, "MANIFEST", "a" * 64, 1234, (
+        Archive("fs2", "fs2.tar.zst", 50 * MIB, "b" * 64, 1200),
+        Archive("fs1", "fs1.tar.zst", 3 * MIB, "c" * 64, 34),
+    ))
+    return Descriptor(_system(Firmware.UEFI), (disk,), parts, filesystems, mounts,
+                      Bootloader(BootloaderKind.GRUB_EFI, "disk1", "/boot/efi", "debian"), backup,
+                      (Command(1, "echo restored > /etc/asr-restored", critical=True), Command(2, "true")))
+
+
+def gpt4k_descriptor() -> Descriptor:
+    """A 4 GiB GPT disk with 4096-byte logical sectors: ESP + xfs root."""
+    disk = Disk("disk1", 4 * GIB, 4096, 4096, TableType.GPT, GPT_ID, True, device="/dev/nvme0n1")
+    parts = (
+        Partition("disk1", 1, 256, 65536, GPT_ESP, "22222222-0000-4000-8000-000000000001", "esp"),
+        Partition("disk1", 2, 65792, 982528, LINUX_FS, "22222222-0000-4000-8000-000000000002", "root"),
+    )
+    filesystems = (
+        Filesystem("fs1", "disk1p1", FsType.VFAT, "1A2B-3C4D", "ESP", fat_size=32),
+        Filesystem("fs2", "disk1p2", FsType.XFS, ROOT_UUID, "root", block_size=4096),
+    )
+    mounts = (Mount("/", "fs2"), Mount("/boot/efi", "fs1"))
+    return Descriptor(_system(Firmware.UEFI), (disk,), parts, filesystems, mounts,
+                      Bootloader(BootloaderKind.GRUB_EFI, "disk1", "/boot/efi", "debian"))
+
+
+def mbr_descriptor(*, extended: bool = False) -> Descriptor:
+    """A BIOS machine on one 1 GiB MBR disk: bootable ext4 root, swap (in an extended partition if asked); fstab
+    names the swap by path."""
+    disk = Disk("disk1", GIB, 512, 512, TableType.MBR, "0x1234abcd", True, device="/dev/sda", model="QEMU HARDDISK")
+    root = Partition("disk1", 1, 2048, 1048576, "83", "1234abcd-01", flags=(PartFlag.BOOT,))
+    if extended:
+        parts: tuple[Partition, ...] = (
+            root,
+            Partition("disk1", 2, 1050624, 1046528, "05", "1234abcd-02"),
+            Partition("disk1", 5, 1052672, 1044480, "82", "1234abcd-05"),
+        )
+        swap_part = "disk1p5"
+    else:
+        parts = (root, Partition("disk1", 2, 1050624, 1046528, "82", "1234abcd-02"))
+        swap_part = "disk1p2"
+    filesystems = (
+        Filesystem("fs1", "disk1p1", FsType.EXT4, ROOT_UUID, "rootfs"),
+        Filesystem("fs2", swap_part, FsType.SWAP, SWAP_UUID, "", backup=False),
+    )
+    mounts = (
+        Mount("/", "fs1", spec=FstabSpec.UUID, device=f"UUID={ROOT_UUID}"),
+        Mount("swap", "fs2", "sw", FstabSpec.PATH, "/dev/sda" + swap_part[-1]),
+    )
+    backup = BackupSet("", "", "/asr/mbr", Compression.ZSTD, "MANIFEST", "a" * 64, 10,
+                       (Archive("fs1", "fs1.tar.zst", MIB, "d" * 64, 10),))
+    return Descriptor(_system(Firmware.BIOS), (disk,), parts, filesystems, mounts,
+                      Bootloader(BootloaderKind.GRUB_BIOS, "disk1"), backup)
+
+
+def target(name: str, size: int, *, sector: int = 512, model: str = "QEMU HARDDISK", **kw: object) -> TargetDisk:
+    return TargetDisk(name, size, sector, sector if sector == 4096 else 512, model, **kw)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------ discovery
+
+
+# /sys/block/vda on the CI host (virtio disk) and /sys/block/sda of a Debian 12 guest (QEMU IDE disk).
+SYSFS_VDA = {"dev": "254:0\n", "size": "536870912\n", "ro": "0\n", "removable": "0\n", "hidden": "0\n",
+             "queue/logical_block_size": "512\n", "queue/physical_block_size": "4096\n", "serial": "overlayblk\n",
+             "device/vendor": "0x1af4\n"}
+SYSFS_SDA = {"dev": "8:0\n", "size": "4194304\n", "ro": "0\n", "removable": "0\n",
+             "queue/logical_block_size": "512\n", "queue/physical_block_size": "512\n",
+             "device/model": "QEMU HARDDISK   \n", "device/vendor": "ATA     \n",
+             "device/wwid": "t10.ATA     QEMU HARDDISK                           QM00001             \n"}
+VPD_PG80_SDA = b"\x00\x80\x00\x14QM00001             "
+
+# blkid -p -o export of a GPT image and an MBR image made by sfdisk (util-linux 2.38.1).
+BLKID_GPT = "DEVNAME=g_a.img\nPTUUID=11111111-2222-3333-4444-555555555555\nPTTYPE=gpt\n"
+BLKID_MBR = "DEVNAME=g_b.img\nPTUUID=1234abcd\nPTTYPE=dos\n"
+
+# /proc/self/mountinfo inside the boot media: the ISO from the CD, the backup set on a second disk's partition
+# and a loop-mounted image file on a third disk.
+MOUNTINFO = """\
+22 1 0:21 / / rw,relatime - rootfs rootfs rw
+23 22 0:5 / /dev rw,relatime - devtmpfs devtmpfs rw,size=493364k,nr_inodes=123341,mode=755
+24 22 0:22 / /proc rw,relatime - proc proc rw
+31 22 11:0 / /run/asr/media ro,relatime - iso9660 /dev/sr0 ro,nojoliet,check=s,map=n,blocksize=2048
+32 22 254:17 / /run/asr/backup ro,relatime - ext4 /dev/vdb1 ro
+33 22 254:33 / /run/asr/spool rw,relatime - ext4 /dev/vdc1 rw
+34 22 7:0 / /run/asr/img\\040dir ro,relatime - ext4 /dev/loop0 ro
+"""
+NODES = [
+    BlockNode("sr0", "11:0", "sr0"),
+    BlockNode("vda", "254:0", "vda"),
+    BlockNode("vdb", "254:16", "vdb"),
+    BlockNode("vdb1", "254:17", "vdb"),
+    BlockNode("vdc", "254:32", "vdc"),
+    BlockNode("vdc1", "254:33", "vdc"),
+    BlockNode("loop0", "7:0", "loop0", backing_file="/run/asr/spool/backup.img"),
+]
+
+
+def test_sysfs_virtio_disk() -> None:
+    d = make_target_disk("vda", SYSFS_VDA, blkid=parse_blkid_export(BLKID_GPT))
+    assert d == TargetDisk("vda", 256 * GIB, 512, 4096, "", "overlayblk", "", TableType.GPT,
+                           "11111111-2222-3333-4444-555555555555")
+    assert d.device == "/dev/vda"
+    assert d.describe() == "/dev/vda (256.0 GiB)"
+
+
+def test_sysfs_ata_disk_serial_from_vpd_and_mbr_id() -> None:
+    d = make_target_disk("sda", SYSFS_SDA, vpd_pg80=VPD_PG80_SDA, blkid=parse_blkid_export(BLKID_MBR))
+    assert (d.model, d.serial, d.wwn) == ("QEMU HARDDISK", "QM00001", "")  # a t10 id is not a WWN
+    assert (d.table, d.disk_id) == (TableType.MBR, "0x1234abcd")
+    assert d.describe() == "/dev/sda (QEMU HARDDISK, 2.0 GiB)"
+
+
+def test_blank_disk_has_no_table() -> None:
+    assert parse_table_facts({}) == (None, "")
+    assert parse_vpd_pg80(b"") == ""
+    assert parse_vpd_pg80(b"\x00\x83\x00\x04abcd") == ""  # another VPD page
+
+
+@pytest.mark.parametrize(
+    ("raw", "norm"),
+    [("naa.5000C500A1B2C3D4", "5000c500a1b2c3d4"), ("0x5000c500a1b2c3d4", "5000c500a1b2c3d4"),
+     ("eui.0025385b71b07e2f", "0025385b71b07e2f"), ("t10.ATA QEMU HARDDISK QM00001", ""), ("", "")],
+)
+def test_normalize_wwn(raw: str, norm: str) -> None:
+    assert normalize_wwn(raw) == norm
+
+
+@pytest.mark.parametrize(
+    ("disk", "n", "dev"),
+    [("/dev/vda", 1, "/dev/vda1"), ("/dev/sda", 12, "/dev/sda12"), ("/dev/nvme0n1", 1, "/dev/nvme0n1p1"),
+     ("/dev/loop0", 3, "/dev/loop0p3"), ("/dev/mmcblk0", 2, "/dev/mmcblk0p2")],
+)
+def test_partition_device_names(disk: str, n: int, dev: str) -> None:
+    assert partition_device(disk, n) == dev
+
+
+def test_skipped_names() -> None:
+    assert [n for n in ("sda", "vda", "nvme0n1", "loop0", "sr0", "fd0", "zram0", "dm-0", "md127", "ram1")
+            if not is_skipped_name(n)] == ["sda", "vda", "nvme0n1"]
+
+
+def test_media_disks_from_mountinfo() -> None:
+    mounts = parse_mountinfo(MOUNTINFO)
+    assert mounts[-1].mountpoint == "/run/asr/img dir"  # octal escapes undone
+    held = find_holding_disks(["/run/asr/media", "/run/asr/backup/asr/sample", "/run/asr/img dir/x"], mounts, NODES)
+    assert held == {
+        "sr0": "holds /run/asr/media",
+        "vdb": "holds /run/asr/backup/asr/sample",
+        "loop0": "holds /run/asr/img dir/x",
+        "vdc": "holds /run/asr/spool/backup.img (behind /run/asr/img dir/x)",
+    }
+    assert find_holding_disks(["/tmp"], mounts, NODES) == {}  # on the rootfs: no disk
+
+
+def test_format_size() -> None:
+    assert [format_size(x) for x in (512, 1536, 2 * GIB, 3 * GIB // 2, 5 << 40)] == [
+        "512 B", "1.5 KiB", "2.0 GiB", "1.5 GiB", "5.0 TiB"]
+
+
+# ------------------------------------------------------------------------------------------------ matching
+
+
+def test_match_by_serial_before_size() -> None:
+    d = gpt_descriptor()
+    m = match_disks(d, [target("vda", 2 * GIB, serial="X"), target("vdb", 3 * GIB, serial="QM00001")],
+                    unattended=True)
+    assert m["disk1"].name == "vdb" and m.reason("disk1") is MatchReason.SERIAL and m.complete
+
+
+def test_match_by_wwn_spelled_differently() -> None:
+    d = replace(gpt_descriptor(serial=""), disks=(replace(gpt_descriptor().disks[0], serial="",
+                                                          wwn="0x5000c500a1b2c3d4"),))
+    m = match_disks(d, [target("sda", 2 * GIB), target("sdb", 4 * GIB, wwn="5000c500a1b2c3d4")], unattended=True)
+    assert (m["disk1"].name, m.reason("disk1")) == ("sdb", MatchReason.WWN)
+
+
+def test_match_by_disk_guid() -> None:
+    d = gpt_descriptor(serial="")
+    ts = [target("vda", 2 * GIB), target("vdb", 8 * GIB, table=TableType.GPT, disk_id=GPT_ID)]
+    m = match_disks(d, ts, unattended=True)
+    assert (m["disk1"].name, m.reason("disk1")) == ("vdb", MatchReason.DISK_ID)
+
+
+def test_match_by_size_smallest_fitting_first() -> None:
+    d = gpt_descriptor(serial="")
+    ts = [target("vda", 4 * GIB), target("vdb", 3 * GIB), target("vdc", GIB), target("vdd", 5 * GIB // 2)]
+    m = match_disks(d, ts, unattended=True)
+    assert (m["disk1"].name, m.reason("disk1")) == ("vdd", MatchReason.SIZE)
+
+
+def test_excluded_disk_never_chosen_even_with_the_same_serial() -> None:
+    d = gpt_descriptor()
+    ts = [target("vda", 3 * GIB), target("vdb", 2 * GIB, serial="QM00001")]
+    m = match_disks(d, ts, exclude={"/dev/vdb": "holds the backup set"}, unattended=True)
+    assert m["disk1"].name == "vda"
+
+
+def test_backup_disk_of_the_same_size_is_not_chosen() -> None:
+    d = gpt_descriptor(serial="")
+    ts = [target("vda", 3 * GIB), target("vdb", 3 * GIB)]
+    m = match_disks(d, ts, exclude={"vdb"}, unattended=True)  # names and /dev paths both work
+    assert m["disk1"].name == "vda"
+
+
+def test_target_too_small_is_xps_named_error() -> None:
+    with pytest.raises(TargetTooSmallError) as e:
+        match_disks(gpt_descriptor(serial=""), [target("vda", GIB)], unattended=True)
+    assert str(e.value) == (
+        "the replacement disk must be at least as large as the original: disk1 (was /dev/sda, QEMU HARDDISK, "
+        "2.0 GiB) needs 2.0 GiB (2147483648 bytes), /dev/vda (QEMU HARDDISK, 1.0 GiB) has 1.0 GiB "
+        "(1073741824 bytes)"
+    )
+
+
+def test_one_byte_short_is_too_small() -> None:
+    with pytest.raises(TargetTooSmallError):
+        match_disks(gpt_descriptor(serial=""), [target("vda", 2 * GIB - 512)], unattended=True)
+
+
+def test_nothing_left_names_why() -> None:
+    ts = [target("vda", 3 * GIB), target("vdb", 3 * GIB, read_only=True), target("vdc", 3 * GIB, sector=4096)]
+    with pytest.raises(NoTargetDiskError) as e:
+        match_disks(gpt_descriptor(serial=""), ts, exclude={"/dev/vda": "holds /run/asr/media"}, unattended=True)
+    msg = str(e.value)
+    assert msg.startswith("no disk to restore disk1 (was /dev/sda, QEMU HARDDISK, 2.0 GiB) onto: ")
+    assert "/dev/vda is excluded (holds /run/asr/media)" in msg
+    assert "/dev/vdb is read-only" in msg
+    assert "/dev/vdc (QEMU HARDDISK, 3.0 GiB) has 4096-byte sectors, disk1 had 512-byte sectors" in msg
+
+
+def test_tie_is_an_error_when_unattended() -> None:
+    ts = [target("vda", 3 * GIB), target("vdb", 3 * GIB)]
+    with pytest.raises(AmbiguousDiskMatchError, match=r"fits 2 disks equally .*/dev/vda.*/dev/vdb.*unattended"):
+        match_disks(gpt_descriptor(serial=""), ts, unattended=True)
+
+
+def test_tie_is_a_choice_when_interactive_then_pinned() -> None:
+    d = gpt_descriptor(serial="")
+    ts = [target("vda", 3 * GIB), target("vdb", 3 * GIB), target("vdc", 8 * GIB), target("vdd", GIB)]
+    m = match_disks(d, ts, unattended=False)
+    assert not m.complete and len(m) == 0
+    (choice,) = m.pending
+    assert choice.disk.key == "disk1" and choice.reason is MatchReason.SIZE
+    assert [t.name for t in choice.candidates] == ["vda", "vdb", "vdc"]  # every fitting disk, smallest first
+    m2 = match_disks(d, ts, unattended=False, pinned={"disk1": "/dev/vdb"})
+    assert m2.complete and m2["disk1"].name == "vdb" and m2.reason("disk1") is MatchReason.CHOSEN
+    with pytest.raises(TargetTooSmallError):
+        match_disks(d, ts, unattended=False, pinned={"disk1": "vdd"})
+    with pytest.raises(DiskMatchError, match="not a free disk"):
+        match_disks(d, ts, exclude={"vdb"}, unattended=False, pinned={"disk1": "vdb"})
+
+
+def test_two_disks_each_onto_the_smallest_that_fits() -> None:
+    base = gpt_descriptor(serial="")
+    small = Disk("disk2", GIB, 512, 512, TableType.MBR, "0x0badcafe", True)
+    d = replace(base, disks=(*base.disks, small))
+    m = match_disks(d, [target("vda", 2 * GIB), target("vdb", GIB)], unattended=True)
+    assert {k: t.name for k, t in m.items()} == {"disk1": "vda", "disk2": "vdb"}
+    assert list(m) == ["disk1", "disk2"]  # descriptor order
+
+
+def test_non_critical_disks_are_not_matched() -> None:
+    base = gpt_descriptor(serial="")
+    data = Disk("disk2", 100 * GIB, 512, 512, TableType.GPT, "99999999-0000-4000-8000-000000000000", False)
+    m = match_disks(replace(base, disks=(*base.disks, data)), [target("vda", 2 * GIB)], unattended=True)
+    assert dict(m) == {"disk1": target("vda", 2 * GIB)}
+
+
+# ------------------------------------------------------------------------------------------------ planning
+
+GPT_SCRIPT_SAME_SIZE = """\
+label: gpt
+label-id: 6a4e5c3b-9f0d-4b7e-8a21-0c5d7e9f1a2b
+unit: sectors
+first-lba: 34
+last-lba: 4194270
+sector-size: 512
+
+/dev/vda1 : start=2048, size=2048, type=21686148-6449-6e6f-744e-656564454649, uuid=11111111-0000-4000-8000-000000000001, name="bios"
+/dev/vda2 : start=4096, size=204800, type=c12a7328-f81f-11d2-ba4b-00a0c93ec93b, uuid=11111111-0000-4000-8000-000000000002, name="EFI System Partition"
+/dev/vda3 : start=208896, size=3983360, type=0fc63daf-8483-4772-8e79-3d69d8477de4, uuid=11111111-0000-4000-8000-000000000003, name="root", attrs="GUID:63"
+"""  # noqa: E501
+
+
+def _plan(d: Descriptor, t: TargetDisk, **kw: str):  # type: ignore[no-untyped-def]
+    return plan_restore(d, match_disks(d, [t], unattended=True), backup_dir="/run/asr/backup/asr/sample", **kw)
+
+
+def test_gpt_same_size_script() -> None:
+    p = _plan(gpt_descriptor(), target("vda", 2 * GIB, serial="QM00001"))
+    (dp,) = p.disks
+    assert dp.sfdisk_script == GPT_SCRIPT_SAME_SIZE
+    assert dp.wipe_argv == ("wipefs", "--all", "/dev/vda")
+    assert dp.sfdisk_argv == ("sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "always", "--wipe-partitions",
+                              "always", "/dev/vda")
+    assert not any(pp.grown for pp in dp.partitions)
+
+
+def test_gpt_on_a_larger_disk_the_last_partition_grows() -> None:
+    p = _plan(gpt_descriptor(), target("vda", 3 * GIB))
+    (dp,) = p.disks
+    # 3 GiB = 6291456 sectors: backup GPT from 6291423 on; the grown end is aligned down to 1 MiB.
+    expected = (GPT_SCRIPT_SAME_SIZE.replace("last-lba: 4194270", "last-lba: 6291422")
+                .replace("size=3983360", "size=6080512"))
+    assert dp.sfdisk_script == expected
+    assert [(pp.number, pp.size, pp.grown) for pp in dp.partitions] == [
+        (1, 2048, False), (2, 204800, False), (3, 6080512, True)]
+    assert any("/dev/vda3  2.9 GiB (grows from 1.9 GiB)  Linux filesystem  ext4 'root'  /" == line
+               for line in p.disks_to_wipe[0].makes)
+
+
+def test_grow_last_false_keeps_every_size() -> None:
+    p = _plan(gpt_descriptor(grow=False), target("vda", 3 * GIB))
+    assert "size=3983360" in p.disks[0].sfdisk_script and "last-lba: 6291422" in p.disks[0].sfdisk_script
+
+
+def test_mbr_script_and_growth() -> None:
+    d = mbr_descriptor()
+    same = _plan(d, target("sda", GIB))
+    assert same.disks[0].sfdisk_script == (
+        "label: dos\nlabel-id: 0x1234abcd\nunit: sectors\nsector-size: 512\n\n"
+        "/dev/sda1 : start=2048, size=1048576, type=83, bootable\n"
+        "/dev/sda2 : start=1050624, size=1046528, type=82\n"
+    )
+    bigger = _plan(d, target("vda", 3 * GIB // 2))
+    assert bigger.disks[0].sfdisk_script.endswith("/dev/vda2 : start=1050624, size=2095104, type=82\n")
+
+
+def test_mbr_extended_grows_with_its_last_logical() -> None:
+    p = _plan(mbr_descriptor(extended=True), target("vda", 3 * GIB // 2))
+    assert p.disks[0].sfdisk_script.splitlines()[5:] == [
+        "/dev/vda1 : start=2048, size=1048576, type=83, bootable",
+        "/dev/vda2 : start=1050624, size=2095104, type=05",
+        "/dev/vda5 : start=1052672, size=2093056, type=82",
+    ]
+
+
+def test_mbr_never_grows_past_2_tib() -> None:
+    p = _plan(mbr_descriptor(), target("sdb", 3 << 40))
+    last = p.disks[0].partitions[-1]
+    assert last.start + last.size == 1 << 32  # 32-bit LBA limit of an MBR entry (2 TiB with 512-byte sectors)
+
+
+def test_4096_byte_sectors_on_nvme() -> None:
+    d = gpt4k_descriptor()
+    p = _plan(d, target("nvme0n1", 6 * GIB, sector=4096, model="QEMU NVMe Ctrl"))
+    (dp,) = p.disks
+    assert dp.sfdisk_script == (
+        "label: gpt\nlabel-id: 6a4e5c3b-9f0d-4b7e-8a21-0c5d7e9f1a2b\nunit: sectors\n"
+        "first-lba: 6\nlast-lba: 1572858\nsector-size: 4096\n\n"
+        "/dev/nvme0n1p1 : start=256, size=65536, type=c12a7328-f81f-11d2-ba4b-00a0c93ec93b, "
+        'uuid=22222222-0000-4000-8000-000000000001, name="esp"\n'
+        "/dev/nvme0n1p2 : start=65792, size=1506816, type=0fc63daf-8483-4772-8e79-3d69d8477de4, "
+        'uuid=22222222-0000-4000-8000-000000000002, name="root"\n'
+    )
+    assert [f.mkfs_argv for f in p.filesystems] == [
+        ("mkfs.vfat", "-i", "1A2B3C4D", "-n", "ESP", "-F", "32", "/dev/nvme0n1p1"),
+        ("mkfs.xfs", "-f", "-m", f"uuid={ROOT_UUID}", "-L", "root", "-b", "size=4096", "/dev/nvme0n1p2"),
+    ]
+    assert [m.argv for m in p.mounts] == [
+        ("mount", "-t", "xfs", "/dev/nvme0n1p2", "/target"),
+        ("mount", "-t", "vfat", "-o", "codepage=437,iocharset=iso8859-1", "/dev/nvme0n1p1", "/target/boot/efi"),
+    ]
+
+
+def test_sector_size_mismatch_is_refused_by_the_planner_too() -> None:
+    d = gpt4k_descriptor()
+    with pytest.raises(PlanError, match="4096-byte sectors"):
+        plan_restore(d, {"disk1": target("vda", 8 * GIB)}, backup_dir="/b")
+
+
+def test_mkfs_argv_table() -> None:
+    p = _plan(gpt_descriptor(), target("vda", 3 * GIB))
+    assert [f.mkfs_argv for f in p.filesystems] == [
+        ("mkfs.vfat", "-i", "ABCD1234", "-n", "EFI", "-F", "32", "/dev/vda2"),
+        ("mke2fs", "-F", "-t", "ext4", "-U", ROOT_UUID, "-L", "root", "-b", "4096", "-I", "256", "-O",
+         "none,has_journal,ext_attr,dir_index,filetype,extent,64bit,flex_bg,metadata_csum", "/dev/vda3"),
+    ]  # needs_recovery (a state of a mounted filesystem) is not passed on
+    swap = _plan(mbr_descriptor(), target("vda", GIB)).filesystems[1]
+    assert swap.mkfs_argv == ("mkswap", "-f", "-U", SWAP_UUID, "/dev/vda2")
+    btrfs = Filesystem("fs9", "disk1p3", FsType.BTRFS, ROOT_UUID, "data", features=("no-holes",))
+    d = gpt_descriptor()
+    d = replace(d, filesystems=(d.filesystems[0], btrfs), mounts=(Mount("/", "fs9"),), backup=None)
+    assert _plan(d, target("vda", 2 * GIB)).filesystems[1].mkfs_argv == (
+        "mkfs.btrfs", "-f", "-U", ROOT_UUID, "-L", "data", "/dev/vda3")
+
+
+def test_mounts_extractions_and_steps_in_order() -> None:
+    p = _plan(gpt_descriptor(), target("vda", 3 * GIB))
+    assert [(m.mountpoint, m.directory, m.device) for m in p.mounts] == [
+        ("/", "/target", "/dev/vda3"), ("/boot/efi", "/target/boot/efi", "/dev/vda2")]
+    root, esp = p.extractions
+    assert root.archive == "/run/asr/backup/asr/sample/fs2.tar.zst"
+    assert root.pipeline == (
+        ("zstd", "-d", "-q", "-c"),
+        ("tar", "--extract", "--file=-", "--directory=/target", "--numeric-owner", "--xattrs", "--xattrs-include=*",
+         "--acls", "--selinux", "--sparse", "--preserve-permissions", "--same-owner"),
+    )
+    assert esp.tar_argv == ("tar", "--extract", "--file=-", "--directory=/target/boot/efi", "--no-same-owner",
+                            "--no-same-permissions", "--no-overwrite-dir")
+    assert p.fstab_changes == ()  # UUIDs are preserved: nothing to rewrite
+    names = [s.name for s in p.steps()]
+    assert names[:9] == [
+        "erase old signatures on /dev/vda",
+        "write the GPT partition table on /dev/vda",
+        "tell the kernel about the partitions of /dev/vda",
+        "wait for the partitions of /dev/vda",
+        "check the partition table of /dev/vda",
+        "make vfat on /dev/vda2",
+        "check vfat on /dev/vda2",
+        "make ext4 on /dev/vda3",
+        "check ext4 on /dev/vda3",
+    ]
+    restore = [s.name for s in p.steps() if s.phase is Phase.RESTORE]
+    assert restore == [
+        "make the mount point /target", "mount / (/dev/vda3)", "restore / from fs2.tar.zst",
+        "make the mount point /target/boot/efi", "mount /boot/efi (/dev/vda2)", "restore /boot/efi from fs1.tar.zst",
+        "compare the restored files with the MANIFEST",
+    ]
+    check = next(s for s in p.steps() if isinstance(s, CheckManifest))
+    assert (check.root, check.manifest) == ("/target", "/run/asr/backup/asr/sample/MANIFEST")
+    assert sum(isinstance(s, Extract) for s in p.steps()) == 2
+    unmount = [s.argv for s in p.steps() if isinstance(s, RunStep) and s.phase is Phase.UNMOUNT]
+    assert unmount == [("umount", "/target/sys/firmware/efi/efivars"), ("umount", "/target/sys"),
+                       ("umount", "/target/proc"), ("umount", "/target/dev"), ("umount", "/target/boot/efi"),
+                       ("umount", "/target"), ("sync",)]
+
+
+def test_uefi_boot_loader_commands() -> None:
+    p = _plan(gpt_descriptor(), target("vda", 3 * GIB))
+    got = [(s.argv, s.optional, s.only_if_any != (), s.unless_any != ()) for s in p.bootloader]
+    assert got == [
+        (("mount", "--bind", "/dev", "/target/dev"), False, False, False),
+        (("mount", "-t", "proc", "proc", "/target/proc"), False, False, False),
+        (("mount", "-t", "sysfs", "sysfs", "/target/sys"), False, False, False),
+        (("mount", "-t", "efivarfs", "efivarfs", "/target/sys/firmware/efi/efivars"), True, True, False),
+        (("chroot", "/target", "grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi",
+          "--bootloader-id=debian"), True, True, False),
+        (("chroot", "/target", "grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi",
+          "--bootloader-id=debian", "--removable"), False, True, False),
+        (("grub-install", "--target=x86_64-efi", "--efi-directory=/target/boot/efi", "--boot-directory=/target/boot",
+          "--directory=/usr/lib/grub/x86_64-efi", "--bootloader-id=debian", "--removable", "--no-nvram"),
+         False, False, True),
+    ]
+    assert p.bootloader[4].only_if_any == ("/target/usr/sbin/grub-install", "/target/sbin/grub-install")
+    assert [s.argv[-1] for s in p.post_commands] == ["echo restored > /etc/asr-restored", "true"]
+    assert [s.optional for s in p.post_commands] == [False, True]  # critical commands stop the restore
+
+
+def test_bios_boot_loader_and_fstab_change_by_path() -> None:
+    p = _plan(mbr_descriptor(), target("vda", GIB), target_root="/mnt/t", rescue_grub_dir="/opt/grub")
+    assert [c.__dict__ for c in p.fstab_changes] == [{"mountpoint": "swap", "old": "/dev/sda2", "new": "/dev/vda2"}]
+    assert [s.argv for s in p.bootloader][3:] == [
+        ("chroot", "/mnt/t", "grub-install", "--target=i386-pc", "/dev/vda"),
+        ("grub-install", "--target=i386-pc", "--boot-directory=/mnt/t/boot", "--directory=/opt/grub/i386-pc",
+         "/dev/vda"),
+        ("chroot", "/mnt/t", "update-grub"),  # a device name changed: the grub config is regenerated
+    ]
+    assert "rewrite /etc/fstab" in [s.name for s in p.steps()]
+    assert p.mounts[0].argv == ("mount", "-t", "ext4", "/dev/vda1", "/mnt/t")
+
+
+def test_render_plan_lists_every_disk_to_wipe() -> None:
+    t = target("vda", 3 * GIB, serial="QM00001")
+    p = _plan(gpt_descriptor(), t)
+    lines = render_plan(p)
+    assert lines[:9] == [
+        "Automated System Recovery will restore sample (Debian GNU/Linux 12 (bookworm)), backed up "
+        "2026-11-26T01:02:03Z.",
+        "",
+        "These disks will be ERASED. Everything on them will be lost:",
+        "  /dev/vda (QEMU HARDDISK, serial QM00001, 3.0 GiB)  <- disk1",
+        "      GPT partition table, disk GUID 6a4e5c3b-9f0d-4b7e-8a21-0c5d7e9f1a2b",
+        "      /dev/vda1  1.0 MiB  BIOS boot",
+        "      /dev/vda2  100.0 MiB  EFI System  vfat 'EFI'  /boot/efi",
+        "      /dev/vda3  2.9 GiB (grows from 1.9 GiB)  Linux filesystem  ext4 'root'  /",
+        "",
+    ]
+    assert lines[9].startswith("Then restore 2 archive(s), 53.0 MiB, from /run/asr/backup/asr/sample:")
+    assert "Install the boot loader: grub-efi." in lines
+    w = p.disks_to_wipe[0]
+    assert (w.device, w.model, w.serial, w.size_bytes) == ("/dev/vda", "QEMU HARDDISK", "QM00001", 3 * GIB)
+
+
+def test_plan_is_deterministic_and_token_tracks_content() -> None:
+    t = target("vda", 3 * GIB)
+    a, b = _plan(gpt_descriptor(), t), _plan(gpt_descriptor(), t)
+    assert a == b and a.confirm_token == b.confirm_token and len(a.confirm_token) == 16
+    assert _plan(gpt_descriptor(), target("vdb", 3 * GIB)).confirm_token != a.confirm_token
+    assert {"wipefs", "sfdisk", "partx", "mke2fs", "mkfs.vfat", "mount", "umount", "zstd", "tar", "grub-install",
+            "blkid", "sync"} <= set(a.tools)
+    assert a.devices == {"/dev/vda", "/dev/vda1", "/dev/vda2", "/dev/vda3"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "msg"),
+    [
+        (lambda d: replace(d, partitions=(replace(d.partitions[0], name='say "hi"'), *d.partitions[1:])),
+         "cannot quote"),
+        (lambda d: replace(d, partitions=(replace(d.partitions[0], attributes=1 << 5), *d.partitions[1:])),
+         "bit 5 is reserved"),
+        (lambda d: replace(d, backup=replace(d.backup, archives=d.backup.archives[:1])),
+         r"/boot/efi \(fs1\): the backup set has no archive"),
+        (lambda d: replace(d, bootloader=Bootloader(BootloaderKind.GRUB_BIOS, "disk7")), "disk7"),
+    ],
+)
+def test_plan_errors_name_what_and_where(edit, msg) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PlanError, match=msg):
+        _plan(edit(gpt_descriptor()), target("vda", 2 * GIB))
+
+
+def test_plan_refuses_an_incomplete_or_doubled_mapping() -> None:
+    base = gpt_descriptor()
+    with pytest.raises(PlanError, match="no target disk chosen for disk1"):
+        plan_restore(base, {}, backup_dir="/b")
+    two = replace(base, disks=(*base.disks, Disk("disk2", GIB, 512, 512, TableType.MBR, "0x0badcafe", True)))
+    t = target("vda", 3 * GIB)
+    with pytest.raises(PlanError, match="both disk1 and disk2"):
+        plan_restore(two, {"disk1": t, "disk2": t}, backup_dir="/b")
+    with pytest.raises(TargetTooSmallError):
+        plan_restore(base, {"disk1": target("vda", GIB)}, backup_dir="/b")
+    with pytest.raises(PlanError, match="target root cannot be /"):
+        plan_restore(base, {"disk1": t}, backup_dir="/b", target_root="/")

@@ -27,30 +27,30 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from builder.sif_render import render_asr_sif, render_asrpnp_sif
 from recovery_env import __version__
-from recovery_env.backupset import BackupResult, make_backup_record, make_backup_set, plan_archives
-from recovery_env.descriptor import Compression, Descriptor, DeviceInventory, Firmware
-from recovery_env.errors import (
-    DestinationError,
-    InsufficientSpaceError,
-    LayoutError,
-    NotRootError,
+from recovery_env.backupset import (
+    BackupResult,
+    check_destination,
+    check_root,
+    check_space,
+    find_sources,
+    make_backup_record,
+    make_backup_set,
+    plan_archives,
 )
+from recovery_env.descriptor import Compression, Descriptor, DeviceInventory, Firmware
+from recovery_env.errors import LayoutError
 from recovery_env.inventory import read_inventory
-from recovery_env.layout import DiskFacts, Layout, read_blkid, read_layout, read_system_info
+from recovery_env.layout import read_blkid, read_layout, read_system_info
 from recovery_env.run import run
 from recovery_env.sif import validate_descriptor
 
-# Compressed archive size ≈ used bytes × this (zstd -3 on system files is usually 0.35-0.5; 0.6 leaves room for
-# less compressible data), plus a fixed margin for the MANIFEST, the descriptors and filesystem overhead.
-COMPRESSION_ESTIMATE = 0.6
-SPACE_MARGIN = 16 << 20
 ASR_SIF = "ASR.SIF"
 ASRPNP_SIF = "ASRPNP.SIF"
 
@@ -64,15 +64,6 @@ class CaptureRequest:
     excludes: tuple[str, ...] = ()
     firmware: Firmware | None = None
     compression: Compression = Compression.ZSTD
-
-
-@dataclass(frozen=True)
-class Source:
-    fs: str
-    mountpoint: str
-    directory: Path
-    device: str
-    used_bytes: int
 
 
 @dataclass(frozen=True)
@@ -119,90 +110,6 @@ def _mountpoint(d: Descriptor, fs_key: str) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Checks (each raises a named CaptureRefused)
 # --------------------------------------------------------------------------------------------------------------
-
-
-def check_root(euid: int) -> None:
-    if euid != 0:
-        raise NotRootError(f"asr backup must run as root (effective uid is {euid}): it reads every file of the "
-                           "system and the disks' partition tables")
-
-
-def find_sources(layout: Layout, root: Path) -> tuple[Source, ...]:
-    """The directory each backed-up filesystem is mounted at under ``root``; refuse one that is not mounted."""
-    out = []
-    for m in layout.mounts:
-        fs = next(f for f in layout.filesystems if f.key == m.filesystem)
-        if not fs.backup:
-            continue
-        node = layout.devices[fs.key]
-        directory = root / m.mountpoint.lstrip("/")
-        if not _is_mounted_from(directory, node):
-            raise LayoutError(
-                f"{m.mountpoint} ({fs.key}, {fs.type.value} on {node}) is not mounted at {directory}: mount it "
-                "there before the capture"
-            )
-        st = os.statvfs(directory)
-        out.append(Source(fs.key, m.mountpoint, directory, node, (st.f_blocks - st.f_bfree) * st.f_frsize))
-    return tuple(out)
-
-
-def _is_mounted_from(directory: Path, node: str) -> bool:
-    try:
-        return os.stat(directory).st_dev == os.stat(node).st_rdev != 0
-    except OSError:
-        return False
-
-
-def _existing_ancestor(p: Path) -> Path:
-    p = p.absolute()
-    while not p.exists():
-        p = p.parent
-    return p
-
-
-def check_destination(dest: Path, layout: Layout, facts: Sequence[DiskFacts]) -> None:
-    """DIR must be empty and on no filesystem of a critical disk and on no backed-up filesystem."""
-    if dest.exists():
-        if not dest.is_dir():
-            raise DestinationError(f"{dest} exists and is not a directory")
-        if any(dest.iterdir()):
-            raise DestinationError(f"{dest} is not empty: give a new or empty directory for the backup set")
-    where = _existing_ancestor(dest)
-    dev = os.stat(where).st_dev
-    part_of = {p.key: p for p in layout.partitions}
-    disks = {d.key: d for d in layout.disks}
-    for fs in layout.filesystems:
-        node = layout.devices.get(fs.key, "")
-        try:
-            rdev = os.stat(node).st_rdev if node else 0
-        except OSError:
-            continue
-        if rdev == 0 or rdev != dev:
-            continue
-        disk = disks[part_of[fs.partition].disk]
-        mp = layout.mountpoint_of(fs.key) or "not in fstab"
-        if disk.critical or fs.backup:
-            why = (f"a filesystem of critical disk {disk.device} ({disk.key}) that restore re-creates"
-                   if disk.critical else "a filesystem that is backed up")
-            raise DestinationError(f"{dest} is on {node} ({fs.key}, {mp}), {why}: put the backup on another disk")
-    del facts  # the layout holds what is needed; facts kept in the signature for the offline capture
-
-
-def estimate_size(sources: Sequence[Source]) -> int:
-    return int(sum(s.used_bytes for s in sources) * COMPRESSION_ESTIMATE) + SPACE_MARGIN
-
-
-def check_space(dest: Path, sources: Sequence[Source]) -> int:
-    need = estimate_size(sources)
-    st = os.statvfs(_existing_ancestor(dest))
-    free = st.f_bavail * st.f_frsize
-    if free < need:
-        used = sum(s.used_bytes for s in sources)
-        raise InsufficientSpaceError(
-            f"{dest}: {_size(free)} free, the backup needs about {_size(need)} ({_size(used)} used on "
-            f"{', '.join(s.mountpoint for s in sources)} × {COMPRESSION_ESTIMATE} + {_size(SPACE_MARGIN)})"
-        )
-    return need
 
 
 def find_media(dest: Path) -> tuple[str, str, str]:
@@ -275,7 +182,10 @@ def capture(
             shutil.rmtree(dest, ignore_errors=True)
         raise
     files = (ASR_SIF, ASRPNP_SIF, result.manifest, *(a.file for a in result.archives))
-    return CaptureResult(dest, descriptor, inventory, result, layout.notes, files, time.monotonic() - started)
+    notes = layout.notes
+    if root != Path("/"):
+        notes += (f"ASRPNP.SIF lists no devices: --root {root} is another system than this machine's hardware",)
+    return CaptureResult(dest, descriptor, inventory, result, notes, files, time.monotonic() - started)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ PACKAGES: tuple[str, ...] = (
     "libtinfo6",
     "libuuid1",
     "libblkid1",
+    "libmount1",
     "libselinux1",
     "libpcre2-8-0",
     # file systems: ext4, vfat, xfs, btrfs

@@ -358,7 +358,7 @@ def split_integrity(data: bytes) -> tuple[bytes, bytes | None]:
     while pos <= len(data):
         end = data.find(b"\n", pos)
         line = data[pos : end if end >= 0 else len(data)]
-        if line.strip() == header:
+        if line.strip(b" \t") == header:
             return data[:pos], data[pos:]
         if end < 0:
             break
@@ -388,20 +388,20 @@ def check_integrity(data: bytes, *, file: str) -> bytes:
     body, tail = split_integrity(data)
     if tail is None:
         raise IntegrityError(
-            f"{file}: integrity check failed: no {INTEGRITY_HEADER} section (the file is damaged or truncated)",
+            f"integrity check failed: no {INTEGRITY_HEADER} section (the file is damaged or truncated)",
             file=file,
         )
     header_line = body.count(b"\n") + 1
     lines = tail.split(b"\n")
     found: str | None = None
     for offset, raw in enumerate(lines[1:], start=1):
-        text = raw.decode("utf-8", "replace").strip()
+        text = raw.decode("utf-8", "replace").strip(" \t")
         if not text or text.startswith(";"):
             continue
         m = re.fullmatch(r"sha256\s*=\s*([0-9a-f]{64})", text)
         if m is None or found is not None:
             raise IntegrityError(
-                f"{file}: integrity check failed: the integrity line is damaged ({text[:80]!r})",
+                f"integrity check failed: the integrity line is damaged ({text[:80]!r})",
                 file=file,
                 line=header_line + offset,
                 section="INTEGRITY",
@@ -410,18 +410,16 @@ def check_integrity(data: bytes, *, file: str) -> bytes:
     actual = hashlib.sha256(body).hexdigest()
     if found is None:
         raise IntegrityError(
-            f"{file}: integrity check failed: no sha256 line (the file is damaged or truncated)",
+            "integrity check failed: no sha256 line (the file is damaged or truncated)",
             file=file,
             line=header_line,
             section="INTEGRITY",
         )
     if found != actual:
         raise IntegrityError(
-            f"{file}: integrity check failed: the file is damaged or was edited (sha256 {actual} expected {found});"
+            f"integrity check failed: the file is damaged or was edited (sha256 {actual} expected {found});"
             " if you edited it on purpose, re-seal it with `asr inspect --reseal FILE`",
             file=file,
-            section="INTEGRITY",
-            line=header_line + 1,
         )
     return body
 
@@ -429,8 +427,9 @@ def check_integrity(data: bytes, *, file: str) -> bytes:
 # --- syntax ------------------------------------------------------------------------------------------------------
 
 
-def read_document(data: bytes, sections: Sequence[SectionSpec], *, file: str) -> SifDocument:
-    """Check integrity, then split the body into sections and raw values (strict syntax, order and keys)."""
+def read_document(data: bytes, sections: Sequence[SectionSpec], *, file: str, signature: str) -> SifDocument:
+    """Check integrity, then split the body into sections and raw values (strict syntax, order and keys).
+    The [VERSION] section (signature, format) is checked as soon as it is read, before the sections it governs."""
     body = check_integrity(data, file=file)
     try:
         text = body.decode("utf-8")
@@ -447,6 +446,8 @@ def read_document(data: bytes, sections: Sequence[SectionSpec], *, file: str) ->
     def close_section() -> None:
         if current is not None and current.kind is SectionKind.SCALAR:
             found[current.name] = [RawRecord(current.name, None, section_lines[current.name], dict(scalar))]
+            if current.name == "VERSION":
+                _check_version(found["VERSION"][0], file, signature)
 
     for lineno, line in enumerate(text.split("\n"), start=1):
         stripped = line.strip()
@@ -625,15 +626,15 @@ def _make(cls: Callable[..., T], spec: SectionSpec, rec: RawRecord, file: str, *
     return cls(**_convert_fields(spec, rec, file), **extra)
 
 
-def _check_version(doc: SifDocument, signature: str) -> str:
-    values = _convert_fields(ASR_SECTIONS[0], doc.sections["VERSION"][0], doc.file)
-    where = doc.sections["VERSION"][0].values
+def _check_version(rec: RawRecord, file: str, signature: str) -> None:
+    values = _convert_fields(ASR_SECTIONS[0], rec, file)
+    where = rec.values
     if values["signature"] != signature:
         other = {SIGNATURE: "ASR.SIF", PNP_SIGNATURE: "ASRPNP.SIF"}.get(values["signature"])
         hint = f" (this is an {other})" if other else ""
         raise DescriptorError(
             f"signature {values['signature']!r} is not {signature!r}{hint}",
-            file=doc.file,
+            file=file,
             line=where["signature"].line,
             section="VERSION",
             field="signature",
@@ -641,13 +642,11 @@ def _check_version(doc: SifDocument, signature: str) -> str:
     if values["format"] != FORMAT_VERSION:
         raise DescriptorError(
             f"format {values['format']} is not supported (this asr reads format {FORMAT_VERSION})",
-            file=doc.file,
+            file=file,
             line=where["format"].line,
             section="VERSION",
             field="format",
         )
-    tool: str = values["tool"]
-    return tool
 
 
 def parse_asr_sif(text: str, *, file: str = "ASR.SIF") -> Descriptor:
@@ -657,8 +656,8 @@ def parse_asr_sif(text: str, *, file: str = "ASR.SIF") -> Descriptor:
 
 
 def parse_asr_sif_bytes(data: bytes, *, file: str = "ASR.SIF") -> Descriptor:
-    doc = read_document(data, ASR_SECTIONS, file=file)
-    tool = _check_version(doc, SIGNATURE)
+    doc = read_document(data, ASR_SECTIONS, file=file, signature=SIGNATURE)
+    tool: str = _convert_fields(ASR_SECTIONS[0], doc.sections["VERSION"][0], file)["tool"]
     spec = {s.name: s for s in ASR_SECTIONS}
     sec = doc.sections
     system = _make(SystemInfo, spec["SYSTEM"], sec["SYSTEM"][0], file, tool_version=tool)
@@ -695,8 +694,7 @@ def parse_asrpnp_sif(text: str, *, file: str = "ASRPNP.SIF") -> DeviceInventory:
 
 
 def parse_asrpnp_sif_bytes(data: bytes, *, file: str = "ASRPNP.SIF") -> DeviceInventory:
-    doc = read_document(data, PNP_SECTIONS, file=file)
-    _check_version(doc, PNP_SIGNATURE)
+    doc = read_document(data, PNP_SECTIONS, file=file, signature=PNP_SIGNATURE)
     spec = {s.name: s for s in PNP_SECTIONS}
     hostname: str = _convert_fields(spec["SYSTEM"], doc.sections["SYSTEM"][0], file)["hostname"]
     devices = tuple(_make(Device, spec["DEVICES"], r, file) for r in doc.sections["DEVICES"])

@@ -129,7 +129,8 @@ def test_big_descriptor_fits_a_floppy_with_room() -> None:
         disk = Disk(
             f"disk{n}", 1 << 40, 512, 4096, TableType.GPT, f"00000000-0000-4000-8000-{n:012x}", True,
             device=f"/dev/sd{chr(96 + n)}", model="SAMSUNG MZ7LH960HAJR-00005", serial=f"S45NNE0M{n:07d}",
-            wwn=f"0x5002538e{n:08x}", by_id=(f"ata-SAMSUNG_MZ7LH960HAJR-00005_S45NNE0M{n:07d}", f"wwn-0x5002538e{n:08x}"),
+            wwn=f"0x5002538e{n:08x}",
+            by_id=(f"ata-SAMSUNG_MZ7LH960HAJR-00005_S45NNE0M{n:07d}", f"wwn-0x5002538e{n:08x}"),
         )  # fmt: skip
         disks.append(disk)
         for k in range(1, 9):
@@ -140,8 +141,10 @@ def test_big_descriptor_fits_a_floppy_with_room() -> None:
             parts.append(p)
             key = f"fs{n}_{k}"
             uuid = f"{n:08x}-{k:04x}-4000-9000-000000000000"
-            fss.append(Filesystem(key, p.key, FsType.EXT4, uuid=uuid, label=f"data{n}_{k}", block_size=4096,
-                                  features=("has_journal", "extent", "64bit", "metadata_csum"), inode_size=256))  # fmt: skip
+            features = ("has_journal", "extent", "64bit", "metadata_csum")
+            fss.append(
+                Filesystem(key, p.key, FsType.EXT4, uuid=uuid, label=f"d{n}_{k}", block_size=4096, features=features)
+            )
             mp = "/" if (n, k) == (1, 1) else f"/srv/data/volume{n:02d}/part{k}"
             mounts.append(Mount(mp, key, "defaults,noatime", device=f"UUID={uuid}", passno=2))
             archives.append(Archive(key, f"{key}.tar.zst", 123456789012, "ab" * 32, entries=1234567))
@@ -246,8 +249,10 @@ SYNTAX_CASES = [
     ("[COMMANDS]\n", "[COMMAND]\n", "[COMMAND]", None, None, None, "unknown section [COMMAND]"),
     ("[SYSTEM", "[SYSTEM\n", "[SYSTEM", None, None, None, "malformed section header"),
     ("; ASR.SIF -", "stray\n; ASR.SIF -", "stray", None, None, None, "text before the first section"),
-    ("hostname = asr-sample\n", "hostname = asr-sample\ncolor = blue\n", "color", "SYSTEM", None, "color", "unknown key"),
-    ("kind = grub-bios\n", "kind = grub-bios\nkind = none\n", "kind = none", "BOOTLOADER", None, "kind", "duplicate key"),
+    ("hostname = asr-sample\n", "hostname = asr-sample\ncolor = blue\n", "color", "SYSTEM", None, "color",
+     "unknown key"),
+    ("kind = grub-bios\n", "kind = grub-bios\nkind = none\n", "kind = none", "BOOTLOADER", None, "kind",
+     "duplicate key"),
     ("kernel = 6.1.0-28-amd64\n", "", "[SYSTEM]", "SYSTEM", None, "kernel", "required key 'kernel' is missing"),
     (" start=4096 ", " ", "number=2", "PARTITIONS", 2, "start", "required field 'start' is missing"),
     ("number=2 ", "number=2 colour=red ", "number=2", "PARTITIONS", 2, "colour", "unknown field"),
@@ -332,7 +337,7 @@ def test_asrpnp_errors() -> None:
     assert e.value.line is not None
     with pytest.raises(DescriptorError, match=r"\(this is an ASR.SIF\)"):
         parse_asrpnp_sif(SAMPLE)
-    with pytest.raises(IntegrityError, match="ASRPNP.SIF: integrity check failed"):
+    with pytest.raises(IntegrityError, match=r"ASRPNP\.SIF: integrity check failed"):
         parse_asrpnp_sif(text.replace("ahci", "ahcj"))
     dup = _edit(text, "address=virtio1", "address=virtio0")
     with pytest.raises(DescriptorError, match="virtio virtio0 is also device 9") as e:

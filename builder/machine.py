@@ -1,0 +1,862 @@
+"""The test source machine: a small bootable Linux disk image that the tests build themselves.
+
+A GPT disk (BIOS boot partition, vfat ESP, ext4 root) or an MBR disk (vfat ESP, bootable ext4 root) holding a
+Debian kernel, a tiny busybox initramfs whose /init checks the root filesystem and prints one verdict line, and
+GRUB for BIOS (boot.img in the MBR, core.img in the BIOS boot partition or the post-MBR gap) and for UEFI
+(``\\EFI\\BOOT\\BOOTX64.EFI``).  The restore tests back it up, wipe it, restore it and boot it again: the facts in
+:class:`MachineImage` (disk GUID or MBR signature, partitions, filesystem UUIDs and labels, the verdict line) are
+what they compare.
+
+Everything is done on the image file with offsets, never by mounting (the host kernel here has no vfat and no
+partition parsers for loop devices): ``sfdisk`` on the file, ``mke2fs -d -E offset=``, ``debugfs -w`` for
+owners, times and an extended attribute, ``mformat``/``mmd``/``mcopy -i img@@offset`` for the ESP,
+``grub-mkimage`` for both GRUB images, and :func:`plan_grub_bios_boot` for the BIOS boot code.
+
+Reproducible: the same spec (seed, epoch, ...) and the same packages give a byte-identical image.  IDs come from
+the seed; times come from ``epoch`` (``E2FSPROGS_FAKE_TIME`` for mke2fs and debugfs, ``SOURCE_DATE_EPOCH`` and
+``TZ=UTC`` for mtools, fixed mtimes in the initramfs, and debugfs setting atime/ctime/mtime of every inode,
+since ``mke2fs -d`` copies the staging files' ctime and the atime its own reading leaves behind).
+
+Build one by hand: ``python -m builder.machine out/machine-gpt.img --layout gpt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import logging
+import os
+import re
+import struct
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from builder.modules import plan_module_closure, read_module_index
+from builder.packages import DebMember, MemberKind, PackageSet, fetch_packages, read_deb
+from builder.templating import render
+from recovery_env.descriptor import GPT_BIOS_BOOT, GPT_ESP, Firmware, FsType, TableType
+from recovery_env.errors import InputError, InternalError, ToolError
+from recovery_env.run import run
+
+log = logging.getLogger("asr.machine")
+
+SECTOR = 512
+MIB_SECTORS = (1 << 20) // SECTOR
+GPT_LINUX_FS = "0fc63daf-8483-4772-8e79-3d69d8477de4"
+MBR_LINUX = "83"
+MBR_ESP = "ef"
+
+#: The verdict lines of the machine's /init (templates/machine-init.j2).
+MARKER_PREFIX = "ASR-MACHINE-MARKER"
+FAIL_PREFIX = "ASR-MACHINE-FAIL"
+
+#: Size facts of the layout (MiB).
+ESP_MIB = 64
+BIOS_BOOT_MIB = 1
+MIN_SIZE_MIB = 160
+#: The smallest FAT date is 1980-01-01.
+MIN_EPOCH = 315532800
+
+#: Kernel modules the initramfs loads to see the root disk on QEMU's IDE (pc), AHCI (q35) or virtio, and mount
+#: ext4; plan_module_closure adds their dependencies.
+MACHINE_MODULES: tuple[str, ...] = ("ata_piix", "ahci", "sd_mod", "virtio_pci", "virtio_blk", "ext4", "crc32c_generic")
+#: Where those modules and their dependencies live in the kernel package: only these are read and indexed
+#: (indexing the aliases of all ~4000 modules costs seconds); a dependency outside them is an InternalError.
+MACHINE_MODULE_DIRS: tuple[str, ...] = (
+    "block/", "drivers/ata/", "drivers/scsi/", "drivers/block/", "drivers/virtio/",
+    "fs/", "lib/", "crypto/", "arch/x86/crypto/",
+)  # fmt: skip
+
+#: GRUB modules built into core.img / BOOTX64.EFI: enough to run the early config (find the root filesystem by
+#: UUID); everything else (normal, linux, serial, ...) GRUB loads from /boot/grub/<platform>/ on the root.
+GRUB_CORE_MODULES: dict[str, tuple[str, ...]] = {
+    "i386-pc": ("biosdisk", "part_gpt", "part_msdos", "ext2", "search", "search_fs_uuid"),
+    "x86_64-efi": ("part_gpt", "part_msdos", "ext2", "search", "search_fs_uuid"),
+}
+GRUB_PACKAGES: dict[str, str] = {"i386-pc": "grub-pc-bin", "x86_64-efi": "grub-efi-amd64-bin"}
+
+KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200 panic=5 quiet"
+
+_HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_MARKER_RE = re.compile(r"^[A-Za-z0-9._:+-]{1,64}$")
+
+
+class MachineBuildError(InputError):
+    """A machine image cannot be built as asked (bad spec, a package lacking a file, not enough room)."""
+
+
+class Layout(StrEnum):
+    GPT = "gpt"
+    MBR = "mbr"
+
+    @property
+    def table(self) -> TableType:
+        return TableType(self.value)
+
+    @property
+    def grub_partmap(self) -> str:
+        """The GRUB partition map module that reads this table."""
+        return "part_gpt" if self is Layout.GPT else "part_msdos"
+
+
+class PartRole(StrEnum):
+    """What a partition of the test machine is for; carries its type per table and its GPT name."""
+
+    BIOS_BOOT = "bios"
+    ESP = "esp"
+    ROOT = "root"
+
+    def type_for(self, layout: Layout) -> str:
+        return _PART_TYPES[(self, layout)]
+
+
+_PART_TYPES: dict[tuple[PartRole, Layout], str] = {
+    (PartRole.BIOS_BOOT, Layout.GPT): GPT_BIOS_BOOT,
+    (PartRole.ESP, Layout.GPT): GPT_ESP,
+    (PartRole.ROOT, Layout.GPT): GPT_LINUX_FS,
+    (PartRole.ESP, Layout.MBR): MBR_ESP,
+    (PartRole.ROOT, Layout.MBR): MBR_LINUX,
+}
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """What to build.  Validated on construction: a bad value is a MachineBuildError naming the field."""
+
+    layout: Layout = Layout.GPT
+    size_mib: int = 256
+    hostname: str = "asr-sample"
+    marker: str = "asr-sample-1"
+    epoch: int = 1700000000
+    seed: str = "asr-test-machine"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layout, Layout):
+            raise MachineBuildError(f"machine layout {self.layout!r}: expected one of {', '.join(Layout)}")
+        if self.size_mib < MIN_SIZE_MIB:
+            raise MachineBuildError(f"machine size_mib {self.size_mib}: the test machine needs at least {MIN_SIZE_MIB}")
+        if not _HOSTNAME_RE.match(self.hostname):
+            raise MachineBuildError(f"machine hostname {self.hostname!r}: expected 1-63 of a-z, 0-9, '-'")
+        if not _MARKER_RE.match(self.marker):
+            raise MachineBuildError(f"machine marker {self.marker!r}: expected 1-64 of A-Z a-z 0-9 . _ : + -")
+        if not MIN_EPOCH <= self.epoch < 1 << 31:
+            raise MachineBuildError(f"machine epoch {self.epoch}: expected {MIN_EPOCH} (1980) to 2^31-1")
+
+    def make_uuid(self, what: str) -> str:
+        """A version-4-shaped UUID derived from the seed: the same spec gives the same IDs."""
+        digest = hashlib.sha256(f"{self.seed}/{what}".encode()).digest()
+        return str(uuid.UUID(bytes=digest[:16], version=4))
+
+    def make_hex(self, what: str, digits: int) -> str:
+        return hashlib.sha256(f"{self.seed}/{what}".encode()).hexdigest()[:digits]
+
+
+@dataclass(frozen=True)
+class MachinePartition:
+    number: int
+    role: PartRole
+    start: int  # sectors
+    size: int  # sectors
+    type: str  # GPT type GUID (lower case) or MBR id (two hex digits)
+    uuid: str  # PARTUUID: a GUID on GPT, <signature>-<NN> on MBR
+    name: str  # GPT partition name ("" on MBR)
+    bootable: bool  # MBR active flag
+
+    @property
+    def offset(self) -> int:
+        return self.start * SECTOR
+
+    @property
+    def size_bytes(self) -> int:
+        return self.size * SECTOR
+
+
+@dataclass(frozen=True)
+class MachineFilesystem:
+    partition: int  # number of the partition holding it
+    fstype: FsType
+    uuid: str  # ext4: a UUID; vfat: the volume id XXXX-XXXX
+    label: str
+    mountpoint: str
+    options: str
+    passno: int
+
+
+@dataclass(frozen=True)
+class SampleFile:
+    """An ordinary file of the machine (what a backup carries and a restore must bring back)."""
+
+    path: str  # relative to the root filesystem, no leading slash
+    data: bytes = field(repr=False)
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    sparse_size: int = 0  # > 0: a sparse file of this size, ``data`` at its start and at its end
+
+
+@dataclass(frozen=True)
+class SampleLink:
+    path: str
+    target: str  # symlink: the link text; hard link: the path (relative to the root) of the other name
+
+
+@dataclass(frozen=True)
+class MachinePlan:
+    """The pure plan of a machine image: layout, IDs, filesystems and sample content.  No I/O made it."""
+
+    spec: MachineSpec
+    disk_id: str  # GPT disk GUID, or MBR signature 0xXXXXXXXX
+    partitions: tuple[MachinePartition, ...]
+    filesystems: tuple[MachineFilesystem, ...]
+    samples: tuple[SampleFile, ...]
+    symlink: SampleLink
+    hardlink: SampleLink
+    xattr: tuple[str, str, str]  # (path, name, value) set with debugfs ea_set
+
+    @property
+    def size_bytes(self) -> int:
+        return self.spec.size_mib << 20
+
+    def partition(self, role: PartRole) -> MachinePartition:
+        for part in self.partitions:
+            if part.role is role:
+                return part
+        raise InternalError(f"{self.spec.layout} machine has no {role} partition")
+
+    def filesystem(self, role: PartRole) -> MachineFilesystem:
+        number = self.partition(role).number
+        for fs in self.filesystems:
+            if fs.partition == number:
+                return fs
+        raise InternalError(f"{self.spec.layout} machine has no filesystem on its {role} partition")
+
+
+@dataclass(frozen=True)
+class MachineImage:
+    """A built machine image and the facts a restore must reproduce."""
+
+    path: Path
+    plan: MachinePlan
+    kernel_version: str
+    sha256: str
+
+    @property
+    def layout(self) -> Layout:
+        return self.plan.spec.layout
+
+    @property
+    def disk_id(self) -> str:
+        return self.plan.disk_id
+
+    @property
+    def partitions(self) -> tuple[MachinePartition, ...]:
+        return self.plan.partitions
+
+    @property
+    def filesystems(self) -> tuple[MachineFilesystem, ...]:
+        return self.plan.filesystems
+
+    @property
+    def root(self) -> MachineFilesystem:
+        return self.plan.filesystem(PartRole.ROOT)
+
+    @property
+    def esp(self) -> MachineFilesystem:
+        return self.plan.filesystem(PartRole.ESP)
+
+    @property
+    def marker(self) -> str:
+        return self.plan.spec.marker
+
+    def expected_line(self, firmware: Firmware) -> str:
+        """The verdict line the machine prints when it boots intact under ``firmware``."""
+        spec = self.plan.spec
+        return f"{MARKER_PREFIX} {spec.marker} host={spec.hostname} root={self.root.uuid} firmware={firmware} OK"
+
+
+@dataclass(frozen=True)
+class MachineInputs:
+    """What the machine is made of, read from the Debian packages: kernel, modules, busybox, GRUB directories."""
+
+    kernel_version: str
+    vmlinuz: bytes = field(repr=False)
+    modules: tuple[tuple[str, bytes], ...] = field(repr=False)  # (path lib/modules/..., data), load order
+    busybox: bytes = field(repr=False)
+    grub: Mapping[str, Mapping[str, bytes]] = field(repr=False)  # platform → file name → data
+
+
+# ------------------------------------------------------------------------------------------------------ planning
+
+
+def plan_machine(spec: MachineSpec) -> MachinePlan:
+    """Partitions (1 MiB aligned), IDs from the seed, filesystems and the sample content of ``spec``."""
+    total = spec.size_mib * MIB_SECTORS
+    first = MIB_SECTORS
+    roles: list[tuple[PartRole, int]] = []
+    if spec.layout is Layout.GPT:
+        roles.append((PartRole.BIOS_BOOT, BIOS_BOOT_MIB * MIB_SECTORS))
+        last_usable = total - 34  # the backup GPT: 32 sectors of entries and the header
+    else:
+        last_usable = total - 1
+    roles.append((PartRole.ESP, ESP_MIB * MIB_SECTORS))
+    start = first
+    sized: list[tuple[PartRole, int, int]] = []
+    for role, size in roles:
+        sized.append((role, start, size))
+        start += size
+    root_size = (last_usable + 1 - start) // MIB_SECTORS * MIB_SECTORS
+    sized.append((PartRole.ROOT, start, root_size))
+
+    if spec.layout is Layout.GPT:
+        disk_id = spec.make_uuid("disk")
+    else:
+        disk_id = "0x" + spec.make_hex("disk", 8)
+    partitions = []
+    for number, (role, pstart, psize) in enumerate(sized, start=1):
+        if spec.layout is Layout.GPT:
+            partuuid, name = spec.make_uuid(f"part{number}"), role.value
+        else:
+            partuuid, name = f"{disk_id[2:]}-{number:02x}", ""
+        partitions.append(
+            MachinePartition(
+                number=number,
+                role=role,
+                start=pstart,
+                size=psize,
+                type=role.type_for(spec.layout),
+                uuid=partuuid,
+                name=name,
+                bootable=spec.layout is Layout.MBR and role is PartRole.ROOT,
+            )
+        )
+    by_role = {p.role: p for p in partitions}
+    volid = spec.make_hex("esp", 8).upper()
+    filesystems = (
+        MachineFilesystem(
+            partition=by_role[PartRole.ROOT].number,
+            fstype=FsType.EXT4,
+            uuid=spec.make_uuid("rootfs"),
+            label="asr-root",
+            mountpoint="/",
+            options="errors=remount-ro",
+            passno=1,
+        ),
+        MachineFilesystem(
+            partition=by_role[PartRole.ESP].number,
+            fstype=FsType.VFAT,
+            uuid=f"{volid[:4]}-{volid[4:]}",
+            label="ESP",
+            mountpoint="/boot/efi",
+            options="umask=0077",
+            passno=2,
+        ),
+    )
+    return MachinePlan(
+        spec=spec,
+        disk_id=disk_id,
+        partitions=tuple(partitions),
+        filesystems=filesystems,
+        samples=plan_samples(spec),
+        symlink=SampleLink(path="home/user/notes-link", target="notes.txt"),
+        hardlink=SampleLink(path="srv/data/hardlink-b", target="srv/data/hardlink-a"),
+        xattr=("srv/data/blob.bin", "user.asr.sample", spec.marker),
+    )
+
+
+def plan_samples(spec: MachineSpec) -> tuple[SampleFile, ...]:
+    """Ordinary files a backup has to carry: text, binary, sparse, private, owned by a user."""
+    blob = b"".join(hashlib.sha256(f"{spec.seed}/blob/{i}".encode()).digest() for i in range(8192))  # 256 KiB
+    return (
+        SampleFile(
+            "home/user/notes.txt", f"Notes of {spec.hostname}: marker {spec.marker}.\n".encode(), uid=1000, gid=1000
+        ),
+        SampleFile("home/user/secret.txt", b"only the owner reads this\n", mode=0o600, uid=1000, gid=1000),
+        SampleFile("home/user/docs/readme.md", b"# A document\n\nWith a few lines.\n", uid=1000, gid=1000),
+        SampleFile("srv/data/blob.bin", blob),
+        SampleFile("srv/data/hardlink-a", b"one inode, two names\n"),
+        SampleFile("srv/data/sparse.img", b"SPARSE-HEAD" + bytes(4085), sparse_size=8 << 20),
+        SampleFile("var/log/asr-sample.log", f"{spec.epoch} machine {spec.hostname} built\n".encode(), mode=0o640),
+        SampleFile("root/.profile", b"PS1='# '\n", mode=0o600),
+        SampleFile("usr/local/bin/hello", b"#!/bin/sh\necho hello\n", mode=0o755),
+    )
+
+
+def render_sfdisk_script(plan: MachinePlan) -> str:
+    return render(
+        "machine-sfdisk.j2",
+        label=plan.spec.layout.table.sfdisk_label,
+        disk_id=plan.disk_id,
+        first_lba=MIB_SECTORS,
+        partitions=plan.partitions,
+    )
+
+
+def render_grub_cfg(plan: MachinePlan, kernel_version: str) -> str:
+    return render(
+        "machine-grub.cfg.j2",
+        hostname=plan.spec.hostname,
+        title=f"asr test machine {plan.spec.hostname}",
+        partmap=plan.spec.layout.grub_partmap,
+        root_uuid=plan.filesystem(PartRole.ROOT).uuid,
+        kernel_version=kernel_version,
+        cmdline=KERNEL_CMDLINE,
+    )
+
+
+def render_grub_early_cfg(plan: MachinePlan) -> str:
+    return render("machine-grub-early.cfg.j2", root_uuid=plan.filesystem(PartRole.ROOT).uuid, grub_dir="/boot/grub")
+
+
+MARKER_FILE = "etc/asr-machine/marker"
+SUMS_FILE = "etc/asr-machine/SHA256SUMS"
+
+
+def render_init(plan: MachinePlan, module_paths: Sequence[str]) -> str:
+    owned = [s for s in plan.samples if s.uid or s.mode != 0o644]
+    return render(
+        "machine-init.j2",
+        marker_prefix=MARKER_PREFIX,
+        fail_prefix=FAIL_PREFIX,
+        modules=module_paths,
+        wait_tenths=150,
+        marker_file=MARKER_FILE,
+        sums_file=SUMS_FILE,
+        symlink=plan.symlink,
+        hardlink=plan.hardlink,
+        owned_files=owned,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
+
+def read_machine_inputs(packages: PackageSet | None = None) -> MachineInputs:
+    """Kernel, the modules of MACHINE_MODULES (dependencies first), busybox and both GRUB platform directories,
+    from the verified package cache (builder.packages)."""
+    pkgs = packages if packages is not None else fetch_packages()
+    kver = pkgs.kernel_version
+    mods = f"lib/modules/{kver}/"
+    prefixes = [f"boot/vmlinuz-{kver}", f"{mods}modules.builtin", *(f"{mods}kernel/{d}" for d in MACHINE_MODULE_DIRS)]
+    kernel = read_deb(pkgs.deb(pkgs.kernel_package), prefixes)
+    vmlinuz = _member(kernel, f"boot/vmlinuz-{kver}", pkgs.kernel_package)
+    index = read_module_index(kernel, kver)
+    modules = tuple(
+        (m.path, _member(kernel, m.path, pkgs.kernel_package)) for m in plan_module_closure(index, MACHINE_MODULES)
+    )
+    busybox = _member(read_deb(pkgs.deb("busybox-static"), ["bin/busybox"]), "bin/busybox", "busybox-static")
+    grub: dict[str, dict[str, bytes]] = {}
+    for platform, package in GRUB_PACKAGES.items():
+        prefix = f"usr/lib/grub/{platform}/"
+        members = read_deb(pkgs.deb(package), [prefix])
+        files = {
+            path.removeprefix(prefix): m.data
+            for path, m in members.items()
+            if m.kind is MemberKind.FILE and "/" not in path.removeprefix(prefix)
+        }
+        for needed in ("kernel.img", "moddep.lst", *(f"{mod}.mod" for mod in GRUB_CORE_MODULES[platform])):
+            if needed not in files:
+                raise MachineBuildError(f"{package}: no {prefix}{needed}")
+        grub[platform] = files
+    return MachineInputs(kernel_version=kver, vmlinuz=vmlinuz, modules=modules, busybox=busybox, grub=grub)
+
+
+def _member(members: Mapping[str, DebMember], path: str, package: str) -> bytes:
+    member = members.get(path)
+    if member is None or member.kind is not MemberKind.FILE:
+        raise MachineBuildError(f"{package}: no file {path}")
+    return member.data
+
+
+# ------------------------------------------------------------------------------------------------- initramfs
+
+
+@dataclass(frozen=True)
+class CpioEntry:
+    path: str  # no leading slash
+    mode: int  # full st_mode (type bits included)
+    data: bytes = b""  # file contents, or the symlink target
+    rdev: tuple[int, int] = (0, 0)
+
+
+S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR = 0o170000, 0o040000, 0o100000, 0o120000, 0o020000
+
+
+def make_cpio(entries: Iterable[CpioEntry], mtime: int) -> bytes:
+    """A cpio "newc" archive (what the kernel unpacks as initramfs): owner root, the given mtime, inode numbers
+    in order, no hard links.  Written here rather than with cpio(1) so that it needs no root for /dev/console
+    and is byte-reproducible."""
+    out = bytearray()
+
+    def add(name: str, mode: int, data: bytes, ino: int, rdev: tuple[int, int]) -> None:
+        encoded = name.encode() + b"\0"
+        nlink = 2 if mode & S_IFMT == S_IFDIR else 1
+        fields = (ino, mode, 0, 0, nlink, mtime, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0)
+        out.extend(b"070701" + b"".join(b"%08X" % f for f in fields))
+        out.extend(encoded)
+        out.extend(bytes(-len(out) % 4))
+        out.extend(data)
+        out.extend(bytes(-len(out) % 4))
+
+    ino = 0
+    for ino, entry in enumerate(entries, start=1):
+        add(entry.path, entry.mode, entry.data, ino, entry.rdev)
+    add("TRAILER!!!", 0, b"", 0, (0, 0))
+    return bytes(out)
+
+
+def make_initramfs(plan: MachinePlan, inputs: MachineInputs) -> bytes:
+    """The machine's initramfs: busybox, the modules, /dev/console and the rendered /init, gzip'ed."""
+    entries: list[CpioEntry] = []
+    dirs: set[str] = set()
+
+    def add_dirs(path: str) -> None:
+        parts = path.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in dirs:
+                dirs.add(d)
+                entries.append(CpioEntry(d, S_IFDIR | 0o755))
+
+    for d in ("bin", "dev", "proc", "sys", "root", "tmp"):
+        add_dirs(d + "/")
+    entries.append(CpioEntry("dev/console", S_IFCHR | 0o600, rdev=(5, 1)))
+    entries.append(CpioEntry("bin/busybox", S_IFREG | 0o755, inputs.busybox))
+    entries.append(CpioEntry("bin/sh", S_IFLNK | 0o777, b"busybox"))
+    for path, data in inputs.modules:
+        add_dirs(path)
+        entries.append(CpioEntry(path, S_IFREG | 0o644, data))
+    init = render_init(plan, [path for path, _ in inputs.modules])
+    entries.append(CpioEntry("init", S_IFREG | 0o755, init.encode()))
+    return gzip.compress(make_cpio(entries, plan.spec.epoch), compresslevel=9, mtime=0)
+
+
+# ---------------------------------------------------------------------------------------------------- GRUB
+
+
+#: Offsets in GRUB 2's i386-pc boot.img (grub-core/boot/i386/pc/boot.S, include/grub/i386/pc/boot.h).
+BOOT_BPB_START, BOOT_BPB_END = 0x03, 0x5A
+BOOT_KERNEL_SECTOR = 0x5C  # 64-bit LBA of core.img's first sector
+BOOT_DRIVE = 0x64  # 0xff: use the drive the BIOS booted from (%dl)
+BOOT_DRIVE_CHECK = 0x66  # a 2-byte jmp that grub-setup replaces by two nops on hard disks
+BOOT_NT_MAGIC, BOOT_PART_END = 0x1B8, 0x1FE  # disk signature + partition table, kept from the disk
+#: diskboot.img (core.img's first sector) ends with its blocklist, growing downwards: 12-byte entries
+#: (u64 start LBA, u16 sector count, u16 load segment); an all-zero entry terminates it.
+BLOCKLIST_ENTRY = 12
+CORE_LOAD_SEGMENT = 0x820  # GRUB_BOOT_I386_PC_KERNEL_SEG (0x800) + one sector (0x20 paragraphs)
+
+
+def plan_grub_bios_boot(
+    mbr: bytes, boot_img: bytes, core_img: bytes, core_sector: int, room: int
+) -> tuple[bytes, bytes]:
+    """The new sector 0 and the patched core.img for GRUB's BIOS boot with core.img at ``core_sector``.
+
+    This is what ``grub-bios-setup`` does when it embeds core.img (into the BIOS boot partition on GPT or the
+    gap after the MBR), written out because the tool cannot work on an image file here: it insists on finding
+    the block device of its ``--directory`` among the devices of its device map, and the host's root device
+    is not one GRUB can open ("guessing the root device failed"); grub-install fails for the same reason on a
+    loop device.  The steps, from grub-core/../util/setup.c:
+
+    - boot.img gets the disk's BPB area (0x03-0x5a) and its disk signature + partition table (0x1b8-0x1fe)
+      back, the LBA of core.img's first sector at 0x5c, boot drive 0xff at 0x64 (use %dl from the BIOS), and the
+      floppy-drive check at 0x66 replaced by two nops (hard disk);
+    - core.img's first sector (diskboot.img) gets one blocklist entry for the rest of core.img, which is
+      contiguous: start = core_sector + 1, count = sectors - 1, load segment 0x820.
+
+    No Reed-Solomon codes are added (grub-bios-setup --no-rs-codes): they only help if something overwrites
+    the gap later; core.img says it carries none.
+    """
+    if len(mbr) != SECTOR or len(boot_img) != SECTOR:
+        raise InternalError(f"MBR and boot.img must be one sector each (got {len(mbr)} and {len(boot_img)} bytes)")
+    if boot_img[0x1FE:0x200] != b"\x55\xaa" or boot_img[BOOT_DRIVE_CHECK] != 0xEB:
+        raise MachineBuildError("boot.img does not look like GRUB 2's i386-pc boot.img (no 55aa or drive-check jmp)")
+    core = bytearray(core_img + bytes(-len(core_img) % SECTOR))
+    sectors = len(core) // SECTOR
+    if sectors > room:
+        raise MachineBuildError(f"core.img needs {sectors} sectors, the embedding area has {room}")
+    entry = SECTOR - BLOCKLIST_ENTRY
+    segment = struct.unpack_from("<H", core, entry + 10)[0]
+    if segment != CORE_LOAD_SEGMENT or core[entry - BLOCKLIST_ENTRY : entry] != bytes(BLOCKLIST_ENTRY):
+        raise MachineBuildError(
+            f"core.img's first sector is not GRUB's diskboot.img (blocklist segment {segment:#x}, expected "
+            f"{CORE_LOAD_SEGMENT:#x}, and an empty terminator below it)"
+        )
+    struct.pack_into("<QHH", core, entry, core_sector + 1, sectors - 1, CORE_LOAD_SEGMENT)
+
+    boot = bytearray(boot_img)
+    boot[BOOT_BPB_START:BOOT_BPB_END] = mbr[BOOT_BPB_START:BOOT_BPB_END]
+    struct.pack_into("<Q", boot, BOOT_KERNEL_SECTOR, core_sector)
+    boot[BOOT_DRIVE] = 0xFF
+    boot[BOOT_DRIVE_CHECK : BOOT_DRIVE_CHECK + 2] = b"\x90\x90"
+    boot[BOOT_NT_MAGIC:BOOT_PART_END] = mbr[BOOT_NT_MAGIC:BOOT_PART_END]
+    return bytes(boot), bytes(core)
+
+
+def make_grub_image(platform: str, grub_dir: Path, early_cfg: Path, out: Path) -> bytes:
+    """core.img (i386-pc) or BOOTX64.EFI (x86_64-efi) made by grub-mkimage from the package's module dir."""
+    fmt = {"i386-pc": "i386-pc", "x86_64-efi": "x86_64-efi"}[platform]
+    run(
+        [
+            "grub-mkimage",
+            "-O",
+            fmt,
+            "-d",
+            grub_dir,
+            "-p",
+            "/boot/grub",
+            "-c",
+            early_cfg,
+            "-o",
+            out,
+            *GRUB_CORE_MODULES[platform],
+        ]
+    )
+    return out.read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------- root fs
+
+
+def stage_root(stage: Path, plan: MachinePlan, inputs: MachineInputs, initrd: bytes) -> list[str]:
+    """Write the root filesystem's tree into ``stage``; return every path (relative, "" for the root)."""
+    spec = plan.spec
+    kver = inputs.kernel_version
+    files: dict[str, tuple[bytes, int]] = {}
+    dirs = {
+        "bin": 0o755, "boot": 0o755, "boot/efi": 0o755, "boot/grub": 0o755, "dev": 0o755, "etc": 0o755,
+        "etc/asr-machine": 0o755, "home": 0o755, "home/user": 0o755, "home/user/docs": 0o755, "mnt": 0o755,
+        "proc": 0o555, "root": 0o700, "srv": 0o755, "srv/data": 0o755, "sys": 0o555, "tmp": 0o1777,
+        "usr": 0o755, "usr/local": 0o755, "usr/local/bin": 0o755, "var": 0o755, "var/log": 0o755,
+    }  # fmt: skip
+    files[f"boot/vmlinuz-{kver}"] = (inputs.vmlinuz, 0o644)
+    files[f"boot/initrd.img-{kver}"] = (initrd, 0o644)
+    files["boot/grub/grub.cfg"] = (render_grub_cfg(plan, kver).encode(), 0o644)
+    for platform, grub_files in inputs.grub.items():
+        dirs[f"boot/grub/{platform}"] = 0o755
+        for name, data in grub_files.items():
+            files[f"boot/grub/{platform}/{name}"] = (data, 0o644)
+    fstab = render("machine-fstab.j2", hostname=spec.hostname, filesystems=plan.filesystems)
+    files["etc/fstab"] = (fstab.encode(), 0o644)
+    files["etc/hostname"] = (f"{spec.hostname}\n".encode(), 0o644)
+    files["etc/machine-id"] = (f"{spec.make_hex('machine-id', 32)}\n".encode(), 0o444)
+    files["etc/os-release"] = (render("machine-os-release.j2", hostname=spec.hostname).encode(), 0o644)
+    files[MARKER_FILE] = (f"{spec.marker}\n".encode(), 0o644)
+    files["bin/busybox"] = (inputs.busybox, 0o755)
+
+    sums: dict[str, str] = {}
+    for sample in plan.samples:
+        files[sample.path] = (sample.data, sample.mode)
+        content = sample.data if not sample.sparse_size else _sparse_content(sample)
+        sums[sample.path] = hashlib.sha256(content).hexdigest()
+    for path in (f"boot/vmlinuz-{kver}", f"boot/initrd.img-{kver}"):
+        sums[path] = hashlib.sha256(files[path][0]).hexdigest()
+    files[SUMS_FILE] = ("".join(f"{h}  {p}\n" for p, h in sorted(sums.items())).encode(), 0o644)
+
+    stage.chmod(0o755)
+    for d in sorted(dirs):
+        (stage / d).mkdir(parents=True, exist_ok=True)
+    for d, mode in dirs.items():
+        (stage / d).chmod(mode)
+    sparse = {s.path: s for s in plan.samples if s.sparse_size}
+    for path, (data, mode) in sorted(files.items()):
+        target = stage / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path in sparse:
+            with target.open("wb") as f:
+                f.write(data)
+                f.seek(sparse[path].sparse_size - len(data))
+                f.write(data)
+        else:
+            target.write_bytes(data)
+        target.chmod(mode)
+    (stage / plan.hardlink.path).hardlink_to(stage / plan.hardlink.target)
+    (stage / plan.symlink.path).symlink_to(plan.symlink.target)
+    (stage / "vmlinuz").symlink_to(f"boot/vmlinuz-{kver}")
+    (stage / "initrd.img").symlink_to(f"boot/initrd.img-{kver}")
+    (stage / "bin/sh").symlink_to("busybox")
+    paths = ["", *sorted(str(p.relative_to(stage)) for p in stage.rglob("*"))]
+    for path in paths:
+        os.utime(stage / path, (spec.epoch, spec.epoch), follow_symlinks=False)
+    return paths
+
+
+def _sparse_content(sample: SampleFile) -> bytes:
+    return sample.data + bytes(sample.sparse_size - 2 * len(sample.data)) + sample.data
+
+
+def plan_debugfs_fixups(plan: MachinePlan, paths: Iterable[str]) -> str:
+    """debugfs commands that give every inode the epoch as atime/ctime/mtime, user files their owner, and one
+    file an extended attribute."""
+    epoch = plan.spec.epoch
+    lines = []
+    for path in ["lost+found", *paths]:
+        quoted = _debugfs_quote("/" + path)
+        for fld in ("atime", "mtime", "ctime"):
+            lines.append(f"set_inode_field {quoted} {fld} @{epoch}")
+    for sample in plan.samples:
+        if sample.uid or sample.gid:
+            lines.append(f"set_inode_field {_debugfs_quote('/' + sample.path)} uid {sample.uid}")
+            lines.append(f"set_inode_field {_debugfs_quote('/' + sample.path)} gid {sample.gid}")
+    for d in sorted({str(Path(s.path).parent) for s in plan.samples if s.uid and s.path.startswith("home/user/")}):
+        lines.append(f"set_inode_field /{d} uid 1000")
+        lines.append(f"set_inode_field /{d} gid 1000")
+    path, name, value = plan.xattr
+    lines.append(f"ea_set {_debugfs_quote('/' + path)} {name} {value}")
+    return "\n".join(lines) + "\n"
+
+
+def _debugfs_quote(path: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9_./+:-]+", path):
+        return path
+    raise MachineBuildError(f"path {path!r} cannot be given to debugfs")
+
+
+def make_ext4(img: Path, part: MachinePartition, fs: MachineFilesystem, stage: Path, fixups: str, epoch: int) -> None:
+    env = {"E2FSPROGS_FAKE_TIME": str(epoch), "TZ": "UTC"}
+    prefix = ["fakeroot"] if os.geteuid() != 0 else []
+    run(
+        [
+            *prefix,
+            "mke2fs", "-q", "-F", "-t", "ext4", "-d", stage, "-U", fs.uuid, "-L", fs.label,
+            "-E", f"offset={part.offset},hash_seed={fs.uuid}", img, f"{part.size_bytes // 1024}k",
+        ],
+        env=env,
+    )  # fmt: skip
+    spec = f"{img}?offset={part.offset}"
+    with tempfile.NamedTemporaryFile("w", suffix=".debugfs", dir=img.parent) as cmds:
+        cmds.write(fixups)
+        cmds.flush()
+        result = run(["debugfs", "-w", "-f", cmds.name, spec], env=env)
+    # debugfs exits 0 even when a command fails; its complaints are on stderr after the version banner.
+    errors = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("debugfs ")]
+    if errors:
+        raise ToolError(["debugfs", "-w", "-f", "<fixups>", spec], 0, result.stdout, "\n".join(errors))
+
+
+# ------------------------------------------------------------------------------------------------------- ESP
+
+
+def make_esp(img: Path, part: MachinePartition, fs: MachineFilesystem, efi_image: Path, epoch: int) -> None:
+    """A FAT32 ESP with a fixed volume id holding \\EFI\\BOOT\\BOOTX64.EFI and \\EFI\\debian\\grubx64.efi."""
+    env = {"SOURCE_DATE_EPOCH": str(epoch), "TZ": "UTC", "MTOOLS_SKIP_CHECK": "1"}
+    target = f"{img}@@{part.offset}"
+    run(
+        [
+            "mformat", "-i", target, "-T", str(part.size), "-h", "64", "-s", "32", "-H", str(part.start),
+            "-F", "-N", fs.uuid.replace("-", ""), "-v", fs.label, "::",
+        ],
+        env=env,
+    )  # fmt: skip
+    run(["mmd", "-i", target, "::EFI", "::EFI/BOOT", "::EFI/debian"], env=env)
+    os.utime(efi_image, (epoch, epoch))
+    run(["mcopy", "-m", "-i", target, efi_image, "::EFI/BOOT/BOOTX64.EFI"], env=env)
+    run(["mcopy", "-m", "-i", target, efi_image, "::EFI/debian/grubx64.efi"], env=env)
+
+
+# --------------------------------------------------------------------------------------------------- the build
+
+
+def make_machine_image(out: Path, spec: MachineSpec, inputs: MachineInputs | None = None) -> MachineImage:
+    """Build the machine image ``out`` (sparse) as ``spec`` says; nothing is left at ``out`` on failure."""
+    plan = plan_machine(spec)
+    inputs = inputs if inputs is not None else read_machine_inputs()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_img = out.with_name(f".{out.name}.partial")
+    try:
+        with tempfile.TemporaryDirectory(prefix="machine-", dir=out.parent) as tmp:
+            work = Path(tmp)
+            _build(tmp_img, plan, inputs, work)
+        os.replace(tmp_img, out)
+    finally:
+        tmp_img.unlink(missing_ok=True)
+    digest = hashlib.sha256()
+    with out.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    log.info("machine image %s (%s, %d MiB) built", out, spec.layout, spec.size_mib)
+    return MachineImage(path=out, plan=plan, kernel_version=inputs.kernel_version, sha256=digest.hexdigest())
+
+
+def _build(img: Path, plan: MachinePlan, inputs: MachineInputs, work: Path) -> None:
+    img.unlink(missing_ok=True)
+    with img.open("wb") as f:
+        f.truncate(plan.size_bytes)
+    run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", img], input=render_sfdisk_script(plan))
+
+    early = work / "early.cfg"
+    early.write_text(render_grub_early_cfg(plan))
+    grub_dirs: dict[str, Path] = {}
+    for platform, grub_files in inputs.grub.items():
+        d = work / "grub" / platform
+        d.mkdir(parents=True)
+        for name, data in grub_files.items():
+            (d / name).write_bytes(data)
+        grub_dirs[platform] = d
+    core = make_grub_image("i386-pc", grub_dirs["i386-pc"], early, work / "core.img")
+    efi = work / "BOOTX64.EFI"
+    make_grub_image("x86_64-efi", grub_dirs["x86_64-efi"], early, efi)
+
+    stage = work / "root"
+    stage.mkdir()
+    paths = stage_root(stage, plan, inputs, make_initramfs(plan, inputs))
+    root_part = plan.partition(PartRole.ROOT)
+    make_ext4(img, root_part, plan.filesystem(PartRole.ROOT), stage, plan_debugfs_fixups(plan, paths), plan.spec.epoch)
+    esp_part = plan.partition(PartRole.ESP)
+    make_esp(img, esp_part, plan.filesystem(PartRole.ESP), efi, plan.spec.epoch)
+
+    if plan.spec.layout is Layout.GPT:
+        bios = plan.partition(PartRole.BIOS_BOOT)
+        core_sector, room = bios.start, bios.size
+    else:
+        core_sector, room = 1, plan.partitions[0].start - 1
+    with img.open("r+b") as f:
+        mbr = f.read(SECTOR)
+        sector0, patched_core = plan_grub_bios_boot(mbr, inputs.grub["i386-pc"]["boot.img"], core, core_sector, room)
+        f.seek(core_sector * SECTOR)
+        f.write(patched_core)
+        f.seek(0)
+        f.write(sector0)
+
+
+# -------------------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m builder.machine", description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--layout", choices=[str(x) for x in Layout], default="gpt")
+    parser.add_argument("--size-mib", type=int, default=MachineSpec.size_mib)
+    parser.add_argument("--hostname", default=MachineSpec.hostname)
+    parser.add_argument("--marker", default=MachineSpec.marker)
+    parser.add_argument("--epoch", type=int, default=MachineSpec.epoch)
+    parser.add_argument("--seed", default=MachineSpec.seed)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    spec = MachineSpec(
+        layout=Layout(args.layout),
+        size_mib=args.size_mib,
+        hostname=args.hostname,
+        marker=args.marker,
+        epoch=args.epoch,
+        seed=args.seed,
+    )
+    image = make_machine_image(args.out, spec)
+    print(f"{image.path}: {image.layout}, disk {image.disk_id}, sha256 {image.sha256}")
+    for part in image.partitions:
+        print(
+            f"  p{part.number} {part.role:<5} start {part.start} size {part.size} type {part.type} partuuid {part.uuid}"
+        )
+    for fs in image.filesystems:
+        print(f"  {fs.fstype} on p{fs.partition}: UUID {fs.uuid} label {fs.label} at {fs.mountpoint}")
+    print(f"  expects: {image.expected_line(Firmware.BIOS)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,304 @@
+"""`asr build`: the media build pipeline, a readable ordered list of named steps over one context.
+
+    read_descriptor → fetch_packages → make_rescue_env → make_boot_loaders → render_boot_configs → make_esp
+    → make_iso → check_budget → make_floppy
+
+Everything is validated before anything is written: a bad descriptor or a blown budget leaves ``out/`` as it was.
+The ISO and the floppy are written to temporary names and renamed into place only when both are complete.
+With the same inputs and ``SOURCE_DATE_EPOCH`` two builds give byte-identical images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from builder import bootloader
+from builder.fatimage import make_esp, make_floppy
+from builder.initramfs import DEFAULT_EPOCH, RescueEnv, check_budget, make_rescue_env
+from builder.iso import make_iso
+from builder.packages import PackageSet, cache_dir, fetch_packages
+from builder.sample import sample_descriptor, sample_inventory
+from builder.sif_render import render_asr_sif, render_asrpnp_sif
+from recovery_env.descriptor import Descriptor, DeviceInventory
+from recovery_env.errors import DescriptorMissingError, InputError
+from recovery_env.sif import parse_asr_sif, parse_asrpnp_sif
+
+log = logging.getLogger("asr.build")
+
+ISO_NAME = "asr.iso"
+FLOPPY_NAME = "asr-floppy.img"
+VOLUME_ID = "ASR_RECOVERY"
+FLOPPY_LABEL = "ASR DISK"
+DEFAULT_BUDGET_MB = 40.0
+MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class Descriptors:
+    """The two texts that go on the floppy, and what they say."""
+
+    asr_sif: str
+    asrpnp_sif: str
+    descriptor: Descriptor
+    inventory: DeviceInventory
+    source: str  # where they came from, for the report
+
+
+@dataclass(frozen=True)
+class StepTime:
+    name: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    iso: Path
+    floppy: Path
+    iso_size: int
+    floppy_size: int
+    iso_sha256: str
+    floppy_sha256: str
+    initramfs_size: int
+    initramfs_raw_size: int
+    kernel_version: str
+    breakdown: dict[str, int]
+    steps: tuple[StepTime, ...]
+    descriptor_source: str
+    hostname: str
+    epoch: int
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.steps)
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["iso"] = str(self.iso)
+        data["floppy"] = str(self.floppy)
+        data["seconds"] = round(self.seconds, 3)
+        data["steps"] = [{"name": s.name, "seconds": round(s.seconds, 3)} for s in self.steps]
+        return data
+
+
+@dataclass
+class BuildContext:
+    """What the steps share.  Filled in step by step; the result is read off it at the end."""
+
+    out: Path
+    epoch: int
+    options: bootloader.BootOptions
+    budget_bytes: int
+    cache: Path | None = None
+    descriptor_path: Path | None = None
+    progress: Callable[[str], None] | None = None
+    steps: list[StepTime] = field(default_factory=list)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        if self.progress:
+            self.progress(f"[{len(self.steps) + 1}] {name} ...")
+        started = time.monotonic()
+        yield
+        took = time.monotonic() - started
+        self.steps.append(StepTime(name, took))
+        log.info("%-20s %6.2f s", name, took)
+        if self.progress:
+            self.progress(f"    {name}: {took:.2f} s")
+
+
+def source_date_epoch() -> int:
+    """``SOURCE_DATE_EPOCH`` if set (reproducible builds), else the project's fixed default."""
+    value = os.environ.get("SOURCE_DATE_EPOCH")
+    if value is None:
+        return DEFAULT_EPOCH
+    try:
+        epoch = int(value)
+    except ValueError:
+        raise InputError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds") from None
+    if epoch < 315532800:  # FAT dates start in 1980
+        raise InputError(f"SOURCE_DATE_EPOCH={epoch} is before 1980-01-01, the earliest date FAT can store")
+    return epoch
+
+
+def read_descriptor(path: Path | None) -> Descriptors:
+    """The ASR.SIF to put on the floppy (validated), and the ASRPNP.SIF beside it.
+
+    Without a path: the embedded sample system.  With a path to ASR.SIF (or to a directory holding it), the
+    ASRPNP.SIF of the same directory is taken when present; without one, the floppy gets an empty inventory
+    for the descriptor's host.
+    """
+    if path is None:
+        d, inv = sample_descriptor(), sample_inventory()
+        return Descriptors(render_asr_sif(d), render_asrpnp_sif(inv), d, inv, "embedded sample")
+    sif = path / "ASR.SIF" if path.is_dir() else path
+    if not sif.is_file():
+        raise DescriptorMissingError(f"{sif}: no such descriptor file")
+    text = sif.read_text(encoding="utf-8")
+    descriptor = parse_asr_sif(text, file=str(sif))
+    pnp = sif.with_name("ASRPNP.SIF")
+    if pnp.is_file():
+        pnp_text = pnp.read_text(encoding="utf-8")
+        inventory = parse_asrpnp_sif(pnp_text, file=str(pnp))
+    else:
+        inventory = DeviceInventory(hostname=descriptor.system.hostname)
+        pnp_text = render_asrpnp_sif(inventory)
+    return Descriptors(text, pnp_text, descriptor, inventory, str(sif))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _budget_contributors(env: RescueEnv, esp: bytes, loaders: bootloader.BootLoaders) -> dict[str, int]:
+    """What the ISO is made of, for the budget error: the initramfs share per group is scaled from raw to
+    compressed so that the parts add up to what is on the medium."""
+    raw = {k: v for k, v in env.breakdown.items() if k != "kernel"}
+    total_raw = sum(raw.values()) or 1
+    parts = {f"initramfs: {k}": round(v * len(env.initramfs) / total_raw) for k, v in raw.items()}
+    parts["kernel"] = len(env.kernel)
+    parts["EFI system partition (GRUB)"] = len(esp)
+    parts["ISOLINUX"] = len(loaders.isolinux_bin) + len(loaders.ldlinux_c32)
+    return parts
+
+
+def build_media(
+    out: Path = Path("out"),
+    *,
+    descriptor: Path | None = None,
+    cache: Path | None = None,
+    epoch: int | None = None,
+    timeout: int = 8,
+    unattended: bool = False,
+    dryrun: bool = False,
+    append: tuple[str, ...] = (),
+    budget_mb: float | None = None,
+    agent_override: bytes | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BuildResult:
+    """Build ``out/asr.iso`` and ``out/asr-floppy.img``.  See the module docstring for the steps."""
+    ctx = BuildContext(
+        out=out,
+        epoch=source_date_epoch() if epoch is None else epoch,
+        options=bootloader.BootOptions(timeout=timeout, unattended=unattended, dryrun=dryrun, append=append),
+        budget_bytes=int((DEFAULT_BUDGET_MB if budget_mb is None else budget_mb) * MB),
+        cache=cache,
+        descriptor_path=descriptor,
+        progress=progress,
+    )
+    if ctx.budget_bytes <= 0:
+        raise InputError(f"--budget-mb {budget_mb}: the budget must be positive")
+
+    with ctx.step("read_descriptor"):
+        desc = read_descriptor(ctx.descriptor_path)
+    with ctx.step("fetch_packages"):
+        pkgs: PackageSet = fetch_packages(cache_dir(ctx.cache))
+    with ctx.step("make_rescue_env"):
+        env = make_rescue_env(
+            pkgs, epoch=ctx.epoch, agent_override=agent_override, extra_modules=desc.inventory.modules()
+        )
+    with ctx.step("make_boot_loaders"):
+        loaders = bootloader.make_boot_loaders(pkgs.deb)
+    with ctx.step("render_boot_configs"):
+        isolinux_cfg = bootloader.render_isolinux_cfg(ctx.options)
+        grub_cfg = bootloader.render_grub_cfg(ctx.options)
+    with ctx.step("make_esp"):
+        esp = make_esp({bootloader.ESP_LOADER_PATH: loaders.grub_efi}, epoch=ctx.epoch)
+    with ctx.step("check_budget"):
+        # The ISO holds these plus a few hundred KiB of file system structures; check before writing anything.
+        check_budget(_budget_contributors(env, esp, loaders), ctx.budget_bytes, what="the recovery ISO")
+    with ctx.step("make_floppy"):
+        floppy = make_floppy(
+            {"ASR.SIF": desc.asr_sif.encode("utf-8"), "ASRPNP.SIF": desc.asrpnp_sif.encode("utf-8")},
+            label=FLOPPY_LABEL,
+            epoch=ctx.epoch,
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    iso_path, floppy_path = out / ISO_NAME, out / FLOPPY_NAME
+    iso_tmp, floppy_tmp = out / (ISO_NAME + ".part"), out / (FLOPPY_NAME + ".part")
+    try:
+        with ctx.step("make_iso"):
+            make_iso(
+                iso_tmp,
+                kernel=env.kernel,
+                initramfs=env.initramfs,
+                isolinux_bin=loaders.isolinux_bin,
+                ldlinux_c32=loaders.ldlinux_c32,
+                isolinux_cfg=isolinux_cfg,
+                grub_cfg=grub_cfg,
+                esp_image=esp,
+                volume_id=VOLUME_ID,
+                epoch=ctx.epoch,
+            )
+            size = iso_tmp.stat().st_size
+            if size > ctx.budget_bytes:
+                contributors = _budget_contributors(env, esp, loaders)
+                contributors["ISO 9660 structures"] = size - sum(contributors.values())
+                check_budget(contributors, ctx.budget_bytes, what="the recovery ISO")
+        floppy_tmp.write_bytes(floppy)
+        iso_tmp.replace(iso_path)
+        floppy_tmp.replace(floppy_path)
+    finally:
+        iso_tmp.unlink(missing_ok=True)
+        floppy_tmp.unlink(missing_ok=True)
+
+    return BuildResult(
+        iso=iso_path,
+        floppy=floppy_path,
+        iso_size=iso_path.stat().st_size,
+        floppy_size=floppy_path.stat().st_size,
+        iso_sha256=_sha256(iso_path),
+        floppy_sha256=_sha256(floppy_path),
+        initramfs_size=len(env.initramfs),
+        initramfs_raw_size=env.raw_size,
+        kernel_version=env.kernel_version,
+        breakdown=dict(env.breakdown),
+        steps=tuple(ctx.steps),
+        descriptor_source=desc.source,
+        hostname=desc.descriptor.system.hostname,
+        epoch=ctx.epoch,
+    )
+
+
+def _human(n: int) -> str:
+    return f"{n / MB:.1f} MB"
+
+
+def cli_build(args: argparse.Namespace) -> int:
+    def progress(line: str) -> None:
+        if not args.json:
+            print(line, file=sys.stderr, flush=True)
+
+    result = build_media(
+        args.out,
+        descriptor=args.descriptor,
+        cache=args.cache,
+        budget_mb=args.budget_mb,
+        progress=progress,
+    )
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, sort_keys=True))
+        return 0
+    print(f"ISO:    {result.iso}  {_human(result.iso_size)}  sha256 {result.iso_sha256}")
+    print(f"floppy: {result.floppy}  {result.floppy_size} bytes  sha256 {result.floppy_sha256}")
+    print(
+        f"kernel {result.kernel_version}; initramfs {_human(result.initramfs_size)} "
+        f"({_human(result.initramfs_raw_size)} raw); descriptor: {result.descriptor_source} "
+        f"(host {result.hostname})"
+    )
+    print(f"built in {result.seconds:.2f} s")
+    return 0

@@ -1,0 +1,470 @@
+"""The restore executor: runs a confirmed :class:`~recovery_env.plan.RestorePlan`, step by step, and nothing else.
+
+Every step is named and logged; every command goes through :mod:`recovery_env.run`.  Defence in depth: before
+the first step (and again before each one) every device and path a step names is checked against the plan's own
+disk set and target root (:func:`check_plan`), the confirmation token must be the plan's, and each target disk
+must still be the disk the plan was made for (same size).  What was written is read back: the partition table
+with ``sfdisk --json`` (disk id, PARTUUIDs, types, names, attributes, starts and sizes), each new filesystem with
+``blkid -p`` (type, UUID, label).  Archives stream through ``decompress | tar`` with progress (bytes of the
+archive file fed, rate, ETA) and their SHA-256 is checked on the way.
+
+A failed step raises :class:`~recovery_env.errors.StepFailed` with its name, argv, output and index, so that a UI
+can offer retry (``execute_plan(..., from_step=e.index)``), a rescue shell, or quit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from recovery_env.backupset import verify_manifest
+from recovery_env.descriptor import TableType
+from recovery_env.discover import format_size
+from recovery_env.errors import AsrError, PlanViolationError, StepFailed, ToolError, ToolMissingError
+from recovery_env.layout import SfdiskTable, parse_blkid_export, parse_sfdisk_json
+from recovery_env.plan import (
+    CheckFilesystem,
+    CheckManifest,
+    CheckTable,
+    DiskPlan,
+    EditFstab,
+    Extract,
+    FilesystemPlan,
+    FstabChange,
+    MakeDir,
+    Phase,
+    RestorePlan,
+    RunStep,
+    Step,
+    WaitPartitions,
+)
+from recovery_env.run import run, run_feed
+
+# Programs that write to the device named by their last argument: that argument must be a device of the plan.
+DEVICE_WRITERS = frozenset(
+    {"wipefs", "sfdisk", "partx", "mke2fs", "mkfs.xfs", "mkfs.btrfs", "mkfs.vfat", "mkswap", "grub-install"}
+)
+
+PROGRESS_INTERVAL = 0.5  # seconds between progress reports of one extraction
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where an extraction stands: bytes of the archive file fed to ``decompress | tar`` out of its size."""
+
+    step: str
+    done: int
+    total: int
+    elapsed: float  # seconds since the step started
+
+    @property
+    def fraction(self) -> float:
+        return min(self.done / self.total, 1.0) if self.total > 0 else 1.0
+
+    @property
+    def rate(self) -> float:
+        """Bytes per second so far."""
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the current rate; None before there is a rate."""
+        if self.rate <= 0:
+            return None
+        return max(self.total - self.done, 0) / self.rate
+
+    def render(self) -> str:
+        """``restore /: 45% 12.0 MiB of 26.0 MiB, 3.1 MiB/s, 0:05 left``."""
+        eta = self.eta
+        left = f", {int(eta) // 60}:{int(eta) % 60:02d} left" if eta is not None else ""
+        return (
+            f"{self.step}: {self.fraction:4.0%} {format_size(self.done)} of {format_size(self.total)}, "
+            f"{format_size(int(self.rate))}/s{left}"
+        )
+
+
+class Outcome(StrEnum):
+    DONE = "done"
+    SKIPPED = "skipped"
+    FAILED_OPTIONAL = "failed (optional, the restore goes on)"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    index: int
+    name: str
+    phase: Phase
+    outcome: Outcome
+    detail: str = ""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ExecutionReport:
+    results: tuple[StepResult, ...]
+    differences: tuple[str, ...] = ()  # MANIFEST differences found after the restore (none expected)
+    manifest_checked: bool = False
+
+
+Log = Callable[[str], None]
+OnProgress = Callable[[Progress], None]
+
+
+# ------------------------------------------------------------------------------------------------ checks (pure)
+
+
+def _under(root: str, path: str) -> bool:
+    p = os.path.normpath(path)
+    return p == root or p.startswith(root.rstrip("/") + "/")
+
+
+def _dev_words(argv: Sequence[str]) -> list[str]:
+    """Every argv word (or ``--opt=VALUE`` value) that names something under /dev."""
+    out = []
+    for a in argv:
+        for w in (a, a.split("=", 1)[1] if "=" in a else ""):
+            if w == "/dev" or w.startswith("/dev/"):
+                out.append(os.path.normpath(w))
+    return out
+
+
+def check_step(step: Step, plan: RestorePlan) -> None:
+    """Refuse a step that names a device outside the plan's disks, or a path outside its target root."""
+    allowed = plan.devices
+    root = plan.target_root
+
+    def refuse(what: str) -> PlanViolationError:
+        return PlanViolationError(f"step {step.name!r}: {what}; refused (the plan covers {', '.join(sorted(allowed))})")
+
+    match step:
+        case RunStep(argv=argv, writes=writes):
+            if not argv:
+                raise refuse("empty command")
+            for w in writes:
+                if w not in allowed:
+                    raise refuse(f"writes to {w}, which is not a disk or partition of the plan")
+            for w in _dev_words(argv):
+                if w != "/dev" and w not in allowed:
+                    raise refuse(f"names {w}, which is not a disk or partition of the plan")
+            tool = os.path.basename(argv[0])
+            if tool == "chroot" and (len(argv) < 3 or os.path.normpath(argv[1]) != root):
+                raise refuse(f"chroot into {argv[1] if len(argv) > 1 else '?'} instead of {root}")
+            inner = argv[2:] if tool == "chroot" else argv
+            writer = os.path.basename(inner[0]) if inner else ""
+            efi_grub = writer == "grub-install" and inner[-1].startswith("-")  # x86_64-efi: no device argument
+            if writer in DEVICE_WRITERS and not efi_grub:
+                last = inner[-1]
+                if last not in allowed or (writer != "partx" and last not in writes):
+                    raise refuse(f"{inner[0]} aimed at {last}, which is not a device this step may write")
+            if tool in ("mount", "umount") and not _under(root, argv[-1]):
+                raise refuse(f"{tool} on {argv[-1]}, outside the target root {root}")
+        case WaitPartitions(disk=disk, partitions=parts):
+            for d in (disk, *parts):
+                if d not in allowed:
+                    raise refuse(f"waits for {d}, which is not in the plan")
+        case CheckTable(disk=dp):
+            if dp.device not in allowed:
+                raise refuse(f"checks {dp.device}, which is not in the plan")
+        case CheckFilesystem(filesystem=fs):
+            if fs.device not in allowed:
+                raise refuse(f"checks {fs.device}, which is not in the plan")
+        case MakeDir(path=path) | EditFstab(path=path):
+            if not _under(root, path):
+                raise refuse(f"{path} is outside the target root {root}")
+        case Extract(extraction=e):
+            if not _under(root, e.directory):
+                raise refuse(f"extracts into {e.directory}, outside the target root {root}")
+            for argv in e.pipeline:
+                for w in _dev_words(argv):
+                    raise refuse(f"names {w} in the extraction pipeline")
+        case CheckManifest(root=r):
+            if os.path.normpath(r) != root:
+                raise refuse(f"verifies {r} instead of {root}")
+
+
+def check_plan(plan: RestorePlan) -> None:
+    """Check every step of the plan (see :func:`check_step`) before any of them runs."""
+    if os.path.normpath(plan.target_root) in ("/", ""):
+        raise PlanViolationError("the plan's target root is /: refused")
+    for step in plan.steps():
+        check_step(step, plan)
+
+
+def _norm_id(table: TableType, value: str) -> str:
+    v = value.lower()
+    return v if table is TableType.GPT or v.startswith("0x") else "0x" + v
+
+
+def _norm_type(table: TableType, value: str) -> str:
+    """sfdisk --json prints MBR ids without a leading zero ("5"); the descriptor writes two digits ("05")."""
+    v = value.lower()
+    if table is TableType.MBR:
+        try:
+            return f"{int(v, 16):02x}"
+        except ValueError:
+            return v
+    return v
+
+
+def check_table(disk: DiskPlan, table: SfdiskTable) -> list[str]:
+    """What differs between the planned table and the one read back with ``sfdisk --json`` ([] when none)."""
+    problems: list[str] = []
+    if table.label is not disk.table:
+        return [f"{disk.device}: label {table.label.value}, planned {disk.table.value}"]
+    if _norm_id(disk.table, table.id) != _norm_id(disk.table, disk.disk_id):
+        problems.append(f"{disk.device}: disk id {table.id}, planned {disk.disk_id}")
+    got = {p.number: p for p in table.partitions}
+    for p in disk.partitions:
+        q = got.pop(p.number, None)
+        if q is None:
+            problems.append(f"{p.device}: missing")
+            continue
+        checks: list[tuple[str, object, object]] = [
+            ("start", q.start, p.start),
+            ("size", q.size, p.size),
+            ("type", _norm_type(disk.table, q.type), _norm_type(disk.table, p.type)),
+        ]
+        if disk.table is TableType.GPT:
+            checks += [
+                ("PARTUUID", q.uuid.lower(), p.partuuid.lower() or q.uuid.lower()),
+                ("name", q.name, p.name),
+                ("attributes", q.attributes, p.attributes),
+            ]
+        else:
+            checks.append(("bootable", q.bootable, p.bootable))
+        problems += [f"{p.device}: {what} {a}, planned {b}" for what, a, b in checks if a != b]
+    problems += [f"partition {n}: not planned" for n in sorted(got)]
+    return problems
+
+
+def check_filesystem(fs: FilesystemPlan, probe: Mapping[str, str]) -> list[str]:
+    """What differs between a planned filesystem and its ``blkid -p`` probe ([] when none)."""
+    problems = []
+    fstype = probe.get("TYPE", "")
+    if fstype != fs.type.value:
+        problems.append(f"{fs.device}: type {fstype or 'none'}, planned {fs.type.value}")
+    if fs.uuid and probe.get("UUID", "").lower() != fs.uuid.lower():
+        problems.append(f"{fs.device}: UUID {probe.get('UUID', '') or 'none'}, planned {fs.uuid}")
+    if probe.get("LABEL", "") != fs.label:
+        problems.append(f"{fs.device}: label {probe.get('LABEL', '')!r}, planned {fs.label!r}")
+    return problems
+
+
+_FSTAB_LINE = re.compile(r"^(\s*)(\S+)(\s+)(\S+)(.*)$", re.DOTALL)
+
+
+def rewrite_fstab(text: str, changes: Sequence[FstabChange]) -> str:
+    """/etc/fstab with each change's first field replaced on the line of its mount point (comments, spacing and
+    every other line kept)."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        m = _FSTAB_LINE.match(line)
+        if m and not m.group(2).startswith("#"):
+            spec, mountpoint = m.group(2), m.group(4)
+            for c in changes:
+                on_it = mountpoint == c.mountpoint or (c.mountpoint == "swap" and mountpoint in ("swap", "none"))
+                if on_it and spec == c.old:
+                    line = f"{m.group(1)}{c.new}{m.group(3)}{mountpoint}{m.group(5)}"
+                    break
+        out.append(line)
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------------------------ execution
+
+
+def check_targets_unchanged(plan: RestorePlan, sys_root: Path = Path("/sys")) -> None:
+    """Each target disk is still there with the size the plan was made for (not swapped since the plan)."""
+    for d in plan.disks:
+        size_file = sys_root / "class" / "block" / d.target.name / "size"
+        try:
+            size = int(size_file.read_text()) * 512
+        except (OSError, ValueError) as e:
+            raise PlanViolationError(f"{d.device}: gone since the plan was made ({size_file}: {e})") from e
+        if size != d.target.size_bytes:
+            raise PlanViolationError(
+                f"{d.device}: {size} bytes now, {d.target.size_bytes} when the plan was made; refused"
+            )
+
+
+def execute_plan(
+    plan: RestorePlan,
+    *,
+    log: Log,
+    progress: OnProgress,
+    confirm_token: str,
+    phases: Collection[Phase] = tuple(Phase),
+    from_step: int = 0,
+    sys_root: Path = Path("/sys"),
+) -> ExecutionReport:
+    """Run the plan's steps in order (only those of ``phases``, from index ``from_step``).  Raise StepFailed on
+    the first failing step that is not optional; PlanViolationError before anything runs if the plan names a
+    device or path it must not, or was not the one confirmed."""
+    if confirm_token != plan.confirm_token:
+        raise PlanViolationError("this plan was not the one confirmed (confirmation token differs); nothing written")
+    check_plan(plan)
+    steps = plan.steps()
+    if Phase.PARTITION in phases or Phase.FORMAT in phases:
+        check_targets_unchanged(plan, sys_root)
+    results: list[StepResult] = []
+    differences: tuple[str, ...] = ()
+    manifest_checked = False
+    for i, step in enumerate(steps):
+        if i < from_step or step.phase not in phases:
+            continue
+        check_step(step, plan)
+        log(f"[{i + 1}/{len(steps)}] {step.name}")
+        t0 = time.monotonic()
+        try:
+            outcome, detail = _run_step(step, log=log, progress=progress)
+        except StepFailed as e:
+            e.index = i
+            log(f"FAILED: {e}")
+            raise
+        if isinstance(step, CheckManifest):
+            manifest_checked = True
+            differences = tuple(detail.splitlines()) if detail else ()
+        if outcome is not Outcome.DONE:
+            log(f"  {outcome.value}{': ' + detail if detail else ''}")
+        results.append(StepResult(i, step.name, step.phase, outcome, detail, time.monotonic() - t0))
+    return ExecutionReport(tuple(results), differences, manifest_checked)
+
+
+def _fail(step: Step, argv: Sequence[str], output: str, reason: str) -> StepFailed:
+    return StepFailed(step.name, argv, output, reason)
+
+
+def _run_step(step: Step, *, log: Log, progress: OnProgress) -> tuple[Outcome, str]:
+    match step:
+        case RunStep():
+            return _run_command(step, log)
+        case WaitPartitions():
+            _wait_partitions(step)
+        case CheckTable(disk=dp):
+            argv = ["sfdisk", "--json", dp.device]
+            out = _run_checked(step, argv)
+            try:
+                problems = check_table(dp, parse_sfdisk_json(out, f"sfdisk --json {dp.device}"))
+            except AsrError as e:
+                raise _fail(step, argv, out, str(e)) from e
+            if problems:
+                raise _fail(step, argv, "\n".join(problems), "the table on the disk differs from the plan")
+            log(f"  {dp.device}: {dp.table.value} {dp.disk_id}, {len(dp.partitions)} partition(s) as planned")
+        case CheckFilesystem(filesystem=fs):
+            argv = ["blkid", "-p", "-o", "export", fs.device]
+            try:
+                proc = run(argv, check=False)
+            except ToolMissingError as e:
+                raise _fail(step, argv, str(e), "tool missing") from e
+            problems = check_filesystem(fs, parse_blkid_export(proc.stdout))
+            if problems:
+                raise _fail(step, argv, proc.stdout + proc.stderr + "\n".join(problems), "not what mkfs was asked")
+        case MakeDir(path=path):
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as e:
+                raise _fail(step, [], str(e), f"cannot make {path}") from e
+        case Extract(extraction=e):
+            _extract(step, e.archive, e.pipeline, e.size, e.sha256, progress)
+        case EditFstab(path=path, changes=changes):
+            try:
+                text = Path(path).read_text()
+                tmp = Path(path + ".asr-new")
+                tmp.write_text(rewrite_fstab(text, changes))
+                os.replace(tmp, path)
+            except OSError as err:
+                raise _fail(step, [], str(err), f"cannot rewrite {path}") from err
+            for c in changes:
+                log(f"  {c.mountpoint}: {c.old} -> {c.new}")
+        case CheckManifest(root=root, manifest=manifest):
+            try:
+                diffs = verify_manifest(Path(root), Path(manifest))
+            except AsrError as err:
+                raise _fail(step, [], str(err), "cannot read the MANIFEST") from err
+            log(f"  {len(diffs)} difference(s)")
+            for d in diffs[:50]:
+                log(f"    {d}")
+            return Outcome.DONE, "\n".join(str(d) for d in diffs)
+    return Outcome.DONE, ""
+
+
+def _run_checked(step: Step, argv: Sequence[str]) -> str:
+    try:
+        return run(argv).stdout
+    except ToolError as e:
+        raise _fail(step, e.argv, e.stdout + e.stderr, f"exit code {e.returncode}") from e
+    except ToolMissingError as e:
+        raise _fail(step, argv, str(e), "tool missing") from e
+
+
+def _run_command(step: RunStep, log: Log) -> tuple[Outcome, str]:
+    if step.only_if_any and not any(os.path.lexists(p) for p in step.only_if_any):
+        return Outcome.SKIPPED, f"none of {', '.join(step.only_if_any)} exists"
+    present = [p for p in step.unless_any if os.path.lexists(p)]
+    if present:
+        return Outcome.SKIPPED, f"{present[0]} exists"
+    try:
+        proc = run(step.argv, input=step.input or None, check=False)
+    except ToolMissingError as e:
+        if step.optional:
+            return Outcome.FAILED_OPTIONAL, str(e)
+        raise _fail(step, step.argv, str(e), "tool missing") from e
+    output = (proc.stdout + proc.stderr).strip()
+    for line in output.splitlines()[-20:]:
+        log(f"  | {line}")
+    if proc.returncode != 0:
+        if step.optional:
+            return Outcome.FAILED_OPTIONAL, f"exit code {proc.returncode}"
+        raise _fail(step, step.argv, output, f"exit code {proc.returncode}")
+    return Outcome.DONE, ""
+
+
+def _wait_partitions(step: WaitPartitions, poll: float = 0.1) -> None:
+    """Poll (no udev here) until every partition is in /sys/class/block and has its /dev node."""
+    deadline = time.monotonic() + step.timeout
+    while True:
+        missing = [
+            p
+            for p in step.partitions
+            if not (os.path.exists(p) and os.path.exists(f"/sys/class/block/{os.path.basename(p)}"))
+        ]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise _fail(step, [], "missing: " + ", ".join(missing), f"partitions did not appear in {step.timeout:g} s")
+        time.sleep(poll)
+
+
+def _extract(
+    step: Step, archive: str, pipeline: Sequence[Sequence[str]], total: int, sha256: str, progress: OnProgress
+) -> None:
+    t0 = time.monotonic()
+    done = 0
+    last = 0.0
+
+    def on_chunk(chunk: bytes) -> None:
+        nonlocal done, last
+        done += len(chunk)
+        now = time.monotonic()
+        if now - last >= PROGRESS_INTERVAL:
+            last = now
+            progress(Progress(step.name, done, total, now - t0))
+
+    argv = [a for cmd in pipeline for a in ([*cmd, "|"])][:-1]
+    try:
+        with open(archive, "rb") as src:
+            digest = run_feed(pipeline, src, on_chunk=on_chunk)
+    except OSError as e:
+        raise _fail(step, argv, str(e), f"cannot read {archive}") from e
+    except ToolError as e:
+        raise _fail(step, e.argv, e.stdout + e.stderr, f"exit code {e.returncode}") from e
+    except ToolMissingError as e:
+        raise _fail(step, argv, str(e), "tool missing") from e
+    progress(Progress(step.name, done, total, time.monotonic() - t0))
+    if sha256 and digest != sha256:
+        raise _fail(step, argv, f"SHA-256 {digest}, expected {sha256}", "the archive changed since it was checked")

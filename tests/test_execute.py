@@ -1,0 +1,451 @@
+"""The restore executor, with real tools.
+
+- Without root: the defence-in-depth checks refuse any step aimed outside the plan before anything runs (proved
+  with ``ASR_FORBID_SUBPROCESS=1``: a command that ran would raise InternalError instead); the plan's sfdisk
+  scripts and mkfs argv are applied to sparse image files with the real sfdisk/mkfs and read back with
+  ``sfdisk --json`` / ``blkid -p`` through the executor's own checks.
+- As root (marker ``root``): a whole restore onto a loop device 1.5x the original disk (``losetup`` + ``partx``;
+  this host's kernel has no partition parser for loop devices): wipe, sfdisk, mkfs (vfat made but not mounted:
+  the host kernel cannot mount vfat), mount ext4, extract a GNU tar + zstd archive, verify its MANIFEST; then
+  independent checks with sfdisk, blkid, e2fsck and a read-only mount compared with the source tree.  And an MBR
+  disk with 4096-byte sectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from test_plan import gpt_descriptor, mbr_descriptor, target
+
+from recovery_env.backupset import make_backup_record, make_backup_set, plan_archives
+from recovery_env.descriptor import (
+    GPT_BIOS_BOOT,
+    GPT_ESP,
+    Bootloader,
+    BootloaderKind,
+    Descriptor,
+    Disk,
+    Filesystem,
+    Firmware,
+    FsType,
+    Mount,
+    PartFlag,
+    Partition,
+    SystemInfo,
+    TableType,
+)
+from recovery_env.discover import TargetDisk, find_disks
+from recovery_env.errors import PlanViolationError, StepFailed
+from recovery_env.execute import (
+    Progress,
+    check_filesystem,
+    check_plan,
+    check_table,
+    execute_plan,
+    rewrite_fstab,
+)
+from recovery_env.layout import parse_blkid_export, parse_sfdisk_json
+from recovery_env.plan import (
+    DiskPlan,
+    FstabChange,
+    Phase,
+    RestorePlan,
+    RunStep,
+    match_disks,
+    plan_restore,
+)
+from recovery_env.run import run
+
+MIB = 1 << 20
+GIB = 1 << 30
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root for loop devices, partx and mount")
+
+
+def _plan(d: Descriptor, t: TargetDisk, root: str = "/target") -> RestorePlan:
+    return plan_restore(d, match_disks(d, [t], unattended=True), backup_dir="/b", target_root=root)
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+
+
+def _with_disk(plan: RestorePlan, **changes: object) -> RestorePlan:
+    return replace(plan, disks=(replace(plan.disks[0], **changes),))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "msg"),
+    [
+        (lambda p: _with_disk(p, wipe_argv=("wipefs", "--all", "/dev/vdb")), "/dev/vdb"),
+        (lambda p: _with_disk(p, sfdisk_argv=("sfdisk", "/dev/sda")), "/dev/sda"),
+        (lambda p: replace(p, filesystems=(replace(p.filesystems[0], mkfs_argv=("mkfs.vfat", "/dev/vdb1")),
+                                           *p.filesystems[1:])), "/dev/vdb1"),
+        (lambda p: replace(p, bootloader=(RunStep("x", Phase.BOOTLOADER, ("dd", "if=/tmp/zero", "of=/dev/vdc")),)),
+         "/dev/vdc"),
+        (lambda p: replace(p, bootloader=(RunStep("x", Phase.BOOTLOADER, ("chroot", "/", "grub-install", "/dev/vda"),
+                                                  writes=("/dev/vda",)),)), "chroot into /"),
+        (lambda p: replace(p, mounts=(replace(p.mounts[0], argv=("mount", "/dev/vda3", "/mnt")), *p.mounts[1:])),
+         "outside the target root"),
+        (lambda p: replace(p, post_commands=(RunStep("x", Phase.COMMANDS, ("mkswap", "/dev/vda1")),)),
+         "not a device this step may write"),
+    ],
+)
+def test_executor_refuses_steps_aimed_outside_the_plan(tamper, msg, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("ASR_FORBID_SUBPROCESS", "1")  # if anything ran, InternalError would come instead
+    plan = tamper(_plan(gpt_descriptor(), target("vda", 3 * GIB)))
+    with pytest.raises(PlanViolationError, match=msg):
+        check_plan(plan)
+    logged: list[str] = []
+    with pytest.raises(PlanViolationError, match=msg):
+        execute_plan(plan, log=logged.append, progress=lambda _: None, confirm_token=plan.confirm_token)
+    assert logged == []  # refused before the first step
+
+
+@pytest.mark.parametrize("root", ["/target", "/mnt/t"])
+def test_every_planned_step_passes_the_checks(root: str) -> None:
+    for d, t in [(gpt_descriptor(), target("vda", 3 * GIB)), (mbr_descriptor(extended=True), target("sda", GIB))]:
+        check_plan(_plan(d, t, root))
+
+
+def test_executor_refuses_an_unconfirmed_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASR_FORBID_SUBPROCESS", "1")
+    confirmed = _plan(gpt_descriptor(), target("vda", 3 * GIB))
+    other = _plan(gpt_descriptor(), target("vdb", 3 * GIB))
+    with pytest.raises(PlanViolationError, match="not the one confirmed"):
+        execute_plan(other, log=print, progress=lambda _: None, confirm_token=confirmed.confirm_token)
+
+
+def test_executor_refuses_a_disk_that_changed_since_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASR_FORBID_SUBPROCESS", "1")
+    plan = _plan(gpt_descriptor(), target("vda", 3 * GIB))
+    (tmp_path / "class/block/vda").mkdir(parents=True)
+    (tmp_path / "class/block/vda/size").write_text(f"{4 * GIB // 512}\n")  # someone swapped the disk
+    with pytest.raises(PlanViolationError, match="/dev/vda: 4294967296 bytes now, 3221225472 when the plan"):
+        execute_plan(plan, log=print, progress=lambda _: None, confirm_token=plan.confirm_token, sys_root=tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ pure checks
+
+
+def test_rewrite_fstab_changes_only_the_named_line() -> None:
+    text = ("# /etc/fstab\nUUID=abc / ext4 errors=remount-ro 0 1\n/dev/sda2\tnone  swap sw 0 0\n"
+            "/dev/sda2 /mnt/x ext4 defaults 0 2\n")
+    out = rewrite_fstab(text, [FstabChange("swap", "/dev/sda2", "/dev/vda2")])
+    assert out == text.replace("/dev/sda2\tnone", "/dev/vda2\tnone")
+
+
+def test_check_table_and_filesystem_name_every_difference() -> None:
+    dp = _plan(gpt_descriptor(), target("vda", 3 * GIB)).disks[0]
+    good = {"partitiontable": {"label": "gpt", "id": dp.disk_id.upper(), "unit": "sectors", "sectorsize": 512,
+            "partitions": [{"node": p.device, "start": p.start, "size": p.size, "type": p.type.upper(),
+                            "uuid": p.partuuid.upper(), "name": p.name,
+                            **({"attrs": "GUID:63"} if p.attributes else {})} for p in dp.partitions]}}
+    assert check_table(dp, parse_sfdisk_json(json.dumps(good))) == []
+    bad = json.loads(json.dumps(good))
+    bad["partitiontable"]["id"] = "00000000-0000-0000-0000-000000000000"
+    bad["partitiontable"]["partitions"][2]["uuid"] = "ffffffff-0000-4000-8000-000000000003"
+    bad["partitiontable"]["partitions"][2]["size"] = 3983360
+    del bad["partitiontable"]["partitions"][0]
+    assert check_table(dp, parse_sfdisk_json(json.dumps(bad))) == [
+        "/dev/vda: disk id 00000000-0000-0000-0000-000000000000, planned 6a4e5c3b-9f0d-4b7e-8a21-0c5d7e9f1a2b",
+        "/dev/vda1: missing",
+        "/dev/vda3: size 3983360, planned 6080512",
+        "/dev/vda3: PARTUUID ffffffff-0000-4000-8000-000000000003, planned 11111111-0000-4000-8000-000000000003",
+    ]
+    esp = _plan(gpt_descriptor(), target("vda", 3 * GIB)).filesystems[0]
+    assert check_filesystem(esp, {"TYPE": "vfat", "UUID": "ABCD-1234", "LABEL": "EFI"}) == []
+    assert check_filesystem(esp, {"TYPE": "ext4", "UUID": "ABCD-1235"}) == [
+        "/dev/vda2: type ext4, planned vfat", "/dev/vda2: UUID ABCD-1235, planned ABCD-1234",
+        "/dev/vda2: label '', planned 'EFI'"]
+
+
+def test_progress_line() -> None:
+    p = Progress("restore /", 12 * MIB, 48 * MIB, 4.0)
+    assert p.render() == "restore /:  25% 12.0 MiB of 48.0 MiB, 3.0 MiB/s, 0:12 left"
+    assert Progress("x", 0, 0, 0.0).eta is None
+
+
+# ------------------------------------------------------------------------------------------------ on image files
+
+
+def _on_file(argv: tuple[str, ...], device: str, image: Path) -> list[str]:
+    return [str(image) if a == device else a for a in argv]
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "size"),
+    [(gpt_descriptor(), 3 * GIB), (gpt_descriptor(), 2 * GIB), (mbr_descriptor(extended=True), 3 * GIB // 2),
+     (mbr_descriptor(), GIB)],
+    ids=["gpt-1.5x", "gpt-same", "mbr-extended-1.5x", "mbr-same"],
+)
+def test_sfdisk_scripts_apply_and_read_back(descriptor: Descriptor, size: int, tmp_path: Path) -> None:
+    dp = _plan(descriptor, target("vda", size)).disks[0]
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(size)
+    run(_on_file(dp.sfdisk_argv, dp.device, image), input=dp.sfdisk_script)
+    table = parse_sfdisk_json(run(["sfdisk", "--json", str(image)]).stdout)
+    assert check_table(dp, table) == []
+    assert table.partitions[-1].size == dp.partitions[-1].size
+    # and the check does fail on a table that is not the plan's
+    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(image)],
+        input=dp.sfdisk_script.replace(f"start={dp.partitions[-1].start},", f"start={dp.partitions[-1].start + 2048},")
+        .replace(f"size={dp.partitions[-1].size}", f"size={dp.partitions[-1].size - 2048}"))
+    assert check_table(dp, parse_sfdisk_json(run(["sfdisk", "--json", str(image)]).stdout)) != []
+
+
+@pytest.mark.parametrize(
+    ("fs", "size"),
+    [
+        (Filesystem("f", "disk1p3", FsType.EXT4, "0b9e7f3c-5a1d-4c2e-9f80-1d2c3b4a5e6f", "root", block_size=1024,
+                    inode_size=256, features=("has_journal", "ext_attr", "dir_index", "filetype", "extent",
+                                              "flex_bg", "sparse_super", "metadata_csum", "needs_recovery")), 32),
+        (Filesystem("f", "disk1p3", FsType.EXT2, "1b9e7f3c-5a1d-4c2e-9f80-1d2c3b4a5e6f", "boot"), 8),
+        (Filesystem("f", "disk1p3", FsType.VFAT, "ABCD-1234", "EFI", fat_size=16), 16),
+        (Filesystem("f", "disk1p3", FsType.VFAT, "0000-00FF", "", fat_size=12), 4),
+        (Filesystem("f", "disk1p3", FsType.SWAP, "7c1e2d3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f", "swap"), 8),
+        (Filesystem("f", "disk1p3", FsType.XFS, "2b9e7f3c-5a1d-4c2e-9f80-1d2c3b4a5e6f", "data"), 320),
+        (Filesystem("f", "disk1p3", FsType.BTRFS, "3b9e7f3c-5a1d-4c2e-9f80-1d2c3b4a5e6f", "pool"), 128),
+    ],
+    ids=["ext4-features", "ext2", "vfat16", "vfat12-nolabel", "swap", "xfs", "btrfs"],
+)
+def test_mkfs_argv_make_what_the_descriptor_says(fs: Filesystem, size: int, tmp_path: Path) -> None:
+    d = gpt_descriptor()
+    d = replace(d, filesystems=(fs,), mounts=(), backup=None, bootloader=Bootloader(BootloaderKind.NONE))
+    (fsp,) = _plan(d, target("vda", 2 * GIB)).filesystems
+    image = tmp_path / "part.img"
+    with open(image, "wb") as f:
+        f.truncate(size * MIB)
+    run(_on_file(fsp.mkfs_argv, fsp.device, image))
+    probe = parse_blkid_export(run(["blkid", "-p", "-o", "export", str(image)]).stdout)
+    assert check_filesystem(fsp, probe) == []
+    if fs.type is FsType.EXT4:
+        out = run(["dumpe2fs", "-h", str(image)]).stdout
+        features = next(ln for ln in out.splitlines() if ln.startswith("Filesystem features:")).split(":")[1].split()
+        assert set(features) == set(fs.features) - {"needs_recovery"}
+        assert "Block size:               1024" in out and "Inode size:\t          256" in out
+        run(["e2fsck", "-fn", str(image)])
+    if fs.type is FsType.VFAT:
+        run(["fsck.fat", "-n", str(image)])
+
+
+# ------------------------------------------------------------------------------------------------ as root, on loops
+
+
+def _losetup(image: Path, sector: int = 512) -> str:
+    return run(["losetup", "--find", "--show", f"--sector-size={sector}", str(image)]).stdout.strip()
+
+
+def _cleanup(loop: str, mount_dirs: list[Path]) -> None:
+    for d in reversed(mount_dirs):
+        for _ in range(3):
+            if os.path.ismount(d):
+                run(["umount", str(d)], check=False)
+    run(["partx", "--delete", loop], check=False)
+    run(["losetup", "--detach", loop], check=False)
+
+
+@pytest.fixture
+def loop_disk(tmp_path: Path) -> Iterator[tuple[str, Path, list[Path]]]:
+    """A blank 96 MiB sparse file on a loop device (1.5x the 64 MiB original disk)."""
+    image = tmp_path / "target.img"
+    with open(image, "wb") as f:
+        f.truncate(96 * MIB)
+    loop = _losetup(image)
+    mounts: list[Path] = []
+    try:
+        yield loop, image, mounts
+    finally:
+        _cleanup(loop, mounts)
+
+
+ESP_UUID = "5A1D-0C2E"
+ROOT_UUID = "4e1f2a3b-6c5d-4e7f-8a9b-0c1d2e3f4a5b"
+SWAP_UUID = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a"
+
+
+def small_gpt_descriptor(backup_record: object) -> Descriptor:
+    """64 MiB GPT disk: BIOS boot, ESP (vfat, made but not mounted), ext4 root, swap last."""
+    disk = Disk("disk1", 64 * MIB, 512, 512, TableType.GPT, "c0ffee00-1234-4abc-8def-0123456789ab", True,
+                device="/dev/sda", model="QEMU HARDDISK")
+    parts = (
+        Partition("disk1", 1, 2048, 2048, GPT_BIOS_BOOT, "c0ffee01-0000-4000-8000-000000000001", "bios",
+                  flags=(PartFlag.BIOS_GRUB,)),
+        Partition("disk1", 2, 4096, 32768, GPT_ESP, "c0ffee01-0000-4000-8000-000000000002", "EFI System",
+                  attributes=1 << 0, flags=(PartFlag.ESP,)),
+        Partition("disk1", 3, 36864, 61440, "0fc63daf-8483-4772-8e79-3d69d8477de4",
+                  "c0ffee01-0000-4000-8000-000000000003", "root", attributes=(1 << 2) | (1 << 60)),
+        Partition("disk1", 4, 98304, 30720, "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f",
+                  "c0ffee01-0000-4000-8000-000000000004", "swap"),
+    )
+    filesystems = (
+        Filesystem("fs1", "disk1p2", FsType.VFAT, ESP_UUID, "ESP", fat_size=16, backup=False),
+        Filesystem("fs2", "disk1p3", FsType.EXT4, ROOT_UUID, "rootfs", block_size=1024, inode_size=256,
+                   features=("has_journal", "ext_attr", "resize_inode", "dir_index", "filetype", "extent",
+                             "flex_bg", "sparse_super", "large_file", "huge_file", "dir_nlink", "extra_isize",
+                             "metadata_csum")),
+        Filesystem("fs3", "disk1p4", FsType.SWAP, SWAP_UUID, "swap0", backup=False),
+    )
+    mounts = (Mount("/", "fs2"), Mount("swap", "fs3", "sw"))
+    system = SystemInfo("small", "f" * 32, "x86_64", Firmware.BIOS, "6.1.0-28-amd64", "Debian GNU/Linux 12",
+                        "2026-11-26T01:02:03Z", "0.1.0")
+    return Descriptor(system, (disk,), parts, filesystems, mounts, Bootloader(BootloaderKind.NONE),
+                      backup_record)  # type: ignore[arg-type]
+
+
+def _make_source_tree(src: Path) -> None:
+    (src / "etc").mkdir(parents=True)
+    (src / "etc/hostname").write_text("small\n")
+    (src / "etc/fstab").write_text(f"UUID={ROOT_UUID} / ext4 defaults 0 1\n")
+    (src / "srv/private").mkdir(parents=True)
+    os.chmod(src / "srv/private", 0o750)
+    (src / "srv/private/data.bin").write_bytes(bytes(range(256)) * 4096)
+    os.chown(src / "srv/private/data.bin", 1234, 5678)
+    os.link(src / "srv/private/data.bin", src / "srv/hardlink.bin")
+    os.symlink("../etc/hostname", src / "srv/link")
+    (src / "usr/bin").mkdir(parents=True)
+    (src / "usr/bin/tool").write_text("#!/bin/sh\necho hi\n")
+    os.chmod(src / "usr/bin/tool", 0o4755)
+    os.setxattr(src / "etc/hostname", "user.asr", b"kept")
+    with open(src / "sparse.img", "wb") as f:
+        f.seek(8 * MIB)
+        f.write(b"end")
+    for d in ("dev", "proc", "sys", "boot/efi"):
+        (src / d).mkdir(parents=True, exist_ok=True)
+
+
+def _tree(root: Path) -> dict[str, tuple[object, ...]]:
+    """Everything a restore must keep, per path: type, mode, owner, content digest or link, xattrs."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not (dirpath == str(root) and d == "lost+found")]
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                what: object = os.readlink(p)
+            elif stat.S_ISREG(st.st_mode):
+                what = hashlib.sha256(p.read_bytes()).hexdigest()
+            else:
+                what = "dir"
+            xattrs = {} if stat.S_ISLNK(st.st_mode) else {
+                k: os.getxattr(p, k) for k in os.listxattr(p) if k.startswith("user.")}
+            out[str(p.relative_to(root))] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid,
+                                             st.st_gid, what, xattrs, st.st_nlink if not stat.S_ISDIR(st.st_mode)
+                                             else 0)
+    return out
+
+
+@pytest.mark.root
+@needs_root
+def test_restore_gpt_onto_a_larger_loop_disk(loop_disk: tuple[str, Path, list[Path]], tmp_path: Path) -> None:
+    loop, _image, mounts = loop_disk
+    src, backup = tmp_path / "src", tmp_path / "backup"
+    backup.mkdir()
+    _make_source_tree(src)
+    result = make_backup_set(plan_archives([("fs2", "/", str(src), 2 * MIB)]), backup)
+    descriptor = small_gpt_descriptor(make_backup_record(result, path=str(backup)))
+
+    # discovery sees the loop device only when asked to; matching takes it by size (it is blank)
+    (disk,) = [d for d in find_disks(include={loop}) if d.device == loop]
+    assert (disk.size_bytes, disk.logical_sector_size, disk.table, disk.disk_id) == (96 * MIB, 512, None, "")
+    assert loop not in {d.device for d in find_disks()}
+    mapping = match_disks(descriptor, [disk], unattended=True)
+    root = tmp_path / "target"
+    mounts.append(root)
+    plan = plan_restore(descriptor, mapping, target_root=str(root), backup_dir=str(backup))
+    assert plan.devices == {loop, *(f"{loop}p{n}" for n in (1, 2, 3, 4))}
+
+    log: list[str] = []
+    progress: list[Progress] = []
+    report = execute_plan(plan, log=log.append, progress=progress.append, confirm_token=plan.confirm_token)
+    assert report.manifest_checked and report.differences == (), report.differences
+    assert progress[-1].done == progress[-1].total == result.archives[0].size
+    assert not os.path.ismount(root)  # the UNMOUNT phase ran
+    assert f"[1/{len(plan.steps())}] erase old signatures on {loop}" in log
+
+    # independent read-back: the table...
+    table = json.loads(run(["sfdisk", "--json", loop]).stdout)["partitiontable"]
+    assert (table["label"], table["id"].lower()) == ("gpt", "c0ffee00-1234-4abc-8def-0123456789ab")
+    got = [(p["start"], p["size"], p["type"].lower(), p["uuid"].lower(), p.get("name"), p.get("attrs"))
+           for p in table["partitions"]]
+    assert got == [
+        (2048, 2048, GPT_BIOS_BOOT, "c0ffee01-0000-4000-8000-000000000001", "bios", None),
+        (4096, 32768, GPT_ESP, "c0ffee01-0000-4000-8000-000000000002", "EFI System", "RequiredPartition"),
+        (36864, 61440, "0fc63daf-8483-4772-8e79-3d69d8477de4", "c0ffee01-0000-4000-8000-000000000003", "root",
+         "LegacyBIOSBootable GUID:60"),
+        # the last partition grew from 30720 sectors to the last 1 MiB boundary before the backup GPT
+        (98304, 96256, "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f", "c0ffee01-0000-4000-8000-000000000004", "swap",
+         None),
+    ]
+    # ...the filesystems (low-level probe: no cache)...
+    probes = {n: parse_blkid_export(run(["blkid", "-p", "-o", "export", f"{loop}p{n}"]).stdout) for n in (2, 3, 4)}
+    assert [(p["TYPE"], p["UUID"], p.get("LABEL", "")) for p in probes.values()] == [
+        ("vfat", ESP_UUID, "ESP"), ("ext4", ROOT_UUID, "rootfs"), ("swap", SWAP_UUID, "swap0")]
+    assert probes[2]["VERSION"] == "FAT16"
+    assert probes[3]["PART_ENTRY_UUID"] == "c0ffee01-0000-4000-8000-000000000003"
+    run(["e2fsck", "-fn", f"{loop}p3"])
+    run(["fsck.fat", "-n", f"{loop}p2"])
+    # ...and the files, compared with the source tree through a fresh read-only mount
+    check = tmp_path / "check"
+    check.mkdir()
+    mounts.append(check)
+    run(["mount", "-o", "ro", f"{loop}p3", str(check)])
+    try:
+        assert _tree(check) == _tree(src)
+        assert os.stat(check / "sparse.img").st_blocks * 512 < MIB  # restored sparse
+    finally:
+        run(["umount", str(check)])
+
+
+@pytest.mark.root
+@needs_root
+def test_restore_mbr_4096_byte_sectors_partition_and_format(tmp_path: Path) -> None:
+    image = tmp_path / "t.img"
+    with open(image, "wb") as f:
+        f.truncate(48 * MIB)
+    loop = _losetup(image, 4096)
+    try:
+        disk = Disk("disk1", 32 * MIB, 4096, 4096, TableType.MBR, "0x0badcafe", True)
+        parts = (Partition("disk1", 1, 256, 4096, "83", flags=(PartFlag.BOOT,)),
+                 Partition("disk1", 2, 4352, 3840, "82"))
+        fss = (Filesystem("fs1", "disk1p1", FsType.EXT4, ROOT_UUID, "r4k"),
+               Filesystem("fs2", "disk1p2", FsType.SWAP, SWAP_UUID, ""))
+        system = SystemInfo("k4", "f" * 32, "x86_64", Firmware.BIOS, "6.1", "Debian", "2026-11-26T01:02:03Z", "0")
+        d = Descriptor(system, (disk,), parts, fss, (Mount("/", "fs1"),), Bootloader(BootloaderKind.NONE))
+        (t,) = [x for x in find_disks(include={loop}) if x.device == loop]
+        assert t.logical_sector_size == 4096
+        plan = plan_restore(d, match_disks(d, [t], unattended=True), backup_dir="/nonexistent",
+                            target_root=str(tmp_path / "target"))
+        execute_plan(plan, log=lambda _: None, progress=lambda _: None, confirm_token=plan.confirm_token,
+                     phases=(Phase.PARTITION, Phase.FORMAT))
+        table = json.loads(run(["sfdisk", "--json", loop]).stdout)["partitiontable"]
+        assert (table["id"], table["sectorsize"]) == ("0x0badcafe", 4096)
+        assert [(p["start"], p["size"], p["type"], p.get("bootable", False)) for p in table["partitions"]] == [
+            (256, 4096, "83", True), (4352, 12288 - 4352, "82", False)]  # 48 MiB = 12288 sectors: grown to the end
+        probe = parse_blkid_export(run(["blkid", "-p", "-o", "export", f"{loop}p1"]).stdout)
+        assert (probe["UUID"], probe["LABEL"], probe["PART_ENTRY_UUID"]) == (ROOT_UUID, "r4k", "0badcafe-01")
+
+        # a failing step names itself and its index, for retry
+        broken = replace(plan, filesystems=(replace(plan.filesystems[0], mkfs_argv=(
+            "mke2fs", "-F", "-t", "ext4", "-b", "3000", f"{loop}p1")),))
+        with pytest.raises(StepFailed) as e:
+            execute_plan(broken, log=lambda _: None, progress=lambda _: None, confirm_token=broken.confirm_token,
+                         phases=(Phase.FORMAT,))
+        assert e.value.step == f"make ext4 on {loop}p1" and e.value.argv[-1] == f"{loop}p1"
+        assert broken.steps()[e.value.index].name == e.value.step and "exit code" in e.value.reason
+    finally:
+        _cleanup(loop, [])
+
+
+def test_disk_plan_is_data() -> None:
+    # the plan holds no callables or handles: it can be shown, logged and compared
+    dp: DiskPlan = _plan(gpt_descriptor(), target("vda", 3 * GIB)).disks[0]
+    assert repr(dp).startswith("DiskPlan(key='disk1'")

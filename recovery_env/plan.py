@@ -612,8 +612,8 @@ class RestorePlan:
         """The programs the plan runs in the rescue system (for whoever builds the boot media)."""
         names: set[str] = {"blkid", "sfdisk"}
         for s in self.steps():
-            if isinstance(s, RunStep) and s.argv[0] != "chroot":
-                names.add(s.argv[0])
+            if isinstance(s, RunStep):
+                names.add(s.argv[0])  # for chroot, the rest runs from the restored system
         for e in self.extractions:
             names.update(a[0] for a in e.pipeline)
         return tuple(sorted(names))

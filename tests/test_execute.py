@@ -41,7 +41,7 @@ from recovery_env.descriptor import (
     SystemInfo,
     TableType,
 )
-from recovery_env.discover import TargetDisk, find_disks
+from recovery_env.discover import TargetDisk, find_disks, find_media_disks
 from recovery_env.errors import PlanViolationError, StepFailed
 from recovery_env.execute import (
     Progress,
@@ -236,6 +236,23 @@ def test_mkfs_argv_make_what_the_descriptor_says(fs: Filesystem, size: int, tmp_
         run(["fsck.fat", "-n", str(image)])
 
 
+def _disk_of(path: Path) -> str | None:
+    """The whole disk holding a path, found another way than discover does: st_dev → /sys/dev/block."""
+    dev = os.stat(path).st_dev
+    sys_dev = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    if not sys_dev.exists():
+        return None  # overlay, tmpfs...: not on a block device
+    real = sys_dev.resolve()
+    return "/dev/" + (real.parent.name if (real / "partition").exists() else real.name)
+
+
+def test_find_media_disks_on_this_machine(tmp_path: Path) -> None:
+    expected = _disk_of(tmp_path)
+    held = find_media_disks([str(tmp_path)])
+    assert set(held) == ({expected} if expected else set())
+    assert all(why == f"holds {tmp_path}" for why in held.values())
+
+
 # ------------------------------------------------------------------------------------------------ as root, on loops
 
 
@@ -399,6 +416,11 @@ def test_restore_gpt_onto_a_larger_loop_disk(loop_disk: tuple[str, Path, list[Pa
     mounts.append(check)
     run(["mount", "-o", "ro", f"{loop}p3", str(check)])
     try:
+        # a medium mounted from a loop device: its disk and the disk holding the loop's file are both excluded
+        held = find_media_disks([str(check / "etc")])
+        assert held[loop] == f"holds {check / 'etc'}"
+        if _disk_of(tmp_path):
+            assert held[str(_disk_of(tmp_path))].endswith(f"(behind {check / 'etc'})")
         assert _tree(check) == _tree(src)
         assert os.stat(check / "sparse.img").st_blocks * 512 < MIB  # restored sparse
     finally:

@@ -424,19 +424,31 @@ def _run_command(step: RunStep, log: Log) -> tuple[Outcome, str]:
     return Outcome.DONE, ""
 
 
+def _sysfs_extent(name: str) -> tuple[int, int] | None:
+    try:
+        base = Path("/sys/class/block") / name
+        return int((base / "start").read_text()), int((base / "size").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _wait_partitions(step: WaitPartitions, poll: float = 0.1) -> None:
-    """Poll (no udev here) until every partition is in /sys/class/block and has its /dev node."""
+    """Poll (no udev here) until every partition is in /sys/class/block with its planned start and size, and has
+    its /dev node."""
     deadline = time.monotonic() + step.timeout
+    extents = step.extents or tuple((-1, -1) for _ in step.partitions)
     while True:
-        missing = [
-            p
-            for p in step.partitions
-            if not (os.path.exists(p) and os.path.exists(f"/sys/class/block/{os.path.basename(p)}"))
-        ]
-        if not missing:
+        wrong = []
+        for dev, want in zip(step.partitions, extents, strict=True):
+            got = _sysfs_extent(os.path.basename(dev))
+            if got is None or not os.path.exists(dev):
+                wrong.append(f"{dev}: missing")
+            elif want != (-1, -1) and got != want:
+                wrong.append(f"{dev}: the kernel sees start {got[0]} size {got[1]}, planned {want[0]} {want[1]}")
+        if not wrong:
             return
         if time.monotonic() > deadline:
-            raise _fail(step, [], "missing: " + ", ".join(missing), f"partitions did not appear in {step.timeout:g} s")
+            raise _fail(step, [], "\n".join(wrong), f"partitions not as planned after {step.timeout:g} s")
         time.sleep(poll)
 
 

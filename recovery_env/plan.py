@@ -421,6 +421,7 @@ class WaitPartitions:
     phase: Phase
     disk: str
     partitions: tuple[str, ...]
+    extents: tuple[tuple[int, int], ...] = ()  # (start, size) of each, in 512-byte units as sysfs shows them
     timeout: float = 15.0
 
 
@@ -511,6 +512,7 @@ class DiskPlan:
     sfdisk_script: str
     wipe_argv: tuple[str, ...]
     sfdisk_argv: tuple[str, ...]
+    forget_argv: tuple[str, ...]  # make the kernel drop the disk's old partitions (none: fails, optional)
     settle_argv: tuple[str, ...]  # tell the kernel about the new partitions
 
     @property
@@ -739,7 +741,9 @@ def plan_disk(disk: Disk, parts: Sequence[Partition], target: TargetDisk) -> Dis
             "always",
             dev,
         ),
-        settle_argv=("partx", "--update", dev),
+        # delete + add rather than partx --update, which leaves stale partitions when new ones overlap old ones
+        forget_argv=("partx", "--delete", dev),
+        settle_argv=("partx", "--add", dev),
     )
 
 
@@ -1016,6 +1020,7 @@ def _iter_steps(plan: RestorePlan) -> Iterator[Step]:
     ph = Phase.PARTITION
     for d in plan.disks:
         dev = d.device
+        yield RunStep(f"forget the old partitions of {dev}", ph, d.forget_argv, optional=True)
         yield RunStep(f"erase old signatures on {dev}", ph, d.wipe_argv, writes=(dev,))
         yield RunStep(
             f"write the {d.table.value.upper()} partition table on {dev}",
@@ -1025,7 +1030,14 @@ def _iter_steps(plan: RestorePlan) -> Iterator[Step]:
             writes=(dev,),
         )
         yield RunStep(f"tell the kernel about the partitions of {dev}", ph, d.settle_argv)
-        yield WaitPartitions(f"wait for the partitions of {dev}", ph, dev, tuple(p.device for p in d.partitions))
+        units = d.sector_size // 512  # the kernel counts 512-byte units in sysfs
+        yield WaitPartitions(
+            f"wait for the partitions of {dev}",
+            ph,
+            dev,
+            tuple(p.device for p in d.partitions),
+            tuple((p.start * units, p.size * units) for p in d.partitions),
+        )
         yield CheckTable(f"check the partition table of {dev}", ph, d)
     for f in plan.filesystems:
         yield RunStep(f"make {f.type.value} on {f.device}", Phase.FORMAT, f.mkfs_argv, writes=(f.device,))

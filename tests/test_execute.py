@@ -386,7 +386,7 @@ def test_restore_gpt_onto_a_larger_loop_disk(loop_disk: tuple[str, Path, list[Pa
     assert report.manifest_checked and report.differences == (), report.differences
     assert progress[-1].done == progress[-1].total == result.archives[0].size
     assert not os.path.ismount(root)  # the UNMOUNT phase ran
-    assert f"[1/{len(plan.steps())}] erase old signatures on {loop}" in log
+    assert f"[2/{len(plan.steps())}] erase old signatures on {loop}" in log
 
     # independent read-back: the table...
     table = json.loads(run(["sfdisk", "--json", loop]).stdout)["partitiontable"]
@@ -446,8 +446,14 @@ def test_restore_mbr_4096_byte_sectors_partition_and_format(tmp_path: Path) -> N
         assert t.logical_sector_size == 4096
         plan = plan_restore(d, match_disks(d, [t], unattended=True), backup_dir="/nonexistent",
                             target_root=str(tmp_path / "target"))
+        # the disk is not blank: an old table with three partitions the kernel knows, overlapping the new ones
+        run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", loop], input="label: gpt\n\nsize=4M\nsize=4M\n"
+            "size=20M\n")
+        run(["partx", "--add", loop])
+        assert os.path.exists(f"{loop}p3")
         execute_plan(plan, log=lambda _: None, progress=lambda _: None, confirm_token=plan.confirm_token,
                      phases=(Phase.PARTITION, Phase.FORMAT))
+        assert not os.path.exists(f"/sys/class/block/{os.path.basename(loop)}p3")  # the old partition is gone
         table = json.loads(run(["sfdisk", "--json", loop]).stdout)["partitiontable"]
         assert (table["id"], table["sectorsize"]) == ("0x0badcafe", 4096)
         assert [(p["start"], p["size"], p["type"], p.get("bootable", False)) for p in table["partitions"]] == [

@@ -505,7 +505,8 @@ def test_mounts_extractions_and_steps_in_order() -> None:
                             "--no-same-permissions", "--no-overwrite-dir")
     assert p.fstab_changes == ()  # UUIDs are preserved: nothing to rewrite
     names = [s.name for s in p.steps()]
-    assert names[:9] == [
+    assert names[:10] == [
+        "forget the old partitions of /dev/vda",
         "erase old signatures on /dev/vda",
         "write the GPT partition table on /dev/vda",
         "tell the kernel about the partitions of /dev/vda",

@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show a descriptor, a floppy image or a backup set")
     i.add_argument("path", type=Path)
     i.add_argument("--json", action="store_true")
+    i.add_argument("--reseal", action="store_true", help="re-seal an ASR.SIF/ASRPNP.SIF edited on purpose")
 
     bk = sub.add_parser("backup", help="record this machine's disks and back up its system volumes")
     bk.add_argument("--to", type=Path, required=True, dest="dest", help="backup directory")

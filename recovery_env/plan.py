@@ -337,7 +337,21 @@ MKFS_TABLE: dict[FsType, MkfsFacts] = {
 }
 
 # mount options for the restore mounts (the rescue kernel ships nls_cp437 and nls_iso8859-1, not nls_ascii).
-MOUNT_OPTIONS: dict[FsType, str] = {FsType.VFAT: "codepage=437,iocharset=iso8859-1"}
+# Mount options of the restore mounts.  FAT: the rescue kernel ships nls_cp437 and nls_iso8859-1, not nls_ascii;
+# ``quiet`` makes the chmod/chown that FAT cannot store succeed silently (tar would fail on them otherwise).
+MOUNT_OPTIONS: dict[FsType, tuple[str, ...]] = {FsType.VFAT: ("codepage=437", "iocharset=iso8859-1", "quiet")}
+# Options of the original fstab line kept for the restore mount: on FAT they make the modes and owners that the
+# MANIFEST recorded (a FAT file's mode and owner come from the mount, not from the disk).
+KEPT_MOUNT_OPTIONS: dict[FsType, frozenset[str]] = {
+    FsType.VFAT: frozenset({"umask", "fmask", "dmask", "uid", "gid", "shortname", "allow_utime"}),
+}
+
+
+def plan_mount_options(fstype: FsType, original: str) -> str:
+    """``-o`` value of a restore mount: the table's options plus the kept ones of the original fstab line."""
+    kept = KEPT_MOUNT_OPTIONS.get(fstype, frozenset())
+    extra = [o for o in original.split(",") if o.split("=", 1)[0] in kept]
+    return ",".join((*MOUNT_OPTIONS.get(fstype, ()), *extra))
 
 # GNU tar options per filesystem kind: POSIX filesystems take backupset's extraction options (the same set the
 # archives were made with: numeric owners, xattrs, ACLs, SELinux labels, sparse); FAT has no owners, modes or
@@ -928,7 +942,7 @@ def plan_restore(
         if fsp.type is FsType.SWAP or m.mountpoint == "swap":
             continue
         directory = _under(root, m.mountpoint)
-        opts = MOUNT_OPTIONS.get(fsp.type, "")
+        opts = plan_mount_options(fsp.type, m.options)
         argv = ("mount", "-t", fsp.type.value, *(("-o", opts) if opts else ()), fsp.device, directory)
         mounts.append(MountPlan(m.mountpoint, directory, fsp.key, fsp.device, fsp.type, argv))
     if mounts and mounts[0].mountpoint != "/":

@@ -464,7 +464,7 @@ def test_4096_byte_sectors_on_nvme() -> None:
     ]
     assert [m.argv for m in p.mounts] == [
         ("mount", "-t", "xfs", "/dev/nvme0n1p2", "/target"),
-        ("mount", "-t", "vfat", "-o", "codepage=437,iocharset=iso8859-1", "/dev/nvme0n1p1", "/target/boot/efi"),
+        ("mount", "-t", "vfat", "-o", "codepage=437,iocharset=iso8859-1,quiet", "/dev/nvme0n1p1", "/target/boot/efi"),
     ]
 
 
@@ -492,8 +492,11 @@ def test_mkfs_argv_table() -> None:
 
 def test_mounts_extractions_and_steps_in_order() -> None:
     p = _plan(gpt_descriptor(), target("vda", 3 * GIB))
-    assert [(m.mountpoint, m.directory, m.device) for m in p.mounts] == [
-        ("/", "/target", "/dev/vda3"), ("/boot/efi", "/target/boot/efi", "/dev/vda2")]
+    assert [m.argv for m in p.mounts] == [
+        ("mount", "-t", "ext4", "/dev/vda3", "/target"),  # errors=remount-ro is not needed to restore
+        ("mount", "-t", "vfat", "-o", "codepage=437,iocharset=iso8859-1,quiet,umask=0077", "/dev/vda2",
+         "/target/boot/efi"),  # the fstab umask: the modes the MANIFEST recorded
+    ]
     root, esp = p.extractions
     assert root.archive == "/run/asr/backup/asr/sample/fs2.tar.zst"
     assert root.pipeline == (

@@ -220,6 +220,8 @@ def parse_sfdisk_json(text: str, where: str = "sfdisk --json") -> SfdiskTable:
         if m is None:
             raise InputError(f"{where}: partition {i}: no number in node name {node!r}")
         ptype = str(p.get("type", "")).lower()
+        if label is TableType.MBR:
+            ptype = ptype.zfill(2)  # sfdisk prints "5" for the extended type; the model spells MBR ids "05"
         parts.append(
             SfdiskPartition(
                 node=node,

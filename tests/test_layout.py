@@ -4,6 +4,7 @@ MD signatures), read back with sfdisk --json, blkid -p and dumpe2fs -h, and ever
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import uuid
@@ -14,6 +15,7 @@ import pytest
 
 from recovery_env.descriptor import (
     GPT_ESP,
+    MBR_EXTENDED,
     BootloaderKind,
     Firmware,
     FstabSpec,
@@ -453,3 +455,18 @@ def test_findmnt_and_os_release_and_blkid_of_this_machine() -> None:
     assert parse_os_release('NAME="Debian GNU/Linux"\nPRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n') == (
         "Debian GNU/Linux 12 (bookworm)")
     assert parse_blkid_export("TYPE=ext4\nUUID=x\n") == {"TYPE": "ext4", "UUID": "x"}
+
+
+def test_mbr_type_ids_are_two_hex_digits(tmp_path: Path) -> None:
+    """sfdisk prints the extended type as "5"; the model (and the validator) spell MBR ids "05"."""
+    img = tmp_path / "ext.img"
+    img.write_bytes(b"")
+    os.truncate(img, 32 * MiB)
+    run(["sfdisk", "--no-reread", "--no-tell-kernel", str(img)],
+        input="label: dos\nstart=2048, size=8192, type=83\nstart=10240, size=16384, type=5\n"
+              "start=12288, size=4096, type=83\n")
+    text = run(["sfdisk", "--json", str(img)]).stdout
+    assert '"type":"5"' in text.replace(" ", "")  # the spelling this normalisation exists for
+    table = parse_sfdisk_json(text, "ext.img")
+    assert [p.type for p in table.partitions] == ["83", "05", "83"]
+    assert table.partitions[1].type in MBR_EXTENDED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import re
 
 import pytest
@@ -375,3 +376,35 @@ def test_every_model_field_is_written() -> None:
         if f.name != "archives":
             assert f"\n{f.name} = " in text
     assert Compression.ZSTD.value in text
+
+
+@settings(max_examples=int(os.environ.get("ASR_FUZZ", "400")), deadline=None)
+@given(
+    st.sampled_from([SAMPLE, render_asr_sif(sample_descriptor_mbr())]),
+    st.lists(st.tuples(st.sampled_from(["drop", "dup", "swap", "field"]), st.integers(0, 10**6)), max_size=3),
+)
+def test_any_edit_parses_or_names_its_error(text: str, edits: list[tuple[str, int]]) -> None:
+    """Whatever a sysadmin does to the lines (then re-seals), the parser answers a descriptor or a DescriptorError,
+    never another exception."""
+    lines = text.partition("[INTEGRITY]")[0].split("\n")
+    for op, n in edits:
+        i = n % len(lines)
+        if op == "drop":
+            del lines[i]
+        elif op == "dup":
+            lines.insert(i, lines[i])
+        elif op == "swap":
+            j = (n // 7) % len(lines)
+            lines[i], lines[j] = lines[j], lines[i]
+        else:  # move a value from one field to another one
+            other = lines[(n // 13) % len(lines)]
+            values = re.findall(r"=(\S+)", other)
+            if values:
+                lines[i] = re.sub(r"=(\S+)", "=" + values[n % len(values)].replace("\\", "\\\\"), lines[i], count=1)
+    try:
+        d = parse_asr_sif(reseal("\n".join(lines)))
+    except DescriptorError as e:
+        assert not isinstance(e, IntegrityError)
+        assert str(e).startswith("ASR.SIF")
+    else:
+        validate_descriptor(d)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import json
 import logging
 import os
 import re
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -822,6 +823,127 @@ def _build(img: Path, plan: MachinePlan, inputs: MachineInputs, work: Path) -> N
         f.write(patched_core)
         f.seek(0)
         f.write(sector0)
+
+
+# ------------------------------------------------------------------------------------------ checking a disk
+
+
+@dataclass(frozen=True)
+class FoundPartition:
+    number: int
+    start: int
+    size: int
+    type: str  # lower case
+    uuid: str  # lower case PARTUUID
+    name: str
+    bootable: bool
+
+
+@dataclass(frozen=True)
+class FoundFilesystem:
+    partition: int
+    fstype: str
+    uuid: str
+    label: str
+
+
+@dataclass(frozen=True)
+class DiskFacts:
+    """What a disk (image file) holds, read with sfdisk and blkid: compared with a MachineImage after restore."""
+
+    table: TableType
+    disk_id: str
+    size_bytes: int
+    partitions: tuple[FoundPartition, ...]
+    filesystems: tuple[FoundFilesystem, ...]
+
+
+def read_disk_facts(disk: Path) -> DiskFacts:
+    """Partition table (``sfdisk --json``) and the filesystem on each partition (``blkid -p -O -S``) of an image."""
+    doc = json.loads(run(["sfdisk", "--json", disk]).stdout)["partitiontable"]
+    table = TableType.from_sfdisk(doc["label"])
+    partitions = []
+    filesystems = []
+    for entry in doc.get("partitions", []):
+        node = re.search(r"(\d+)$", str(entry["node"]))
+        if node is None:
+            raise InternalError(f"{disk}: sfdisk --json names a partition {entry['node']!r} without a number")
+        number = int(node.group(1))
+        part = FoundPartition(
+            number=number,
+            start=int(entry["start"]),
+            size=int(entry["size"]),
+            type=str(entry["type"]).lower(),
+            uuid=str(entry.get("uuid", "")).lower(),
+            name=str(entry.get("name", "")),
+            bootable=bool(entry.get("bootable", False)),
+        )
+        if table is TableType.MBR:
+            part = replace(part, uuid=f"{str(doc['id']).lower()[2:]}-{number:02x}")
+        partitions.append(part)
+        probe = run(
+            ["blkid", "-p", "-o", "export", "-O", str(part.start * SECTOR), "-S", str(part.size * SECTOR), disk],
+            check=False,
+        )
+        found = dict(line.split("=", 1) for line in probe.stdout.splitlines() if "=" in line)
+        if probe.returncode == 0 and "TYPE" in found:
+            filesystems.append(FoundFilesystem(number, found["TYPE"], found.get("UUID", ""), found.get("LABEL", "")))
+    return DiskFacts(
+        table=table,
+        disk_id=str(doc["id"]).lower(),
+        size_bytes=disk.stat().st_size,
+        partitions=tuple(partitions),
+        filesystems=tuple(filesystems),
+    )
+
+
+def check_restored_disk(image: MachineImage, facts: DiskFacts, *, last_grows: bool = False) -> list[str]:
+    """Differences between the machine as built and a disk restored from its backup ([] when it matches).
+
+    Everything must be as built — table type, disk GUID/signature, each partition's start, type, PARTUUID, name
+    and boot flag, each filesystem's type, UUID and label — except the size of the last partition, which may
+    be larger (and must be, with ``last_grows``: a restore onto a larger disk grows it)."""
+    problems: list[str] = []
+    if facts.table is not image.layout.table:
+        problems.append(f"partition table is {facts.table}, the machine had {image.layout.table}")
+    if facts.disk_id != image.disk_id:
+        problems.append(f"disk id is {facts.disk_id}, the machine had {image.disk_id}")
+    if len(facts.partitions) != len(image.partitions):
+        problems.append(f"{len(facts.partitions)} partitions, the machine had {len(image.partitions)}")
+    for want, got in zip(image.partitions, facts.partitions, strict=False):
+        where = f"partition {want.number} ({want.role})"
+        for what, a, b in (
+            ("number", got.number, want.number),
+            ("start", got.start, want.start),
+            ("type", got.type, want.type),
+            ("PARTUUID", got.uuid, want.uuid),
+            ("name", got.name, want.name),
+            ("boot flag", got.bootable, want.bootable),
+        ):
+            if a != b:
+                problems.append(f"{where}: {what} is {a}, the machine had {b}")
+        last = want.number == image.partitions[-1].number
+        if not last and got.size != want.size:
+            problems.append(f"{where}: size is {got.size} sectors, the machine had {want.size}")
+        elif last and got.size < want.size:
+            problems.append(f"{where}: size is {got.size} sectors, smaller than the machine's {want.size}")
+        elif last and last_grows and got.size == want.size:
+            problems.append(f"{where}: size stayed {want.size} sectors; it should have grown to fill the disk")
+    found = {fs.partition: fs for fs in facts.filesystems}
+    for fs in image.filesystems:
+        got_fs = found.get(fs.partition)
+        where = f"{fs.fstype} filesystem of {fs.mountpoint} (partition {fs.partition})"
+        if got_fs is None:
+            problems.append(f"{where}: not found")
+            continue
+        for what, a, b in (
+            ("type", got_fs.fstype, str(fs.fstype)),
+            ("UUID", got_fs.uuid, fs.uuid),
+            ("label", got_fs.label, fs.label),
+        ):
+            if a != b:
+                problems.append(f"{where}: {what} is {a!r}, the machine had {b!r}")
+    return problems
 
 
 # -------------------------------------------------------------------------------------------------------- CLI

@@ -34,10 +34,12 @@ from builder.machine import (
     MachineInputs,
     MachineSpec,
     PartRole,
+    check_restored_disk,
     make_cpio,
     make_machine_image,
     plan_grub_bios_boot,
     plan_machine,
+    read_disk_facts,
     read_machine_inputs,
     render_grub_cfg,
     render_sfdisk_script,
@@ -350,6 +352,47 @@ def test_a_failed_build_leaves_nothing(machine_inputs: MachineInputs, tmp_path: 
     with pytest.raises(AsrError, match="grub-mkimage"):
         make_machine_image(out, MachineSpec(), broken)
     assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.image
+def test_a_disk_read_back_matches_its_machine(machine: MachineImage) -> None:
+    facts = read_disk_facts(machine.path)
+    assert check_restored_disk(machine, facts) == []
+    assert {fs.uuid for fs in facts.filesystems} == {fs.uuid for fs in machine.filesystems}
+    assert check_restored_disk(machine, facts, last_grows=True) == [
+        f"partition {machine.partitions[-1].number} (root): size stayed {machine.partitions[-1].size} sectors; "
+        "it should have grown to fill the disk"
+    ]
+
+
+def _copy_onto_larger_disk(image: MachineImage, target: Path, size_mib: int) -> None:
+    """What a restore does to the layout, done with host tools: the same table on a larger disk with the last
+    partition grown, each partition's bytes copied to the same place."""
+    bigger = plan_machine(replace(image.plan.spec, size_mib=size_mib))
+    with target.open("wb") as f:
+        f.truncate(size_mib << 20)
+    run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(target)], input=render_sfdisk_script(bigger))
+    for part in image.partitions:
+        run(
+            ["dd", f"if={image.path}", f"of={target}", "bs=1M", f"skip={part.offset}", f"seek={part.offset}",
+             f"count={part.size_bytes}", "iflag=skip_bytes,count_bytes", "oflag=seek_bytes", "conv=notrunc,sparse",
+             "status=none"]
+        )  # fmt: skip
+
+
+@pytest.mark.image
+def test_a_grown_copy_matches_and_damage_is_named(gpt_machine: MachineImage, tmp_path: Path) -> None:
+    disk = tmp_path / "restored.img"
+    _copy_onto_larger_disk(gpt_machine, disk, 384)
+    assert check_restored_disk(gpt_machine, read_disk_facts(disk), last_grows=True) == []
+
+    run(["sfdisk", "-q", "--disk-id", str(disk), "01234567-89ab-4def-8123-456789abcdef"])
+    root = next(p for p in gpt_machine.partitions if p.role is PartRole.ROOT)
+    run(["debugfs", "-w", "-R", "ssv volume_name other", f"{disk}?offset={root.offset}"])
+    assert check_restored_disk(gpt_machine, read_disk_facts(disk), last_grows=True) == [
+        f"disk id is 01234567-89ab-4def-8123-456789abcdef, the machine had {gpt_machine.disk_id}",
+        f"ext4 filesystem of / (partition {root.number}): label is 'other', the machine had 'asr-root'",
+    ]
 
 
 # --------------------------------------------------------------------------------------------------- VM tests

@@ -149,6 +149,7 @@ class RescueEnv:
     modules: tuple[str, ...]  # load order
     step_times: dict[str, float]
     pkgs: PackageSet
+    tree: RescueTree  # what the initramfs holds (for inspection and tests)
 
     def package_files(self, package: str, prefix: str) -> dict[str, bytes]:
         """Regular files of ``package`` under ``prefix`` (e.g. grub-efi-amd64-bin, usr/lib/grub/x86_64-efi/),
@@ -193,4 +194,5 @@ def make_rescue_env(
         modules=tuple(m.name for m in first.modules),
         step_times=times,
         pkgs=pkgs,
+        tree=tree,
     )

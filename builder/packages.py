@@ -441,7 +441,8 @@ def _parse_control(text: str) -> dict[str, str]:
 def _norm(name: str) -> str:
     while name.startswith("./"):
         name = name[2:]
-    return name.strip("/")
+    name = name.strip("/")
+    return "" if name == "." else name
 
 
 def read_deb(path: Path, prefixes: Sequence[str] | None = None) -> dict[str, DebMember]:
@@ -454,7 +455,7 @@ def read_deb(path: Path, prefixes: Sequence[str] | None = None) -> dict[str, Deb
     return _read_deb_cached(str(path), st.st_size, st.st_mtime_ns, tuple(prefixes) if prefixes else ())
 
 
-@lru_cache(maxsize=6)
+@lru_cache(maxsize=128)
 def _read_deb_cached(path: str, size: int, mtime_ns: int, prefixes: tuple[str, ...]) -> dict[str, DebMember]:
     del size, mtime_ns  # only part of the cache key
     where = Path(path)

@@ -1,0 +1,219 @@
+"""The rescue tree assembled from the real package set, and the kernel module closure."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import io
+from pathlib import Path
+
+import pytest
+from elftools.elf.dynamic import DynamicSection
+from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import InterpSegment
+
+from builder.modules import (
+    WANTED_MODULES,
+    ModuleIndex,
+    UnknownModuleError,
+    find_modules_for_modalias,
+    plan_module_closure,
+    read_module_index,
+)
+from builder.packages import PackageLock, PackageSet, read_deb
+from builder.rootfs import (
+    BUSYBOX_APPLETS,
+    LIB_DIRS,
+    TOOLS,
+    EntryKind,
+    MissingLibraryError,
+    PackageFiles,
+    Rootfs,
+    TreeBuilder,
+    add_busybox,
+    add_library_closure,
+    check_elf_closure,
+    find_tool,
+    make_rootfs,
+    read_python_stdlib,
+    resolve_in_tree,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def rootfs(package_set: PackageSet) -> Rootfs:
+    return make_rootfs(package_set)
+
+
+@pytest.fixture(scope="module")
+def module_index(package_set: PackageSet) -> ModuleIndex:
+    members = read_deb(package_set.deb(package_set.kernel_package), ("lib/modules/", "boot/vmlinuz"))
+    return read_module_index(members, package_set.kernel_version)
+
+
+# --------------------------------------------------------------------------------------------------- modules
+
+
+def test_ext4_pulls_its_soft_and_hard_dependencies_first(module_index: ModuleIndex) -> None:
+    order = [m.name for m in plan_module_closure(module_index, ["ext4"])]
+    assert {"crc32c_generic", "jbd2", "mbcache", "crc16"} <= set(order)
+    assert order[-1] == "ext4"
+    assert order.index("crc32c_generic") < order.index("jbd2")
+
+
+def test_closure_of_the_wanted_set_is_in_dependency_order(module_index: ModuleIndex, package_set: PackageSet) -> None:
+    closure = plan_module_closure(module_index, WANTED_MODULES)
+    names = [m.name for m in closure]
+    assert len(names) == len(set(names))
+    for wanted in ("floppy", "ahci", "sd_mod", "sr_mod", "isofs", "vfat", "nls_cp437", "virtio_blk", "xfs", "btrfs"):
+        assert wanted in names
+    # check the order against each module's .modinfo as pyelftools reads it (not our section reader)
+    members = read_deb(package_set.deb(package_set.kernel_package), ("lib/modules/",))
+    for i, module in enumerate(closure):
+        section = ELFFile(io.BytesIO(members[module.path].data)).get_section_by_name(".modinfo")
+        info = dict(item.split(b"=", 1) for item in section.data().split(b"\0") if b"=" in item)
+        for dep in filter(None, info.get(b"depends", b"").decode().split(",")):
+            dep = dep.replace("-", "_")
+            if dep not in module_index.builtin:
+                assert dep in names[:i], f"{module.name} is loaded before its dependency {dep}"
+
+
+def test_builtin_and_unknown_modules(module_index: ModuleIndex) -> None:
+    assert plan_module_closure(module_index, ["crc32"]) == ()  # built into the Debian kernel
+    with pytest.raises(UnknownModuleError, match="no_such_driver"):
+        plan_module_closure(module_index, ["no_such_driver"])
+
+
+def test_pci_modalias_resolves_to_its_driver(module_index: ModuleIndex) -> None:
+    ich9_ahci = "pci:v00008086d00002922sv00001AF4sd00001100bc01sc06i01"
+    assert find_modules_for_modalias(module_index, ich9_ahci) == ("ahci",)
+    virtio_net = "virtio:d00000001v00001AF4"
+    assert find_modules_for_modalias(module_index, virtio_net) == ("virtio_net",)
+
+
+# ---------------------------------------------------------------------------------------------------- rootfs
+
+
+def test_busybox_and_its_applets(rootfs: Rootfs) -> None:
+    entries = rootfs.tree.entries
+    assert entries["usr/bin/busybox"].data[:4] == b"\x7fELF"
+    for applet in ("sh", "mount", "insmod", "poweroff", "reboot", "setsid", "cttyhack", "sleep"):
+        assert entries[f"usr/bin/{applet}"].target == "busybox"
+    assert len([p for p, e in entries.items() if e.target == "busybox"]) == len(set(BUSYBOX_APPLETS))
+
+
+def test_real_tools_win_over_applets(package_set: PackageSet) -> None:
+    tree = TreeBuilder()
+    add_busybox(tree, PackageFiles(package_set), {"sh", "mount"})
+    assert not tree.has("usr/bin/sh") and not tree.has("usr/bin/mount")
+    assert tree.entries["usr/bin/umount"].target == "busybox"
+
+
+def test_merged_usr_and_device_nodes(rootfs: Rootfs) -> None:
+    entries = rootfs.tree.entries
+    for link in ("bin", "sbin", "lib", "lib64"):
+        assert entries[link].kind is EntryKind.SYMLINK and entries[link].target == f"usr/{link}"
+    assert entries["dev/console"].kind is EntryKind.CHAR and entries["dev/console"].rdev == (5, 1)
+    assert entries["dev/ttyS0"].rdev == (4, 64)
+    for d in ("proc", "sys", "dev", "run", "tmp", "mnt"):
+        assert entries[d].kind is EntryKind.DIR
+    assert not any(p.startswith(("usr/share/doc", "usr/share/man", "usr/share/locale")) for p in entries)
+
+
+def test_restore_tools_are_present(rootfs: Rootfs) -> None:
+    for tool in ("sfdisk", "wipefs", "blkid", "mkfs.ext4", "e2fsck", "tune2fs", "mkfs.vfat", "mkfs.xfs",
+                 "mkfs.btrfs", "mkswap", "tar", "zstd", "grub-install"):
+        found = [resolve_in_tree(rootfs.tree, f"usr/{d}/{tool}") for d in ("bin", "sbin")]
+        entry = next((e for e in found if e is not None), None)
+        assert entry is not None and entry.kind is EntryKind.FILE and entry.mode & 0o111, tool
+    for platform in ("i386-pc", "x86_64-efi"):
+        assert f"usr/lib/grub/{platform}/normal.mod" in rootfs.tree.entries
+    assert "usr/lib/grub/i386-pc/grub-bios-setup" in rootfs.tree.entries
+    assert not any("monolithic" in p for p in rootfs.tree.entries)
+
+
+def test_every_elf_finds_its_loader_and_libraries(rootfs: Rootfs) -> None:
+    assert check_elf_closure(rootfs.tree) == []
+    # the same, read independently with pyelftools
+    checked = 0
+    for path, entry in rootfs.tree.entries.items():
+        if entry.kind is not EntryKind.FILE or entry.data[:4] != b"\x7fELF":
+            continue
+        elf = ELFFile(io.BytesIO(entry.data))
+        if elf.header["e_type"] not in ("ET_EXEC", "ET_DYN"):
+            continue
+        checked += 1
+        for seg in elf.iter_segments():
+            if isinstance(seg, InterpSegment):
+                assert resolve_in_tree(rootfs.tree, seg.get_interp_name()) is not None, path
+        dyn = elf.get_section_by_name(".dynamic")
+        if isinstance(dyn, DynamicSection):
+            for tag in dyn.iter_tags():
+                if tag.entry.d_tag == "DT_NEEDED":
+                    assert any(resolve_in_tree(rootfs.tree, f"{d}/{tag.needed}") for d in LIB_DIRS), (path, tag.needed)
+    assert checked > 30
+
+
+def test_missing_library_is_a_named_error(package_set: PackageSet) -> None:
+    lock = package_set.lock
+    without = PackageLock(tuple(p for p in lock.packages if p.name != "libmount1"), lock.kernel_package)
+    files = PackageFiles(PackageSet(package_set.cache, without))
+    tree = TreeBuilder()
+    findmnt = next(t for t in TOOLS if t.name == "findmnt")
+    files.copy(tree, findmnt.package, find_tool(files, findmnt), findmnt.group)
+    with pytest.raises(MissingLibraryError, match=r"libmount\.so\.1 \(needed by usr/bin/findmnt\)"):
+        add_library_closure(tree, files)
+
+
+def test_python_is_bytecode_only_and_reproducible_format(rootfs: Rootfs) -> None:
+    entries = rootfs.tree.entries
+    assert entries["usr/bin/python3.11"].data[:4] == b"\x7fELF"
+    pycs = {p: e for p, e in entries.items() if p.endswith(".pyc")}
+    assert "usr/lib/python3.11/os.pyc" in pycs
+    assert "usr/lib/asr/recovery_env/__init__.pyc" in pycs
+    assert not [p for p in entries if p.endswith(".py")]
+    for path, entry in pycs.items():
+        assert entry.data[:4] == importlib.util.MAGIC_NUMBER, path
+        assert int.from_bytes(entry.data[4:8], "little") == 0b01, path  # hash-based, unchecked
+    assert "usr/lib/python3.11/lib-dynload/termios.cpython-311-x86_64-linux-gnu.so" in entries
+
+
+def _imports_of(source: str) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_every_module_the_agent_imports_is_shipped(rootfs: Rootfs, package_set: PackageSet) -> None:
+    builtins = read_python_stdlib(PackageFiles(package_set)).builtins
+    entries = rootfs.tree.entries
+    wanted: set[str] = set()
+    for path in (REPO / "recovery_env").glob("*.py"):
+        wanted |= {m for m in _imports_of(path.read_text()) if not m.startswith("recovery_env")}
+    assert {"os", "select", "dataclasses", "enum"} <= wanted
+    for module in sorted(wanted):
+        rel = module.replace(".", "/")
+        candidates = (
+            f"usr/lib/python3.11/{rel}.pyc",
+            f"usr/lib/python3.11/{rel}/__init__.pyc",
+            f"usr/lib/python3.11/lib-dynload/{rel}.cpython-311-x86_64-linux-gnu.so",
+        )
+        assert module in builtins or any(c in entries for c in candidates), module
+    for agent_module in (REPO / "recovery_env").glob("*.py"):
+        name = "__init__" if agent_module.stem == "__init__" else agent_module.stem
+        assert f"usr/lib/asr/recovery_env/{name}.pyc" in entries
+
+
+def test_kernel_and_modules_match(rootfs: Rootfs) -> None:
+    assert rootfs.kernel[0x202:0x206] == b"HdrS"  # x86 boot protocol header of a bzImage
+    for module in rootfs.modules:
+        assert f"usr/{module.path}" in rootfs.tree.entries
+    breakdown = rootfs.tree.size_breakdown()
+    assert set(breakdown) >= {"kernel modules", "python", "libraries", "tools", "grub", "busybox", "agent"}
+    assert sum(breakdown.values()) == rootfs.tree.raw_size

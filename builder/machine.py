@@ -81,6 +81,11 @@ GRUB_CORE_MODULES: dict[str, tuple[str, ...]] = {
     "x86_64-efi": ("part_gpt", "part_msdos", "ext2", "search", "search_fs_uuid"),
 }
 GRUB_PACKAGES: dict[str, str] = {"i386-pc": "grub-pc-bin", "x86_64-efi": "grub-efi-amd64-bin"}
+#: Files of each platform directory the build itself uses (grub-mkimage, plan_grub_bios_boot).
+GRUB_NEEDED_FILES: dict[str, tuple[str, ...]] = {
+    "i386-pc": ("kernel.img", "moddep.lst", "boot.img", "diskboot.img", "lzma_decompress.img"),
+    "x86_64-efi": ("kernel.img", "moddep.lst"),
+}
 
 KERNEL_CMDLINE = "console=tty0 console=ttyS0,115200 panic=5 quiet"
 
@@ -460,7 +465,7 @@ def read_machine_inputs(packages: PackageSet | None = None) -> MachineInputs:
             for path, m in members.items()
             if m.kind is MemberKind.FILE and "/" not in path.removeprefix(prefix)
         }
-        for needed in ("kernel.img", "moddep.lst", *(f"{mod}.mod" for mod in GRUB_CORE_MODULES[platform])):
+        for needed in (*GRUB_NEEDED_FILES[platform], *(f"{mod}.mod" for mod in GRUB_CORE_MODULES[platform])):
             if needed not in files:
                 raise MachineBuildError(f"{package}: no {prefix}{needed}")
         grub[platform] = files

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
@@ -44,11 +44,13 @@ class AgentExit(IntEnum):
 # ----------------------------------------------------------------------------------------------------- /init
 
 
-def render_init(module_paths: list[str]) -> str:
-    """The /init shell script: mounts, module loading in ``module_paths`` order, the agent loop."""
+def render_init(module_paths: Sequence[str], late_module_paths: Sequence[str] = ()) -> str:
+    """The /init shell script: mounts, module loading in ``module_paths`` order (then ``late_module_paths`` in
+    the background), the agent loop."""
     return render(
         "init.j2",
-        modules=module_paths,
+        modules=list(module_paths),
+        late_modules=list(late_module_paths),
         python="/" + PYTHON,
         pythonpath="/" + AGENT_DIR,
         agent_module=AGENT_PACKAGE,
@@ -174,7 +176,7 @@ def make_rescue_env(
     with _step("assemble rootfs", times):
         first = make_rootfs(pkgs, agent_main=agent_override, extra_modules=extra_modules)
     with _step("render /init", times):
-        init = render_init([m.path for m in first.modules])
+        init = render_init([m.path for m in first.modules], [m.path for m in first.late_modules])
         tree = first.tree.with_file("init", init.encode(), 0o755)
     with _step("write cpio", times):
         cpio = make_cpio(tree, epoch)
@@ -191,7 +193,7 @@ def make_rescue_env(
         kernel_version=first.kernel_version,
         breakdown=breakdown,
         raw_size=len(cpio),
-        modules=tuple(m.name for m in first.modules),
+        modules=tuple(m.name for m in (*first.modules, *first.late_modules)),
         step_times=times,
         pkgs=pkgs,
         tree=tree,

@@ -53,6 +53,14 @@ WANTED_MODULES: tuple[str, ...] = (
 )
 
 
+#: Not needed to show the first screen and read the floppy: /init loads these (and what only they need) in the
+#: background while the agent starts, and touches /run/asr/modules-loaded when done.
+LATE_MODULES: frozenset[str] = frozenset(
+    {"ext4", "xfs", "btrfs", "efivarfs", "loop", "nvme", "usb_storage", "uas", "xhci_pci", "xhci_hcd",
+     "ehci_pci", "ehci_hcd", "virtio_scsi"}
+)
+
+
 class UnknownModuleError(InputError):
     """A wanted kernel module (or alias) exists neither as a module nor built in."""
 
@@ -237,3 +245,16 @@ def find_modules_for_modalias(index: ModuleIndex, modalias: str) -> tuple[str, .
     if not _MODALIAS.fullmatch(modalias):
         raise InputError(f"not a modalias: {modalias!r}")
     return index.find(modalias)
+
+
+def plan_boot_modules(
+    index: ModuleIndex, wanted: Iterable[str], late: frozenset[str] = LATE_MODULES
+) -> tuple[tuple[KernelModule, ...], tuple[KernelModule, ...]]:
+    """(early, late): the closure of ``wanted`` split into what /init loads before the agent starts and what
+    it loads in the background; each part is in load order and ``late`` never precedes what it depends on."""
+    wanted = list(wanted)
+    everything = plan_module_closure(index, wanted)
+    early_names = {m.name for m in plan_module_closure(index, [w for w in wanted if canonical_name(w) not in late])}
+    early = tuple(m for m in everything if m.name in early_names)
+    rest = tuple(m for m in everything if m.name not in early_names)
+    return early, rest

@@ -29,7 +29,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 from elftools.elf.segments import InterpSegment
 
-from builder.modules import WANTED_MODULES, KernelModule, plan_module_closure, read_module_index
+from builder.modules import WANTED_MODULES, KernelModule, plan_boot_modules, read_module_index
 from builder.packages import DebMember, MemberKind, PackageSet, read_control, read_deb
 from recovery_env.errors import InputError, InternalError
 from recovery_env.run import run
@@ -194,6 +194,7 @@ PYTHON_MODULES: tuple[str, ...] = (
     # interpreter start-up and ``-m``
     "site", "runpy", "encodings", "encodings.aliases", "encodings.utf_8", "encodings.ascii",
     "encodings.latin_1", "encodings.cp437", "encodings.idna",
+    "encodings.utf_16_le",  # looked up by name (sif.py: GPT partition name length), invisible to import scanning
     # the agent's toolbox
     "os", "sys", "select", "termios", "tty", "fcntl", "struct", "json", "hashlib", "subprocess", "shlex",
     "dataclasses", "enum", "typing", "pathlib", "re", "time", "datetime", "logging", "textwrap", "io",
@@ -795,7 +796,8 @@ class Rootfs:
     tree: RescueTree
     kernel: bytes
     kernel_version: str
-    modules: tuple[KernelModule, ...]
+    modules: tuple[KernelModule, ...]  # loaded by /init before the agent starts, in order
+    late_modules: tuple[KernelModule, ...]  # loaded in the background, in order
     python_modules: tuple[str, ...]
 
 
@@ -817,7 +819,7 @@ def make_rootfs(
     if vmlinuz is None:
         raise MissingFileError(f"package {pkgs.kernel_package} has no boot/vmlinuz-{kver}")
     index = read_module_index(kernel_members, kver)
-    modules = plan_module_closure(index, [*WANTED_MODULES, *extra_modules])
+    early, late = plan_boot_modules(index, [*WANTED_MODULES, *extra_modules])
 
     tree = TreeBuilder()
     add_base(tree)
@@ -825,11 +827,12 @@ def make_rootfs(
     add_busybox(tree, files, {t.name for t in TOOLS})
     shipped = add_python(tree, files, agent_main)
     add_library_closure(tree, files)
-    add_modules(tree, modules, kernel_members)
+    add_modules(tree, (*early, *late), kernel_members)
     return Rootfs(
         tree=tree.freeze(),
         kernel=vmlinuz.data,
         kernel_version=kver,
-        modules=modules,
+        modules=early,
+        late_modules=late,
         python_modules=tuple(shipped),
     )

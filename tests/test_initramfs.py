@@ -41,7 +41,8 @@ def wait_for(path, seconds=30.0):
         time.sleep(0.1)
     return os.path.exists(path)
 
-checks = {"python": sys.version.split()[0], "ext4_module": os.path.isdir("/sys/module/ext4"),
+checks = {"python": sys.version.split()[0], "late_modules": wait_for("/run/asr/modules-loaded"),
+          "ext4_module": os.path.isdir("/sys/module/ext4"),
           "fd0": wait_for("/dev/fd0"), "vda": wait_for("/dev/vda")}
 for name, argv in {"sfdisk": ["sfdisk", "--version"], "mkfs.xfs": ["mkfs.xfs", "-V"], "tar": ["tar", "--version"],
                    "zstd": ["zstd", "--version"], "grub-install": ["grub-install", "--version"],
@@ -119,8 +120,10 @@ def test_budget_error_lists_the_largest_contributors() -> None:
 
 
 def test_init_loads_modules_in_order_and_handles_agent_exits(tmp_path: Path) -> None:
-    text = render_init(["lib/modules/K/kernel/a.ko", "lib/modules/K/kernel/b.ko"])
+    text = render_init(["lib/modules/K/kernel/a.ko", "lib/modules/K/kernel/b.ko"], ["lib/modules/K/kernel/c.ko"])
     assert text.index("/lib/modules/K/kernel/a.ko") < text.index("/lib/modules/K/kernel/b.ko")
+    assert text.index("asr: modules loaded") < text.index("/lib/modules/K/kernel/c.ko") < text.index("-m recovery_env")
+    assert "/run/asr/modules-loaded" in text
     for marker in ("mount -t devtmpfs", "asr: init started", "asr: modules loaded", "PYTHONHASHSEED=0",
                    "PYTHONDONTWRITEBYTECODE=1", "PYTHONPATH=/usr/lib/asr", "-m recovery_env",
                    "asr agent failed (exit $rc); starting a rescue shell", "reboot -f", "poweroff -f"):
@@ -220,7 +223,8 @@ def test_boots_under_qemu_and_the_self_check_passes(selftest_env: RescueEnv, tmp
     assert verdict is not None, f"no self-check verdict on serial:\n{log[-3000:]}"
     print(f"\nTCG boot: {', '.join(f'{k} at {v:.1f} s' for k, v in marks.items())}; verdict {verdict}")
     assert verdict["python"] == "3.11.2"
-    assert verdict["ext4_module"] is True and verdict["fd0"] is True and verdict["vda"] is True
+    for check in ("late_modules", "ext4_module", "fd0", "vda"):
+        assert verdict[check] is True, check
     for tool in ("sfdisk", "mkfs.xfs", "tar", "zstd", "grub-install", "mkfs.ext4", "mkfs.btrfs"):
         assert not str(verdict[tool]).startswith("FAILED"), (tool, verdict[tool])
     assert "GNU tar" in str(verdict["tar"]) and "GRUB" in str(verdict["grub-install"])

@@ -212,7 +212,9 @@ def test_every_module_the_agent_imports_is_shipped(rootfs: Rootfs, package_set: 
 
 def test_kernel_and_modules_match(rootfs: Rootfs) -> None:
     assert rootfs.kernel[0x202:0x206] == b"HdrS"  # x86 boot protocol header of a bzImage
-    for module in rootfs.modules:
+    assert {m.name for m in rootfs.modules} >= {"floppy", "ahci", "vfat", "isofs", "nls_cp437"}
+    assert {m.name for m in rootfs.late_modules} >= {"ext4", "xfs", "btrfs", "jbd2"}
+    for module in (*rootfs.modules, *rootfs.late_modules):
         assert f"usr/{module.path}" in rootfs.tree.entries
     breakdown = rootfs.tree.size_breakdown()
     assert set(breakdown) >= {"kernel modules", "python", "libraries", "tools", "grub", "busybox", "agent"}

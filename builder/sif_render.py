@@ -17,6 +17,7 @@ from recovery_env.errors import DescriptorError, InputError, InternalError
 from recovery_env.sif import (
     PNP_SIGNATURE,
     format_hex,
+    format_optional,
     format_value,
     parse_asr_sif,
     parse_asrpnp_sif,
@@ -33,7 +34,7 @@ TOOL = f"asr {__version__}"
 def render_asr_sif(d: Descriptor) -> str:
     """The ASR.SIF text of ``d`` (validated first: DescriptorError naming section/record/field if invalid)."""
     validate_descriptor(d)
-    text = seal(render("asr.sif.j2", d=d, signature=SIGNATURE, v=format_value, hex=format_hex))
+    text = seal(render("asr.sif.j2", d=d, signature=SIGNATURE, v=format_value, hex=format_hex, opt=format_optional))
     if parse_asr_sif(text) != d:
         raise InternalError("ASR.SIF does not read back as the descriptor it was rendered from")
     return text
@@ -42,7 +43,9 @@ def render_asr_sif(d: Descriptor) -> str:
 def render_asrpnp_sif(inv: DeviceInventory) -> str:
     """The ASRPNP.SIF text of ``inv`` (validated first)."""
     validate_inventory(inv)
-    text = seal(render("asrpnp.sif.j2", inv=inv, signature=PNP_SIGNATURE, tool=TOOL, v=format_value))
+    text = seal(
+        render("asrpnp.sif.j2", inv=inv, signature=PNP_SIGNATURE, tool=TOOL, v=format_value, opt=format_optional)
+    )
     if parse_asrpnp_sif(text) != inv:
         raise InternalError("ASRPNP.SIF does not read back as the inventory it was rendered from")
     return text

@@ -168,6 +168,17 @@ def format_hex(value: int) -> str:
     return f"0x{value:x}"
 
 
+def format_optional(record: object, name: str, fmt: Callable[[Any], str] = format_value) -> str:
+    """`` name=value`` for a record field that differs from the model's default, else nothing: the renderer leaves
+    defaults out (the parser fills them in), which keeps records short and the unusual values visible."""
+    spec = next(f for f in dataclasses.fields(record) if f.name == name)  # type: ignore[arg-type]
+    value = getattr(record, name)
+    default = spec.default if spec.default_factory is dataclasses.MISSING else spec.default_factory()
+    if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+        raise TypeError(f"{type(record).__name__}.{name} is required: write it always")
+    return "" if value == default else f" {name}={fmt(value)}"
+
+
 class ValueKind(StrEnum):
     """How a field's text turns into a model value."""
 

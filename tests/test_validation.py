@@ -28,7 +28,7 @@ from recovery_env.descriptor import (
     TableType,
 )
 from recovery_env.errors import DescriptorError
-from recovery_env.sif import format_hex, format_value, parse_asr_sif, seal, validate_descriptor
+from recovery_env.sif import format_hex, format_optional, format_value, parse_asr_sif, seal, validate_descriptor
 
 GPT = sample_descriptor()
 MBR = sample_descriptor_mbr()
@@ -37,7 +37,7 @@ LINUX_FS = "0fc63daf-8483-4772-8e79-3d69d8477de4"
 
 def _unchecked_text(d: Descriptor) -> str:
     """ASR.SIF text of a descriptor that may be invalid (the real renderer refuses those)."""
-    return seal(render("asr.sif.j2", d=d, signature=SIGNATURE, v=format_value, hex=format_hex))
+    return seal(render("asr.sif.j2", d=d, signature=SIGNATURE, v=format_value, hex=format_hex, opt=format_optional))
 
 
 def _expected_line(text: str, section: str, record: int | None, field: str | None) -> int:

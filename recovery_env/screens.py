@@ -92,8 +92,9 @@ def render_summary(descriptor: Descriptor, inventory: DeviceInventory | None = N
     d = descriptor
     s = d.system
     lines = [
-        f"System:      {s.hostname}  ({s.os_release}, {s.architecture}, {s.firmware.value.upper()} firmware)",
-        f"Captured:    {s.captured_at}  kernel {s.kernel}  written by {s.tool_version}",
+        f"System:      {s.hostname}, {s.os_release}",
+        f"             {s.architecture}, {s.firmware.value.upper()} firmware, kernel {s.kernel}",
+        f"Captured:    {s.captured_at} by {s.tool_version}",
         f"Disks:       {len(d.disks)}",
     ]
     for disk in d.disks:
@@ -117,23 +118,19 @@ def render_summary(descriptor: Descriptor, inventory: DeviceInventory | None = N
         m = d.mount_of(fs.key)
         label = fs.label or "-"
         lines.append(
-            f"  {fs.partition:<8} {fs.type.value:<6} {label:<12} {fs.uuid or '-':<36} {m.mountpoint if m else '-'}"
+            f"  {fs.partition:<8} {fs.type.value:<5} {label:<11} {fs.uuid or '-':<36} {m.mountpoint if m else '-'}"
         )
     b = d.backup
     if b is None:
         lines.append("Backup set:  none recorded")
     else:
         medium = b.media_label or b.media_uuid or "any medium"
-        lines.append(
-            f"Backup set:  {b.path} on {medium}, {len(b.archives)} archives, "
-            f"{b.file_count} files, {b.compression.value}"
-        )
+        lines.append(f"Backup set:  {b.path} on {medium}")
+        lines.append(f"             {len(b.archives)} archives, {b.file_count} files, {b.compression.value}")
     bl = d.bootloader
     lines.append(f"Boot loader: {bl.kind.value}" + (f" on {bl.disk}" if bl.disk else ""))
     if inventory is not None:
-        lines.append(
-            f"Devices:     {len(inventory.devices)} in ASRPNP.SIF, drivers: {', '.join(inventory.modules()) or 'none'}"
-        )
+        lines.append(f"Devices:     {len(inventory.devices)} in ASRPNP.SIF, {len(inventory.modules())} drivers")
     return lines
 
 

@@ -156,16 +156,18 @@ def test_read_cmdline_file(tmp_path: Path) -> None:
 def test_summary_lines() -> None:
     lines = render_summary(sample_descriptor(), sample_inventory())
     text = "\n".join(lines)
-    assert lines[0].startswith("System:      sample-host  (Debian GNU/Linux 12 (bookworm), x86_64, UEFI firmware)")
+    assert lines[0] == "System:      sample-host, Debian GNU/Linux 12 (bookworm)"
+    assert lines[1] == "             x86_64, UEFI firmware, kernel 6.1.0-56-amd64"
+    assert all(len(line) <= WIDTH - 4 for line in lines)  # fits the screen body
     assert "disk1       4.0 GiB  GPT   critical  (was /dev/sda, QEMU HARDDISK)" in text
     assert "disk1p1     512 MiB  EFI System  [esp]" in text
     assert re.search(r"disk1p2 +3\.0 GiB +Linux filesystem", text)
     assert re.search(r"disk1p2 +ext4 +root +aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee +/$", text, re.M)
     assert re.search(r"disk1p1 +vfat +EFI +ABCD-1234 +/boot/efi$", text, re.M)
     assert re.search(r"disk1p3 +swap +- +\S+ +swap$", text, re.M)
-    assert "Backup set:  /asr/sample-host on ASRBACKUP, 2 archives, 1234 files, zstd" in text
+    assert "Backup set:  /asr/sample-host on ASRBACKUP\n             2 archives, 1234 files, zstd" in text
     assert "Boot loader: grub-efi on disk1" in text
-    assert "drivers: ata_piix" in text
+    assert "Devices:     1 in ASRPNP.SIF, 1 drivers" in text
     assert summary_log_line(sample_descriptor()) == "summary: host=sample-host disks=1 partitions=3 filesystems=3"
 
 
@@ -418,8 +420,9 @@ def test_crash_report_is_one_line_on_screen_and_the_traceback_in_the_log(tmp_pat
     consoles = Consoles.open([ConsoleSpec(os.ttyname(vga_s)), ConsoleSpec(os.ttyname(ser_s), serial=True)])
     log = tmp_path / "run" / "asr-agent.log"
     try:
+        table: dict[str, int] = {}
         try:
-            {}["missing"]  # a real exception with a real traceback
+            table["missing"]  # a real exception with a real traceback
         except KeyError as e:
             report_crash(consoles, e, str(log))
         time.sleep(0.1)

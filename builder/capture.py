@@ -7,6 +7,9 @@ An ordered list of steps over a request; every refusal is checked before anythin
 2. ``read_layout`` (recovery_env.layout): lsblk, sfdisk, blkid, dumpe2fs, fstab → disks, partitions, filesystems,
    mounts, boot loader; LVM/MD/LUKS → UnsupportedLayoutError listing them all.
 3. ``find_sources``: each filesystem to back up must be mounted at ROOT/mountpoint (LayoutError otherwise).
+   The fallback: a vfat filesystem (an ESP) that fstab lists but that is not mounted -- a host kernel without
+   vfat cannot mount it -- is read with mtools (``mcopy -s -m``) into a staging directory, whose entries get the
+   modes and owner that a mount with the fstab options shows; that directory is archived like any other.
 4. ``check_destination``: DIR must be empty (or absent) and not on a filesystem of a critical disk nor on one that
    is backed up (XP's rule: the backup must not sit on a volume that restore formats) → DestinationError.
 5. ``check_space``: free space of DIR's filesystem ≥ the estimate (used bytes of the archived filesystems ×
@@ -26,6 +29,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -36,6 +40,7 @@ from builder.sif_render import render_asr_sif, render_asrpnp_sif
 from recovery_env import __version__
 from recovery_env.backupset import (
     BackupResult,
+    SourceReader,
     check_destination,
     check_root,
     check_space,
@@ -43,6 +48,7 @@ from recovery_env.backupset import (
     make_backup_record,
     make_backup_set,
     plan_archives,
+    stage_fat_source,
 )
 from recovery_env.descriptor import Compression, Descriptor, DeviceInventory, Firmware
 from recovery_env.errors import LayoutError
@@ -158,11 +164,15 @@ def capture(
         exclude_dirs.append("/" + str(dest.relative_to(root)))
     except ValueError:
         pass
-    jobs = plan_archives([(s.fs, s.mountpoint, str(s.directory), s.used_bytes) for s in sources],
-                         excludes=req.excludes, exclude_dirs=exclude_dirs, compression=req.compression)
     created = not dest.exists()
     written: list[Path] = []
+    staging = Path(tempfile.mkdtemp(prefix="asr-fat-")) if any(
+        s.reader is SourceReader.MTOOLS for s in sources) else None
     try:
+        dirs = {s.fs: (stage_fat_source(s, staging / s.fs) if staging is not None and s.reader is
+                       SourceReader.MTOOLS else s.directory) for s in sources}
+        jobs = plan_archives([(s.fs, s.mountpoint, str(dirs[s.fs]), s.used_bytes) for s in sources],
+                             excludes=req.excludes, exclude_dirs=exclude_dirs, compression=req.compression)
         dest.mkdir(parents=True, exist_ok=True)
         written += [dest / j.file for j in jobs] + [dest / "MANIFEST"]
         result = make_backup_set(jobs, dest, progress=progress)
@@ -181,8 +191,13 @@ def capture(
         if created:
             shutil.rmtree(dest, ignore_errors=True)
         raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     files = (ASR_SIF, ASRPNP_SIF, result.manifest, *(a.file for a in result.archives))
-    notes = layout.notes
+    notes = layout.notes + tuple(
+        f"{s.mountpoint} ({s.fs}, {s.device}) {s.reader.describe}" for s in sources
+        if s.reader is SourceReader.MTOOLS)
     if root != Path("/"):
         notes += (f"ASRPNP.SIF lists no devices: --root {root} is another system than this machine's hardware",)
     return CaptureResult(dest, descriptor, inventory, result, notes, files, time.monotonic() - started)

@@ -113,8 +113,8 @@ def check_spec(spec: VMSpec) -> None:
     for what, path in files:
         if path is not None and not path.is_file():
             raise InputError(f"{what} {path} does not exist (build the media first with `asr build`)")
-    if spec.iso is None and spec.kernel is None:
-        raise InputError("nothing to boot: give an ISO or a kernel")
+    if spec.iso is None and spec.kernel is None and not spec.disks:
+        raise InputError("nothing to boot: give an ISO, a kernel or a disk")
     if not re.fullmatch(r"\d+[MG]?", spec.memory):
         raise InputError(f"memory {spec.memory!r}: expected a size like 512M or 1G")
 

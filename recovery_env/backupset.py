@@ -46,7 +46,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from recovery_env.descriptor import Archive, BackupSet, Compression
+from recovery_env.descriptor import Archive, BackupSet, Compression, FsType
 from recovery_env.errors import (
     BackupSetError,
     DestinationError,
@@ -56,7 +56,7 @@ from recovery_env.errors import (
     NotRootError,
 )
 from recovery_env.layout import DiskFacts, Layout
-from recovery_env.run import run_feed, run_pipe
+from recovery_env.run import run, run_feed, run_pipe
 
 MANIFEST_NAME = "MANIFEST"
 MANIFEST_HEADER = {"format": "asr-manifest", "version": 1}
@@ -598,6 +598,18 @@ COMPRESSION_ESTIMATE = 0.6
 SPACE_MARGIN = 16 << 20
 
 
+class SourceReader(StrEnum):
+    """How the files of a backed-up filesystem are read."""
+
+    MOUNTED = "mounted"  # through the directory it is mounted at (the normal case)
+    MTOOLS = "mtools"  # a FAT filesystem in fstab but not mounted: read with mtools into a staging directory
+
+    @property
+    def describe(self) -> str:
+        return {"mounted": "read where it is mounted", "mtools": "not mounted: read with mtools (fallback)"}[
+            self.value]
+
+
 @dataclass(frozen=True)
 class Source:
     fs: str
@@ -605,6 +617,8 @@ class Source:
     directory: Path
     device: str
     used_bytes: int
+    reader: SourceReader = SourceReader.MOUNTED
+    options: str = ""  # the fstab options (the FAT fallback derives modes and owners from them)
 
 
 def check_root(euid: int) -> None:
@@ -613,8 +627,11 @@ def check_root(euid: int) -> None:
                            "system and the disks' partition tables")
 
 
-def find_sources(layout: Layout, root: Path) -> tuple[Source, ...]:
-    """The directory each backed-up filesystem is mounted at under ``root``; refuse one that is not mounted."""
+def find_sources(layout: Layout, root: Path, *, fat_fallback: bool = True) -> tuple[Source, ...]:
+    """The directory each backed-up filesystem is mounted at under ``root``; refuse one that is not mounted.
+
+    The one exception (``fat_fallback``): a vfat filesystem that fstab lists but that is not mounted (a host
+    kernel without vfat cannot mount it) is read with mtools from its device (:data:`SourceReader.MTOOLS`)."""
     out = []
     for m in layout.mounts:
         fs = next(f for f in layout.filesystems if f.key == m.filesystem)
@@ -623,6 +640,10 @@ def find_sources(layout: Layout, root: Path) -> tuple[Source, ...]:
         node = layout.devices[fs.key]
         directory = root / m.mountpoint.lstrip("/")
         if not _is_mounted_from(directory, node):
+            if fat_fallback and fs.type is FsType.VFAT and not os.path.ismount(directory):
+                out.append(Source(fs.key, m.mountpoint, directory, node, read_device_size(node),
+                                  SourceReader.MTOOLS, m.options))
+                continue
             raise LayoutError(
                 f"{m.mountpoint} ({fs.key}, {fs.type.value} on {node}) is not mounted at {directory}: mount it "
                 "there before the capture"
@@ -630,6 +651,97 @@ def find_sources(layout: Layout, root: Path) -> tuple[Source, ...]:
         st = os.statvfs(directory)
         out.append(Source(fs.key, m.mountpoint, directory, node, (st.f_blocks - st.f_bfree) * st.f_frsize))
     return tuple(out)
+
+
+def read_device_size(node: str, sys_root: Path = Path("/sys")) -> int:
+    """Bytes of a block device from sysfs (the used-bytes estimate of a FAT source read with mtools)."""
+    try:
+        return int((sys_root / "class" / "block" / os.path.basename(os.path.realpath(node)) / "size")
+                   .read_text()) * 512
+    except (OSError, ValueError):
+        return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The FAT fallback: a vfat filesystem that is not mounted, read with mtools
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FatView:
+    """What a Linux vfat mount with given options shows for each file: modes, owner (FAT stores none of them)."""
+
+    file_mode: int
+    dir_mode: int
+    uid: int
+    gid: int
+    showexec: bool = False
+
+    def mode_of(self, name: str, is_dir: bool) -> int:
+        if is_dir:
+            return self.dir_mode
+        if self.showexec and not name.upper().endswith((".EXE", ".COM", ".BAT")):
+            return self.file_mode & ~0o111
+        return self.file_mode
+
+
+def plan_fat_view(options: str, default_umask: int = 0o022) -> FatView:
+    """The modes and owner a vfat mount with fstab ``options`` gives (kernel rules: umask sets both masks,
+    fmask/dmask override, octal values; uid/gid default 0).  Pure."""
+    opts: dict[str, str] = {}
+    flags: set[str] = set()
+    for o in options.split(","):
+        k, sep, v = o.partition("=")
+        if sep:
+            opts[k] = v
+        else:
+            flags.add(k)
+
+    def octal(key: str, default: int) -> int:
+        try:
+            return int(opts[key], 8) if key in opts else default
+        except ValueError:
+            raise BackupSetError(f"vfat option {key}={opts[key]!r}: not an octal mask") from None
+
+    def number(key: str) -> int:
+        try:
+            return int(opts.get(key, "0"))
+        except ValueError:
+            raise BackupSetError(f"vfat option {key}={opts[key]!r}: not a number") from None
+
+    umask = octal("umask", default_umask)
+    return FatView(0o777 & ~octal("fmask", umask), 0o777 & ~octal("dmask", umask), number("uid"), number("gid"),
+                   "showexec" in flags)
+
+
+def stage_fat_source(source: Source, staging: Path) -> Path:
+    """Copy every file of an unmounted FAT filesystem into ``staging`` with mtools (``mcopy -s -m``: the real
+    reader of the real filesystem, keeping mtimes), then give each entry the mode and owner a mount with the
+    fstab options shows, and the root directory the time a FAT root shows (0: it has no directory entry).
+    Returns ``staging``, the directory to archive in place of the mount point."""
+    view = plan_fat_view(source.options)
+    staging.mkdir(parents=True, exist_ok=True)
+    # TZ=UTC: FAT stores local times; the rescue kernel reads them as UTC (sys_tz 0), so mtools must too
+    listing = run(["mdir", "-b", "-i", source.device, "::/"], check=False, env={"TZ": "UTC", "MTOOLS_SKIP_CHECK": "1"})
+    if listing.returncode == 0 and listing.stdout.strip():
+        run(["mcopy", "-s", "-m", "-n", "-Q", "-i", source.device, "::/*", str(staging)],
+            env={"TZ": "UTC", "MTOOLS_SKIP_CHECK": "1"})
+    elif listing.returncode != 0:
+        raise BackupSetError(f"{source.mountpoint} ({source.fs}): mtools cannot read {source.device}: "
+                             f"{listing.stderr.strip()}")
+    for dirpath, dirnames, filenames in os.walk(staging):
+        for name in dirnames:
+            p = os.path.join(dirpath, name)
+            os.chown(p, view.uid, view.gid, follow_symlinks=False)
+            os.chmod(p, view.mode_of(name, True))
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            os.chown(p, view.uid, view.gid, follow_symlinks=False)
+            os.chmod(p, view.mode_of(name, False))
+    os.chown(staging, view.uid, view.gid)
+    os.chmod(staging, view.dir_mode)
+    os.utime(staging, (0, 0))
+    return staging
 
 
 def _is_mounted_from(directory: Path, node: str) -> bool:

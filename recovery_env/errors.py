@@ -103,6 +103,10 @@ class BackupSetError(MediaError):
     """A backup set is missing, incomplete, or fails its checksums."""
 
 
+class BackupMediaMissingError(MediaError):
+    """The medium holding the backup set that the descriptor names is not attached (or holds no such set)."""
+
+
 class CaptureRefused(InputError):
     """`asr backup` refuses to capture this machine (not root, destination on a system volume, LVM/MD/LUKS...)."""
 

@@ -1,0 +1,348 @@
+"""The restore flow as functions the agent's states call: find and check the backup set, find and match the
+target disks, plan, execute, write the run's log into the restored system.
+
+Standard library only (this runs in the boot media).  Pure parts -- choosing the backup medium among the probed
+filesystems (:func:`plan_backup_search`), finding the boot medium (:func:`find_boot_media`), the progress bar
+(:func:`render_progress_bar`), the log file name -- are functions of data, tested on the host.  The thin readers
+and doers (``read_*``, ``mount_*``, :func:`locate_backup`, :func:`find_targets`) gather facts with
+:mod:`recovery_env.run` and the kernel's files.
+
+Where the backup set comes from, in order:
+
+1. the filesystem whose UUID (else label) the descriptor's [BACKUP] names, mounted read-only at
+   ``/run/asr/backup``, the set at [BACKUP] path on it;
+2. the boot medium itself (``asr build --embed-backup DIR`` puts the set at ``/asr/backup`` on the ISO), mounted
+   read-only at ``/run/asr/media``;
+3. when the descriptor names no medium at all, any filesystem holding [BACKUP] path with its MANIFEST.
+
+Whatever is found is checked (:func:`recovery_env.backupset.check_backup_set`: every archive's size and SHA-256,
+the MANIFEST's SHA-256) before any disk is touched.  The disks holding the boot medium and the backup medium are
+never restore targets (:func:`recovery_env.discover.find_media_disks`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from recovery_env.backupset import check_backup_set
+from recovery_env.descriptor import BackupSet, Descriptor
+from recovery_env.discover import (
+    TargetDisk,
+    find_disks,
+    find_media_disks,
+    format_size,
+    parse_mountinfo,
+)
+from recovery_env.errors import BackupMediaMissingError, ToolError
+from recovery_env.execute import Progress
+from recovery_env.layout import parse_blkid_export
+from recovery_env.plan import DiskMatch, RestorePlan, match_disks, plan_restore
+from recovery_env.run import run
+
+BACKUP_MOUNT = "/run/asr/backup"
+MEDIA_MOUNT = "/run/asr/media"
+TARGET_ROOT = "/target"
+RESCUE_GRUB_DIR = "/usr/lib/grub"
+MODULES_LOADED = "/run/asr/modules-loaded"  # /init touches it when the late kernel modules (ext4, ...) are in
+MEDIA_LABEL = "ASR_RECOVERY"  # the ISO's volume id (builder.build.VOLUME_ID)
+EMBEDDED_DIR = "asr/backup"  # where `asr build --embed-backup` puts the set on the ISO
+LOG_DIR = "var/log/asr"  # in the restored system
+
+# Block devices never probed for a backup medium: floppy drives (probing an empty one takes seconds), RAM disks,
+# compressed swap.
+UNPROBED_PREFIXES: tuple[str, ...] = ("fd", "ram", "zram")
+# Filesystems a backup medium (or the boot medium) may carry, and their read-only mount options.
+MEDIA_FS_OPTIONS: dict[str, str] = {
+    "ext4": "ro",
+    "ext3": "ro",
+    "ext2": "ro",
+    "xfs": "ro,norecovery",
+    "btrfs": "ro",
+    "vfat": "ro,codepage=437,iocharset=iso8859-1",
+    "iso9660": "ro",
+}
+
+
+class Source(StrEnum):
+    """Where a backup set was found."""
+
+    UUID = "uuid"
+    LABEL = "label"
+    EMBEDDED = "embedded"
+    SEARCH = "search"
+
+    @property
+    def describe(self) -> str:
+        return {
+            "uuid": "the filesystem with the recorded UUID",
+            "label": "the filesystem with the recorded label",
+            "embedded": "the boot medium (embedded backup set)",
+            "search": "a filesystem holding the recorded path",
+        }[self.value]
+
+
+@dataclass(frozen=True)
+class BlockFs:
+    """A filesystem on a block device, as ``blkid -p`` shows it."""
+
+    device: str
+    type: str
+    label: str = ""
+    uuid: str = ""
+
+    def describe(self) -> str:
+        what = ", ".join(x for x in (self.type, f"label {self.label!r}" if self.label else "", self.uuid) if x)
+        return f"{self.device} ({what})"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A place to look for the backup set: mount ``fs`` at ``mountpoint``, the set is in ``subdir`` of it."""
+
+    fs: BlockFs
+    mountpoint: str
+    subdir: str
+    source: Source
+
+    @property
+    def directory(self) -> str:
+        return os.path.normpath(os.path.join(self.mountpoint, self.subdir.lstrip("/")))
+
+
+@dataclass(frozen=True)
+class BackupLocation:
+    directory: str  # where the archives and the MANIFEST are
+    device: str
+    mountpoint: str
+    source: Source
+
+    def describe(self) -> str:
+        return f"{self.directory} on {self.device} ({self.source.describe})"
+
+
+# ----------------------------------------------------------------------------------------------------- pure
+
+
+def find_boot_media(filesystems: Sequence[BlockFs], label: str = MEDIA_LABEL) -> list[BlockFs]:
+    """The ASR boot medium: an ISO 9660 filesystem with the media's volume id."""
+    return [f for f in filesystems if f.type == "iso9660" and f.label == label]
+
+
+def plan_backup_search(
+    backup: BackupSet, filesystems: Sequence[BlockFs], boot_media: Sequence[BlockFs] = ()
+) -> list[Candidate]:
+    """Where to look for the backup set, best first (see the module docstring).  The boot medium is only a
+    candidate for its embedded set; a filesystem is listed once."""
+    out: list[Candidate] = []
+    boot = {f.device for f in boot_media}
+    seen: set[tuple[str, str]] = set()
+
+    def add(fs: BlockFs, mountpoint: str, subdir: str, source: Source) -> None:
+        if (fs.device, subdir) not in seen:
+            seen.add((fs.device, subdir))
+            out.append(Candidate(fs, mountpoint, subdir, source))
+
+    others = [f for f in filesystems if f.device not in boot and f.type in MEDIA_FS_OPTIONS]
+    if backup.media_uuid:
+        for f in others:
+            if f.uuid.lower() == backup.media_uuid.lower():
+                add(f, BACKUP_MOUNT, backup.path, Source.UUID)
+    if backup.media_label:
+        for f in others:
+            if f.label == backup.media_label:
+                add(f, BACKUP_MOUNT, backup.path, Source.LABEL)
+    for f in boot_media:
+        add(f, MEDIA_MOUNT, EMBEDDED_DIR, Source.EMBEDDED)
+    if not backup.media_uuid and not backup.media_label:
+        for f in others:
+            add(f, BACKUP_MOUNT, backup.path, Source.SEARCH)
+    return out
+
+
+def describe_wanted(backup: BackupSet) -> str:
+    """How the error names the medium it looked for."""
+    named = [x for x in (f"UUID {backup.media_uuid}" if backup.media_uuid else "",
+                         f"label {backup.media_label!r}" if backup.media_label else "") if x]
+    return f"the filesystem with {' or '.join(named)}" if named else "a filesystem"
+
+
+def render_progress_bar(p: Progress, width: int = 16) -> str:
+    """``[####............]  25% 3.0 MiB of 12.0 MiB 1.5 MiB/s ETA 0:06``: with the step's mount point it fits
+    the 80-column status row."""
+    fill = int(p.fraction * width)
+    eta = p.eta
+    left = f" ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else ""
+    return (f"[{'#' * fill}{'.' * (width - fill)}] {p.fraction:4.0%} {format_size(p.done)} of "
+            f"{format_size(p.total)} {format_size(int(p.rate))}/s{left}")
+
+
+def make_log_name(when: float) -> str:
+    return time.strftime("restore-%Y%m%d-%H%M%S.log", time.gmtime(when))
+
+
+# ----------------------------------------------------------------------------------------------------- readers
+
+
+def read_block_filesystems(sys_root: Path = Path("/sys"), dev_root: str = "/dev") -> list[BlockFs]:
+    """Every filesystem on the block devices of this machine (whole disks and partitions), by ``blkid -p``."""
+    out: list[BlockFs] = []
+    block = sys_root / "class" / "block"
+    for entry in sorted(block.iterdir()) if block.is_dir() else []:
+        name = entry.name
+        if name.startswith(UNPROBED_PREFIXES):
+            continue
+        if name.startswith("loop") and not (entry / "loop").is_dir() and not (entry / "partition").is_file():
+            continue  # an unused loop device
+        try:
+            if int((entry / "size").read_text()) == 0:
+                continue  # an empty CD drive, a loop device without a file
+        except (OSError, ValueError):
+            continue
+        device = f"{dev_root}/{name}"
+        proc = run(["blkid", "-p", "-o", "export", device], check=False)
+        probe = parse_blkid_export(proc.stdout) if proc.returncode == 0 else {}
+        if probe.get("TYPE"):
+            out.append(BlockFs(device, probe["TYPE"], probe.get("LABEL", ""), probe.get("UUID", "")))
+    return out
+
+
+def read_mounted(mountpoint: str, proc_root: Path = Path("/proc")) -> str | None:
+    """The device mounted at ``mountpoint`` (None when nothing is)."""
+    try:
+        text = (proc_root / "self" / "mountinfo").read_text()
+    except OSError:
+        return None
+    for m in reversed(parse_mountinfo(text)):
+        if m.mountpoint == os.path.normpath(mountpoint):
+            return m.source
+    return None
+
+
+def wait_for_file(path: str, timeout: float) -> bool:
+    """Wait (polling) until ``path`` exists: /init's flag that the late kernel modules are loaded."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def mount_readonly(fs: BlockFs, mountpoint: str) -> None:
+    """Mount ``fs`` read-only at ``mountpoint`` (whatever was mounted there first is unmounted)."""
+    os.makedirs(mountpoint, exist_ok=True)
+    current = read_mounted(mountpoint)
+    if current == fs.device:
+        return
+    if current is not None:
+        run(["umount", mountpoint])
+    run(["mount", "-t", fs.type, "-o", MEDIA_FS_OPTIONS.get(fs.type, "ro"), fs.device, mountpoint])
+
+
+def unmount(mountpoint: str) -> None:
+    if read_mounted(mountpoint) is not None:
+        run(["umount", mountpoint], check=False)
+
+
+# ----------------------------------------------------------------------------------------------------- doers
+
+Log = Callable[[str], None]
+
+
+def mount_boot_media(filesystems: Sequence[BlockFs], log: Log) -> BlockFs | None:
+    """Mount the boot medium read-only at /run/asr/media (so that its disk is excluded and an embedded backup set
+    can be read); None when there is none (a direct kernel boot without the ISO attached)."""
+    for fs in find_boot_media(filesystems):
+        try:
+            mount_readonly(fs, MEDIA_MOUNT)
+        except ToolError as e:
+            log(f"boot medium {fs.describe()}: cannot mount it: {e.stderr.strip() or e}")
+            continue
+        log(f"boot medium: {fs.describe()} at {MEDIA_MOUNT}")
+        return fs
+    return None
+
+
+def locate_backup(backup: BackupSet, log: Log, *, modules_timeout: float = 60.0) -> BackupLocation:
+    """Find and mount the backup medium; return where the set is.  BackupMediaMissingError when it is nowhere
+    (naming what was looked for and what this machine has).  Nothing is written anywhere."""
+    # /init makes /run/asr and touches the flag when the late modules (ext4, ...) are loaded; outside the boot
+    # media (a test on a host) there is nothing to wait for
+    if os.path.isdir(os.path.dirname(MODULES_LOADED)) and not wait_for_file(MODULES_LOADED, modules_timeout):
+        log(f"warning: {MODULES_LOADED} did not appear within {modules_timeout:g} s; probing anyway")
+    filesystems = read_block_filesystems()
+    boot = mount_boot_media(filesystems, log)
+    candidates = plan_backup_search(backup, filesystems, [boot] if boot else [])
+    tried: list[str] = []
+    for c in candidates:
+        if c.source is not Source.EMBEDDED:
+            try:
+                mount_readonly(c.fs, c.mountpoint)
+            except ToolError as e:
+                tried.append(f"{c.fs.describe()}: cannot mount it ({(e.stderr or str(e)).strip()})")
+                continue
+        manifest = os.path.join(c.directory, backup.manifest)
+        if os.path.isfile(manifest):
+            location = BackupLocation(c.directory, c.fs.device, c.mountpoint, c.source)
+            log(f"backup set found: {location.describe()}")
+            return location
+        tried.append(f"{c.fs.describe()}: no {c.subdir.rstrip('/')}/{backup.manifest}")
+        if c.source is not Source.EMBEDDED:
+            unmount(c.mountpoint)
+    seen = "; ".join(f.describe() for f in filesystems) or "none"
+    looked = ("; looked at: " + "; ".join(tried)) if tried else ""
+    raise BackupMediaMissingError(
+        f"the backup medium is not attached: the descriptor names {describe_wanted(backup)} holding "
+        f"{backup.path}{looked}; filesystems on this machine: {seen}. Attach the backup disk and retry."
+    )
+
+
+def verify_backup(location: BackupLocation, backup: BackupSet) -> None:
+    """Every archive and the MANIFEST with their recorded size and SHA-256 (BackupSetError otherwise)."""
+    check_backup_set(Path(location.directory), backup)
+
+
+def find_targets(floppy: str = "") -> tuple[list[TargetDisk], dict[str, str]]:
+    """The disks of this machine and the ones that must never be written: those holding the boot medium, the
+    backup medium and the floppy."""
+    exclude = find_media_disks([p for p in (MEDIA_MOUNT, BACKUP_MOUNT) if read_mounted(p) is not None])
+    if floppy.startswith("/dev/"):
+        exclude.setdefault(floppy, "the ASR floppy")
+    return find_disks(), exclude
+
+
+def make_match(
+    descriptor: Descriptor,
+    targets: Sequence[TargetDisk],
+    exclude: Mapping[str, str],
+    *,
+    unattended: bool,
+    pinned: Mapping[str, str] | None = None,
+) -> DiskMatch:
+    return match_disks(descriptor, targets, exclude=exclude, unattended=unattended, pinned=pinned)
+
+
+def make_plan(descriptor: Descriptor, match: DiskMatch, location: BackupLocation) -> RestorePlan:
+    return plan_restore(descriptor, match, target_root=TARGET_ROOT, backup_dir=location.directory,
+                        rescue_grub_dir=RESCUE_GRUB_DIR)
+
+
+def write_run_log(plan: RestorePlan, agent_log: str, started: float) -> str:
+    """Copy the agent's log of this run into the restored system's /var/log/asr/; return the file written."""
+    directory = os.path.join(plan.target_root, LOG_DIR)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    path = os.path.join(directory, make_log_name(started))
+    try:
+        with open(agent_log, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as e:
+        text = f"(the agent log {agent_log} could not be read: {e})\n"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+    return path

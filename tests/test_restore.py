@@ -1,0 +1,161 @@
+"""The restore flow's own parts (recovery_env/restore.py) and the capture's FAT fallback (backupset.py): pure
+functions by comparison; the block-device reader with real blkid on real images; the FAT fallback with real
+mtools on a real FAT image.  The whole flow runs in QEMU in test_restore_vm.py."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from builder.build import VOLUME_ID
+from recovery_env.backupset import Source as CaptureSource
+from recovery_env.backupset import SourceReader, plan_fat_view, stage_fat_source
+from recovery_env.descriptor import BackupSet, Compression
+from recovery_env.errors import BackupSetError
+from recovery_env.execute import Progress
+from recovery_env.restore import (
+    BACKUP_MOUNT,
+    MEDIA_LABEL,
+    MEDIA_MOUNT,
+    BlockFs,
+    Source,
+    describe_wanted,
+    find_boot_media,
+    make_log_name,
+    plan_backup_search,
+    read_block_filesystems,
+    render_progress_bar,
+)
+from recovery_env.run import run
+
+
+def backup_set(label: str = "ASRBACKUP", uuid: str = "", path: str = "/asr/host") -> BackupSet:
+    return BackupSet(label, uuid, path, Compression.ZSTD, "MANIFEST", "0" * 64, 10)
+
+
+ISO = BlockFs("/dev/sr0", "iso9660", MEDIA_LABEL, "2026-11-26-00-00-00-00")
+BK = BlockFs("/dev/vdb", "ext4", "ASRBACKUP", "a58ba0f9-fa82-40cf-be1a-bc5e74ecead8")
+OTHER = BlockFs("/dev/vdc1", "ext4", "data", "11111111-2222-4333-8444-555555555555")
+SWAP = BlockFs("/dev/vdc2", "swap", "", "22222222-2222-4333-8444-555555555555")
+
+
+def test_the_boot_medium_is_the_iso_with_the_media_label() -> None:
+    assert MEDIA_LABEL == VOLUME_ID  # the builder names the ISO what the restore looks for
+    assert find_boot_media([OTHER, ISO, BlockFs("/dev/sr1", "iso9660", "OTHER_CD")]) == [ISO]
+
+
+def test_backup_search_by_uuid_then_label_then_the_embedded_set() -> None:
+    wanted = backup_set(uuid=BK.uuid.upper())
+    found = plan_backup_search(wanted, [ISO, OTHER, BK, SWAP], [ISO])
+    assert [(c.fs.device, c.source, c.directory) for c in found] == [
+        ("/dev/vdb", Source.UUID, f"{BACKUP_MOUNT}/asr/host"),  # once, although the label matches too
+        ("/dev/sr0", Source.EMBEDDED, f"{MEDIA_MOUNT}/asr/backup"),
+    ]
+    by_label = plan_backup_search(backup_set(), [OTHER, BK], [])
+    assert [(c.fs.device, c.source) for c in by_label] == [("/dev/vdb", Source.LABEL)]
+
+
+def test_backup_search_never_mounts_the_boot_medium_as_the_backup_medium() -> None:
+    same_label = BlockFs("/dev/sr0", "iso9660", "ASRBACKUP")
+    found = plan_backup_search(backup_set(), [same_label], [same_label])
+    assert [c.source for c in found] == [Source.EMBEDDED]
+
+
+def test_backup_search_without_a_named_medium_tries_every_filesystem_with_files() -> None:
+    found = plan_backup_search(backup_set(label=""), [OTHER, BK, SWAP], [])
+    assert [(c.fs.device, c.source) for c in found] == [("/dev/vdc1", Source.SEARCH), ("/dev/vdb", Source.SEARCH)]
+    assert plan_backup_search(backup_set(label="NOPE"), [OTHER, BK, SWAP], []) == []
+
+
+def test_describe_wanted() -> None:
+    assert describe_wanted(backup_set(uuid="abc")) == "the filesystem with UUID abc or label 'ASRBACKUP'"
+    assert describe_wanted(backup_set(label="")) == "a filesystem"
+
+
+def test_progress_bar_fits_the_status_row() -> None:
+    bar = render_progress_bar(Progress("restore /", 3 << 20, 12 << 20, 2.0))
+    assert bar == "[####............]  25% 3.0 MiB of 12.0 MiB 1.5 MiB/s ETA 0:06"
+    assert len("restore / " + render_progress_bar(Progress("x", 999 << 20, 1000 << 20, 1.0))) <= 79  # else cut
+    assert "ETA" not in render_progress_bar(Progress("x", 0, 10, 0.0))
+
+
+def test_log_name() -> None:
+    assert make_log_name(1764118923) == "restore-20251126-010203.log"
+
+
+# -- real blkid on real images -------------------------------------------------------------------------------
+
+
+def test_block_filesystems_read_with_blkid(tmp_path: Path) -> None:
+    """A fake /sys/class/block naming image files as devices: blkid -p probes the real images."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    run(["mke2fs", "-q", "-t", "ext4", "-L", "ASRBACKUP", "-U", BK.uuid, str(dev / "vdb"), "8M"])
+    (dev / "vdc").write_bytes(bytes(1 << 20))  # blank: no filesystem
+    (dev / "fd0").write_bytes(b"")  # never probed
+    block = tmp_path / "sys" / "class" / "block"
+    for name, size in (("vdb", 16384), ("vdc", 2048), ("fd0", 2880), ("sr0", 0)):
+        (block / name).mkdir(parents=True)
+        (block / name / "size").write_text(f"{size}\n")
+    found = read_block_filesystems(tmp_path / "sys", str(dev))
+    assert found == [BlockFs(str(dev / "vdb"), "ext4", "ASRBACKUP", BK.uuid)]
+
+
+# -- the capture's FAT fallback ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "want"),
+    [
+        ("umask=0077", (0o700, 0o700, 0, 0)),
+        ("defaults", (0o755, 0o755, 0, 0)),
+        ("fmask=0133,dmask=0022,uid=1000,gid=100", (0o644, 0o755, 1000, 100)),
+        ("umask=077,fmask=0177", (0o600, 0o700, 0, 0)),
+    ],
+)
+def test_fat_view_follows_the_kernel_rules(options: str, want: tuple[int, int, int, int]) -> None:
+    v = plan_fat_view(options)
+    assert (v.file_mode, v.dir_mode, v.uid, v.gid) == want
+
+
+def test_fat_view_showexec_and_bad_values() -> None:
+    v = plan_fat_view("showexec")
+    assert (v.mode_of("GRUB.CFG", False), v.mode_of("SETUP.EXE", False), v.mode_of("EFI", True)) == (
+        0o644, 0o755, 0o755)  # fmt: skip
+    with pytest.raises(BackupSetError, match=r"umask='8x': not an octal mask"):
+        plan_fat_view("umask=8x")
+
+
+def test_fat_source_staged_with_mtools(tmp_path: Path) -> None:
+    """A real FAT image read by mcopy: every file with its content and mtime, modes and owner as a mount with the
+    fstab options would show them, the root directory dated 0 (FAT's root has no entry)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (chown of the staged files)")
+    img = tmp_path / "esp.img"
+    run(["mkfs.vfat", "-C", str(img), "8192"])
+    (tmp_path / "BOOTX64.EFI").write_bytes(b"MZ loader" * 100)
+    env = {"TZ": "UTC", "MTOOLS_SKIP_CHECK": "1"}
+    run(["mmd", "-i", str(img), "::/EFI", "::/EFI/BOOT", "::/EFI/debian"], env=env)
+    run(["mcopy", "-m", "-i", str(img), str(tmp_path / "BOOTX64.EFI"), "::/EFI/BOOT/BOOTX64.EFI"], env=env)
+    os.utime(tmp_path / "BOOTX64.EFI", (1700000000, 1700000000))
+    run(["mcopy", "-m", "-o", "-i", str(img), str(tmp_path / "BOOTX64.EFI"), "::/EFI/BOOT/BOOTX64.EFI"], env=env)
+    src = CaptureSource("fs1", "/boot/efi", tmp_path / "mnt", str(img), 0, SourceReader.MTOOLS, "uid=7,umask=0027")
+    staged = stage_fat_source(src, tmp_path / "staging")
+    f = staged / "EFI" / "BOOT" / "BOOTX64.EFI"
+    assert f.read_bytes() == b"MZ loader" * 100
+    st = f.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime)) == (0o750, 7, 0, 1700000000)
+    assert stat.S_IMODE((staged / "EFI" / "debian").stat().st_mode) == 0o750
+    assert (stat.S_IMODE(staged.stat().st_mode), int(staged.stat().st_mtime)) == (0o750, 0)
+    empty = tmp_path / "empty.img"
+    run(["mkfs.vfat", "-C", str(empty), "1024"])
+    src_empty = CaptureSource("fs1", "/boot/efi", tmp_path, str(empty), 0, SourceReader.MTOOLS, "")
+    assert list(stage_fat_source(src_empty, tmp_path / "staging2").iterdir()) == []
+    broken = tmp_path / "broken.img"
+    broken.write_bytes(bytes(1 << 20))
+    with pytest.raises(BackupSetError, match=r"/boot/efi \(fs1\): mtools cannot read"):
+        stage_fat_source(CaptureSource("fs1", "/boot/efi", tmp_path, str(broken), 0, SourceReader.MTOOLS, ""),
+                         tmp_path / "staging3")

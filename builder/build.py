@@ -24,7 +24,7 @@ from pathlib import Path
 
 from builder import bootloader
 from builder.fatimage import make_esp, make_floppy
-from builder.initramfs import DEFAULT_EPOCH, RescueEnv, check_budget, make_rescue_env
+from builder.initramfs import DEFAULT_EPOCH, check_budget, make_rescue_env
 from builder.iso import make_iso
 from builder.packages import PackageSet, cache_dir, fetch_packages
 from builder.sample import sample_descriptor, sample_inventory
@@ -34,6 +34,11 @@ from recovery_env.errors import DescriptorMissingError, InputError
 from recovery_env.sif import parse_asr_sif, parse_asrpnp_sif
 
 log = logging.getLogger("asr.build")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Everything the rescue environment is made from, besides the build parameters: a change to any file here
+#: makes the cached kernel + initramfs stale.
+RESCUE_INPUTS: tuple[str, ...] = ("builder", "recovery_env", "templates", "packages.lock")
 
 ISO_NAME = "asr.iso"
 FLOPPY_NAME = "asr-floppy.img"
@@ -72,6 +77,7 @@ class BuildResult:
     initramfs_raw_size: int
     kernel_version: str
     breakdown: dict[str, int]
+    rescue_cached: bool
     steps: tuple[StepTime, ...]
     descriptor_source: str
     hostname: str
@@ -155,6 +161,87 @@ def read_descriptor(path: Path | None) -> Descriptors:
     return Descriptors(text, pnp_text, descriptor, inventory, str(sif))
 
 
+@dataclass(frozen=True)
+class RescueImage:
+    """What the media need of the rescue environment: kernel, compressed initramfs, and its size facts."""
+
+    kernel: bytes
+    initramfs: bytes
+    kernel_version: str
+    raw_size: int
+    breakdown: dict[str, int]
+    cached: bool = False
+
+
+def rescue_cache_key(*, epoch: int, agent_override: bytes | None, optional_modules: tuple[str, ...]) -> str:
+    """A digest of every input of the rescue environment: the sources and templates of asr, the package lock
+    (which pins every .deb by SHA-256) and the build parameters."""
+    h = hashlib.sha256()
+    for top in RESCUE_INPUTS:
+        base = REPO_ROOT / top
+        files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file() and p.suffix != ".pyc")
+        for f in files:
+            h.update(str(f.relative_to(REPO_ROOT)).encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    params = {"epoch": epoch, "optional_modules": list(optional_modules)}
+    h.update(json.dumps(params, sort_keys=True).encode())
+    h.update(hashlib.sha256(agent_override).digest() if agent_override is not None else b"agent")
+    return h.hexdigest()
+
+
+def read_cached_rescue(directory: Path) -> RescueImage | None:
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        return RescueImage(
+            kernel=(directory / "vmlinuz").read_bytes(),
+            initramfs=(directory / "initrd.img").read_bytes(),
+            kernel_version=str(meta["kernel_version"]),
+            raw_size=int(meta["raw_size"]),
+            breakdown={str(k): int(v) for k, v in meta["breakdown"].items()},
+            cached=True,
+        )
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def write_cached_rescue(directory: Path, image: RescueImage) -> None:
+    tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "vmlinuz").write_bytes(image.kernel)
+    (tmp / "initrd.img").write_bytes(image.initramfs)
+    meta = {"kernel_version": image.kernel_version, "raw_size": image.raw_size, "breakdown": image.breakdown}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    try:
+        tmp.rename(directory)
+    except OSError:  # another build wrote it first: theirs is the same
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+
+
+def make_rescue_image(
+    pkgs: PackageSet,
+    *,
+    epoch: int,
+    agent_override: bytes | None,
+    optional_modules: tuple[str, ...],
+    cache_root: Path | None,
+) -> RescueImage:
+    """The rescue environment, from the cache when every input is unchanged (``cache_root`` None: no cache)."""
+    slot = None
+    if cache_root is not None:
+        key = rescue_cache_key(epoch=epoch, agent_override=agent_override, optional_modules=optional_modules)
+        slot = cache_root / "rescue" / key
+        hit = read_cached_rescue(slot)
+        if hit is not None:
+            log.info("rescue environment from the cache: %s", slot)
+            return hit
+    env = make_rescue_env(pkgs, epoch=epoch, agent_override=agent_override, optional_modules=optional_modules)
+    image = RescueImage(env.kernel, env.initramfs, env.kernel_version, env.raw_size, dict(env.breakdown))
+    if slot is not None:
+        write_cached_rescue(slot, image)
+    return image
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -163,7 +250,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _budget_contributors(env: RescueEnv, esp: bytes, loaders: bootloader.BootLoaders) -> dict[str, int]:
+def _budget_contributors(env: RescueImage, esp: bytes, loaders: bootloader.BootLoaders) -> dict[str, int]:
     """What the ISO is made of, for the budget error: the initramfs share per group is scaled from raw to
     compressed so that the parts add up to what is on the medium."""
     raw = {k: v for k, v in env.breakdown.items() if k != "kernel"}
@@ -187,9 +274,16 @@ def build_media(
     append: tuple[str, ...] = (),
     budget_mb: float | None = None,
     agent_override: bytes | None = None,
+    use_cache: bool | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> BuildResult:
-    """Build ``out/asr.iso`` and ``out/asr-floppy.img``.  See the module docstring for the steps."""
+    """Build ``out/asr.iso`` and ``out/asr-floppy.img``.  See the module docstring for the steps.
+
+    The rescue environment (kernel + initramfs) is taken from ``<cache>/rescue/<digest of every input>`` when
+    it was built before; ``use_cache=False`` (or ``ASR_NO_CACHE=1``) always builds it afresh.
+    """
+    if use_cache is None:
+        use_cache = os.environ.get("ASR_NO_CACHE") != "1"
     ctx = BuildContext(
         out=out,
         epoch=source_date_epoch() if epoch is None else epoch,
@@ -207,8 +301,12 @@ def build_media(
     with ctx.step("fetch_packages"):
         pkgs: PackageSet = fetch_packages(cache_dir(ctx.cache))
     with ctx.step("make_rescue_env"):
-        env = make_rescue_env(
-            pkgs, epoch=ctx.epoch, agent_override=agent_override, extra_modules=desc.inventory.modules()
+        env = make_rescue_image(
+            pkgs,
+            epoch=ctx.epoch,
+            agent_override=agent_override,
+            optional_modules=desc.inventory.modules(),
+            cache_root=cache_dir(ctx.cache).parent if use_cache else None,
         )
     with ctx.step("make_boot_loaders"):
         loaders = bootloader.make_boot_loaders(pkgs.deb)
@@ -267,6 +365,7 @@ def build_media(
         initramfs_raw_size=env.raw_size,
         kernel_version=env.kernel_version,
         breakdown=dict(env.breakdown),
+        rescue_cached=env.cached,
         steps=tuple(ctx.steps),
         descriptor_source=desc.source,
         hostname=desc.descriptor.system.hostname,

@@ -166,6 +166,7 @@ def make_rescue_env(
     epoch: int = DEFAULT_EPOCH,
     agent_override: bytes | None = None,
     extra_modules: tuple[str, ...] = (),
+    optional_modules: tuple[str, ...] = (),
 ) -> RescueEnv:
     """Assemble the rescue tree from ``pkgs``, render /init, write and compress the initramfs.
 
@@ -174,7 +175,9 @@ def make_rescue_env(
     """
     times: dict[str, float] = {}
     with _step("assemble rootfs", times):
-        first = make_rootfs(pkgs, agent_main=agent_override, extra_modules=extra_modules)
+        first = make_rootfs(
+            pkgs, agent_main=agent_override, extra_modules=extra_modules, optional_modules=optional_modules
+        )
     with _step("render /init", times):
         init = render_init([m.path for m in first.modules], [m.path for m in first.late_modules])
         tree = first.tree.with_file("init", init.encode(), 0o755)

@@ -29,7 +29,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 from elftools.elf.segments import InterpSegment
 
-from builder.modules import WANTED_MODULES, KernelModule, plan_boot_modules, read_module_index
+from builder.modules import WANTED_MODULES, KernelModule, canonical_name, plan_boot_modules, read_module_index
 from builder.packages import DebMember, MemberKind, PackageSet, read_control, read_deb
 from recovery_env.errors import InputError, InternalError
 from recovery_env.run import run
@@ -806,11 +806,13 @@ def make_rootfs(
     *,
     agent_main: bytes | None = None,
     extra_modules: Iterable[str] = (),
+    optional_modules: Iterable[str] = (),
 ) -> Rootfs:
     """Assemble the rescue tree (without /init: see builder.initramfs).
 
     ``agent_main`` replaces ``recovery_env/__main__.py`` (tests); ``extra_modules``: more module names or
-    aliases (e.g. the drivers ASRPNP.SIF lists).
+    aliases that must exist; ``optional_modules``: the drivers ASRPNP.SIF lists — one this kernel has neither as
+    a module nor built in (a vendor's out-of-tree driver) is left out with a warning, not an error.
     """
     files = PackageFiles(pkgs)
     kver = pkgs.kernel_version
@@ -819,7 +821,12 @@ def make_rootfs(
     if vmlinuz is None:
         raise MissingFileError(f"package {pkgs.kernel_package} has no boot/vmlinuz-{kver}")
     index = read_module_index(kernel_members, kver)
-    early, late = plan_boot_modules(index, [*WANTED_MODULES, *extra_modules])
+    optional = list(optional_modules)
+    skipped = [m for m in optional if not index.find(m) and canonical_name(m) not in index.builtin]
+    for name in skipped:
+        log.warning("driver %s (from the device inventory) is not in kernel %s: left out", name, kver)
+    wanted = [*WANTED_MODULES, *extra_modules, *(m for m in optional if m not in skipped)]
+    early, late = plan_boot_modules(index, wanted)
 
     tree = TreeBuilder()
     add_base(tree)

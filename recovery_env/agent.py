@@ -30,10 +30,9 @@ from recovery_env.errors import (
 )
 from recovery_env.floppy import FloppyContents, read_floppy
 from recovery_env.screens import (
-    BODY,
-    CSI,
-    HEIGHT,
     Screen,
+    Size,
+    render_log_line,
     render_screen,
     render_status,
     render_summary,
@@ -42,7 +41,6 @@ from recovery_env.screens import (
 )
 from recovery_env.sif import parse_asr_sif_bytes, parse_asrpnp_sif_bytes
 
-LOG_ROW = f"{CSI}{HEIGHT - 1};1H{BODY}{CSI}K"
 PROMPT_TEXT = "Press F2 to run Automated System Recovery (ASR)..."
 INSERT_TEXT = (
     "Please insert the disk labeled",
@@ -192,7 +190,9 @@ class Agent:
     def log(self, line: str) -> None:
         """A plain line on the serial console (and in the agent's log file)."""
         # on the row above the status line, so a person on the serial console keeps the screen readable
-        self.consoles.write_serial(f"{LOG_ROW}ASR: {line}\r\n")
+        self.consoles.write_sized(
+            lambda rows, cols: render_log_line(f"ASR: {line}", Size.of(rows, cols)), serial_only=True
+        )
         if self.log_path:
             try:
                 with open(self.log_path, "a", encoding="utf-8") as f:
@@ -201,7 +201,10 @@ class Agent:
                 pass
 
     def show(self, screen: Screen) -> None:
-        self.consoles.write(render_screen(screen))
+        self.consoles.write_sized(lambda rows, cols: render_screen(screen, Size.of(rows, cols)))
+
+    def paint_status(self, text: str) -> None:
+        self.consoles.write_sized(lambda rows, cols: render_status(text, Size.of(rows, cols)))
 
     def notes(self) -> list[str]:
         """Warnings worth a line on the first screens: bad boot options, a console that is missing."""
@@ -258,7 +261,7 @@ class Agent:
         self.log(f"prompt: {PROMPT_TEXT} ({self.options.timeout} s)")
         remaining = self.options.timeout
         while remaining > 0:
-            self.consoles.write(render_status(f"{PROMPT_TEXT}  ({remaining})"))
+            self.paint_status(f"{PROMPT_TEXT}  ({remaining})")
             key = self.wait_key(1.0)
             if key is None:
                 remaining -= 1

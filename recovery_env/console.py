@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import select
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -195,6 +195,7 @@ class Terminal:
         self.fd = fd
         self.saved = saved
         self.decoder = KeyDecoder(spec.name)
+        self.rows, self.cols = read_size(fd)
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -205,6 +206,20 @@ class Terminal:
                 select.select([], [self.fd], [], 1.0)
                 continue
             view = view[n:]
+
+
+def read_size(fd: int) -> tuple[int, int]:
+    """(rows, columns) the terminal reports; (0, 0) when it does not know (a serial line) or is no terminal."""
+    try:
+        import fcntl
+        import struct
+        import termios
+
+        packed = fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8)
+    except (ImportError, OSError):
+        return 0, 0
+    rows, cols, _, _ = struct.unpack("HHHH", packed)
+    return rows, cols
 
 
 def set_raw(fd: int) -> list[Any] | None:
@@ -297,6 +312,13 @@ class Consoles:
     def write(self, text: str) -> None:
         """Write to every terminal; a terminal that fails (hung up) is dropped, the others go on."""
         self._write_to(self.terminals, text.encode("utf-8", errors="replace"))
+
+    def write_sized(self, render: Callable[[int, int], str], *, serial_only: bool = False) -> None:
+        """Write what ``render(rows, columns)`` gives for each terminal's own size (0, 0 = unknown)."""
+        for t in list(self.terminals):
+            if serial_only and not t.spec.serial:
+                continue
+            self._write_to([t], render(t.rows, t.cols).encode("utf-8", errors="replace"))
 
     def write_serial(self, text: str) -> None:
         """Write to the serial terminals only (plain log lines tests and people with a serial cable read)."""

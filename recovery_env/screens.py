@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from recovery_env.descriptor import GPT_TYPES, MBR_TYPES, Descriptor, DeviceInventory, TableType
 
-WIDTH = 80
-HEIGHT = 24  # a serial terminal has 24 rows; the VGA console's 25th stays blue
+WIDTH = 80  # what the text is laid out for
+HEIGHT = 24  # a serial terminal (which reports no size) has 24 rows
 TITLE = "Automated System Recovery"
 
 CSI = "\x1b["
@@ -24,15 +24,31 @@ RESET = CSI + "0m"
 
 
 @dataclass(frozen=True)
+class Size:
+    """A terminal's size; the blue background and the status line fill it, the text stays in 80 columns."""
+
+    rows: int = HEIGHT
+    cols: int = WIDTH
+
+    @classmethod
+    def of(cls, rows: int, cols: int) -> Size:
+        """The size a terminal reports; 0 (a serial line does not know) or too small means 24 x 80."""
+        return cls(rows if rows >= HEIGHT else HEIGHT, cols if cols >= WIDTH else WIDTH)
+
+    @property
+    def body_rows(self) -> int:
+        return self.rows - 4  # title, rule ... blank, status
+
+
+DEFAULT_SIZE = Size()
+
+
+@dataclass(frozen=True)
 class Screen:
     body: tuple[str, ...]
     status: str
     title: str = TITLE
     error: bool = False  # the first body line is an error heading
-
-    @property
-    def body_rows(self) -> int:
-        return HEIGHT - 4  # title, rule, blank ... status
 
 
 def fit(line: str, width: int = WIDTH - 1) -> str:
@@ -57,24 +73,30 @@ def wrap(text: str, width: int = WIDTH - 6) -> list[str]:
     return lines
 
 
-def render_status(text: str) -> str:
+def render_status(text: str, size: Size = DEFAULT_SIZE) -> str:
     """Only the status line (for a countdown): move there, paint it, come back to the top."""
-    return f"{CSI}{HEIGHT};1H{STATUS}{fit(' ' + text)}{BODY}{CSI}1;1H"
+    return f"{CSI}{size.rows};1H{STATUS}{fit(' ' + text, size.cols - 1)}{BODY}{CSI}1;1H"
 
 
-def render_screen(screen: Screen) -> str:
+def render_log_line(line: str, size: Size = DEFAULT_SIZE) -> str:
+    """A plain log line on the row above the status line, so the screen stays readable on a terminal."""
+    return f"{CSI}{size.rows - 1};1H{BODY}{CSI}K{line}\r\n"
+
+
+def render_screen(screen: Screen, size: Size = DEFAULT_SIZE) -> str:
     body = list(screen.body)
-    room = screen.body_rows
+    room = size.body_rows
+    w = size.cols - 1
     if len(body) > room:
         hidden = len(body) - room + 1
         body = [*body[: room - 1], f"  ... {hidden} more lines (the serial console has them all)"]
-    rows = [f"{BRIGHT}{fit(' ' + screen.title)}", f"{BODY}{fit(' ' + '=' * (len(screen.title) + 2))}"]
+    rows = [f"{BRIGHT}{fit(' ' + screen.title, w)}", f"{BODY}{fit(' ' + '=' * (len(screen.title) + 2), w)}"]
     for i, line in enumerate(body):
         colour = ERROR if screen.error and i == 0 else BODY
-        rows.append(f"{colour}{fit('  ' + line)}{BODY}")
+        rows.append(f"{colour}{fit('  ' + line).ljust(w)}{BODY}")
     out = [f"{CSI}?25l{BODY}{CSI}2J{CSI}1;1H"]  # hide the cursor, clear to blue
     out.extend(f"{CSI}{n};1H{row}\r\n" for n, row in enumerate(rows, start=1))
-    out.append(render_status(screen.status))
+    out.append(render_status(screen.status, size))
     return "".join(out)
 
 

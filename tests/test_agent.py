@@ -320,6 +320,26 @@ def test_f2_floppy_summary_restore_note_menu_power_off(agent: AgentRun, console:
     assert "ASR: menu: choice 4" in agent.log.read_text()
 
 
+def test_screens_fill_each_terminal_size(agent: AgentRun) -> None:
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(agent.vga_master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))  # a framebuffer console
+    agent.start()
+    agent.expect("Press F2", "vga")
+    agent.expect("Press F2", "serial")
+    agent.pump(0.5)
+    assert "\x1b[50;1H\x1b[0;30;47m Press F2" in agent.out["vga"].decode()  # status on the last row
+    assert "\x1b[24;1H\x1b[0;30;47m Press F2" in agent.out["serial"].decode()  # a serial line: 24 x 80
+    vga_rows = strip_ansi(agent.out["vga"]).split("\n")
+    assert any(len(row) == 159 and row.startswith(" Automated System Recovery") for row in vga_rows)
+    agent.type("vga", b"\r")  # Enter skips the countdown to the menu
+    agent.expect("ASR: state: menu")
+    agent.type("vga", b"4")
+    assert agent.wait() == 21
+
+
 @pytest.mark.parametrize("agent", ["console=ttyS0 asr.timeout=1"], indirect=True)
 def test_timeout_menu_shell_then_back_to_the_menu(agent: AgentRun) -> None:
     agent.start()

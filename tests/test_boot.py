@@ -110,9 +110,7 @@ def test_bios_cd_f2_key_reads_the_floppy_summary_and_screenshots(media: BuildRes
         width, height = png_size(prompt_png)
         assert png_size(summary_png) == (width, height) and width >= 640 and height >= 400
         assert prompt_png.read_bytes() != summary_png.read_bytes()
-        vm.send_keys("enter")
-        vm.wait_serial(r"Restoring is not part of this version of asr", STEP_TIMEOUT)
-        quit_and_power_off(vm)
+        quit_and_power_off(vm)  # F3 from the summary (ENTER goes on to the restore: the restore issue's tests)
     assert "Traceback" not in vm.serial_text
 
 

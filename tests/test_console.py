@@ -215,3 +215,19 @@ def test_hung_up_console_is_dropped_and_the_other_still_works(ptys: tuple[Pty, P
         key = consoles.read_key(5)
     assert key is not None and key.name is KeyName.F2
     assert [t.spec.path for t in consoles.terminals] == [vga.path]
+
+
+def test_terminal_size_is_read_and_unknown_is_zero(ptys: tuple[Pty, Pty]) -> None:
+    import fcntl
+    import struct
+
+    vga, serial = ptys
+    fcntl.ioctl(vga.master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))
+    c = Consoles.open([ConsoleSpec(vga.path), ConsoleSpec(serial.path, serial=True)])
+    try:
+        assert [(t.rows, t.cols) for t in c.terminals] == [(50, 160), (0, 0)]
+        c.write_sized(lambda rows, cols: f"{rows}x{cols}\n")
+        assert vga.read_all() == b"50x160\r\n"
+        assert serial.read_all() == b"0x0\r\n"
+    finally:
+        c.close()

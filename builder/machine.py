@@ -38,8 +38,10 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
+from builder.initramfs import make_cpio
 from builder.modules import plan_module_closure, read_module_index
 from builder.packages import DebMember, MemberKind, PackageSet, fetch_packages, read_deb
+from builder.rootfs import TreeBuilder
 from builder.templating import render
 from recovery_env.descriptor import GPT_BIOS_BOOT, GPT_ESP, Firmware, FsType, TableType
 from recovery_env.errors import InputError, InternalError, ToolError
@@ -482,64 +484,19 @@ def _member(members: Mapping[str, DebMember], path: str, package: str) -> bytes:
 # ------------------------------------------------------------------------------------------------- initramfs
 
 
-@dataclass(frozen=True)
-class CpioEntry:
-    path: str  # no leading slash
-    mode: int  # full st_mode (type bits included)
-    data: bytes = b""  # file contents, or the symlink target
-    rdev: tuple[int, int] = (0, 0)
-
-
-S_IFMT, S_IFDIR, S_IFREG, S_IFLNK, S_IFCHR = 0o170000, 0o040000, 0o100000, 0o120000, 0o020000
-
-
-def make_cpio(entries: Iterable[CpioEntry], mtime: int) -> bytes:
-    """A cpio "newc" archive (what the kernel unpacks as initramfs): owner root, the given mtime, inode numbers
-    in order, no hard links.  Written here rather than with cpio(1) so that it needs no root for /dev/console
-    and is byte-reproducible."""
-    out = bytearray()
-
-    def add(name: str, mode: int, data: bytes, ino: int, rdev: tuple[int, int]) -> None:
-        encoded = name.encode() + b"\0"
-        nlink = 2 if mode & S_IFMT == S_IFDIR else 1
-        fields = (ino, mode, 0, 0, nlink, mtime, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0)
-        out.extend(b"070701" + b"".join(b"%08X" % f for f in fields))
-        out.extend(encoded)
-        out.extend(bytes(-len(out) % 4))
-        out.extend(data)
-        out.extend(bytes(-len(out) % 4))
-
-    ino = 0
-    for ino, entry in enumerate(entries, start=1):
-        add(entry.path, entry.mode, entry.data, ino, entry.rdev)
-    add("TRAILER!!!", 0, b"", 0, (0, 0))
-    return bytes(out)
-
-
 def make_initramfs(plan: MachinePlan, inputs: MachineInputs) -> bytes:
-    """The machine's initramfs: busybox, the modules, /dev/console and the rendered /init, gzip'ed."""
-    entries: list[CpioEntry] = []
-    dirs: set[str] = set()
-
-    def add_dirs(path: str) -> None:
-        parts = path.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            d = "/".join(parts[:i])
-            if d not in dirs:
-                dirs.add(d)
-                entries.append(CpioEntry(d, S_IFDIR | 0o755))
-
+    """The machine's initramfs: busybox, the modules, /dev/console and the rendered /init, gzip'ed (written by
+    the same reproducible cpio writer as the rescue environment's)."""
+    tree = TreeBuilder()
     for d in ("bin", "dev", "proc", "sys", "root", "tmp"):
-        add_dirs(d + "/")
-    entries.append(CpioEntry("dev/console", S_IFCHR | 0o600, rdev=(5, 1)))
-    entries.append(CpioEntry("bin/busybox", S_IFREG | 0o755, inputs.busybox))
-    entries.append(CpioEntry("bin/sh", S_IFLNK | 0o777, b"busybox"))
+        tree.add_dir(d)
+    tree.add_char("dev/console", 5, 1, 0o600)
+    tree.add_file("bin/busybox", inputs.busybox, 0o755)
+    tree.add_symlink("bin/sh", "busybox")
     for path, data in inputs.modules:
-        add_dirs(path)
-        entries.append(CpioEntry(path, S_IFREG | 0o644, data))
-    init = render_init(plan, [path for path, _ in inputs.modules])
-    entries.append(CpioEntry("init", S_IFREG | 0o755, init.encode()))
-    return gzip.compress(make_cpio(entries, plan.spec.epoch), compresslevel=9, mtime=0)
+        tree.add_file(path, data)
+    tree.add_file("init", render_init(plan, [path for path, _ in inputs.modules]).encode(), 0o755)
+    return gzip.compress(make_cpio(tree.freeze(), plan.spec.epoch), compresslevel=9, mtime=0)
 
 
 # ---------------------------------------------------------------------------------------------------- GRUB

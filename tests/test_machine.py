@@ -27,7 +27,6 @@ from builder.machine import (
     MARKER_PREFIX,
     MIB_SECTORS,
     SECTOR,
-    CpioEntry,
     Layout,
     MachineBuildError,
     MachineImage,
@@ -35,7 +34,6 @@ from builder.machine import (
     MachineSpec,
     PartRole,
     check_restored_disk,
-    make_cpio,
     make_machine_image,
     plan_grub_bios_boot,
     plan_machine,
@@ -168,27 +166,6 @@ def test_bios_boot_code_refuses_what_does_not_fit_or_is_not_grub(grub_pc_files: 
         plan_grub_bios_boot(mbr, bytes(SECTOR), _fake_core(grub_pc_files, 4), 1, 39)
     with pytest.raises(MachineBuildError, match="diskboot"):
         plan_grub_bios_boot(mbr, grub_pc_files["boot.img"], bytes(4 * SECTOR), 1, 39)
-
-
-def test_cpio_is_read_back_by_cpio(tmp_path: Path) -> None:
-    archive = make_cpio(
-        [
-            CpioEntry("dev", 0o040755),
-            CpioEntry("dev/console", 0o020600, rdev=(5, 1)),
-            CpioEntry("init", 0o100755, b"#!/bin/sh\necho hi\n"),
-            CpioEntry("sh", 0o120777, b"busybox"),
-        ],
-        mtime=1700000000,
-    )
-    (tmp_path / "a.cpio").write_bytes(archive)
-    listing = run(["cpio", "-itv", "-F", str(tmp_path / "a.cpio")]).stdout.splitlines()
-    assert [line.split()[0] for line in listing] == ["drwxr-xr-x", "crw-------", "-rwxr-xr-x", "lrwxrwxrwx"]
-    assert listing[1].split()[4:6] == ["5,", "1"]
-    assert listing[3].endswith("sh -> busybox")
-    out = tmp_path / "x"
-    out.mkdir()
-    run(["cpio", "-id", "--no-absolute-filenames", "-F", str(tmp_path / "a.cpio"), "init"], cwd=out)
-    assert (out / "init").read_bytes() == b"#!/bin/sh\necho hi\n"
 
 
 # ------------------------------------------------------------------------------------------------ image tests

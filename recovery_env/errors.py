@@ -107,6 +107,11 @@ class BackupMediaMissingError(MediaError):
     """The medium holding the backup set that the descriptor names is not attached (or holds no such set)."""
 
 
+class UnusableImageError(MediaError):
+    """An image another machine cannot use as it is (`asr vbox`: a floppy not of 1,474,560 bytes, an ISO without
+    an El Torito boot record or without an entry for the VM's firmware)."""
+
+
 class CaptureRefused(InputError):
     """`asr backup` refuses to capture this machine (not root, destination on a system volume, LVM/MD/LUKS...)."""
 

@@ -138,12 +138,13 @@ def qemu_argv(
     if spec.headless:
         argv += ["-display", "none"]
     if spec.iso is not None:
+        boot = ",bootindex=0" if spec.kernel is None else ""  # a direct kernel boot takes boot index 0 itself
         if spec.medium is BootMedium.CDROM:
             argv += ["-drive", f"if=none,id=cd0,format=raw,media=cdrom,readonly=on,file={spec.iso}",
-                     "-device", "ide-cd,drive=cd0,bootindex=0"]  # fmt: skip
+                     "-device", f"ide-cd,drive=cd0{boot}"]  # fmt: skip
         else:  # snapshot: the guest may write to "its USB stick" without changing the file
             argv += ["-drive", f"if=none,id=usb0,format=raw,snapshot=on,file={spec.iso}",
-                     "-device", "ide-hd,drive=usb0,bootindex=0"]  # fmt: skip
+                     "-device", f"ide-hd,drive=usb0{boot}"]  # fmt: skip
     if spec.floppy is not None:
         argv += ["-drive", f"if=floppy,index=0,format=raw,readonly=on,file={spec.floppy}"]
     else:
@@ -253,7 +254,11 @@ class QemuVM:
         return self
 
     def _connect_qmp(self, timeout: float = 15.0) -> None:
+        import logging
+
         from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)  # failures are reported once, by us
 
         deadline = time.monotonic() + timeout
         while not self.qmp_path.exists():
@@ -262,7 +267,16 @@ class QemuVM:
                 raise VMError(f"QEMU did not open its QMP socket {self.qmp_path} within {timeout:g} s")
             time.sleep(0.05)
         qmp = QEMUMonitorProtocol(str(self.qmp_path))
-        qmp.connect(negotiate=True)
+        try:
+            qmp.connect(negotiate=True)
+        except Exception as e:  # QEMU refused its command line and quit: say why, once
+            if self._proc is not None:
+                try:
+                    self._proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+            self._check_running("while its QMP connection was set up")
+            raise VMError(f"cannot talk to QEMU over QMP ({self.qmp_path}): {e}{self._stderr_tail()}") from None
         qmp.settimeout(30.0)
         self._qmp = qmp
 
@@ -507,12 +521,16 @@ def cli_boot(args: argparse.Namespace) -> int:
 
 
 def _relay(vm: QemuVM, screenshot: Path | None, interactive: bool) -> int:
-    """Serial console ↔ this terminal until QEMU ends; a screenshot when the F2 prompt first shows."""
+    """Serial console <-> this terminal until QEMU ends; a screenshot when the F2 prompt first shows.
+
+    Standard input goes to the serial port (a terminal in raw mode, or a pipe); at its end the VM runs on
+    until it powers off.  Ctrl-] stops the VM."""
     import select
 
+    del interactive  # raw mode or not, the bytes are the same
     shown = 0
     want_shot = screenshot is not None
-    stdin = sys.stdin.fileno() if interactive else None
+    stdin: int | None = sys.stdin.fileno()
     out = sys.stdout.buffer
     while vm.returncode is None:
         raw = vm.serial_raw
@@ -526,13 +544,16 @@ def _relay(vm: QemuVM, screenshot: Path | None, interactive: bool) -> int:
             print(f"\r\nasr boot: screenshot of the F2 prompt saved as {path} ({vm.elapsed():.1f} s)\r",
                   file=sys.stderr)  # fmt: skip
             want_shot = False
-        ready = select.select([stdin], [], [], 0.1)[0] if stdin is not None else []
-        if not ready:
-            if stdin is None:
-                time.sleep(0.1)
+        if stdin is None:
+            time.sleep(0.1)
             continue
-        data = os.read(stdin, 1024)  # type: ignore[arg-type]
-        if not data or CTRL_RIGHT_BRACKET in data:
+        if not select.select([stdin], [], [], 0.1)[0]:
+            continue
+        data = os.read(stdin, 1024)
+        if not data:
+            stdin = None  # end of input: keep showing the console until the VM ends
+            continue
+        if CTRL_RIGHT_BRACKET in data:
             print("\r\nasr boot: stopping the VM\r", file=sys.stderr)
             return 0
         vm.send_serial(data)

@@ -6,7 +6,12 @@ One session-scoped build is shared.  Serial logs and screendumps are kept under 
 
 from __future__ import annotations
 
+import os
+import re
+import select
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +19,7 @@ import pytest
 
 from builder.build import BuildResult, build_media
 from builder.fatimage import make_floppy
-from builder.qemu import F2_PROMPT, BootMedium, Firmware, QemuVM, VMSpec, find_accel
+from builder.qemu import F2_PROMPT, BootMedium, Firmware, QemuVM, VMSpec, find_accel, strip_ansi
 from recovery_env.run import run_bytes
 from recovery_env.sif import parse_asr_sif, reseal
 
@@ -191,3 +196,46 @@ def test_invalid_asr_sif_names_the_line(media: BuildResult, invalid_floppy: tupl
         vm.screendump(ARTIFACTS / "invalid-sif" / "invalid-sif-error.png")
         quit_and_power_off(vm)
     assert "Traceback" not in vm.serial_text
+
+
+# -- `asr boot` ---------------------------------------------------------------------------------------------------
+
+
+def test_asr_boot_cli_screenshot_append_and_serial_on_stdio(media: BuildResult) -> None:
+    """`asr boot --headless --screenshot --append`: the serial console is the command's stdin/stdout; the
+    --append options reach the agent (direct kernel boot of the ISO's kernel with the ISO's command line)."""
+    shot = ARTIFACTS / "asr-boot-cli" / "f2-prompt.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    shot.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "builder.cli", "boot", "--headless", "--iso", str(media.iso),
+            "--floppy", str(media.floppy), "--screenshot", str(shot),
+            "--append", "asr.timeout=3 asr.bogus=1"]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdin is not None
+    stdout_fd = proc.stdout.fileno()
+    out = b""
+
+    def until(pattern: str, timeout: float) -> None:
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, strip_ansi(out)):
+            assert time.monotonic() < deadline, f"{pattern!r} not seen; serial:\n{strip_ansi(out)[-3000:]}"
+            if select.select([stdout_fd], [], [], 0.2)[0]:
+                out += os.read(stdout_fd, 65536)
+
+    try:
+        until(r"ASR: agent \S+ started \(timeout=3 ", BOOT_TIMEOUT)  # --append reached the agent
+        until(r"ASR: warning: unknown boot option 'asr\.bogus=1'", STEP_TIMEOUT)
+        until(r"ASR: no F2: main menu", STEP_TIMEOUT)  # the 3 s ran out
+        proc.stdin.write(b"4")  # typed on the serial console: power off
+        proc.stdin.flush()
+        until(r"ASR: exit 21 \(power off\)", STEP_TIMEOUT)
+        assert proc.wait(STEP_TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode()
+    assert f"screenshot of the F2 prompt saved as {shot}" in err
+    assert png_size(shot)[0] >= 640

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.build import BuildResult, build_media
 from builder.qemu import F2_PROMPT, BootMedium, Firmware, QemuVM, VMError, VMSpec, find_accel
 
 OUT = Path("out")
@@ -39,18 +40,20 @@ def read_summary_lines(serial_text: str) -> tuple[str, ...]:
     return tuple(m.group(1) for m in re.finditer(r"^ASR:   (.*)$", serial_text[start:], re.MULTILINE))
 
 
-def run_demo(out: Path = OUT, *, say: bool = True) -> DemoResult:
-    from builder.build import build_media
+def run_demo(out: Path = OUT, *, say: bool = True, media: BuildResult | None = None) -> DemoResult:
+    """Build (unless ``media`` is given: tests reuse their build) and boot; screenshots go to ``out``."""
 
     def note(text: str) -> None:
         if say:
             print(text, flush=True)
 
-    note("asr demo: building the recovery media of the embedded sample system ...")
     started = time.monotonic()
-    media = build_media(out, progress=(lambda line: note("  " + line)) if say else None)
+    if media is None:
+        note("asr demo: building the recovery media of the embedded sample system ...")
+        media = build_media(out, progress=(lambda line: note("  " + line)) if say else None)
     build_seconds = time.monotonic() - started
     note(f"asr demo: built {media.iso} and {media.floppy} in {build_seconds:.1f} s")
+    out.mkdir(parents=True, exist_ok=True)
 
     spec = VMSpec(iso=media.iso, medium=BootMedium.CDROM, firmware=Firmware.BIOS, floppy=media.floppy,
                   accel=find_accel())  # fmt: skip

@@ -239,3 +239,17 @@ def test_asr_boot_cli_screenshot_append_and_serial_on_stdio(media: BuildResult) 
     err = proc.stderr.read().decode()
     assert f"screenshot of the F2 prompt saved as {shot}" in err
     assert png_size(shot)[0] >= 640
+
+
+def test_demo_flow(media: BuildResult, tmp_path: Path) -> None:
+    """`asr demo` past its build step: F2 by key, Enter at the floppy prompt, summary, screenshots, power off."""
+    from builder.demo import run_demo
+
+    r = run_demo(tmp_path, say=False, media=media)
+    assert r.exit_code == 0
+    assert r.summary[0].startswith(f"System:      {media.hostname}, ")
+    assert any(line.startswith("Backup set:") for line in r.summary)
+    assert png_size(r.boot_screen) == png_size(r.summary_screen)
+    assert r.boot_screen.read_bytes() != r.summary_screen.read_bytes()
+    assert "ASR: exit 21 (power off)" in strip_ansi(r.serial_log.read_bytes())
+    record("demo (BIOS, ISO as CD)", r.boot_to_prompt_seconds)

@@ -49,6 +49,16 @@ def _parser() -> argparse.ArgumentParser:
     bk.add_argument("--firmware", choices=["bios", "uefi"], help="firmware of a --root system (default: detected)")
     bk.add_argument("--json", action="store_true")
 
+    vb = sub.add_parser("vbox", help="write a VBoxManage script that runs the media in VirtualBox")
+    vb.add_argument("name", help="VM name (also names the script, serial log and VDI files)")
+    vb.add_argument("--iso", type=Path, default=Path("out/asr.iso"))
+    vb.add_argument("--floppy", type=Path, default=Path("out/asr-floppy.img"))
+    vb.add_argument("--descriptor", type=Path, help="ASR.SIF for firmware and disks (default: the floppy's)")
+    vb.add_argument("--disk", type=Path, action="append", default=[], help="disk image to convert to VDI")
+    vb.add_argument("--out", type=Path, default=Path("out"), help="where the script and VDIs go (default: out/)")
+    vb.add_argument("--firmware", choices=["bios", "uefi"], help="override the descriptor's firmware")
+    vb.add_argument("--memory", type=int, default=1024, help="MiB of RAM (default 1024)")
+
     sub.add_parser("demo", help="build the media of the embedded sample, boot it, press F2, show the summary")
     return p
 
@@ -88,6 +98,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from builder.capture import cli_backup
 
         return cli_backup(args)
+    if args.command == "vbox":
+        from builder.vbox import cli_vbox
+
+        return cli_vbox(args)
     if args.command == "demo":
         from builder.demo import cli_demo
 

@@ -1,9 +1,16 @@
 """The agent's flow: a small state machine over the screens.
 
     PROMPT --F2--> INSERT_FLOPPY --key--> READ_FLOPPY --ok--> SUMMARY --Enter--> RESTORE
-       |                 |F3                  |error               |F3            (the restore work plugs in
-       v timeout         v                    v                    v             here: Agent.handlers)
-     MENU <--------------+------F3------- ERROR --key (retry)--> READ_FLOPPY
+       |                 |F3                  |error               |F3               |
+       v timeout         v                    v                    v                 v
+     MENU <--------------+------F3------- ERROR --key (retry)--> READ_FLOPPY     FIND_BACKUP (find, check sums)
+                                                                                     |
+          RESTORE_ERROR <-- named error (R = retry the state, F3 = menu) --------- PLAN <--> PICK_DISK
+                                                                                     | C (dry run: stop here)
+          STEP_FAILED <-- a step fails (R = retry it, S = shell, F3 = menu) ----- EXECUTE --> FINISH --> reboot
+
+Unattended (asr.unattended=1) no key is needed anywhere: the summary goes on to the restore, the plan is confirmed
+when the disk match is unambiguous, and any error is logged and powers the machine off.
 
 Each state has a handler returning the next state or an :class:`ExitCode` for /init (reboot, power off, shell).
 Everything a test needs to observe goes to the serial console as a plain ``ASR: ...`` line as well.
@@ -12,6 +19,7 @@ Everything a test needs to observe goes to the serial console as a plain ``ASR: 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -21,14 +29,30 @@ from recovery_env.cmdline import BootOptions, Mode
 from recovery_env.console import Consoles, Key, KeyName
 from recovery_env.descriptor import Descriptor, DeviceInventory
 from recovery_env.errors import (
+    AsrError,
+    BackupSetError,
     DescriptorError,
     DescriptorMissingError,
     MediaError,
     NoDiskInDriveError,
     NoFloppyDriveError,
     NotFatError,
+    StepFailed,
 )
+from recovery_env.execute import Progress, execute_plan
 from recovery_env.floppy import FloppyContents, read_floppy
+from recovery_env.plan import DiskMatch, Phase, RestorePlan, render_plan
+from recovery_env.restore import (
+    BackupLocation,
+    describe_wanted,
+    find_targets,
+    locate_backup,
+    make_match,
+    make_plan,
+    render_progress_bar,
+    verify_backup,
+    write_run_log,
+)
 from recovery_env.screens import (
     Screen,
     Size,
@@ -61,6 +85,13 @@ class State(StrEnum):
     SUMMARY = "summary"
     RESTORE = "restore"
     ERROR = "error"
+    FIND_BACKUP = "find-backup"
+    PLAN = "plan"
+    PICK_DISK = "pick-disk"
+    EXECUTE = "execute"
+    FINISH = "finish"
+    STEP_FAILED = "step-failed"
+    RESTORE_ERROR = "restore-error"
 
 
 class ExitCode(IntEnum):
@@ -154,6 +185,11 @@ def read_asr_floppy(device: str, mountpoint: str) -> FloppyReading:
 
 Next = State | ExitCode
 
+RESTART_SECONDS = 10  # "Your computer will restart in N seconds..." (unattended: UNATTENDED_RESTART_SECONDS)
+UNATTENDED_RESTART_SECONDS = 3
+PROGRESS_LOG_INTERVAL = 2.0  # seconds between progress lines in the log (the status line follows every report)
+EXECUTE_PHASES = tuple(p for p in Phase if p is not Phase.UNMOUNT)  # the run's log is written before UNMOUNT
+
 
 class Agent:
     """The agent on its consoles.  ``handlers`` maps each state to its screen; later work adds or replaces one."""
@@ -176,6 +212,18 @@ class Agent:
         self.resume_path = resume_path
         self.reading: FloppyReading | None = None
         self.error: Exception | None = None
+        # the restore's state (reset when the restore starts)
+        self.location: BackupLocation | None = None
+        self.match: DiskMatch | None = None
+        self.pinned: dict[str, str] = {}
+        self.plan: RestorePlan | None = None
+        self.from_step = 0
+        self.failure: StepFailed | None = None
+        self.restore_error: Exception | None = None
+        self.retry_state: State = State.FIND_BACKUP
+        self.started = 0.0
+        self.recent: list[str] = []  # the last lines of the run, shown while it executes
+        self.last_progress_log = 0.0
         self.handlers: dict[State, Callable[[], Next]] = {
             State.PROMPT: self.on_prompt,
             State.MENU: self.on_menu,
@@ -184,6 +232,13 @@ class Agent:
             State.SUMMARY: self.on_summary,
             State.RESTORE: self.on_restore,
             State.ERROR: self.on_error,
+            State.FIND_BACKUP: self.on_find_backup,
+            State.PLAN: self.on_plan,
+            State.PICK_DISK: self.on_pick_disk,
+            State.EXECUTE: self.on_execute,
+            State.FINISH: self.on_finish,
+            State.STEP_FAILED: self.on_step_failed,
+            State.RESTORE_ERROR: self.on_restore_error,
         }
 
     # -- output -------------------------------------------------------------------------------------------
@@ -351,9 +406,9 @@ class Agent:
             self.log(f"  {line}")
         body = ["The Automated System Recovery Disk describes this system:", "", *lines]
         if self.options.unattended:
-            self.show(Screen(tuple(body), "Unattended: powering off"))
-            self.log("unattended: summary shown, powering off")
-            return ExitCode.POWEROFF
+            self.show(Screen(tuple(body), "Unattended: continuing with the restore"))
+            self.log("unattended: summary shown, continuing with the restore")
+            return State.RESTORE
         self.show(Screen(tuple(body), "ENTER=Continue   F3=Quit"))
         while True:
             key = self.wait_key()
@@ -364,22 +419,272 @@ class Agent:
             if key.name is KeyName.F3:
                 return State.MENU
 
+    # -- the restore ----------------------------------------------------------------------------------------
     def on_restore(self) -> Next:
-        """Where the restore work continues after the summary.  This version reads and shows only."""
-        body = [
-            "Restoring is not part of this version of asr.",
-            "",
-            *wrap(
-                "Re-creating the disks, restoring the backup set and installing the boot loader come with "
-                "the restore work item. This version reads the Automated System Recovery Disk and shows "
-                "what it describes; nothing on this computer's disks has been changed."
-            ),
-            "",
-            "Press F3 to quit to the main menu.",
-        ]
-        self.show(Screen(tuple(body), "F3=Quit"))
-        self.log("restore: not in this version (comes with the restore work item); F3 = main menu")
+        """The restore starts: forget what an earlier attempt chose."""
+        self.location = self.match = self.plan = None
+        self.pinned = {}
+        self.from_step = 0
+        self.failure = self.restore_error = None
+        self.started = time.time()
+        self.recent = []
+        return State.FIND_BACKUP
+
+    def fail_restore(self, error: Exception, retry: State) -> Next:
+        """A named error of the restore: logged as ``ASR: error: <ErrorName>: ...``; unattended powers off."""
+        text = " / ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        self.log(f"error: {type(error).__name__}: {text}")
+        if self.options.unattended:
+            self.log("unattended: stopping here; nothing more is written")
+            return ExitCode.POWEROFF
+        self.restore_error = error
+        self.retry_state = retry
+        return State.RESTORE_ERROR
+
+    def on_restore_error(self) -> Next:
+        assert self.restore_error is not None
+        e = self.restore_error
+        self.consoles.drain()
+        body = [f"Automated System Recovery cannot continue ({type(e).__name__}).", ""]
+        for line in str(e).splitlines():
+            body += wrap(line.strip())
+        body += ["", "Press R to try again, or F3 to quit to the main menu."]
+        self.show(Screen(tuple(body), "R=Retry   F3=Quit", error=True))
         while True:
             key = self.wait_key()
-            if key is not None and key.name is KeyName.F3:
+            if key is None:
+                continue
+            if key.name is KeyName.F3:
+                self.log("quit after the error: nothing more was written")
                 return State.MENU
+            if key.name is KeyName.CHAR and (key.char or "").lower() == "r":
+                self.log("retry")
+                self.restore_error = None
+                return self.retry_state
+
+    def on_find_backup(self) -> Next:
+        assert self.reading is not None
+        backup = self.reading.descriptor.backup
+        if backup is None:
+            return self.fail_restore(BackupSetError("the ASR floppy records no backup set to restore"), State.MENU)
+        self.show(Screen(("Looking for the backup set on " + describe_wanted(backup) + " ...",), "Please wait..."))
+        try:
+            self.location = locate_backup(backup, self.log)
+        except MediaError as e:
+            return self.fail_restore(e, State.FIND_BACKUP)
+        total = sum(a.size for a in backup.archives)
+        self.show(
+            Screen(
+                (
+                    f"Checking the backup set in {self.location.directory} ...",
+                    "",
+                    f"{len(backup.archives)} archive(s), {total} bytes, and the MANIFEST",
+                ),
+                "Please wait...",
+            )
+        )
+        try:
+            verify_backup(self.location, backup)
+        except MediaError as e:
+            return self.fail_restore(e, State.FIND_BACKUP)
+        self.log(
+            f"backup set verified: {len(backup.archives)} archive(s), {total} bytes, MANIFEST "
+            f"({backup.file_count} entries) in {self.location.describe()}"
+        )
+        return State.PLAN
+
+    def on_plan(self) -> Next:
+        assert self.reading is not None and self.location is not None
+        d = self.reading.descriptor
+        self.show(Screen(("Looking for the disks of this computer ...",), "Please wait..."))
+        try:
+            targets, exclude = find_targets(self.floppy)
+            self.log("disks: " + ", ".join(t.describe() for t in targets) if targets else "disks: none")
+            for dev, why in sorted(exclude.items()):
+                self.log(f"never a target: {dev} ({why})")
+            self.match = make_match(d, targets, exclude, unattended=self.options.unattended, pinned=self.pinned)
+            if self.match.pending:
+                return State.PICK_DISK
+            self.plan = make_plan(d, self.match, self.location)
+        except AsrError as e:
+            return self.fail_restore(e, State.PLAN)
+        lines = render_plan(self.plan)
+        wiped = ", ".join(f"{w.device} <- {w.disk_key}" for w in self.plan.disks_to_wipe)
+        self.log(f"plan: {len(self.plan.steps())} steps; disks to erase: {wiped}; token {self.plan.confirm_token}")
+        for line in lines:
+            self.log(f"plan:   {line}")
+        if self.options.dryrun:
+            then = "Unattended: powering off" if self.options.unattended else "Any key=Quit"
+            self.show(Screen(("DRY RUN: this is the plan; nothing will be written.", "", *lines), f"Dry run   {then}"))
+            self.log("dry run: nothing written")
+            if self.options.unattended:
+                return ExitCode.POWEROFF
+            self.consoles.drain()
+            while self.wait_key() is None:
+                pass
+            return State.MENU
+        if self.options.unattended:
+            self.show(Screen(tuple(lines), "Unattended: continuing"))
+            self.log(f"unattended: plan confirmed (the disk match is unambiguous), token {self.plan.confirm_token}")
+            return State.EXECUTE
+        self.consoles.drain()
+        self.show(
+            Screen(
+                (*lines, "", "To erase these disks and restore, press C.  To quit, press F3."), "C=Continue   F3=Quit"
+            )
+        )
+        while True:
+            key = self.wait_key()
+            if key is None:
+                continue
+            if key.name is KeyName.F3:
+                self.log("quit at the plan: nothing written")
+                return State.MENU
+            if key.name is KeyName.CHAR and (key.char or "").lower() == "c":
+                self.log(f"plan confirmed, token {self.plan.confirm_token}")
+                return State.EXECUTE
+
+    def on_pick_disk(self) -> Next:
+        assert self.match is not None and self.match.pending
+        choice = self.match.pending[0]
+        self.log(f"choose a disk: {choice.describe()}")
+        body = [
+            f"Several disks fit the original disk {choice.disk.key} equally well.",
+            "",
+            f"Which disk should replace {choice.disk.key}?",
+            "",
+        ]
+        body += [
+            f"   {n}.  {t.describe()}" + (f"  serial {t.serial}" if t.serial else "")
+            for n, t in enumerate(choice.candidates, 1)
+        ]
+        body += ["", "The disk you choose will be ERASED."]
+        self.consoles.drain()
+        self.show(Screen(tuple(body), f"1-{len(choice.candidates)}=Choose   F3=Quit"))
+        while True:
+            key = self.wait_key()
+            if key is None:
+                continue
+            if key.name is KeyName.F3:
+                self.log("quit at the disk choice: nothing written")
+                return State.MENU
+            if key.name is KeyName.CHAR and (key.char or "").isdigit():
+                n = int(key.char or "0")
+                if 1 <= n <= len(choice.candidates):
+                    picked = choice.candidates[n - 1]
+                    self.pinned[choice.disk.key] = picked.name
+                    self.log(f"chosen: {picked.device} for {choice.disk.key}")
+                    return State.PLAN
+
+    def step_log(self, line: str) -> None:
+        """A line of the executor: logged, and the screen shows the last ones with the current phase."""
+        self.log(line)
+        if line.startswith("["):
+            self.recent = [*self.recent, line][-14:]
+            self.show(
+                Screen(
+                    ("Automated System Recovery is restoring this computer. Do not turn it off.", "", *self.recent),
+                    "Restoring...",
+                )
+            )
+
+    def on_progress(self, p: Progress) -> None:
+        self.paint_status(f"{p.step.split(' from ')[0]} {render_progress_bar(p)}")
+        now = time.monotonic()
+        if now - self.last_progress_log >= PROGRESS_LOG_INTERVAL or p.done >= p.total:
+            self.last_progress_log = now
+            self.log(f"progress: {p.render()}")
+
+    def on_execute(self) -> Next:
+        assert self.plan is not None and self.reading is not None
+        plan = self.plan
+        token = plan.confirm_token
+        try:
+            report = execute_plan(
+                plan,
+                log=self.step_log,
+                progress=self.on_progress,
+                confirm_token=token,
+                phases=EXECUTE_PHASES,
+                from_step=self.from_step,
+            )
+            if report.manifest_checked:
+                entries = self.reading.descriptor.backup.file_count if self.reading.descriptor.backup else 0
+                self.log(f"manifest: {entries} entries, {len(report.differences)} differences")
+                for diff in report.differences[:20]:
+                    self.log(f"  difference: {diff}")
+            if self.log_path:
+                written = write_run_log(plan, self.log_path, self.started)
+                self.log(f"log of this run: /{os.path.relpath(written, plan.target_root)} in the restored system")
+            execute_plan(
+                plan,
+                log=self.step_log,
+                progress=self.on_progress,
+                confirm_token=token,
+                phases=(Phase.UNMOUNT,),
+                from_step=self.from_step,
+            )
+        except StepFailed as e:
+            self.failure = e
+            return State.STEP_FAILED
+        except (AsrError, OSError) as e:
+            return self.fail_restore(e, State.EXECUTE)
+        self.log(
+            f"restore complete: {self.plan.hostname} restored onto "
+            + ", ".join(d.device for d in plan.disks)
+            + f" in {time.time() - self.started:.0f} s"
+        )
+        return State.FINISH
+
+    def on_step_failed(self) -> Next:
+        assert self.failure is not None
+        e = self.failure
+        self.log(f"error: StepFailed: {e.step}: {e.reason}")
+        if self.options.unattended:
+            self.log("unattended: stopping here; the disks are partly restored")
+            return ExitCode.POWEROFF
+        body = [f"This step of the restore failed: {e.step}", ""]
+        if e.reason:
+            body += wrap(f"Reason: {e.reason}")
+        if e.argv:
+            body += wrap("Command: " + " ".join(e.argv))
+        body += ["Output:"] + [f"  {line}" for line in e.output.strip().splitlines()[-8:]]
+        body += ["", "R retries the step, S opens a rescue shell, F3 quits (the disks are partly restored)."]
+        self.consoles.drain()
+        self.show(Screen(tuple(body), "R=Retry   S=Rescue shell   F3=Quit", error=True))
+        while True:
+            key = self.wait_key()
+            if key is None:
+                continue
+            if key.name is KeyName.F3:
+                self.log("quit after a failed step: the disks are partly restored")
+                return State.MENU
+            ch = (key.char or "").lower() if key.name is KeyName.CHAR else ""
+            if ch == "r":
+                self.log(f"retry from step {e.index + 1}")
+                self.from_step = max(e.index, 0)
+                self.failure = None
+                return State.EXECUTE
+            if ch == "s":
+                return ExitCode.SHELL
+
+    def on_finish(self) -> Next:
+        what, code = ("power off", ExitCode.POWEROFF) if self.options.poweroff else ("restart", ExitCode.REBOOT)
+        seconds = UNATTENDED_RESTART_SECONDS if self.options.unattended else RESTART_SECONDS
+        body = (
+            "Automated System Recovery has restored this computer.",
+            "",
+            "Remove the Automated System Recovery floppy and the boot medium.",
+        )
+        self.consoles.drain()
+        self.show(Screen(body, f"Your computer will {what} in {seconds} seconds..."))
+        self.log(f"Your computer will {what} in {seconds} seconds...")
+        remaining = seconds
+        while remaining > 0:
+            self.paint_status(f"Your computer will {what} in {remaining} seconds...  (any key: now)")
+            if self.options.unattended:
+                time.sleep(1.0)
+            elif self.wait_key(1.0) is not None:
+                break
+            remaining -= 1
+        return code

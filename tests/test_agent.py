@@ -293,7 +293,7 @@ F3 = {"linux": b"\x1b[[C", "xterm": b"\x1bOR", "rxvt": b"\x1b[13~"}
 
 
 @pytest.mark.parametrize(("console", "terminal"), [("vga", "linux"), ("serial", "xterm"), ("serial", "rxvt")])
-def test_f2_floppy_summary_restore_note_menu_power_off(agent: AgentRun, console: str, terminal: str) -> None:
+def test_f2_floppy_summary_restore_missing_backup_menu_power_off(agent: AgentRun, console: str, terminal: str) -> None:
     agent.start()
     agent.expect(r"Press F2 to run Automated System Recovery \(ASR\)\.\.\.", "vga")
     agent.expect(r"Press F2 to run Automated System Recovery \(ASR\)\.\.\.", "serial")
@@ -310,8 +310,12 @@ def test_f2_floppy_summary_restore_note_menu_power_off(agent: AgentRun, console:
         agent.expect(r"Backup set: +/asr/sample-host", where)
         agent.expect(r"ENTER=Continue +F3=Quit", where)
     agent.type(console, b"\r")
-    agent.expect(r"Restoring is not part of this version of asr", "vga")
-    agent.expect(r"restore work item")
+    agent.expect(r"ASR: state: find-backup")  # the restore: this host has no ASRBACKUP medium
+    agent.expect(
+        r"ASR: error: BackupMediaMissingError: the backup medium is not attached: the descriptor names "
+        r"the filesystem with (UUID \S+ or )?label 'ASRBACKUP'"
+    )
+    agent.expect(r"R=Retry +F3=Quit", "vga")
     agent.type(console, F3[terminal])
     agent.expect(r"Automated System Recovery main menu", "vga")
     agent.type(console, b"4")

@@ -1,0 +1,434 @@
+"""Acceptance of the restore issue, in QEMU: F2 → floppy → plan → re-create the disks → restore → boot loader →
+the restored machine boots.  Verdicts come from the guest's serial console (the agent's ``ASR: ...`` lines, the
+restored machine's own ``ASR-MACHINE-MARKER`` line) and from independent tools run on the disk images afterwards
+(sfdisk, blkid, mtools, debugfs, sha256 of every byte).
+
+The source: the test machine of builder/machine.py (GPT and MBR), captured on this host by ``asr backup`` (its
+root loop-mounted, its ESP read with mtools since this host's kernel has no vfat) onto an ext4 image labelled
+ASRBACKUP that is then attached to the VM as a disk; the ISO and the floppy come from ``asr build --descriptor``
+of that capture (unattended, so the main runs boot through the real ISO boot path; the option variations --
+interactive, dry run -- boot the same ISO's kernel and initrd directly with extra kernel options).
+
+One QEMU at a time; media and captures are shared for the session.  Serial logs and screen PNGs are kept under
+tests/artifacts/restore/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from builder.build import BuildResult, build_media
+from builder.cli import main as asr_main
+from builder.machine import (
+    Layout,
+    MachineImage,
+    MachineSpec,
+    PartRole,
+    check_restored_disk,
+    make_machine_image,
+    read_disk_facts,
+    read_machine_inputs,
+)
+from builder.qemu import DiskBus, Firmware, QemuVM, VMSpec, find_accel, read_boot_files
+from recovery_env.backupset import check_backup_set, read_manifest, sha256_file
+from recovery_env.descriptor import BootloaderKind, Descriptor
+from recovery_env.descriptor import Firmware as DescFirmware
+from recovery_env.run import run, run_bytes
+from recovery_env.sif import parse_asr_sif
+
+pytestmark = [pytest.mark.vm, pytest.mark.root]
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "tests" / "artifacts" / "restore"
+MiB = 1 << 20
+MACHINE_MIB = 256
+TARGET_MIB = 384  # 1.5 × the original
+SMALL_MIB = 192
+BACKUP_LABEL = "ASRBACKUP"
+RUN_TIMEOUT = 420.0  # one rescue boot + restore under TCG (measured ~25-40 s; generous for a loaded machine)
+STEP_TIMEOUT = 120.0
+BOOT_TIMEOUT = 150.0
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0 or not Path("/dev/loop-control").exists():
+        pytest.skip("needs root and loop devices (the capture loop-mounts the machine's root)")
+
+
+def sha256(path: Path) -> str:
+    return sha256_file(path)
+
+
+def make_disk(path: Path, size_mib: int, *, seed: str = "") -> Path:
+    """A sparse disk image; with a seed, 1 MiB of seeded bytes at its start, middle and end (so that any write to
+    a table, a filesystem header or the backup GPT changes its hash)."""
+    path.unlink(missing_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size_mib * MiB)
+        if seed:
+            chunk = b"".join(hashlib.sha256(f"{seed}/{i}".encode()).digest() for i in range(MiB // 32))
+            for offset in (0, size_mib * MiB // 2, size_mib * MiB - MiB):
+                f.seek(offset)
+                f.write(chunk)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ the sources
+
+
+@dataclass(frozen=True)
+class Captured:
+    """A machine, its backup set on an ext4 image labelled ASRBACKUP, and the descriptor of that capture."""
+
+    machine: MachineImage
+    backup_image: Path  # the ext4 image holding /asr/<host>/ (attached to the VM as a disk)
+    set_dir: Path  # a copy of the set on the host, for checks
+    sif: Path  # ASR.SIF (ASRPNP.SIF beside it)
+    descriptor: Descriptor
+
+
+def capture_machine(machine: MachineImage, firmware: DescFirmware, work: Path) -> Captured:
+    """`asr backup` of the machine image: loop device + partx, root mounted read-only, the backup image mounted
+    as the destination; everything detached again."""
+    work.mkdir(parents=True, exist_ok=True)
+    backup_image = make_disk(work / "backup.img", TARGET_MIB)  # the same size as the restore target
+    run(["mke2fs", "-q", "-t", "ext4", "-L", BACKUP_LABEL, str(backup_image)])
+    root_mnt, backup_mnt = work / "root", work / "backup"
+    root_mnt.mkdir(exist_ok=True)
+    backup_mnt.mkdir(exist_ok=True)
+    loop = run(["losetup", "-f", "--show", str(machine.path)]).stdout.strip()
+    mounted: list[Path] = []
+    try:
+        run(["partx", "-a", loop])
+        root_no = next(p.number for p in machine.partitions if p.role is PartRole.ROOT)
+        run(["mount", "-t", "ext4", "-o", "ro", f"{loop}p{root_no}", str(root_mnt)])
+        mounted.append(root_mnt)
+        run(["mount", "-t", "ext4", str(backup_image), str(backup_mnt)])
+        mounted.append(backup_mnt)
+        dest = backup_mnt / "asr" / machine.plan.spec.hostname
+        rc = asr_main(["backup", "--to", str(dest), "--root", str(root_mnt), "--disk", loop,
+                       "--firmware", str(firmware)])  # fmt: skip
+        assert rc == 0
+        set_dir = work / "set"
+        shutil.rmtree(set_dir, ignore_errors=True)
+        shutil.copytree(dest, set_dir)
+    finally:
+        for m in reversed(mounted):
+            run(["umount", str(m)], check=False)
+        run(["partx", "-d", loop], check=False)
+        run(["losetup", "-d", loop], check=False)
+    sif_dir = work / "sif"
+    sif_dir.mkdir(exist_ok=True)
+    for name in ("ASR.SIF", "ASRPNP.SIF"):
+        shutil.copyfile(set_dir / name, sif_dir / name)
+    sif = sif_dir / "ASR.SIF"
+    return Captured(machine, backup_image, set_dir, sif, parse_asr_sif(sif.read_text()))
+
+
+@dataclass(frozen=True)
+class Source:
+    captured: Captured
+    media: BuildResult  # ISO + floppy of `asr build --descriptor` (unattended)
+
+
+@pytest.fixture(scope="session")
+def machines(tmp_path_factory: pytest.TempPathFactory) -> dict[Layout, MachineImage]:
+    _need_root()
+    work = tmp_path_factory.mktemp("machines")
+    inputs = read_machine_inputs()
+    return {
+        Layout.GPT: make_machine_image(work / "gpt.img", MachineSpec(layout=Layout.GPT, size_mib=MACHINE_MIB), inputs),
+        Layout.MBR: make_machine_image(
+            work / "mbr.img",
+            MachineSpec(layout=Layout.MBR, size_mib=MACHINE_MIB, hostname="asr-mbr", marker="mbr-1", seed="mbr"),
+            inputs,
+        ),
+    }
+
+
+def _source(name: str, machine: MachineImage, firmware: DescFirmware) -> Source:
+    work = ARTIFACTS / "sources" / name
+    shutil.rmtree(work, ignore_errors=True)
+    captured = capture_machine(machine, firmware, work)
+    media = build_media(work / "media", descriptor=captured.sif, unattended=True, timeout=600)
+    return Source(captured, media)
+
+
+@pytest.fixture(scope="session")
+def gpt_bios(machines: dict[Layout, MachineImage]) -> Source:
+    return _source("gpt-bios", machines[Layout.GPT], DescFirmware.BIOS)
+
+
+@pytest.fixture(scope="session")
+def gpt_uefi(machines: dict[Layout, MachineImage]) -> Source:
+    return _source("gpt-uefi", machines[Layout.GPT], DescFirmware.UEFI)
+
+
+@pytest.fixture(scope="session")
+def mbr_bios(machines: dict[Layout, MachineImage]) -> Source:
+    return _source("mbr-bios", machines[Layout.MBR], DescFirmware.BIOS)
+
+
+# ------------------------------------------------------------------------------------------------ VM helpers
+
+
+@pytest.fixture
+def workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    # short: QEMU's QMP socket path must stay under 108 bytes
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name.removeprefix("test_"))[:20]
+    path = ARTIFACTS / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    yield path
+
+
+def rescue_spec(src: Source, disks: tuple[Path, ...], *, firmware: Firmware = Firmware.BIOS,
+                append: str = "", workdir: Path | None = None) -> VMSpec:  # fmt: skip
+    """The rescue media with the capture's floppy and ``disks`` (virtio, in order: vda, vdb, ...).  ``append``:
+    boot the ISO's own kernel and initrd directly with these options added (the ISO stays attached)."""
+    spec = VMSpec(iso=src.media.iso, floppy=src.media.floppy, disks=disks, firmware=firmware, accel=find_accel())
+    if append:
+        assert workdir is not None
+        kernel, initrd, default = read_boot_files(src.media.iso, workdir)
+        spec = VMSpec(iso=src.media.iso, floppy=src.media.floppy, disks=disks, firmware=firmware,
+                      accel=find_accel(), kernel=kernel, initrd=initrd, append=f"{default} {append}")  # fmt: skip
+    return spec
+
+
+def run_rescue(spec: VMSpec, workdir: Path, expect_exit: str) -> str:
+    """Boot the rescue media and let it run to its end; the serial text.  ``expect_exit``: the agent's exit line
+    (``reboot`` or ``power off``) that must end the run."""
+    with QemuVM(spec, workdir=workdir) as vm:
+        vm.wait_serial(r"ASR: agent \S+ started", BOOT_TIMEOUT)
+        vm.wait_serial(rf"ASR: exit \d+ \({expect_exit}\)", RUN_TIMEOUT)
+        assert vm.wait_exit(STEP_TIMEOUT) == 0
+        return vm.serial_text
+
+
+def boot_restored(disk: Path, firmware: Firmware, workdir: Path) -> str:
+    """Boot the restored disk alone (IDE, no boot entry in a fresh OVMF store: the removable path); its verdict."""
+    spec = VMSpec(disks=(disk,), disk_bus=DiskBus.IDE, firmware=firmware, accel=find_accel(), name="restored")
+    with QemuVM(spec, workdir=workdir / f"b-{firmware}") as vm:
+        m = vm.wait_serial(r"ASR-MACHINE-(MARKER|FAIL)[^\r\n]*", BOOT_TIMEOUT)
+        return m.group(0).strip()
+
+
+def assert_lines(serial: str, *patterns: str) -> None:
+    for p in patterns:
+        assert re.search(p, serial), f"{p!r} not on the serial console; its end:\n" + serial[-3000:]
+
+
+def debugfs_cat(disk: Path, offset: int, path: str) -> str:
+    return run(["debugfs", "-R", f"cat {path}", f"{disk}?offset={offset}"]).stdout
+
+
+def restored_log(disk: Path, machine: MachineImage) -> str:
+    root = next(p for p in machine.partitions if p.role is PartRole.ROOT)
+    listing = run(["debugfs", "-R", "ls -l /var/log/asr", f"{disk}?offset={root.offset}"]).stdout
+    names = re.findall(r"(restore-\d{8}-\d{6}\.log)", listing)
+    assert len(names) == 1, listing
+    return debugfs_cat(disk, root.offset, f"/var/log/asr/{names[0]}")
+
+
+# ------------------------------------------------------------------------------------------------ 1. the source
+
+
+def test_the_capture_archives_root_and_the_unmounted_esp(gpt_bios: Source) -> None:
+    c = gpt_bios.captured
+    d = c.descriptor
+    assert d.backup is not None and d.backup.media_label == BACKUP_LABEL and d.backup.path == "/asr/asr-sample"
+    assert d.bootloader.kind is BootloaderKind.GRUB_BIOS
+    check_backup_set(c.set_dir, d.backup)
+    entries = {e.path: e for e in read_manifest(c.set_dir / "MANIFEST")}
+    esp_loader = entries["/boot/efi/EFI/BOOT/BOOTX64.EFI"]  # read from the vfat ESP by mtools
+    assert (esp_loader.fs, esp_loader.mode, esp_loader.uid) == ("fs1", 0o700, 0)  # fstab: umask=0077
+    esp = next(p for p in c.machine.partitions if p.role is PartRole.ESP)
+    data = run_bytes(["mtype", "-i", f"{c.machine.path}@@{esp.offset}", "::/EFI/BOOT/BOOTX64.EFI"])
+    assert (esp_loader.size, esp_loader.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert entries["/boot/efi"].mtime == 0  # a FAT root directory has no time of its own
+    assert entries["/etc/asr-machine/marker"].fs == "fs2"
+
+
+# ------------------------------------------------------------------------------------------------ 2. BIOS
+
+
+def check_restore(src: Source, serial: str, target: Path) -> None:
+    machine = src.captured.machine
+    entries = src.captured.descriptor.backup.file_count if src.captured.descriptor.backup else 0
+    assert_lines(
+        serial,
+        r"ASR: unattended: summary shown, continuing with the restore",
+        r"ASR: backup set found: /run/asr/backup/asr/\S+ on /dev/vd\w+ \(the filesystem with the recorded UUID\)",
+        r"ASR: backup set verified: 2 archive\(s\)",
+        r"ASR: plan: \d+ steps; disks to erase: /dev/vda <- disk1",
+        r"ASR: unattended: plan confirmed",
+        r"ASR: progress: restore / from fs\d\.tar\.zst: 100%",
+        rf"ASR: manifest: {entries} entries, 0 differences",
+        r"ASR: restore complete",
+        r"Your computer will restart in \d+ seconds\.\.\.",
+    )
+    assert "ASR: error:" not in serial
+    problems = check_restored_disk(machine, read_disk_facts(target), last_grows=True)
+    assert problems == [], problems
+    log = restored_log(target, machine)
+    assert "ASR: backup set verified" in log and "ASR: manifest:" in log
+
+
+def test_unattended_bios_restore_onto_a_larger_disk_boots(gpt_bios: Source, workdir: Path) -> None:
+    """Acceptance 2 (and 5: the backup disk has the target's size and is never chosen; an unrelated small disk is
+    left byte-identical)."""
+    target = make_disk(workdir / "target.img", TARGET_MIB)
+    extra = make_disk(workdir / "extra.img", 64, seed="extra")
+    backup_before, extra_before = sha256(gpt_bios.captured.backup_image), sha256(extra)
+    serial = run_rescue(rescue_spec(gpt_bios, (target, gpt_bios.captured.backup_image, extra)), workdir, "reboot")
+    check_restore(gpt_bios, serial, target)
+    assert_lines(serial, r"ASR: never a target: /dev/vdb \(holds /run/asr/backup\)", r"ASR: exit 20 \(reboot\)",
+                 r"install grub for BIOS on /dev/vda \(rescue system's grub\)")  # fmt: skip
+    assert sha256(extra) == extra_before
+    assert sha256(gpt_bios.captured.backup_image) == backup_before
+    verdict = boot_restored(target, Firmware.BIOS, workdir)
+    assert verdict == gpt_bios.captured.machine.expected_line(DescFirmware.BIOS)
+
+
+def test_unattended_mbr_restore_boots(mbr_bios: Source, workdir: Path) -> None:
+    target = make_disk(workdir / "target.img", TARGET_MIB)
+    serial = run_rescue(rescue_spec(mbr_bios, (target, mbr_bios.captured.backup_image)), workdir, "reboot")
+    check_restore(mbr_bios, serial, target)
+    verdict = boot_restored(target, Firmware.BIOS, workdir)
+    assert verdict == mbr_bios.captured.machine.expected_line(DescFirmware.BIOS)
+
+
+# ------------------------------------------------------------------------------------------------ 3. UEFI
+
+
+def test_unattended_uefi_restore_boots_through_the_removable_path(gpt_uefi: Source, workdir: Path) -> None:
+    target = make_disk(workdir / "target.img", TARGET_MIB)
+    serial = run_rescue(rescue_spec(gpt_uefi, (target, gpt_uefi.captured.backup_image), firmware=Firmware.UEFI),
+                        workdir, "reboot")  # fmt: skip
+    check_restore(gpt_uefi, serial, target)
+    assert_lines(serial, r"install grub for UEFI into /boot/efi \(rescue system's grub, \\EFI\\BOOT\\BOOTX64\.EFI\)")
+    machine = gpt_uefi.captured.machine
+    esp = next(p for p in machine.partitions if p.role is PartRole.ESP)
+    restored = run(["mdir", "-b", "-/", "-i", f"{target}@@{esp.offset}", "::/EFI/BOOT"],
+                   env={"MTOOLS_SKIP_CHECK": "1"}).stdout  # fmt: skip
+    assert "BOOTX64.EFI" in restored.upper()
+    verdict = boot_restored(target, Firmware.UEFI, workdir)
+    assert verdict == machine.expected_line(DescFirmware.UEFI)
+
+
+# ------------------------------------------------------------------------------------------------ 4. interactive
+
+
+def test_interactive_f2_floppy_pick_a_disk_continue(gpt_bios: Source, workdir: Path) -> None:
+    """F2 by keyboard, any key at the floppy prompt, Enter at the summary, the disk choice (two blank disks fit
+    equally), C at the plan; the screens are kept as PNGs."""
+    first = make_disk(workdir / "disk-a.img", TARGET_MIB)
+    second = make_disk(workdir / "disk-b.img", TARGET_MIB)
+    second_before = sha256(second)
+    spec = rescue_spec(gpt_bios, (first, second, gpt_bios.captured.backup_image),
+                       append="asr.unattended=0 asr.timeout=600", workdir=workdir)  # fmt: skip
+    shots = workdir / "screens"
+    with QemuVM(spec, workdir=workdir) as vm:
+        vm.wait_serial(r"Press F2 to run Automated System Recovery \(ASR\)", BOOT_TIMEOUT)
+        vm.screendump(shots / "1-f2-prompt.png")
+        vm.send_keys("f2")
+        vm.wait_serial(r"ASR: F2 pressed", STEP_TIMEOUT)
+        vm.wait_serial(r"Press any key when ready", STEP_TIMEOUT)
+        vm.screendump(shots / "2-insert-floppy.png")
+        vm.send_keys("space")
+        vm.wait_serial(r"ENTER=Continue +F3=Quit", STEP_TIMEOUT)
+        vm.screendump(shots / "3-summary.png")
+        vm.send_keys("enter")
+        vm.wait_serial(r"ASR: backup set verified", STEP_TIMEOUT)
+        vm.wait_serial(r"ASR: choose a disk: disk1 .* fits 2 disks equally", STEP_TIMEOUT)
+        vm.wait_serial(r"1-2=Choose +F3=Quit", STEP_TIMEOUT)
+        vm.screendump(shots / "4-choose-disk.png")
+        vm.send_keys("1")
+        vm.wait_serial(r"ASR: chosen: /dev/vda for disk1", STEP_TIMEOUT)
+        vm.wait_serial(r"C=Continue +F3=Quit", STEP_TIMEOUT)
+        vm.screendump(shots / "5-plan.png")
+        vm.send_keys("c")
+        vm.wait_serial(r"ASR: plan confirmed, token [0-9a-f]{16}", STEP_TIMEOUT)
+        vm.wait_serial(r"ASR: \[\d+/\d+\] restore / from", RUN_TIMEOUT)
+        vm.screendump(shots / "6-restoring.png")
+        vm.wait_serial(r"ASR: restore complete", RUN_TIMEOUT)
+        vm.wait_serial(r"Your computer will restart in \d+ seconds", STEP_TIMEOUT)
+        vm.screendump(shots / "7-restart.png")
+        vm.send_keys("enter")
+        vm.wait_serial(r"ASR: exit 20 \(reboot\)", STEP_TIMEOUT)
+        vm.wait_exit(STEP_TIMEOUT)
+        serial = vm.serial_text
+    assert "ASR: error:" not in serial
+    for png in sorted(shots.glob("*.png")):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list(shots.glob("*.png"))) == 7
+    assert check_restored_disk(gpt_bios.captured.machine, read_disk_facts(first), last_grows=True) == []
+    assert sha256(second) == second_before  # the disk not chosen
+
+
+# ------------------------------------------------------------------------------------------------ 5.-7. refusals
+
+
+def test_a_smaller_target_is_refused_and_left_unchanged(gpt_bios: Source, workdir: Path) -> None:
+    small = make_disk(workdir / "small.img", SMALL_MIB, seed="small")
+    before = sha256(small)
+    serial = run_rescue(rescue_spec(gpt_bios, (small, gpt_bios.captured.backup_image)), workdir, "power off")
+    assert_lines(serial, r"ASR: backup set verified",
+                 r"ASR: error: TargetTooSmallError: the replacement disk must be at least as large as the original: "
+                 r"disk1 \(.*\) needs 256\.0 MiB \(268435456 bytes\), /dev/vda \(.*\) has 192\.0 MiB")  # fmt: skip
+    assert "ASR: plan:" not in serial
+    assert sha256(small) == before
+
+
+def test_a_tampered_archive_is_refused_before_any_write(gpt_bios: Source, workdir: Path) -> None:
+    tampered = workdir / "backup-tampered.img"
+    shutil.copyfile(gpt_bios.captured.backup_image, tampered)
+    mnt = workdir / "mnt"
+    mnt.mkdir()
+    run(["mount", "-t", "ext4", str(tampered), str(mnt)])
+    try:
+        archive = next((mnt / "asr" / "asr-sample").glob("fs2.tar.zst"))
+        with open(archive, "r+b") as f:
+            f.seek(archive.stat().st_size // 2)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0x01]))
+    finally:
+        run(["umount", str(mnt)])
+    target = make_disk(workdir / "target.img", TARGET_MIB, seed="target")
+    before = sha256(target)
+    serial = run_rescue(rescue_spec(gpt_bios, (target, tampered)), workdir, "power off")
+    assert_lines(serial, r"ASR: backup set found",
+                 r"ASR: error: BackupSetError: backup set /run/asr/backup/asr/asr-sample is damaged or incomplete: "
+                 r"/ fs2\.tar\.zst: SHA-256 [0-9a-f]{64}, expected [0-9a-f]{64}")  # fmt: skip
+    assert "ASR: plan:" not in serial and "backup set verified" not in serial
+    assert sha256(target) == before
+
+
+def test_a_missing_backup_medium_is_named(gpt_bios: Source, workdir: Path) -> None:
+    target = make_disk(workdir / "target.img", TARGET_MIB, seed="target")
+    before = sha256(target)
+    serial = run_rescue(rescue_spec(gpt_bios, (target,)), workdir, "power off")
+    assert_lines(serial, r"ASR: error: BackupMediaMissingError: the backup medium is not attached: the descriptor "
+                         rf"names the filesystem with UUID \S+ or label '{BACKUP_LABEL}' holding /asr/asr-sample")
+    assert sha256(target) == before
+
+
+def test_dry_run_shows_the_plan_and_writes_nothing(gpt_bios: Source, workdir: Path) -> None:
+    target = make_disk(workdir / "target.img", TARGET_MIB, seed="target")
+    extra = make_disk(workdir / "extra.img", 64, seed="extra")
+    disks = (target, gpt_bios.captured.backup_image, extra)
+    before = [sha256(d) for d in disks]
+    serial = run_rescue(rescue_spec(gpt_bios, disks, append="asr.dryrun=1", workdir=workdir), workdir, "power off")
+    assert_lines(serial, r"ASR: agent .* dryrun=1", r"ASR: plan: \d+ steps; disks to erase: /dev/vda <- disk1",
+                 r"ASR: plan: +/dev/vda \(.*384\.0 MiB\) +<- disk1", r"ASR: dry run: nothing written")  # fmt: skip
+    assert "ASR: [1/" not in serial
+    assert [sha256(d) for d in disks] == before

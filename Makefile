@@ -25,7 +25,7 @@ venv: $(STAMP)
 setup: deps venv
 
 lint: venv
-	$(VENV)/bin/ruff check builder recovery_env tests
+	$(VENV)/bin/ruff check builder recovery_env bench tests
 	$(VENV)/bin/mypy
 
 test: setup lint
@@ -36,6 +36,10 @@ test-fast: setup lint
 
 demo: setup
 	$(ASR) demo
+
+# measure build, boot, capture and restore against peer tools; writes docs/BENCHMARKS.md (< 15 min on 2 cores)
+bench: setup
+	$(PY) -m bench
 
 clean:
 	rm -rf out tests/artifacts

@@ -1,0 +1,238 @@
+"""The figures → table rows → docs/BENCHMARKS.md (templates/benchmarks.md.j2), and the ratio lines the bench
+prints.  Pure: the measurements come in as data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.model import Better, Goal, Ratio, Summary, Unit
+from builder.templating import render
+from recovery_env.errors import InputError
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure (or one that could not be measured: ``summary`` None and ``note`` says why)."""
+
+    section: str
+    name: str
+    unit: Unit
+    summary: Summary | None = None
+    goal: Goal | None = None
+    command: str = ""  # how to reproduce it
+    note: str = ""
+
+    @property
+    def value(self) -> str:
+        return self.summary.render(self.unit) if self.summary is not None else f"— ({self.note})"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """asr against a peer tool on the same input."""
+
+    section: str
+    name: str  # "ISO step vs xorriso -as mkisofs"
+    unit: Unit  # of the two compared figures
+    better: Better  # LOWER for times, HIGHER for throughputs
+    ours: Summary | None = None
+    peer: Summary | None = None
+    goal: Goal | None = None  # a goal on the ratio (Unit.RATIO)
+    command: str = ""  # the peer's command line
+    note: str = ""
+
+    @property
+    def ratio(self) -> Ratio | None:
+        if self.ours is None or self.peer is None or self.peer.median == 0:
+            return None
+        return Ratio(self.ours, self.peer, self.better)
+
+
+@dataclass(frozen=True)
+class Row:
+    section: str
+    what: str
+    value: str
+    goal: str
+    verdict: str
+    passed: bool | None  # None: no goal, or not measured
+
+
+@dataclass(frozen=True)
+class BreakdownRow:
+    part: str
+    raw: int
+    share: float  # of the raw total, in %
+    compressed_estimate: int  # the raw share scaled to the compressed initramfs
+
+
+@dataclass(frozen=True)
+class ProfileEntry:
+    function: str  # "file:line(name)"
+    ncalls: int
+    tottime: float
+    cumtime: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    title: str  # "make_rescue_env (cold), the step that misses build ≤ 3 s warm"
+    total: float
+    entries: tuple[ProfileEntry, ...]
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class Machine:
+    nproc: int
+    memory_mib: int
+    cpu: str
+    date: str
+    kernel: str
+    accel: str  # "TCG (KVM not usable: ...)"
+    load: str  # load average when the bench started
+    conditions: str  # "shared machine, other engineers running tests: timings are noisy"
+
+
+@dataclass(frozen=True)
+class Report:
+    machine: Machine
+    figures: tuple[Figure, ...]
+    comparisons: tuple[Comparison, ...]
+    steps: Mapping[str, Summary] = field(default_factory=dict)  # build steps, in order
+    steps_title: str = ""
+    initramfs_steps: Mapping[str, Summary] = field(default_factory=dict)
+    breakdown: tuple[BreakdownRow, ...] = ()
+    profiles: tuple[Profile, ...] = ()
+    boot_marks: Mapping[str, Mapping[str, Summary]] = field(default_factory=dict)  # firmware → mark → time
+    settings: Mapping[str, str] = field(default_factory=dict)  # N, data set size, ...
+    notes: tuple[str, ...] = ()
+    sections: tuple[str, ...] = ()  # row order of the main table
+
+
+def plan_rows(
+    figures: Iterable[Figure], comparisons: Iterable[Comparison], sections: Sequence[str] = ()
+) -> list[Row]:
+    """The main table: every figure and every comparison, each with its goal and verdict where it has one,
+    grouped by section in the order of ``sections`` (others after them, in order of appearance)."""
+    rows: list[Row] = []
+    for f in figures:
+        verdict, passed = _verdict(f.goal, f.summary.median if f.summary is not None else None)
+        rows.append(Row(f.section, f.name, f.value, f.goal.text if f.goal else "", verdict, passed))
+    for c in comparisons:
+        ratio = c.ratio
+        if ratio is None:
+            value = f"— ({c.note or 'not measured'})"
+            verdict, passed = ("not measured", None) if c.goal else ("", None)
+        else:
+            lo, hi = ratio.range
+            value = (
+                f"{ratio.value:.2f}× ({ratio.describe()}; asr {c.unit.show(ratio.ours.median)}, "
+                f"peer {c.unit.show(ratio.peer.median)}; ratio range {lo:.2f}–{hi:.2f})"
+            )
+            verdict, passed = _verdict(c.goal, ratio.value)
+        rows.append(Row(c.section, c.name, value, c.goal.text if c.goal else "", verdict, passed))
+    first: dict[str, int] = {}
+    for i, name in enumerate([*sections, *(r.section for r in rows)]):
+        first.setdefault(name, i)
+    return sorted(rows, key=lambda r: first[r.section])
+
+
+def _verdict(goal: Goal | None, value: float | None) -> tuple[str, bool | None]:
+    if goal is None:
+        return "", None
+    if value is None:
+        return "not measured", None
+    v = goal.check(value)
+    return v.text, v.passed
+
+
+def plan_breakdown(raw: Mapping[str, int], compressed_initramfs: int) -> tuple[BreakdownRow, ...]:
+    """Size breakdown of the initramfs contents (the kernel, which is a separate file, excluded from the
+    scaling): raw bytes per part, largest first, with its share and the compressed bytes it accounts for if
+    every part compressed alike (an estimate, said so in the report)."""
+    parts = {k: v for k, v in raw.items() if k != "kernel"}
+    if any(v < 0 for v in parts.values()):
+        raise InputError(f"size breakdown with a negative size: {dict(parts)}")
+    total = sum(parts.values())
+    if total == 0:
+        return ()
+    rows = [
+        BreakdownRow(k, v, v * 100 / total, round(v * compressed_initramfs / total))
+        for k, v in sorted(parts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    return tuple(rows)
+
+
+def summarize_steps(runs: Sequence[Sequence[tuple[str, float]]]) -> dict[str, Summary]:
+    """Per-step summaries over several runs of the same pipeline, in the order of the first run.  A step
+    missing from a run (the pipeline changed between runs) is an error."""
+    if not runs:
+        return {}
+    order = [name for name, _ in runs[0]]
+    samples: dict[str, list[float]] = {name: [] for name in order}
+    for i, run in enumerate(runs):
+        names = [name for name, _ in run]
+        if sorted(names) != sorted(order):
+            raise InputError(f"run {i + 1} has steps {names}, the first run had {order}")
+        for name, seconds in run:
+            samples[name].append(seconds)
+    return {name: Summary.of(samples[name]) for name in order}
+
+
+ProfileStats = Mapping[tuple[str, int, str], tuple[int, int, float, float, Any]]
+
+
+def top_profile_entries(stats: ProfileStats, n: int = 15, *, strip: str = "") -> tuple[ProfileEntry, ...]:
+    """The ``n`` entries of a cProfile/pstats table (``pstats.Stats(...).stats``) with the most own time
+    (tottime): where the time really goes.  ``strip`` is removed from the front of file names."""
+    entries = []
+    for (filename, line, func), (_cc, ncalls, tottime, cumtime, _callers) in stats.items():
+        name = filename.removeprefix(strip) if strip else filename
+        where = f"{name}:{line}({func})" if line else func  # built-ins have line 0: "{method 'compress' ...}"
+        entries.append(ProfileEntry(where, ncalls, tottime, cumtime))
+    entries.sort(key=lambda e: (-e.tottime, e.function))
+    return tuple(entries[:n])
+
+
+def render_ratio_lines(comparisons: Iterable[Comparison]) -> list[str]:
+    """The ratios, one line each, as the bench prints them."""
+    lines = []
+    for c in comparisons:
+        ratio = c.ratio
+        if ratio is None:
+            lines.append(f"{c.name}: not measured ({c.note or 'no samples'})")
+            continue
+        goal = ""
+        if c.goal is not None:
+            goal = f"  [{c.goal.text}: {c.goal.check(ratio.value).text}]"
+        lines.append(f"{c.name}: {ratio.value:.2f}× — {ratio.describe()}{goal}")
+    return lines
+
+
+def render_report(report: Report) -> str:
+    """docs/BENCHMARKS.md."""
+    rows = plan_rows(report.figures, report.comparisons, report.sections)
+    misses = [r for r in rows if r.passed is False]
+    commands = [(f.section, f.name, f.command) for f in report.figures if f.command]
+    commands += [(c.section, c.name, c.command) for c in report.comparisons if c.command]
+    return render(
+        "benchmarks.md.j2",
+        machine=report.machine,
+        rows=rows,
+        misses=misses,
+        steps=report.steps,
+        steps_title=report.steps_title,
+        initramfs_steps=report.initramfs_steps,
+        breakdown=report.breakdown,
+        profiles=report.profiles,
+        boot_marks=report.boot_marks,
+        settings=report.settings,
+        notes=report.notes,
+        commands=commands,
+        ratio_lines=render_ratio_lines(report.comparisons),
+        seconds=Unit.SECONDS,
+        mb=lambda n: f"{n / 1_000_000:.2f}",
+    )

@@ -37,11 +37,7 @@ def run(
     timeout: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` and return the completed process (text mode).  Raise ToolError on a non-zero exit."""
-    args = [os.fspath(a) for a in argv]
-    if os.environ.get("ASR_FORBID_SUBPROCESS") == "1":
-        raise InternalError(f"subprocess forbidden in this context: {shlex.join(args)}")
-    if shutil.which(args[0], path=_search_path(env)) is None and not Path(args[0]).is_file():
-        raise ToolMissingError(args[0])
+    args = _checked_argv(argv, env)
     log.debug("+ %s", shlex.join(args))
     full_env = None
     if env is not None:
@@ -67,11 +63,7 @@ def run(
 
 def run_bytes(argv: Sequence[str | os.PathLike[str]], *, input: bytes | None = None) -> bytes:
     """Run ``argv`` and return its stdout as bytes (for binary output).  Raise ToolError on failure."""
-    args = [os.fspath(a) for a in argv]
-    if os.environ.get("ASR_FORBID_SUBPROCESS") == "1":
-        raise InternalError(f"subprocess forbidden in this context: {shlex.join(args)}")
-    if shutil.which(args[0]) is None and not Path(args[0]).is_file():
-        raise ToolMissingError(args[0])
+    args = _checked_argv(argv)
     log.debug("+ %s", shlex.join(args))
     proc = subprocess.run(args, input=input, capture_output=True, check=False)
     if proc.returncode != 0:
@@ -248,10 +240,12 @@ def run_feed(
     return digest.hexdigest()
 
 
-def _checked_argv(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
+def _checked_argv(argv: Sequence[str | os.PathLike[str]], env: Mapping[str, str] | None = None) -> list[str]:
+    """The argv as strings, after the two checks every command passes: subprocesses allowed here (planners run
+    with ASR_FORBID_SUBPROCESS=1 in tests), and the program exists (ToolMissingError names it)."""
     args = [os.fspath(a) for a in argv]
     if os.environ.get("ASR_FORBID_SUBPROCESS") == "1":
         raise InternalError(f"subprocess forbidden in this context: {shlex.join(args)}")
-    if shutil.which(args[0]) is None and not Path(args[0]).is_file():
+    if shutil.which(args[0], path=_search_path(env)) is None and not Path(args[0]).is_file():
         raise ToolMissingError(args[0])
     return args

@@ -30,7 +30,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-from recovery_env.errors import InputError, MediaError
+from recovery_env.errors import InputError, MediaError, ToolError
 from recovery_env.run import run
 
 log = logging.getLogger("asr.packages")
@@ -260,7 +260,15 @@ def _download(specs: Sequence[str], dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     # apt drops privileges to _apt for downloads; a directory it can write avoids its sandbox warning.
     os.chmod(dest, 0o777)
-    run(["apt-get", "download", "-q", *specs], cwd=dest, timeout=1800)
+    try:
+        run(["apt-get", "download", "-q", *specs], cwd=dest, timeout=1800)
+    except ToolError:
+        if os.geteuid() != 0:
+            raise
+        # A fresh machine may have no package lists yet (or stale ones): refresh them once and try again.
+        log.info("apt-get download failed; running apt-get update and trying again")
+        run(["apt-get", "update", "-qq"], timeout=1800)
+        run(["apt-get", "download", "-q", *specs], cwd=dest, timeout=1800)
 
 
 def check_package(path: Path, pkg: LockedPackage) -> None:

@@ -121,3 +121,25 @@ def test_cli_build_json_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "integrity" in err and str(bad) in err
     assert not out2.exists()
+
+
+def test_asrpnp_drivers_go_into_the_initramfs(tmp_path: Path) -> None:
+    """`asr build --descriptor` adds the drivers ASRPNP.SIF lists (with their dependencies); a driver this kernel
+    does not have (an out-of-tree one) is left out with a warning, not a failed build."""
+    from builder.sif_render import render_asrpnp_sif
+    from recovery_env.descriptor import Device, DeviceInventory
+
+    src = tmp_path / "set"
+    src.mkdir()
+    (src / "ASR.SIF").write_text(render_asr_sif(sample_descriptor()))
+    nic = Device("pci", "0000:00:03.0", "8086", "100e", "0x020000", "pci:v00008086d0000100Esv*", driver="e1000",
+                 modules=("e1000",), description="Intel 82540EM")
+    vendor = Device("pci", "0000:00:04.0", "10de", "1eb8", "0x030200", "", driver="nvidia",
+                    modules=("nvidia",), description="an out-of-tree driver")
+    (src / "ASRPNP.SIF").write_text(render_asrpnp_sif(DeviceInventory("asr-sample", (nic, vendor))))
+    result = build_media(tmp_path / "out", descriptor=src / "ASR.SIF", epoch=EPOCH)
+    initrd = run_bytes(["isoinfo", "-R", "-x", "/live/initrd.img", "-i", str(result.iso)])
+    listing = run(["cpio", "-t", "--quiet"], input=run_bytes(["zstd", "-dc"], input=initrd)).stdout.split()
+    assert any(p.endswith("/e1000.ko") for p in listing), "the inventory's NIC driver is in the initramfs"
+    assert not any("nvidia" in p for p in listing)
+    assert run_bytes(["mtype", "-i", str(result.floppy), "::ASRPNP.SIF"]) == (src / "ASRPNP.SIF").read_bytes()

@@ -1,7 +1,10 @@
 """`asr build`: the media build pipeline, a readable ordered list of named steps over one context.
 
-    read_descriptor → fetch_packages → make_rescue_env → make_boot_loaders → render_boot_configs → make_esp
-    → make_iso → check_budget → make_floppy
+    read_descriptor → (read_backup_set) → fetch_packages → make_rescue_env → make_boot_loaders
+    → render_boot_configs → make_esp → make_iso → check_budget → make_floppy
+
+``--embed-backup DIR`` (read_backup_set) puts the descriptor's backup set on the ISO under /asr/backup/, checked
+against the descriptor's sizes and SHA-256 first; the size budget counts the rescue part only.
 
 Everything is validated before anything is written: a bad descriptor or a blown budget leaves ``out/`` as it was.
 The ISO and the floppy are written to temporary names and renamed into place only when both are complete.
@@ -29,8 +32,10 @@ from builder.iso import make_iso
 from builder.packages import PackageSet, cache_dir, fetch_packages
 from builder.sample import sample_descriptor, sample_inventory
 from builder.sif_render import render_asr_sif, render_asrpnp_sif
+from recovery_env.backupset import check_backup_set
 from recovery_env.descriptor import Descriptor, DeviceInventory
-from recovery_env.errors import DescriptorMissingError, InputError
+from recovery_env.errors import BackupSetError, DescriptorMissingError, InputError
+from recovery_env.restore import EMBEDDED_DIR
 from recovery_env.sif import parse_asr_sif, parse_asrpnp_sif
 
 log = logging.getLogger("asr.build")
@@ -275,12 +280,16 @@ def build_media(
     budget_mb: float | None = None,
     agent_override: bytes | None = None,
     use_cache: bool | None = None,
+    embed_backup: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> BuildResult:
     """Build ``out/asr.iso`` and ``out/asr-floppy.img``.  See the module docstring for the steps.
 
     The rescue environment (kernel + initramfs) is taken from ``<cache>/rescue/<digest of every input>`` when
     it was built before; ``use_cache=False`` (or ``ASR_NO_CACHE=1``) always builds it afresh.
+
+    ``embed_backup``: the directory of the descriptor's backup set, put on the ISO under /asr/backup/ (checked
+    against the descriptor's sizes and SHA-256 first); the size budget applies to the rescue part only.
     """
     if use_cache is None:
         use_cache = os.environ.get("ASR_NO_CACHE") != "1"
@@ -298,6 +307,10 @@ def build_media(
 
     with ctx.step("read_descriptor"):
         desc = read_descriptor(ctx.descriptor_path)
+    embedded: dict[str, bytes] = {}
+    if embed_backup is not None:
+        with ctx.step("read_backup_set"):
+            embedded = read_backup_set(embed_backup, desc.descriptor)
     with ctx.step("fetch_packages"):
         pkgs: PackageSet = fetch_packages(cache_dir(ctx.cache))
     with ctx.step("make_rescue_env"):
@@ -341,8 +354,9 @@ def build_media(
                 esp_image=esp,
                 volume_id=VOLUME_ID,
                 epoch=ctx.epoch,
+                extra_files=embedded,
             )
-            size = iso_tmp.stat().st_size
+            size = iso_tmp.stat().st_size - sum(len(d) for d in embedded.values())  # the rescue part
             if size > ctx.budget_bytes:
                 contributors = _budget_contributors(env, esp, loaders)
                 contributors["ISO 9660 structures"] = size - sum(contributors.values())
@@ -373,6 +387,19 @@ def build_media(
     )
 
 
+def read_backup_set(directory: Path, descriptor: Descriptor) -> dict[str, bytes]:
+    """The files of the descriptor's backup set in ``directory`` (the archives and the MANIFEST, checked against
+    the recorded sizes and SHA-256), keyed by their path on the ISO (/asr/backup/...)."""
+    backup = descriptor.backup
+    if backup is None:
+        raise InputError(f"--embed-backup {directory}: the descriptor records no backup set to embed")
+    if not directory.is_dir():
+        raise BackupSetError(f"--embed-backup {directory}: not a directory")
+    check_backup_set(directory, backup)
+    names = [backup.manifest, *(a.file for a in backup.archives)]
+    return {f"{EMBEDDED_DIR}/{name}": (directory / name).read_bytes() for name in names}
+
+
 def _human(n: int) -> str:
     return f"{n / MB:.1f} MB"
 
@@ -387,6 +414,7 @@ def cli_build(args: argparse.Namespace) -> int:
         descriptor=args.descriptor,
         cache=args.cache,
         budget_mb=args.budget_mb,
+        embed_backup=getattr(args, "embed_backup", None),
         progress=progress,
     )
     if args.json:

@@ -21,6 +21,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, default=Path("out"), help="output directory (default: out/)")
     b.add_argument("--cache", type=Path, help="package cache (default: ~/.cache/asr or $ASR_CACHE)")
     b.add_argument("--budget-mb", type=float, help="fail if the ISO would exceed this many MB (default 40)")
+    b.add_argument("--embed-backup", type=Path, metavar="DIR",
+                   help="put the descriptor's backup set (DIR) on the ISO; the restore reads it from there")
     b.add_argument("--json", action="store_true", help="print a machine-readable result")
 
     bo = sub.add_parser("boot", help="start the media in QEMU")

@@ -159,3 +159,23 @@ def test_fat_source_staged_with_mtools(tmp_path: Path) -> None:
     with pytest.raises(BackupSetError, match=r"/boot/efi \(fs1\): mtools cannot read"):
         stage_fat_source(CaptureSource("fs1", "/boot/efi", tmp_path, str(broken), 0, SourceReader.MTOOLS, ""),
                          tmp_path / "staging3")
+
+
+# -- asr build --embed-backup: what is read (the ISO itself is checked in test_restore_vm.py) ---------------------
+
+
+def test_embed_backup_refuses_a_set_that_is_not_the_descriptors(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from builder.build import read_backup_set
+    from builder.sample import sample_descriptor
+    from recovery_env.errors import InputError
+
+    d = sample_descriptor()
+    assert d.backup is not None
+    with pytest.raises(BackupSetError, match=r"is damaged or incomplete:\n  fs\d\.tar\.zst: missing"):
+        read_backup_set(tmp_path, d)
+    with pytest.raises(BackupSetError, match=r"--embed-backup .*/nope: not a directory"):
+        read_backup_set(tmp_path / "nope", d)
+    with pytest.raises(InputError, match=r"the descriptor records no backup set to embed"):
+        read_backup_set(tmp_path, replace(d, backup=None))

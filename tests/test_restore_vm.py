@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -38,8 +38,9 @@ from builder.machine import (
     read_machine_inputs,
 )
 from builder.qemu import DiskBus, Firmware, QemuVM, VMSpec, find_accel, read_boot_files
+from builder.sif_render import render_asr_sif
 from recovery_env.backupset import check_backup_set, read_manifest, sha256_file
-from recovery_env.descriptor import BootloaderKind, Descriptor
+from recovery_env.descriptor import BootloaderKind, Command, Descriptor
 from recovery_env.descriptor import Firmware as DescFirmware
 from recovery_env.run import run, run_bytes
 from recovery_env.sif import parse_asr_sif
@@ -53,6 +54,7 @@ MACHINE_MIB = 256
 TARGET_MIB = 384  # 1.5 × the original
 SMALL_MIB = 192
 BACKUP_LABEL = "ASRBACKUP"
+POST_COMMAND = Command(1, "echo post-restore ran on $(cat /etc/hostname) > /root/asr-post.txt", critical=True)
 RUN_TIMEOUT = 420.0  # one rescue boot + restore under TCG (measured ~25-40 s; generous for a loaded machine)
 STEP_TIMEOUT = 120.0
 BOOT_TIMEOUT = 150.0
@@ -154,10 +156,13 @@ def machines(tmp_path_factory: pytest.TempPathFactory) -> dict[Layout, MachineIm
     }
 
 
-def _source(name: str, machine: MachineImage, firmware: DescFirmware) -> Source:
+def _source(name: str, machine: MachineImage, firmware: DescFirmware, commands: tuple[Command, ...] = ()) -> Source:
     work = ARTIFACTS / "sources" / name
     shutil.rmtree(work, ignore_errors=True)
     captured = capture_machine(machine, firmware, work)
+    if commands:  # post-restore commands, as an administrator adds them to ASR.SIF
+        captured = replace(captured, descriptor=replace(captured.descriptor, commands=commands))
+        captured.sif.write_text(render_asr_sif(captured.descriptor))
     media = build_media(work / "media", descriptor=captured.sif, unattended=True, timeout=600)
     return Source(captured, media)
 
@@ -174,7 +179,7 @@ def gpt_uefi(machines: dict[Layout, MachineImage]) -> Source:
 
 @pytest.fixture(scope="session")
 def mbr_bios(machines: dict[Layout, MachineImage]) -> Source:
-    return _source("mbr-bios", machines[Layout.MBR], DescFirmware.BIOS)
+    return _source("mbr-bios", machines[Layout.MBR], DescFirmware.BIOS, (POST_COMMAND,))
 
 
 # ------------------------------------------------------------------------------------------------ VM helpers
@@ -260,13 +265,19 @@ def test_the_capture_archives_root_and_the_unmounted_esp(gpt_bios: Source) -> No
 # ------------------------------------------------------------------------------------------------ 2. BIOS
 
 
-def check_restore(src: Source, serial: str, target: Path) -> None:
+FOUND_ON_BACKUP_DISK = (r"ASR: backup set found: /run/asr/backup/asr/\S+ on /dev/vd\w+ \(the filesystem with the "
+                        r"recorded UUID\)")  # fmt: skip
+FOUND_ON_ISO = (r"ASR: backup set found: /run/asr/media/asr/backup on /dev/sr0 \(the boot medium \(embedded backup "
+                r"set\)\)")  # fmt: skip
+
+
+def check_restore(src: Source, serial: str, target: Path, found: str = FOUND_ON_BACKUP_DISK) -> None:
     machine = src.captured.machine
     entries = src.captured.descriptor.backup.file_count if src.captured.descriptor.backup else 0
     assert_lines(
         serial,
         r"ASR: unattended: summary shown, continuing with the restore",
-        r"ASR: backup set found: /run/asr/backup/asr/\S+ on /dev/vd\w+ \(the filesystem with the recorded UUID\)",
+        found,
         r"ASR: backup set verified: 2 archive\(s\)",
         r"ASR: plan: \d+ steps; disks to erase: /dev/vda <- disk1",
         r"ASR: unattended: plan confirmed",
@@ -302,8 +313,29 @@ def test_unattended_mbr_restore_boots(mbr_bios: Source, workdir: Path) -> None:
     target = make_disk(workdir / "target.img", TARGET_MIB)
     serial = run_rescue(rescue_spec(mbr_bios, (target, mbr_bios.captured.backup_image)), workdir, "reboot")
     check_restore(mbr_bios, serial, target)
+    assert_lines(serial, r"ASR: \[\d+/\d+\] post-restore command 1: echo post-restore ran")
+    root = next(p for p in mbr_bios.captured.machine.partitions if p.role is PartRole.ROOT)
+    assert debugfs_cat(target, root.offset, "/root/asr-post.txt") == "post-restore ran on asr-mbr\n"
     verdict = boot_restored(target, Firmware.BIOS, workdir)
     assert verdict == mbr_bios.captured.machine.expected_line(DescFirmware.BIOS)
+
+
+def test_embedded_backup_set_restores_without_a_backup_disk(gpt_bios: Source, workdir: Path) -> None:
+    """`asr build --embed-backup DIR`: the set on the ISO (read back with xorriso), restored from the boot medium
+    with no backup disk attached."""
+    c = gpt_bios.captured
+    assert asr_main(["build", "--descriptor", str(c.sif), "--embed-backup", str(c.set_dir), "--out",
+                     str(workdir / "media")]) == 0  # fmt: skip
+    iso = workdir / "media" / "asr.iso"
+    got = workdir / "from-iso"
+    run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/asr/backup", str(got)])
+    assert c.descriptor.backup is not None
+    check_backup_set(got, c.descriptor.backup)  # every archive and the MANIFEST, byte for byte
+    target = make_disk(workdir / "target.img", TARGET_MIB)
+    media = replace(gpt_bios.media, iso=iso, floppy=workdir / "media" / "asr-floppy.img")
+    spec = rescue_spec(Source(c, media), (target,), append="asr.unattended=1", workdir=workdir)
+    serial = run_rescue(spec, workdir, "reboot")
+    check_restore(gpt_bios, serial, target, found=FOUND_ON_ISO)
 
 
 # ------------------------------------------------------------------------------------------------ 3. UEFI

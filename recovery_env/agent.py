@@ -649,7 +649,7 @@ class Agent:
         if e.argv:
             body += wrap("Command: " + " ".join(e.argv))
         body += ["Output:"] + [f"  {line}" for line in e.output.strip().splitlines()[-8:]]
-        body += ["", "R retries the step, S opens a rescue shell, F3 quits (the disks are partly restored)."]
+        body += ["", *wrap("R retries the step, S opens a rescue shell, F3 quits (the disks are partly restored).")]
         self.consoles.drain()
         self.show(Screen(tuple(body), "R=Retry   S=Rescue shell   F3=Quit", error=True))
         while True:

@@ -54,7 +54,15 @@ MACHINE_MIB = 256
 TARGET_MIB = 384  # 1.5 × the original
 SMALL_MIB = 192
 BACKUP_LABEL = "ASRBACKUP"
-POST_COMMAND = Command(1, "echo post-restore ran on $(cat /etc/hostname) > /root/asr-post.txt", critical=True)
+# A critical post-restore command; with ``asrtest.failonce`` on the kernel command line its first run fails (the
+# interactive test's failed step, then R = retry).
+POST_COMMAND = Command(
+    1,
+    "if grep -q asrtest.failonce /proc/cmdline && ! test -e /root/.asr-retried; then touch /root/.asr-retried; "
+    "echo simulated failure of the first attempt; exit 3; fi; "
+    "echo post-restore ran on $(cat /etc/hostname) > /root/asr-post.txt",
+    critical=True,
+)
 RUN_TIMEOUT = 420.0  # one rescue boot + restore under TCG (measured ~25-40 s; generous for a loaded machine)
 STEP_TIMEOUT = 120.0
 BOOT_TIMEOUT = 150.0
@@ -313,7 +321,7 @@ def test_unattended_mbr_restore_boots(mbr_bios: Source, workdir: Path) -> None:
     target = make_disk(workdir / "target.img", TARGET_MIB)
     serial = run_rescue(rescue_spec(mbr_bios, (target, mbr_bios.captured.backup_image)), workdir, "reboot")
     check_restore(mbr_bios, serial, target)
-    assert_lines(serial, r"ASR: \[\d+/\d+\] post-restore command 1: echo post-restore ran")
+    assert_lines(serial, r"ASR: \[\d+/\d+\] post-restore command 1: if grep")
     root = next(p for p in mbr_bios.captured.machine.partitions if p.role is PartRole.ROOT)
     assert debugfs_cat(target, root.offset, "/root/asr-post.txt") == "post-restore ran on asr-mbr\n"
     verdict = boot_restored(target, Firmware.BIOS, workdir)
@@ -359,14 +367,16 @@ def test_unattended_uefi_restore_boots_through_the_removable_path(gpt_uefi: Sour
 # ------------------------------------------------------------------------------------------------ 4. interactive
 
 
-def test_interactive_f2_floppy_pick_a_disk_continue(gpt_bios: Source, workdir: Path) -> None:
+def test_interactive_f2_floppy_pick_a_disk_continue(mbr_bios: Source, workdir: Path) -> None:
     """F2 by keyboard, any key at the floppy prompt, Enter at the summary, the disk choice (two blank disks fit
-    equally), C at the plan; the screens are kept as PNGs."""
+    equally), C at the plan, R at a failed step (the post-restore command fails once); the screens are kept as
+    PNGs."""
+    src = mbr_bios
     first = make_disk(workdir / "disk-a.img", TARGET_MIB)
     second = make_disk(workdir / "disk-b.img", TARGET_MIB)
     second_before = sha256(second)
-    spec = rescue_spec(gpt_bios, (first, second, gpt_bios.captured.backup_image),
-                       append="asr.unattended=0 asr.timeout=600", workdir=workdir)  # fmt: skip
+    spec = rescue_spec(src, (first, second, src.captured.backup_image),
+                       append="asr.unattended=0 asr.timeout=600 asrtest.failonce", workdir=workdir)  # fmt: skip
     shots = workdir / "screens"
     with QemuVM(spec, workdir=workdir) as vm:
         vm.wait_serial(r"Press F2 to run Automated System Recovery \(ASR\)", BOOT_TIMEOUT)
@@ -391,18 +401,24 @@ def test_interactive_f2_floppy_pick_a_disk_continue(gpt_bios: Source, workdir: P
         vm.wait_serial(r"ASR: plan confirmed, token [0-9a-f]{16}", STEP_TIMEOUT)
         vm.wait_serial(r"ASR: \[\d+/\d+\] restore / from", RUN_TIMEOUT)
         vm.screendump(shots / "6-restoring.png")
+        vm.wait_serial(r"ASR: error: StepFailed: post-restore command 1: .*: exit code 3", RUN_TIMEOUT)
+        vm.wait_serial(r"simulated failure of the first attempt", STEP_TIMEOUT)  # the output, on the screen
+        vm.wait_serial(r"R=Retry +S=Rescue shell +F3=Quit", STEP_TIMEOUT)
+        vm.screendump(shots / "7-step-failed.png")
+        vm.send_keys("r")
+        vm.wait_serial(r"ASR: retry from step \d+", STEP_TIMEOUT)
         vm.wait_serial(r"ASR: restore complete", RUN_TIMEOUT)
         vm.wait_serial(r"Your computer will restart in \d+ seconds", STEP_TIMEOUT)
-        vm.screendump(shots / "7-restart.png")
+        vm.screendump(shots / "8-restart.png")
         vm.send_keys("enter")
         vm.wait_serial(r"ASR: exit 20 \(reboot\)", STEP_TIMEOUT)
         vm.wait_exit(STEP_TIMEOUT)
         serial = vm.serial_text
-    assert "ASR: error:" not in serial
+    assert serial.count("ASR: error:") == 1  # the one failed step, retried
     for png in sorted(shots.glob("*.png")):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(list(shots.glob("*.png"))) == 7
-    assert check_restored_disk(gpt_bios.captured.machine, read_disk_facts(first), last_grows=True) == []
+    assert len(list(shots.glob("*.png"))) == 8
+    assert check_restored_disk(src.captured.machine, read_disk_facts(first), last_grows=True) == []
     assert sha256(second) == second_before  # the disk not chosen
 
 

@@ -88,7 +88,7 @@ class Settings:
     captures: int = 3
     guest_rounds: int = 1  # of each method, ABBA
     data_mib: int = dataset.DEFAULT_SIZE_MIB
-    memory_range: tuple[int, int, int] = (128, 1024, 32)  # lo, hi, step (MiB)
+    memory_range: tuple[int, int, int] = (64, 1024, 32)  # lo, hi, step (MiB)
     boot_timeout: float = 90.0
     rear_boots: int = 1
     sections: tuple[str, ...] = SECTIONS
@@ -97,6 +97,8 @@ class Settings:
 
     def describe(self) -> dict[str, str]:
         return {
+            "mode": "--quick (development run: n=1, small data set; not the published figures)" if self.quick
+            else "full",
             "runs (N)": f"cold builds {self.builds}, cached builds {self.warm}, ISO/floppy steps {self.micro}, "
             f"peer initramfs {self.initramfs}, boots {self.boots} per firmware, captures {self.captures}, "
             f"guest restore rounds {self.guest_rounds} per method",
@@ -129,10 +131,16 @@ class Bench:
     capture_archive: Path | None = None
     capture_sha256: str = ""
     data: dataset.DataSet | None = None
+    cache_root: Path = field(default_factory=lambda: cache_dir().parent)  # rescue cache of the build section
     min_memory: int | None = None
 
     def say(self, text: str) -> None:
         print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def first_line(e: BaseException) -> str:
+    """An error in one line, for a table cell (VM errors carry the serial console's tail)."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -175,23 +183,27 @@ def measure_build(b: Bench) -> None:
     out = b.work / "media"
     for i in range(s.builds):
         b.say(f"media build {i + 1}/{s.builds}, cold rescue cache (the real work) ...")
+        b.cache_root = make_private_cache(b.work / f"cache-{i}")
         with capture_initramfs_steps() as substeps:
-            r = build_media(out, use_cache=False)
+            r = build_media(out, cache=b.cache_root / "debs", use_cache=True)
+        if r.rescue_cached:
+            raise AsrError("a cold build found its rescue environment in a fresh cache")
         cold_runs.append([(st.name, st.seconds) for st in r.steps])
         cold_totals.append(r.seconds)
         inner.append(list(substeps))
         b.say(f"  {r.seconds:.2f} s")
     warm_runs, warm_totals = [], []
-    build_media(out, use_cache=True)  # fills the rescue cache if needed (not measured)
+    build_media(out, cache=b.cache_root / "debs", use_cache=True)  # fills the rescue cache if -n 0 (unmeasured)
     for _ in range(s.warm):
-        r = build_media(out, use_cache=True)
+        r = build_media(out, cache=b.cache_root / "debs", use_cache=True)
         if not r.rescue_cached:
             raise AsrError("a cached build did not take the rescue environment from the cache")
         warm_runs.append([(st.name, st.seconds) for st in r.steps])
         warm_totals.append(r.seconds)
     b.iso, b.floppy = r.iso, r.floppy
     b.steps = summarize_steps(cold_runs) if cold_runs else summarize_steps(warm_runs)
-    b.steps_title = (f"Warm package cache, cold rescue cache (`build_media(use_cache=False)`), n={len(cold_runs)}."
+    b.steps_title = (f"Warm package cache, empty rescue cache (a fresh ASR_CACHE whose debs/ is the warm package "
+                     f"cache), n={len(cold_runs)}."
                      if cold_runs else f"Fully cached, n={len(warm_runs)}.")  # fmt: skip
     if inner and all(inner):
         b.initramfs_steps = summarize_steps(inner)
@@ -213,6 +225,13 @@ def measure_build(b: Bench) -> None:
     if cold_totals and not GOAL_BUILD_WARM.better.passes(Summary.of(cold_totals).median, GOAL_BUILD_WARM.limit):
         b.say("profiling make_rescue_env (build goal missed) ...")
         b.profiles.append(profile_rescue_env())
+
+
+def make_private_cache(root: Path) -> Path:
+    """A cache root whose debs/ is the (warm) package cache and whose rescue/ starts empty."""
+    root.mkdir(parents=True)
+    (root / "debs").symlink_to(cache_dir().resolve(), target_is_directory=True)
+    return root
 
 
 def profile_rescue_env() -> Profile:
@@ -244,13 +263,13 @@ class MediaInputs:
     epoch: int
 
 
-def read_media_inputs() -> MediaInputs:
+def read_media_inputs(cache_root: Path) -> MediaInputs:
     """What build_media gives make_iso and make_floppy, the rescue environment from the cache."""
     pkgs = fetch_packages(cache_dir())
     desc = read_descriptor(None)
     epoch = source_date_epoch()
     env = make_rescue_image(pkgs, epoch=epoch, agent_override=None, optional_modules=desc.inventory.modules(),
-                            cache_root=cache_dir().parent)  # fmt: skip
+                            cache_root=cache_root)  # fmt: skip
     loaders = bootloader.make_boot_loaders(pkgs.deb)
     options = bootloader.BootOptions()
     esp = make_esp({bootloader.ESP_LOADER_PATH: loaders.grub_efi}, epoch=epoch)
@@ -277,7 +296,7 @@ def write_iso_tree(root: Path, m: MediaInputs, layout: bootloader.MediaLayout = 
 
 def measure_iso(b: Bench) -> None:
     s = b.settings
-    m = read_media_inputs()
+    m = read_media_inputs(b.cache_root)
     tree, out = b.work / "iso-tree", b.work / "iso-out"
     shutil.rmtree(tree, ignore_errors=True)
     tree.mkdir()
@@ -517,6 +536,7 @@ def measure_restore(b: Bench) -> None:
                                         note="needs the capture section"))  # fmt: skip
         return
     b.say("building the bench media (agent override; cached after the first time) ...")
+    # the default cache: this rescue environment stays cached from one bench run to the next
     media = build_media(b.work / "bench-media", agent_override=guest.read_guest_agent())
     rounds = guest.plan_rounds(s.guest_rounds)
     src, scratch = b.work / "guest-src.img", b.work / "guest-scratch.img"
@@ -546,7 +566,7 @@ def measure_restore(b: Bench) -> None:
             b.notes.append(f"At {b.min_memory} MiB (the smallest that boots) the agent's extraction of the data set "
                            "completed and restored every file.")  # fmt: skip
         except AsrError as e:
-            b.notes.append(f"At {b.min_memory} MiB the agent's extraction of the data set failed: {e}")
+            b.notes.append(f"At {b.min_memory} MiB the agent's extraction of the data set failed: {first_line(e)}")
     b.notes.append("Restore rounds in the guest: the full restore flow (partitioning, mkfs, boot loader) is timed by "
                    "the rehearsal row; this row times the extraction alone, the part that scales with the data.")
 
@@ -580,7 +600,7 @@ def measure_rear(b: Bench) -> None:
             rear.install_rear(REPO)
             blocker = rear.find_blocker()
         except AsrError as e:
-            blocker = f"could not install it: {e}"
+            blocker = f"could not install it: {first_line(e)}"
     if blocker is not None:
         b.figures.append(Figure(section, "rear mkrescue", Unit.SECONDS, note=f"cannot run here: {blocker}"))
         return
@@ -589,7 +609,7 @@ def measure_rear(b: Bench) -> None:
     try:
         seconds = rear.make_rescue(setup)
     except AsrError as e:
-        b.figures.append(Figure(section, "rear mkrescue", Unit.SECONDS, note=f"failed: {e}"))
+        b.figures.append(Figure(section, "rear mkrescue", Unit.SECONDS, note=f"failed: {first_line(e)}"))
         return
     conf = f"rear -c DIR mkrescue, DIR/local.conf from templates/bench-rear.conf.j2 ({PY} --only rear)"
     b.figures.append(Figure(section, "rear mkrescue (warm: packages installed)", Unit.SECONDS,
@@ -604,7 +624,7 @@ def measure_rear(b: Bench) -> None:
                                             serial_log=b.work / f"rear-boot-{i}.log"))  # fmt: skip
         except AsrError as e:
             b.figures.append(Figure(section, "QEMU start → rescue login (BIOS CD, 1024 MiB)", Unit.SECONDS,
-                                    note=f"failed: {e}"))  # fmt: skip
+                                    note=f"failed: {first_line(e)}"))  # fmt: skip
             return
     b.figures.append(Figure(section, f"QEMU start → rescue login on serial (BIOS CD, {accel_label()}, 1024 MiB; "
                             "menu skipped with Enter)", Unit.SECONDS, Summary.of(boots), GOAL_F2_TCG,
@@ -680,7 +700,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str]:
     s = Settings(data_mib=dataset.read_size_mib(), out=args.out)
     if args.quick:
         s = replace(s, builds=1, warm=2, micro=3, initramfs=1, boots=1, captures=1, guest_rounds=1,
-                    data_mib=64, memory_range=(128, 1024, 64), quick=True)  # fmt: skip
+                    data_mib=64, memory_range=(64, 1024, 64), quick=True)  # fmt: skip
     if args.n is not None:
         s = replace(s, builds=args.n, boots=max(args.n, 1), captures=max(args.n, 1))
     if args.data_mb is not None:

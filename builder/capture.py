@@ -18,8 +18,8 @@ An ordered list of steps over a request; every refusal is checked before anythin
 7. write: the archives and MANIFEST (recovery_env.backupset), then ASR.SIF and ASRPNP.SIF; on any failure every
    file written is removed again (and DIR, if capture made it).
 
-The capture logic proper lives in recovery_env (standard library only) so that the boot media can run it too;
-this module is the host CLI around it: progress bar, summary, JSON.
+The capture logic proper lives in recovery_env.capture (standard library only at import time) so that the boot
+media run the same code (the offline capture); this module is the host CLI around it: progress bar, summary, JSON.
 """
 
 from __future__ import annotations
@@ -27,113 +27,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from builder.sif_render import render_asr_sif, render_asrpnp_sif
-from recovery_env import __version__
-from recovery_env.backupset import (
-    BackupResult,
-    SourceReader,
-    check_destination,
-    check_root,
-    check_space,
-    find_sources,
-    make_backup_record,
-    make_backup_set,
-    plan_archives,
-    stage_fat_source,
+from recovery_env.capture import (
+    ASR_SIF,
+    ASRPNP_SIF,
+    CaptureRequest,
+    CaptureResult,
+    SifRenderer,
+    find_media,
+    mountpoint_of,
 )
-from recovery_env.descriptor import Compression, Descriptor, DeviceInventory, Firmware
-from recovery_env.errors import LayoutError
-from recovery_env.inventory import read_inventory
-from recovery_env.layout import read_blkid, read_layout, read_system_info
-from recovery_env.run import run
-from recovery_env.sif import validate_descriptor
+from recovery_env.capture import capture as capture_with
+from recovery_env.descriptor import Firmware
 
-ASR_SIF = "ASR.SIF"
-ASRPNP_SIF = "ASRPNP.SIF"
+__all__ = ["ASRPNP_SIF", "ASR_SIF", "CaptureRequest", "CaptureResult", "capture", "cli_backup", "find_media"]
 
-
-@dataclass(frozen=True)
-class CaptureRequest:
-    dest: Path
-    root: Path = Path("/")
-    disks: tuple[str, ...] = ()
-    include_mounts: tuple[str, ...] = ()
-    excludes: tuple[str, ...] = ()
-    firmware: Firmware | None = None
-    compression: Compression = Compression.ZSTD
-
-
-@dataclass(frozen=True)
-class CaptureResult:
-    dest: Path
-    descriptor: Descriptor
-    inventory: DeviceInventory
-    backup: BackupResult
-    notes: tuple[str, ...] = ()
-    files: tuple[str, ...] = field(default_factory=tuple)
-    seconds: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        d = self.descriptor
-        return {
-            "dest": str(self.dest),
-            "files": list(self.files),
-            "firmware": d.system.firmware.value,
-            "hostname": d.system.hostname,
-            "bootloader": {"kind": d.bootloader.kind.value, "disk": d.bootloader.disk},
-            "disks": [{"key": k.key, "device": k.device, "table": k.table.value, "disk_id": k.disk_id,
-                       "size_bytes": k.size_bytes, "critical": k.critical} for k in d.disks],
-            "filesystems": [{"key": f.key, "partition": f.partition, "type": f.type.value, "uuid": f.uuid,
-                             "label": f.label, "backup": f.backup, "mountpoint": _mountpoint(d, f.key)}
-                            for f in d.filesystems],
-            "archives": [{"filesystem": a.filesystem, "file": a.file, "size": a.size, "sha256": a.sha256,
-                          "entries": a.entries} for a in self.backup.archives],
-            "manifest": self.backup.manifest,
-            "manifest_sha256": self.backup.manifest_sha256,
-            "file_count": self.backup.file_count,
-            "raw_bytes": self.backup.raw_bytes,
-            "devices": len(self.inventory.devices),
-            "warnings": list(self.backup.warnings),
-            "notes": list(self.notes),
-            "seconds": round(self.seconds, 3),
-        }
-
-
-def _mountpoint(d: Descriptor, fs_key: str) -> str:
-    m = d.mount_of(fs_key)
-    return m.mountpoint if m else ""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Checks (each raises a named CaptureRefused)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def find_media(dest: Path) -> tuple[str, str, str]:
-    """(label, uuid, path of DIR within its filesystem) of the filesystem that holds DIR."""
-    rows = json.loads(run(["findmnt", "--json", "-T", str(dest), "-o", "TARGET,SOURCE"]).stdout)["filesystems"]
-    target, source = str(rows[0]["target"]), str(rows[0]["source"])
-    rel = "/" + str(dest.absolute().relative_to(target)).lstrip(".").lstrip("/") if target != "/" else str(
-        dest.absolute())
-    label = uuid = ""
-    if source.startswith("/dev/"):
-        probe = read_blkid(source)
-        label, uuid = probe.get("LABEL", ""), probe.get("UUID", "")
-    return label, uuid, rel.rstrip("/") or "/"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The capture
-# --------------------------------------------------------------------------------------------------------------
+RENDERER = SifRenderer(render_asr_sif, render_asrpnp_sif)
 
 
 def capture(
@@ -142,65 +57,8 @@ def capture(
     euid: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> CaptureResult:
-    started = time.monotonic()
-    check_root(euid)
-    root = req.root.resolve()
-    if not root.is_dir():
-        raise LayoutError(f"--root {req.root}: not a directory")
-    layout, firmware, facts = read_layout(root, req.disks, include_mounts=req.include_mounts, firmware=req.firmware)
-    sources = find_sources(layout, root)
-    dest = req.dest.absolute()
-    check_destination(dest, layout, facts)
-    check_space(dest, sources)
-    system = read_system_info(root, firmware, f"asr {__version__}")
-    descriptor = Descriptor(system, layout.disks, layout.partitions, layout.filesystems, layout.mounts,
-                            layout.bootloader)
-    validate_descriptor(descriptor)
-    inventory = read_inventory(system.hostname) if root == Path("/") else DeviceInventory(system.hostname)
-    render_asrpnp_sif(inventory)  # validates it before anything is written
-
-    exclude_dirs = []
-    try:
-        exclude_dirs.append("/" + str(dest.relative_to(root)))
-    except ValueError:
-        pass
-    created = not dest.exists()
-    written: list[Path] = []
-    staging = Path(tempfile.mkdtemp(prefix="asr-fat-")) if any(
-        s.reader is SourceReader.MTOOLS for s in sources) else None
-    try:
-        dirs = {s.fs: (stage_fat_source(s, staging / s.fs) if staging is not None and s.reader is
-                       SourceReader.MTOOLS else s.directory) for s in sources}
-        jobs = plan_archives([(s.fs, s.mountpoint, str(dirs[s.fs]), s.used_bytes) for s in sources],
-                             excludes=req.excludes, exclude_dirs=exclude_dirs, compression=req.compression)
-        dest.mkdir(parents=True, exist_ok=True)
-        written += [dest / j.file for j in jobs] + [dest / "MANIFEST"]
-        result = make_backup_set(jobs, dest, progress=progress)
-        label, uuid, path = find_media(dest)
-        record = make_backup_record(result, path=path, media_label=label, media_uuid=uuid,
-                                    compression=req.compression)
-        descriptor = replace(descriptor, backup=record)
-        asr_sif = render_asr_sif(descriptor)
-        pnp_sif = render_asrpnp_sif(inventory)
-        for name, text in ((ASR_SIF, asr_sif), (ASRPNP_SIF, pnp_sif)):
-            written.append(dest / name)
-            (dest / name).write_text(text, encoding="utf-8")
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        if created:
-            shutil.rmtree(dest, ignore_errors=True)
-        raise
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-    files = (ASR_SIF, ASRPNP_SIF, result.manifest, *(a.file for a in result.archives))
-    notes = layout.notes + tuple(
-        f"{s.mountpoint} ({s.fs}, {s.device}) {s.reader.describe}" for s in sources
-        if s.reader is SourceReader.MTOOLS)
-    if root != Path("/"):
-        notes += (f"ASRPNP.SIF lists no devices: --root {root} is another system than this machine's hardware",)
-    return CaptureResult(dest, descriptor, inventory, result, notes, files, time.monotonic() - started)
+    """recovery_env.capture.capture with this tree's jinja2 renderer (the same code the boot media run)."""
+    return capture_with(req, euid=euid, progress=progress, renderer=RENDERER)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -257,7 +115,7 @@ def render_summary(r: CaptureResult) -> str:
                      f"{'critical' if disk.critical else 'listed'}")
         for p in d.partitions_of(disk.key):
             fs = next((f for f in d.filesystems if f.partition == p.key), None)
-            what = (f"{fs.type.value} {fs.label or '-'} {fs.uuid} at {_mountpoint(d, fs.key) or '-'}"
+            what = (f"{fs.type.value} {fs.label or '-'} {fs.uuid} at {mountpoint_of(d, fs.key) or '-'}"
                     f"{' (backed up)' if fs.backup else ''}") if fs else p.type
             lines.append(f"    {p.key} {_size(p.size * disk.logical_sector_size)}  {what}")
     for a in r.backup.archives:

@@ -61,7 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     vb.add_argument("--firmware", choices=["bios", "uefi"], help="override the descriptor's firmware")
     vb.add_argument("--memory", type=int, default=1024, help="MiB of RAM (default 1024)")
 
-    sub.add_parser("demo", help="build the media of the embedded sample, boot it, press F2, show the summary")
+    rh = sub.add_parser("rehearse", help="restore a backup set onto scratch disks in QEMU and boot the result")
+    rh.add_argument("dir", type=Path, help="directory with ASR.SIF, ASRPNP.SIF and the backup set (asr backup)")
+    rh.add_argument("--iso", type=Path, help="recovery ISO to use (default: built for the set)")
+    rh.add_argument("--floppy", type=Path, help="ASR floppy to use with --iso")
+    rh.add_argument("--firmware", choices=["auto", "bios", "uefi", "both"], default="auto",
+                    help="boot the restored disks under this firmware (default: the descriptor's)")
+    rh.add_argument("--grow", type=int, default=0, metavar="PERCENT", help="scratch disks this much larger")
+    rh.add_argument("--expect", help="regex on the restored system's serial console (default: a login prompt)")
+    rh.add_argument("--keep", action="store_true", help="keep the scratch disks")
+    rh.add_argument("--workdir", type=Path, help="work and report directory (default: out/rehearse)")
+    rh.add_argument("--json", action="store_true")
+
+    dm = sub.add_parser("demo", help="rehearse a recovery of the embedded sample machine (--f2: the F2 tour)")
+    dm.add_argument("--f2", action="store_true", help="only boot the sample media, press F2, show the summary")
     return p
 
 
@@ -104,6 +117,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from builder.vbox import cli_vbox
 
         return cli_vbox(args)
+    if args.command == "rehearse":
+        from builder.rehearse import cli_rehearse
+
+        return cli_rehearse(args)
     if args.command == "demo":
         from builder.demo import cli_demo
 

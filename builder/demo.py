@@ -1,4 +1,8 @@
-"""`asr demo` (`make demo`): build the media of the embedded sample system, boot them headless in QEMU (BIOS, ISO
+"""`asr demo` (`make demo`): a rehearsal of the embedded sample machine (:func:`run_rehearsal_demo`): build its
+disk (builder/machine.py), capture it with `asr backup`, build the media for that capture, restore onto a scratch
+disk in QEMU, boot the restored disk, print the verdict and where the report is.  Needs root (loop devices).
+
+`asr demo --f2` (:func:`run_demo`): build the media of the embedded sample system, boot them headless in QEMU (BIOS, ISO
 as a CD, the ASR floppy in drive A:), press F2 as a real keyboard key, confirm the floppy prompt, show the
 summary the agent read from the floppy, take two screenshots, power the VM off.  Every step is learnt from the
 guest's serial console, not from a timer."""
@@ -6,13 +10,17 @@ guest's serial console, not from a timer."""
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.build import BuildResult, build_media
 from builder.qemu import F2_PROMPT, BootMedium, Firmware, QemuVM, VMError, VMSpec, find_accel
+from builder.rehearse import RehearsalReport, capture_disk_image, rehearse
+from recovery_env.errors import InputError
 
 OUT = Path("out")
 BOOT_TIMEOUT = 240.0  # seconds to the F2 prompt under TCG (measured: well under a minute)
@@ -94,7 +102,40 @@ def run_demo(out: Path = OUT, *, say: bool = True, media: BuildResult | None = N
                       summary, build_seconds, to_prompt, code)  # fmt: skip
 
 
+def run_rehearsal_demo(out: Path = OUT, *, say: bool = True) -> RehearsalReport:
+    """The sample machine (GPT, 256 MiB) built, captured and rehearsed under ``out/demo``."""
+    from builder.machine import Layout, MachineSpec, PartRole, make_machine_image, read_machine_inputs
+
+    def note(text: str) -> None:
+        if say:
+            print(text, flush=True)
+
+    if os.geteuid() != 0 or not Path("/dev/loop-control").exists():
+        raise InputError("asr demo captures the sample machine through a loop device: run it as root "
+                         "(or run `asr demo --f2` for the F2 tour without root)")  # fmt: skip
+    work = (out / "demo").resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    started = time.monotonic()
+    note("asr demo: building the sample machine's disk (GPT, 256 MiB: BIOS boot, ESP, root) ...")
+    machine = make_machine_image(work / "machine.img", MachineSpec(layout=Layout.GPT), read_machine_inputs())
+    note(f"asr demo: {machine.path} built in {time.monotonic() - started:.1f} s; capturing it with `asr backup`")
+    root_no = next(p.number for p in machine.partitions if p.role is PartRole.ROOT)
+    _backup_img, set_dir = capture_disk_image(machine.path, root_no, machine.plan.spec.hostname, "bios",
+                                              work / "capture")  # fmt: skip
+    (work / "capture" / "backup.img").unlink(missing_ok=True)  # rehearse makes its own backup medium
+    note(f"asr demo: backup set in {set_dir}; rehearsing its recovery")
+    report = rehearse(set_dir, firmware="bios", workdir=work / "rehearse",
+                      progress=(lambda line: note("asr rehearse: " + line)))  # fmt: skip
+    note(f"asr demo: {report.verdict.splitlines()[0]} ({time.monotonic() - started:.0f} s in all)")
+    note(f"asr demo: report: {report.report_md}")
+    return report
+
+
 def cli_demo(args: argparse.Namespace) -> int:
+    if not getattr(args, "f2", False):
+        report = run_rehearsal_demo(OUT)
+        return 0 if report.recoverable else 1
     r = run_demo(OUT)
     print()
     print("asr demo: done.")

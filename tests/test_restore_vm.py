@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from builder import rehearse
 from builder.build import BuildResult, build_media
 from builder.cli import main as asr_main
 from builder.machine import (
@@ -37,7 +38,7 @@ from builder.machine import (
     read_disk_facts,
     read_machine_inputs,
 )
-from builder.qemu import DiskBus, Firmware, QemuVM, VMSpec, find_accel, read_boot_files
+from builder.qemu import Firmware, QemuVM, VMSpec
 from builder.sif_render import render_asr_sif
 from recovery_env.backupset import check_backup_set, read_manifest, sha256_file
 from recovery_env.descriptor import BootloaderKind, Command, Descriptor
@@ -78,17 +79,7 @@ def sha256(path: Path) -> str:
 
 
 def make_disk(path: Path, size_mib: int, *, seed: str = "") -> Path:
-    """A sparse disk image; with a seed, 1 MiB of seeded bytes at its start, middle and end (so that any write to
-    a table, a filesystem header or the backup GPT changes its hash)."""
-    path.unlink(missing_ok=True)
-    with open(path, "wb") as f:
-        f.truncate(size_mib * MiB)
-        if seed:
-            chunk = b"".join(hashlib.sha256(f"{seed}/{i}".encode()).digest() for i in range(MiB // 32))
-            for offset in (0, size_mib * MiB // 2, size_mib * MiB - MiB):
-                f.seek(offset)
-                f.write(chunk)
-    return path
+    return rehearse.make_disk(path, size_mib * MiB, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------------ the sources
@@ -106,35 +97,11 @@ class Captured:
 
 
 def capture_machine(machine: MachineImage, firmware: DescFirmware, work: Path) -> Captured:
-    """`asr backup` of the machine image: loop device + partx, root mounted read-only, the backup image mounted
-    as the destination; everything detached again."""
-    work.mkdir(parents=True, exist_ok=True)
-    backup_image = make_disk(work / "backup.img", TARGET_MIB)  # the same size as the restore target
-    run(["mke2fs", "-q", "-t", "ext4", "-L", BACKUP_LABEL, str(backup_image)])
-    root_mnt, backup_mnt = work / "root", work / "backup"
-    root_mnt.mkdir(exist_ok=True)
-    backup_mnt.mkdir(exist_ok=True)
-    loop = run(["losetup", "-f", "--show", str(machine.path)]).stdout.strip()
-    mounted: list[Path] = []
-    try:
-        run(["partx", "-a", loop])
-        root_no = next(p.number for p in machine.partitions if p.role is PartRole.ROOT)
-        run(["mount", "-t", "ext4", "-o", "ro", f"{loop}p{root_no}", str(root_mnt)])
-        mounted.append(root_mnt)
-        run(["mount", "-t", "ext4", str(backup_image), str(backup_mnt)])
-        mounted.append(backup_mnt)
-        dest = backup_mnt / "asr" / machine.plan.spec.hostname
-        rc = asr_main(["backup", "--to", str(dest), "--root", str(root_mnt), "--disk", loop,
-                       "--firmware", str(firmware)])  # fmt: skip
-        assert rc == 0
-        set_dir = work / "set"
-        shutil.rmtree(set_dir, ignore_errors=True)
-        shutil.copytree(dest, set_dir)
-    finally:
-        for m in reversed(mounted):
-            run(["umount", str(m)], check=False)
-        run(["partx", "-d", loop], check=False)
-        run(["losetup", "-d", loop], check=False)
+    """`asr backup` of the machine image (builder.rehearse.capture_disk_image: loop device + partx, root mounted
+    read-only, an ext4 image labelled ASRBACKUP as the destination)."""
+    root_no = next(p.number for p in machine.partitions if p.role is PartRole.ROOT)
+    backup_image, set_dir = rehearse.capture_disk_image(machine.path, root_no, machine.plan.spec.hostname,
+                                                         str(firmware), work, backup_mib=TARGET_MIB)  # fmt: skip
     sif_dir = work / "sif"
     sif_dir.mkdir(exist_ok=True)
     for name in ("ASR.SIF", "ASRPNP.SIF"):
@@ -207,31 +174,22 @@ def rescue_spec(src: Source, disks: tuple[Path, ...], *, firmware: Firmware = Fi
                 append: str = "", workdir: Path | None = None) -> VMSpec:  # fmt: skip
     """The rescue media with the capture's floppy and ``disks`` (virtio, in order: vda, vdb, ...).  ``append``:
     boot the ISO's own kernel and initrd directly with these options added (the ISO stays attached)."""
-    spec = VMSpec(iso=src.media.iso, floppy=src.media.floppy, disks=disks, firmware=firmware, accel=find_accel())
-    if append:
-        assert workdir is not None
-        kernel, initrd, default = read_boot_files(src.media.iso, workdir)
-        spec = VMSpec(iso=src.media.iso, floppy=src.media.floppy, disks=disks, firmware=firmware,
-                      accel=find_accel(), kernel=kernel, initrd=initrd, append=f"{default} {append}")  # fmt: skip
-    return spec
+    return rehearse.make_rescue_spec(src.media.iso, src.media.floppy, disks, firmware=firmware, append=append,
+                                     workdir=workdir)  # fmt: skip
 
 
 def run_rescue(spec: VMSpec, workdir: Path, expect_exit: str) -> str:
     """Boot the rescue media and let it run to its end; the serial text.  ``expect_exit``: the agent's exit line
     (``reboot`` or ``power off``) that must end the run."""
-    with QemuVM(spec, workdir=workdir) as vm:
-        vm.wait_serial(r"ASR: agent \S+ started", BOOT_TIMEOUT)
-        vm.wait_serial(rf"ASR: exit \d+ \({expect_exit}\)", RUN_TIMEOUT)
-        assert vm.wait_exit(STEP_TIMEOUT) == 0
-        return vm.serial_text
+    return rehearse.run_rescue(spec, workdir, expect_exit)
 
 
 def boot_restored(disk: Path, firmware: Firmware, workdir: Path) -> str:
-    """Boot the restored disk alone (IDE, no boot entry in a fresh OVMF store: the removable path); its verdict."""
-    spec = VMSpec(disks=(disk,), disk_bus=DiskBus.IDE, firmware=firmware, accel=find_accel(), name="restored")
-    with QemuVM(spec, workdir=workdir / f"b-{firmware}") as vm:
-        m = vm.wait_serial(r"ASR-MACHINE-(MARKER|FAIL)[^\r\n]*", BOOT_TIMEOUT)
-        return m.group(0).strip()
+    """Boot the restored disk alone (IDE, no boot entry in a fresh OVMF store: the removable path); its verdict
+    line (the machine's ASR-MACHINE-MARKER ... OK, or what stopped it)."""
+    ev = rehearse.boot_restored((disk,), firmware, workdir, expect=r"ASR-MACHINE-MARKER[^\r\n]*",
+                                timeout=BOOT_TIMEOUT)  # fmt: skip
+    return ev.matched
 
 
 def assert_lines(serial: str, *patterns: str) -> None:

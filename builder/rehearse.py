@@ -1,0 +1,490 @@
+"""`asr rehearse DIR`: prove that a backup set restores, before it is needed.
+
+The whole recovery, on scratch disks, headless: build the media for the set's ASR.SIF (or take ``--iso`` and
+``--floppy``), make sparse scratch disks of the descriptor's sizes (or ``--grow`` percent larger), put the backup
+set on an ext4 image carrying the descriptor's media label and UUID, boot QEMU unattended with all of them, let
+the agent restore, then boot the restored disks alone under BIOS and/or UEFI and wait for a sign that the restored
+system came up.  Every verdict comes from the guest's serial console: the agent's ``ASR: ...`` lines, then the
+restored system's own output.
+
+Steps are pure planners (:func:`plan_scratch_disks`, :func:`plan_firmwares`, :func:`read_rescue_verdict`) and thin
+executors (:func:`make_disk`, :func:`make_backup_medium`, :func:`run_rescue`, :func:`boot_restored`), reused by
+tests/test_restore_vm.py.  The report goes to ``report.md`` (templates/rehearsal.md.j2) and ``report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import sys
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from builder.build import build_media
+from builder.qemu import DiskBus, Firmware, QemuVM, VMError, VMSpec, find_accel, read_boot_files
+from builder.templating import render
+from recovery_env.descriptor import Descriptor
+from recovery_env.errors import DescriptorError, InputError
+from recovery_env.run import run
+from recovery_env.sif import parse_asr_sif
+
+MiB = 1 << 20
+#: What says a restored system came up (serial console): a login prompt, the kernel starting the real init, or
+#: the project's test machine's verdict line.
+DEFAULT_EXPECT = r"login: ?$|Run /sbin/init[^\r\n]*|ASR-MACHINE-MARKER [^\r\n]* OK"
+#: What says it did not: failed checks of the test machine, a kernel panic, GRUB lacking its kernel or modules.
+BOOT_FAILURE = (r"ASR-MACHINE-FAIL[^\r\n]*|Kernel panic[^\r\n]*|grub rescue>|error: file '[^']*' not found[^\r\n]*"
+                r"|you need to load the kernel first")  # fmt: skip
+RESCUE_BOOT_TIMEOUT = 180.0  # to "ASR: agent ... started" under TCG
+RESCUE_RUN_TIMEOUT = 600.0  # the whole unattended restore under TCG (measured ~25-60 s for the test machine)
+RESTORED_BOOT_TIMEOUT = 180.0  # the restored system up (test machine ~10-20 s; a Debian system ~20-40 s)
+EXIT_TIMEOUT = 120.0
+EXCERPT_LINES = 25
+
+
+class FirmwareChoice(StrEnum):
+    """``--firmware``: which firmware the restored disks are booted under."""
+
+    AUTO = "auto"  # as the descriptor says
+    BIOS = "bios"
+    UEFI = "uefi"
+    BOTH = "both"
+
+    def firmwares(self, descriptor: Descriptor) -> tuple[Firmware, ...]:
+        if self is FirmwareChoice.AUTO:
+            return (Firmware(str(descriptor.system.firmware)),)
+        if self is FirmwareChoice.BOTH:
+            return (Firmware.BIOS, Firmware.UEFI)
+        return (Firmware(self.value),)
+
+
+# ------------------------------------------------------------------------------------------------ disks
+
+
+def make_disk(path: Path, size_bytes: int, *, seed: str = "") -> Path:
+    """A sparse disk image of ``size_bytes``; with a seed, 1 MiB of seeded bytes at its start, middle and end (so
+    that any write to a table, a filesystem header or the backup GPT changes its hash)."""
+    path.unlink(missing_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(size_bytes)
+        if seed:
+            chunk = b"".join(hashlib.sha256(f"{seed}/{i}".encode()).digest() for i in range(MiB // 32))
+            for offset in (0, size_bytes // 2 // MiB * MiB, size_bytes - MiB):
+                f.seek(offset)
+                f.write(chunk)
+    return path
+
+
+@dataclass(frozen=True)
+class ScratchDisk:
+    key: str  # the descriptor's disk key (disk1, ...)
+    name: str  # file name in the work directory
+    size_bytes: int
+
+
+def plan_scratch_disks(descriptor: Descriptor, grow_percent: int = 0) -> tuple[ScratchDisk, ...]:
+    """One scratch disk per critical disk of the descriptor: the same size, or ``grow_percent`` larger (rounded up
+    to a whole MiB).  Pure."""
+    if not 0 <= grow_percent <= 1000:
+        raise InputError(f"--grow {grow_percent}: expected 0 to 1000 (percent)")
+    out = []
+    for d in descriptor.disks:
+        if not d.critical:
+            continue
+        size = d.size_bytes if grow_percent == 0 else -(-d.size_bytes * (100 + grow_percent) // 100 // MiB) * MiB
+        out.append(ScratchDisk(d.key, f"scratch-{d.key}.img", size))
+    if not out:
+        raise DescriptorError("the descriptor has no critical disk: nothing to restore")
+    return tuple(out)
+
+
+def _mke2fs_uuid(value: str) -> str | None:
+    try:
+        return str(uuidlib.UUID(value))
+    except ValueError:
+        return None  # e.g. a FAT volume id: the label has to do
+
+
+def make_backup_medium(set_dir: Path, descriptor: Descriptor, image: Path) -> Path:
+    """An ext4 image holding ``set_dir`` at the descriptor's backup path, labelled and identified as the
+    descriptor's backup medium (``mke2fs -d``: no loop device, no root needed)."""
+    backup = descriptor.backup
+    if backup is None:
+        raise DescriptorError("the descriptor names no backup set ([BACKUP] section missing)")
+    staging = image.parent / (image.name + ".d")
+    shutil.rmtree(staging, ignore_errors=True)
+    dest = staging / backup.path.strip("/")
+    dest.mkdir(parents=True)
+    total = 0
+    for f in sorted(set_dir.iterdir()):
+        if f.is_file():
+            shutil.copyfile(f, dest / f.name)
+            total += f.stat().st_size
+    size_kib = (total * 5 // 4 + 32 * MiB) // 1024
+    argv = ["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(staging)]
+    if backup.media_label:
+        argv += ["-L", backup.media_label]
+    uuid = _mke2fs_uuid(backup.media_uuid) if backup.media_uuid else None
+    if uuid:
+        argv += ["-U", uuid]
+    image.unlink(missing_ok=True)
+    try:
+        run([*argv, str(image), f"{size_kib}k"])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return image
+
+
+BACKUP_LABEL = "ASRBACKUP"
+
+
+def capture_disk_image(disk: Path, root_partition: int, hostname: str, firmware: str, work: Path,
+                       *, backup_mib: int = 384) -> tuple[Path, Path]:  # fmt: skip
+    """`asr backup` of a disk image on this host: loop device + partx, its root partition mounted read-only, an
+    ext4 image labelled ASRBACKUP (``work/backup.img``) mounted as the destination; everything detached again.
+    Returns (backup image, a copy of the set in ``work/set``).  Needs root and loop devices."""
+    from builder.cli import main as asr_main
+
+    work.mkdir(parents=True, exist_ok=True)
+    backup_image = make_disk(work / "backup.img", backup_mib * MiB)
+    run(["mke2fs", "-q", "-t", "ext4", "-L", BACKUP_LABEL, str(backup_image)])
+    root_mnt, backup_mnt = work / "root", work / "backup"
+    root_mnt.mkdir(exist_ok=True)
+    backup_mnt.mkdir(exist_ok=True)
+    loop = run(["losetup", "-f", "--show", str(disk)]).stdout.strip()
+    mounted: list[Path] = []
+    set_dir = work / "set"
+    try:
+        run(["partx", "-a", loop])
+        run(["mount", "-t", "ext4", "-o", "ro", f"{loop}p{root_partition}", str(root_mnt)])
+        mounted.append(root_mnt)
+        run(["mount", "-t", "ext4", str(backup_image), str(backup_mnt)])
+        mounted.append(backup_mnt)
+        dest = backup_mnt / "asr" / hostname
+        rc = asr_main(["backup", "--to", str(dest), "--root", str(root_mnt), "--disk", loop,
+                       "--firmware", firmware])  # fmt: skip
+        if rc != 0:
+            raise InputError(f"asr backup of {disk} failed (exit {rc})")
+        shutil.rmtree(set_dir, ignore_errors=True)
+        shutil.copytree(dest, set_dir)
+    finally:
+        for m in reversed(mounted):
+            run(["umount", str(m)], check=False)
+        run(["partx", "-d", loop], check=False)
+        run(["losetup", "-d", loop], check=False)
+    return backup_image, set_dir
+
+
+# ------------------------------------------------------------------------------------------------ VMs
+
+
+def make_rescue_spec(iso: Path, floppy: Path, disks: tuple[Path, ...], *, firmware: Firmware = Firmware.BIOS,
+                     append: str = "", workdir: Path | None = None) -> VMSpec:  # fmt: skip
+    """The rescue media with the floppy and ``disks`` (virtio, in order: vda, vdb, ...).  ``append``: boot the
+    ISO's own kernel and initrd directly with these options added (the ISO stays attached)."""
+    if not append:
+        return VMSpec(iso=iso, floppy=floppy, disks=disks, firmware=firmware, accel=find_accel())
+    if workdir is None:
+        raise InputError("a direct kernel boot needs a work directory for the ISO's kernel and initrd")
+    workdir.mkdir(parents=True, exist_ok=True)
+    kernel, initrd, default = read_boot_files(iso, workdir)
+    return VMSpec(iso=iso, floppy=floppy, disks=disks, firmware=firmware, accel=find_accel(), kernel=kernel,
+                  initrd=initrd, append=f"{default} {append}")  # fmt: skip
+
+
+def run_rescue(spec: VMSpec, workdir: Path, expect_exit: str = r"[^)]+") -> str:
+    """Boot the rescue media and let it run to its end; the serial text.  ``expect_exit``: the agent's exit line
+    (``reboot`` or ``power off``) that must end the run (default: any)."""
+    with QemuVM(spec, workdir=workdir) as vm:
+        vm.wait_serial(r"ASR: agent \S+ started", RESCUE_BOOT_TIMEOUT)
+        vm.wait_serial(rf"ASR: exit \d+ \({expect_exit}\)", RESCUE_RUN_TIMEOUT)
+        code = vm.wait_exit(EXIT_TIMEOUT)
+        if code != 0:
+            raise VMError(f"QEMU exited with code {code} after the agent's exit", vm.serial_text[-4000:])
+        return vm.serial_text
+
+
+@dataclass(frozen=True)
+class BootEvidence:
+    firmware: str
+    booted: bool
+    matched: str  # the line that decided (the expected sign, or the failure)
+    seconds: float
+    excerpt: str  # the last serial lines
+    screenshot: str  # PNG of the restored system's screen ("" if QEMU was gone)
+    serial_log: str
+
+
+def excerpt(text: str, lines: int = EXCERPT_LINES) -> str:
+    return "\n".join(line.rstrip() for line in text.rstrip().splitlines()[-lines:])
+
+
+def boot_restored(disks: tuple[Path, ...], firmware: Firmware, workdir: Path, *, expect: str = DEFAULT_EXPECT,
+                  timeout: float = RESTORED_BOOT_TIMEOUT) -> BootEvidence:  # fmt: skip
+    """Boot the restored disks alone (IDE, no boot entry in a fresh OVMF store: the removable path) until
+    ``expect`` or a sign of failure shows on the serial console, QEMU ends, or ``timeout`` passes."""
+    spec = VMSpec(disks=disks, disk_bus=DiskBus.IDE, firmware=firmware, accel=find_accel(), name="restored")
+    vmdir = workdir / f"boot-{firmware}"
+    shot = (workdir / f"restored-{firmware}.png").resolve()
+    started = time.monotonic()
+    with QemuVM(spec, workdir=vmdir) as vm:
+        try:
+            m = vm.wait_serial(rf"(?m)(?P<ok>{expect})|(?P<fail>{BOOT_FAILURE})", timeout)
+            booted, matched = m.group("ok") is not None, m.group(0).strip()
+            time.sleep(0.5)  # the VGA console paints a moment after the serial one
+        except VMError as e:  # timeout, or QEMU ended (panic=N with -no-reboot)
+            booted, matched = False, str(e).splitlines()[0]
+        seconds = time.monotonic() - started
+        png = ""
+        if vm.returncode is None:
+            try:
+                png = str(vm.screendump(shot))
+            except Exception:  # QMP gone with QEMU: no picture, the serial log still tells
+                png = ""
+        text = vm.serial_text
+        log = vm.log_path
+    return BootEvidence(str(firmware), booted, matched, round(seconds, 1), excerpt(text), png, str(log))
+
+
+# ------------------------------------------------------------------------------------------------ the rehearsal
+
+
+@dataclass(frozen=True)
+class RescueVerdict:
+    ok: bool
+    cause: str  # "" when ok
+    plan: tuple[str, ...]
+    manifest: str  # the manifest verification line ("" if none)
+
+
+def read_rescue_verdict(serial: str) -> RescueVerdict:
+    """What the agent said on serial: its plan, the manifest verification, success or the first error.  Pure."""
+    plan = tuple(m.group(1) for m in re.finditer(r"^ASR: (plan:[^\r\n]*)", serial, re.MULTILINE))
+    manifest_m = re.search(r"^ASR: (manifest: \d+ entries, (\d+) differences)", serial, re.MULTILINE)
+    manifest = manifest_m.group(1) if manifest_m else ""
+    error = re.search(r"^ASR: error: (\w+): ([^\r\n]*)", serial, re.MULTILINE)
+    if error is not None:
+        return RescueVerdict(False, f"the restore stopped: {error.group(1)}: {error.group(2).strip()}", plan, manifest)
+    if manifest_m is not None and manifest_m.group(2) != "0":
+        return RescueVerdict(False, f"the restored files differ from the backup: {manifest}", plan, manifest)
+    if not re.search(r"^ASR: restore complete", serial, re.MULTILINE):
+        return RescueVerdict(False, 'the agent ended without "restore complete"', plan, manifest)
+    return RescueVerdict(True, "", plan, manifest)
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    seconds: float
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class RehearsalReport:
+    set_dir: str
+    hostname: str
+    descriptor_firmware: str
+    firmwares: tuple[str, ...]
+    grow_percent: int
+    expect: str
+    verdict: str  # "verified recoverable" or "not recoverable: <why>"
+    phases: tuple[Phase, ...]
+    plan: tuple[str, ...]
+    manifest: str
+    boots: tuple[BootEvidence, ...]
+    rescue_log: str
+    rescue_excerpt: str
+    scratch_disks: tuple[str, ...]  # kept ones (with keep), else ()
+    workdir: str
+    report_md: str = ""
+    report_json: str = ""
+
+    @property
+    def recoverable(self) -> bool:
+        return self.verdict == VERIFIED
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["recoverable"] = self.recoverable
+        return data
+
+
+VERIFIED = "verified recoverable"
+
+
+def read_set_descriptor(set_dir: Path) -> Descriptor:
+    """ASR.SIF of the set (ASRPNP.SIF must be beside it), parsed and checked."""
+    if not set_dir.is_dir():
+        raise InputError(f"{set_dir}: not a directory (expected a backup set made by `asr backup`)")
+    for name in ("ASR.SIF", "ASRPNP.SIF"):
+        if not (set_dir / name).is_file():
+            raise InputError(f"{set_dir}: no {name} (expected a backup set made by `asr backup`)")
+    d = parse_asr_sif((set_dir / "ASR.SIF").read_text())
+    if d.backup is None:
+        raise DescriptorError(f"{set_dir / 'ASR.SIF'}: names no backup set ([BACKUP] section missing)")
+    return d
+
+
+class _Phases:
+    def __init__(self, progress: Callable[[str], None]) -> None:
+        self.done: list[Phase] = []
+        self.progress = progress
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[list[str]]:
+        """Time a phase; the body appends its detail (first item) and may set ok by appending "FAILED"."""
+        self.progress(f"{name} ...")
+        note: list[str] = []
+        started = time.monotonic()
+        ok = True
+        try:
+            yield note
+        except BaseException:
+            ok = False
+            raise
+        finally:
+            ok = ok and "FAILED" not in note
+            detail = "; ".join(n for n in note if n != "FAILED")
+            seconds = round(time.monotonic() - started, 1)
+            self.done.append(Phase(name, seconds, ok, detail))
+            self.progress(
+                f"{name}: {'done' if ok else 'FAILED'} in {seconds:.1f} s" + (f" ({detail})" if detail else "")
+            )
+
+
+def rehearse(
+    set_dir: Path,
+    *,
+    iso: Path | None = None,
+    floppy: Path | None = None,
+    firmware: FirmwareChoice | str = FirmwareChoice.AUTO,
+    grow_percent: int = 0,
+    expect: str | None = None,
+    keep: bool = False,
+    workdir: Path = Path("out/rehearse"),
+    progress: Callable[[str], None] | None = None,
+    boot_timeout: float = RESTORED_BOOT_TIMEOUT,
+) -> RehearsalReport:
+    """Restore the backup set in ``set_dir`` onto scratch disks in QEMU and boot the result; the report (also
+    written to ``workdir/report.md`` and ``workdir/report.json``).  Bad input raises before anything is built."""
+    say = progress or (lambda line: None)
+    choice = FirmwareChoice(firmware)
+    if (iso is None) != (floppy is None):
+        raise InputError("give both --iso and --floppy, or neither (then the media are built for the set)")
+    for what, path in (("ISO", iso), ("floppy image", floppy)):
+        if path is not None and not path.is_file():
+            raise InputError(f"{what} {path} does not exist")
+    pattern = expect or DEFAULT_EXPECT
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise InputError(f"--expect {pattern!r}: not a regular expression ({e})") from None
+    set_dir = set_dir.resolve()
+    descriptor = read_set_descriptor(set_dir)
+    scratch = plan_scratch_disks(descriptor, grow_percent)
+    firmwares = choice.firmwares(descriptor)
+    rescue_fw = Firmware(str(descriptor.system.firmware))
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for stale in ("report.md", "report.json"):
+        (workdir / stale).unlink(missing_ok=True)
+    phases = _Phases(say)
+    cause = ""
+    rescue = RescueVerdict(False, "", (), "")
+    rescue_serial = ""
+    boots: list[BootEvidence] = []
+    disks: list[Path] = []
+    try:
+        with phases.phase("build media") as note:
+            if iso is None or floppy is None:
+                media = build_media(workdir / "media", descriptor=set_dir / "ASR.SIF", unattended=True,
+                                    progress=lambda line: say("  " + line))  # fmt: skip
+                iso, floppy, append = media.iso, media.floppy, ""
+                note.append(f"{iso.name} {media.iso_size / MiB:.1f} MiB, {floppy.name}, unattended")
+            else:
+                append = "asr.unattended=1 asr.poweroff=1"  # the given ISO's kernel, booted directly
+                note.append(f"given: {iso}, {floppy}; booted with {append}")
+        with phases.phase("prepare disks") as note:
+            for s in scratch:
+                disks.append(make_disk(workdir / s.name, s.size_bytes))
+            backup_img = make_backup_medium(set_dir, descriptor, workdir / "backup-medium.img")
+            note.append(", ".join(f"{s.name} {s.size_bytes / MiB:.1f} MiB for {s.key}" for s in scratch)
+                        + f"; backup medium {backup_img.stat().st_size / MiB:.0f} MiB")  # fmt: skip
+        with phases.phase("restore") as note:
+            spec = make_rescue_spec(iso, floppy, (*disks, backup_img), firmware=rescue_fw, append=append,
+                                    workdir=workdir / "rescue-files")  # fmt: skip
+            try:
+                rescue_serial = run_rescue(spec, workdir / "rescue")
+            except VMError as e:
+                rescue_serial = e.serial_tail
+                note.append("FAILED")
+                cause = f"the rescue system did not finish: {str(e).splitlines()[0]}"
+            rescue = read_rescue_verdict(rescue_serial)
+            if not cause and not rescue.ok:
+                cause = rescue.cause
+            if cause:
+                note.append("FAILED")
+                note.append(cause)
+            else:
+                note.append(rescue.manifest)
+        backup_img.unlink(missing_ok=True)
+        if not cause:
+            for fw in firmwares:
+                with phases.phase(f"boot restored ({fw})") as note:
+                    ev = boot_restored(tuple(disks), fw, workdir, expect=pattern, timeout=boot_timeout)
+                    boots.append(ev)
+                    note.append(ev.matched)
+                    if not ev.booted:
+                        note.append("FAILED")
+                        cause = cause or (f"the restored disk did not boot under {fw}: {ev.matched}\n"
+                                          f"{ev.excerpt}")  # fmt: skip
+    finally:
+        if not keep:
+            for d in disks:
+                d.unlink(missing_ok=True)
+            (workdir / "backup-medium.img").unlink(missing_ok=True)
+    verdict = VERIFIED if not cause else f"not recoverable: {cause}"
+    say(f"verdict: {verdict.splitlines()[0]}")
+    report = RehearsalReport(
+        set_dir=str(set_dir), hostname=descriptor.system.hostname, descriptor_firmware=str(descriptor.system.firmware),
+        firmwares=tuple(str(f) for f in firmwares), grow_percent=grow_percent, expect=pattern, verdict=verdict,
+        phases=tuple(phases.done), plan=rescue.plan, manifest=rescue.manifest, boots=tuple(boots),
+        rescue_log=str(workdir / "rescue" / "serial.log"), rescue_excerpt=excerpt(rescue_serial),
+        scratch_disks=tuple(str(d) for d in disks) if keep else (), workdir=str(workdir),
+        report_md=str(workdir / "report.md"), report_json=str(workdir / "report.json"),
+    )  # fmt: skip
+    write_report(report)
+    return report
+
+
+def render_report(report: RehearsalReport) -> str:
+    return render("rehearsal.md.j2", r=report, total=round(sum(p.seconds for p in report.phases), 1))
+
+
+def write_report(report: RehearsalReport) -> None:
+    Path(report.report_md).write_text(render_report(report))
+    Path(report.report_json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+
+
+def cli_rehearse(args: argparse.Namespace) -> int:
+    def progress(line: str) -> None:
+        print(f"asr rehearse: {line}", file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    workdir = args.workdir or Path("out") / "rehearse"
+    report = rehearse(args.dir, iso=args.iso, floppy=args.floppy, firmware=args.firmware, grow_percent=args.grow,
+                      expect=args.expect, keep=args.keep, workdir=workdir, progress=progress)  # fmt: skip
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(f"asr rehearse: {report.verdict}")
+        print(f"asr rehearse: report: {report.report_md} and {report.report_json}")
+    return 0 if report.recoverable else 1

@@ -203,6 +203,17 @@ PYTHON_MODULES: tuple[str, ...] = (
     "string", "copy", "locale", "uuid", "zipfile", "gzip", "lzma", "bz2", "platform",
 )
 
+#: Pure-Python packages copied from the host's environment (site-packages) into AGENT_DIR as .pyc: the offline
+#: capture renders ASR.SIF/ASRPNP.SIF in the guest with the same jinja2 templates as `asr backup`.  Only ``.py``
+#: files are shipped (markupsafe falls back to its pure-Python ``_native`` without the C speedups).
+HOST_PYTHON_PACKAGES: tuple[str, ...] = ("jinja2", "markupsafe")
+
+#: Modules of this source tree shipped beside the agent: the SIF renderer (recovery_env.capture imports it lazily).
+RENDERER_MODULES: tuple[str, ...] = ("builder", "builder.templating", "builder.sif_render")
+
+#: Templates shipped into AGENT_DIR/templates (builder.templating looks beside its package directory).
+SHIPPED_TEMPLATES: tuple[str, ...] = ("asr.sif.j2", "asrpnp.sif.j2")
+
 #: Never shipped, even when something imports it lazily (GUI, tests, dev tools, TLS without libssl, ...).
 PYTHON_EXCLUDED: tuple[str, ...] = (
     # GUI, tests, development and packaging tools
@@ -690,16 +701,68 @@ def plan_python_modules(stdlib: PythonStdlib, roots: Iterable[str], agent_import
     return sorted(shipped)
 
 
+def local_packages() -> frozenset[str]:
+    """Top-level packages shipped as Python code of their own (not from the guest's stdlib)."""
+    return frozenset({AGENT_PACKAGE, *HOST_PYTHON_PACKAGES, *(m.split(".")[0] for m in RENDERER_MODULES)})
+
+
 def find_agent_imports(sources: Mapping[str, bytes]) -> list[str]:
-    """Stdlib modules the agent imports (its own package excluded); ``sources``: module → source bytes."""
+    """Stdlib modules the agent imports (the shipped packages excluded); ``sources``: module → source bytes."""
+    local = local_packages()
     found: set[str] = set()
     for module, source in sources.items():
         certain, _ = find_imports(source, module, module == AGENT_PACKAGE, f"{module}.py")
         for name in certain:
-            if name.split(".")[0] != AGENT_PACKAGE and name != "__future__":
+            if name.split(".")[0] not in local and name != "__future__":
                 found.add(name)
     found.add("__future__")
     return sorted(found)
+
+
+def find_library_imports(sources: Mapping[str, tuple[str, bytes]], stdlib: PythonStdlib) -> list[str]:
+    """Stdlib modules the shipped host packages need.  ``sources``: module → (path, source).
+
+    Their imports at the top of a module must exist in the guest's stdlib and not be excluded (MissingFileError,
+    InternalError); imports inside functions or ``try`` (asyncio for async templates, the C speedups, ...) are
+    shipped when the stdlib has them and they are not excluded, and left out otherwise."""
+    local = local_packages()
+    known = set(stdlib.sources) | set(stdlib.extensions) | set(stdlib.builtins)
+    found: set[str] = set()
+    for module, (path, source) in sources.items():
+        is_package = path.endswith("/__init__.py")
+        certain, _ = find_imports(source, module, is_package, path)
+        for name in find_toplevel_imports(source, module, is_package, path):
+            if name.split(".")[0] in local or name == "__future__":
+                continue
+            if _excluded(name):
+                raise InternalError(f"{path} imports {name}, which PYTHON_EXCLUDED removes from the rescue system")
+            if name not in known:
+                raise MissingFileError(f"{path} imports {name}, which is not in the guest's Python 3.11 stdlib")
+        found.update(n for n in certain if n.split(".")[0] not in local and n in known and not _excluded(n))
+    return sorted(found)
+
+
+def read_host_sources() -> dict[str, tuple[str, bytes]]:
+    """The host packages and the renderer's modules: module → (path in the tree, source)."""
+    out: dict[str, tuple[str, bytes]] = {}
+    for package in HOST_PYTHON_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise MissingFileError(f"python package {package} is not installed in the build's environment")
+        base = Path(next(iter(spec.submodule_search_locations)))
+        for f in sorted(base.rglob("*.py")):
+            rel = f.relative_to(base.parent).as_posix()
+            out[rel[:-3].replace("/", ".").removesuffix(".__init__")] = (f"{AGENT_DIR}/{rel}", f.read_bytes())
+    for module in RENDERER_MODULES:
+        rel = module.replace(".", "/") + ("/__init__.py" if "." not in module else ".py")
+        out[module] = (f"{AGENT_DIR}/{rel}", (REPO_ROOT / rel).read_bytes())
+    return out
+
+
+def add_templates(tree: TreeBuilder) -> None:
+    for name in SHIPPED_TEMPLATES:
+        tree.add_file(f"{AGENT_DIR}/templates/{name}", (REPO_ROOT / "templates" / name).read_bytes(), 0o644,
+                      Group.AGENT)
 
 
 def read_agent_sources(agent_main: bytes | None = None) -> dict[str, bytes]:
@@ -761,12 +824,15 @@ def compile_pyc(sources: Mapping[str, bytes]) -> dict[str, bytes]:
 
 
 def add_python(tree: TreeBuilder, files: PackageFiles, agent_main: bytes | None) -> list[str]:
-    """The interpreter, the stdlib closure as .pyc, its extensions, and the agent as .pyc."""
+    """The interpreter, the stdlib closure as .pyc, its extensions, the agent as .pyc, and the SIF renderer
+    (jinja2, markupsafe, builder.sif_render and its templates) for the offline capture."""
     check_python_compatible(files)
     files.copy(tree, PYTHON_PACKAGES[0], PYTHON, Group.PYTHON)
     stdlib = read_python_stdlib(files)
     agent_sources = read_agent_sources(agent_main)
-    shipped = plan_python_modules(stdlib, PYTHON_MODULES, find_agent_imports(agent_sources))
+    host_sources = read_host_sources()
+    needed = [*find_agent_imports(agent_sources), *find_library_imports(host_sources, stdlib)]
+    shipped = plan_python_modules(stdlib, PYTHON_MODULES, list(dict.fromkeys(needed)))
     to_compile: dict[str, bytes] = {}
     groups: dict[str, Group] = {}
     for name in shipped:
@@ -782,6 +848,10 @@ def add_python(tree: TreeBuilder, files: PackageFiles, agent_main: bytes | None)
         path = f"{AGENT_DIR}/{rel}"
         to_compile[path] = source
         groups[path + "c"] = Group.AGENT
+    for path, source in host_sources.values():
+        to_compile[path] = source
+        groups[path + "c"] = Group.AGENT
+    add_templates(tree)
     for path, pyc in sorted(compile_pyc(to_compile).items()):
         tree.add_file(path, pyc, 0o644, groups[path])
     tree.add_dir(f"{PYTHON_LIB}/lib-dynload", group=Group.PYTHON)

@@ -38,6 +38,7 @@ from builder.rootfs import (
     read_python_stdlib,
     resolve_in_tree,
 )
+from recovery_env.run import run
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -203,11 +204,26 @@ def test_every_module_the_agent_imports_is_shipped(rootfs: Rootfs, package_set: 
             f"usr/lib/python3.11/{rel}.pyc",
             f"usr/lib/python3.11/{rel}/__init__.pyc",
             f"usr/lib/python3.11/lib-dynload/{rel}.cpython-311-x86_64-linux-gnu.so",
+            f"usr/lib/asr/{rel}.pyc",  # the SIF renderer of the offline capture (builder.sif_render, jinja2)
+            f"usr/lib/asr/{rel}/__init__.pyc",
         )
         assert module in builtins or any(c in entries for c in candidates), module
     for agent_module in (REPO / "recovery_env").glob("*.py"):
         name = "__init__" if agent_module.stem == "__init__" else agent_module.stem
         assert f"usr/lib/asr/recovery_env/{name}.pyc" in entries
+
+
+def test_the_sif_renderer_is_shipped_for_the_offline_capture(rootfs: Rootfs) -> None:
+    entries = rootfs.tree.entries
+    for path in ("usr/lib/asr/jinja2/__init__.pyc", "usr/lib/asr/jinja2/environment.pyc",
+                 "usr/lib/asr/markupsafe/__init__.pyc", "usr/lib/asr/markupsafe/_native.pyc",
+                 "usr/lib/asr/builder/__init__.pyc", "usr/lib/asr/builder/templating.pyc",
+                 "usr/lib/asr/builder/sif_render.pyc"):  # fmt: skip
+        assert path in entries, path
+    for name in ("asr.sif.j2", "asrpnp.sif.j2"):
+        assert entries[f"usr/lib/asr/templates/{name}"].data == (REPO / "templates" / name).read_bytes()
+    assert not any(p.startswith("usr/lib/asr/") and p.endswith(".so") for p in entries)  # no C speedups
+    assert not any(p.startswith("usr/lib/asr/builder/") and "rootfs" in p for p in entries)  # only the renderer
 
 
 def test_kernel_and_modules_match(rootfs: Rootfs) -> None:
@@ -219,3 +235,27 @@ def test_kernel_and_modules_match(rootfs: Rootfs) -> None:
     breakdown = rootfs.tree.size_breakdown()
     assert set(breakdown) >= {"kernel modules", "python", "libraries", "tools", "grub", "busybox", "agent"}
     assert sum(breakdown.values()) == rootfs.tree.raw_size
+
+
+def test_the_shipped_renderer_runs_without_the_build_environment(rootfs: Rootfs, tmp_path: Path) -> None:
+    """The shipped .pyc of usr/lib/asr, run by a Python 3.11 that has no jinja2 of its own (isolated from the
+    venv), render ASR.SIF and ASRPNP.SIF that parse back."""
+    python = Path("/usr/bin/python3.11")
+    if not python.exists():
+        pytest.skip("no /usr/bin/python3.11 on this host")
+    for path, entry in rootfs.tree.entries.items():
+        if path.startswith("usr/lib/asr/") and entry.kind is EntryKind.FILE:
+            dest = tmp_path / path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(entry.data)
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import importlib.util; assert importlib.util.find_spec('jinja2').origin.startswith(sys.argv[1])\n"
+        "from recovery_env.capture import load_renderer\n"
+        "from recovery_env.descriptor import DeviceInventory\n"
+        "from recovery_env.sif import parse_asrpnp_sif\n"
+        "text = load_renderer().asrpnp_sif(DeviceInventory('guest'))\n"
+        "assert parse_asrpnp_sif(text) == DeviceInventory('guest'); print('rendered', len(text))\n"
+    )
+    out = run([str(python), "-I", "-S", "-c", script, str(tmp_path / "usr/lib/asr")]).stdout
+    assert out.startswith("rendered ")

@@ -95,6 +95,7 @@ class VMSpec:
     medium: BootMedium = BootMedium.CDROM
     firmware: Firmware = Firmware.BIOS
     floppy: Path | None = None  # None: the floppy drive is there but empty
+    floppy_writable: bool = False  # the offline capture writes ASR.SIF onto the floppy
     disks: tuple[Path, ...] = ()
     disk_bus: DiskBus = DiskBus.VIRTIO
     memory: str = "512M"
@@ -146,7 +147,8 @@ def qemu_argv(
             argv += ["-drive", f"if=none,id=usb0,format=raw,snapshot=on,file={spec.iso}",
                      "-device", f"ide-hd,drive=usb0{boot}"]  # fmt: skip
     if spec.floppy is not None:
-        argv += ["-drive", f"if=floppy,index=0,format=raw,readonly=on,file={spec.floppy}"]
+        ro = "" if spec.floppy_writable else "readonly=on,"
+        argv += ["-drive", f"if=floppy,index=0,format=raw,{ro}file={spec.floppy}"]
     else:
         argv += ["-drive", "if=floppy,index=0"]
     for n, disk in enumerate(spec.disks):

@@ -149,6 +149,7 @@ TOOLS: tuple[Tool, ...] = (
     Tool("e2fsck", "e2fsprogs"),
     Tool("fsck.ext4", "e2fsprogs"),
     Tool("tune2fs", "e2fsprogs"),
+    Tool("dumpe2fs", "e2fsprogs"),  # the offline capture reads ext* facts (recovery_env.layout)
     Tool("e2label", "e2fsprogs"),
     Tool("resize2fs", "e2fsprogs"),
     Tool("mkfs.fat", "dosfstools"),

@@ -9,6 +9,8 @@
                                                                                      | C (dry run: stop here)
           STEP_FAILED <-- a step fails (R = retry it, S = shell, F3 = menu) ----- EXECUTE --> FINISH --> reboot
 
+    MENU --5 (or asr.mode=capture)--> CAPTURE (the offline capture, recovery_env.capture) --> power off
+
 Unattended (asr.unattended=1) no key is needed anywhere: the summary goes on to the restore, the plan is confirmed
 when the disk match is unambiguous, and any error is logged and powers the machine off.
 
@@ -92,6 +94,7 @@ class State(StrEnum):
     FINISH = "finish"
     STEP_FAILED = "step-failed"
     RESTORE_ERROR = "restore-error"
+    CAPTURE = "capture"
 
 
 class ExitCode(IntEnum):
@@ -239,6 +242,7 @@ class Agent:
             State.FINISH: self.on_finish,
             State.STEP_FAILED: self.on_step_failed,
             State.RESTORE_ERROR: self.on_restore_error,
+            State.CAPTURE: self.on_capture,
         }
 
     # -- output -------------------------------------------------------------------------------------------
@@ -270,6 +274,9 @@ class Agent:
         if self.resume_path and os.path.exists(self.resume_path):
             os.unlink(self.resume_path)  # back from the rescue shell: to the menu, not the countdown again
             return State.MENU
+        if self.options.mode is Mode.CAPTURE:
+            self.log("asr.mode=capture: capturing this computer")
+            return State.CAPTURE
         if self.options.unattended:
             self.log("unattended: F2 assumed")
             return State.INSERT_FLOPPY
@@ -335,12 +342,13 @@ class Agent:
             "2": ("Rescue shell", ExitCode.SHELL),
             "3": ("Reboot", ExitCode.REBOOT),
             "4": ("Power off", ExitCode.POWEROFF),
+            "5": ("Capture this computer to a backup medium", State.CAPTURE),
         }
         body = ["Automated System Recovery main menu", ""]
         body += [f"   {k}.  {text}" for k, (text, _) in choices.items()]
         body += ["", "Type the number of your choice."]
-        self.show(Screen(tuple(body), "1-4=Choose   F2=Restore from the ASR floppy"))
-        self.log("menu: 1=restore 2=shell 3=reboot 4=power off")
+        self.show(Screen(tuple(body), "1-5=Choose   F2=Restore from the ASR floppy"))
+        self.log("menu: 1=restore 2=shell 3=reboot 4=power off 5=capture")
         while True:
             key = self.wait_key()
             if key is None:
@@ -667,6 +675,71 @@ class Agent:
                 return State.EXECUTE
             if ch == "s":
                 return ExitCode.SHELL
+
+    # -- the offline capture ------------------------------------------------------------------------------
+    def on_capture(self) -> Next:
+        """Capture the attached machine (source disks read-only) onto the backup medium, ASR.SIF and ASRPNP.SIF
+        onto the floppy when it is writable; then power off.  A named error: logged; unattended powers off,
+        interactive shows it and goes back to the menu on a key."""
+        from recovery_env.capture import run_offline_capture
+
+        self.consoles.drain()
+        self.show(
+            Screen(
+                (
+                    "Automated System Recovery is capturing this computer.",
+                    "",
+                    f"Backup medium: the filesystem with {self.options.backup.replace('=', ' ', 1)}",
+                    "The disks of this computer are mounted read-only and never written.",
+                ),
+                "Please wait...",
+            )
+        )
+        self.log(f"capture: backup medium {self.options.backup}, floppy {self.floppy}")
+        started = time.monotonic()
+        try:
+            done = run_offline_capture(
+                self.log, floppy=self.floppy, backup=self.options.backup, progress=self.on_capture_progress
+            )
+        except AsrError as e:
+            text = " / ".join(line.strip() for line in str(e).splitlines() if line.strip())
+            self.log(f"capture failed: {type(e).__name__}: {text}")
+            if self.options.unattended:
+                return ExitCode.POWEROFF
+            body = [f"The capture failed ({type(e).__name__}).", "", *(w for ln in str(e).splitlines()
+                                                                       for w in wrap(ln.strip()))]
+            self.show(Screen(tuple(body), "Any key=Main menu", error=True))
+            self.consoles.drain()
+            while self.wait_key() is None:
+                pass
+            return State.MENU
+        r = done.result
+        self.log(
+            f"capture complete: {r.dest} on {done.backup_device}, {len(r.backup.archives)} archive(s), "
+            f"{r.backup.file_count} entries, {r.backup.raw_bytes} bytes in {time.monotonic() - started:.1f} s; "
+            f"ASR.SIF on {'the floppy' if done.floppy_written else 'the backup medium only'}"
+        )
+        done_body = (
+            "Automated System Recovery has captured this computer.",
+            "",
+            f"Backup set: {r.dest} on {done.backup_device}",
+            f"ASR.SIF and ASRPNP.SIF: {done.where_sif}",
+        )
+        if self.options.unattended:
+            self.show(Screen(done_body, "The computer will power off."))
+            return ExitCode.POWEROFF
+        self.show(Screen(done_body, "Any key=Power off"))
+        self.consoles.drain()
+        while self.wait_key() is None:
+            pass
+        return ExitCode.POWEROFF
+
+    def on_capture_progress(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last_progress_log >= PROGRESS_LOG_INTERVAL or done >= total:
+            self.last_progress_log = now
+            self.log(f"capture: {done} of {total} bytes archived")
+        self.paint_status(f"Capturing: {done * 100 // total if total else 100}%")
 
     def on_finish(self) -> Next:
         what, code = ("power off", ExitCode.POWEROFF) if self.options.poweroff else ("restart", ExitCode.REBOOT)

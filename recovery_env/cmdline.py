@@ -18,6 +18,7 @@ class Mode(StrEnum):
     ASK = "ask"  # the "Press F2" prompt for asr.timeout seconds, then the main menu
     MENU = "menu"  # straight to the main menu
     SHELL = "shell"  # straight to the rescue shell
+    CAPTURE = "capture"  # capture the attached machine onto the backup medium, then power off
 
     @property
     def shows_prompt(self) -> bool:
@@ -37,7 +38,8 @@ class BootOptions:
     dryrun: bool = False  # plan and show, change no disk (used by the restore)
     poweroff: bool = False  # power off instead of rebooting when the restore is done
     mode: Mode = Mode.ASK
-    floppy: str = "/dev/fd0"  # where the ASR floppy is read from
+    floppy: str = "/dev/fd0"  # where the ASR floppy is read from (and written to by the capture)
+    backup: str = "LABEL=ASRBACKUP"  # the capture's backup medium: LABEL=NAME or UUID=UUID
     warnings: tuple[str, ...] = ()
 
 
@@ -75,6 +77,13 @@ def _parse_path(key: str, value: str | None) -> str:
     return value
 
 
+def _parse_medium(key: str, value: str | None) -> str:
+    tag, sep, name = (value or "").partition("=")
+    if not sep or tag.upper() not in ("LABEL", "UUID") or not name:
+        raise ValueError(f"asr.{key}={value}: expected LABEL=NAME or UUID=UUID")
+    return f"{tag.upper()}={name}"
+
+
 # key → (field of BootOptions, parser); the table is the list of known options
 _OPTIONS: dict[str, tuple[str, Callable[[str, str | None], object]]] = {
     "timeout": ("timeout", _parse_timeout),
@@ -83,6 +92,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, str | None], object]]] = {
     "poweroff": ("poweroff", _parse_bool),
     "mode": ("mode", _parse_mode),
     "floppy": ("floppy", _parse_path),
+    "backup": ("backup", _parse_medium),
 }
 
 

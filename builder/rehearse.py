@@ -29,7 +29,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from builder.build import build_media
-from builder.qemu import DiskBus, Firmware, QemuVM, VMError, VMSpec, find_accel, read_boot_files
+from builder.qemu import DiskBus, Firmware, QemuVM, SerialTimeout, VMError, VMSpec, find_accel, read_boot_files
 from builder.templating import render
 from recovery_env.descriptor import Descriptor
 from recovery_env.errors import DescriptorError, InputError
@@ -41,7 +41,7 @@ MiB = 1 << 20
 #: the project's test machine's verdict line.
 DEFAULT_EXPECT = r"login: ?$|Run /sbin/init[^\r\n]*|ASR-MACHINE-MARKER [^\r\n]* OK"
 #: What says it did not: failed checks of the test machine, a kernel panic, GRUB lacking its kernel or modules.
-BOOT_FAILURE = (r"ASR-MACHINE-FAIL[^\r\n]*|Kernel panic[^\r\n]*|grub rescue>|error: file '[^']*' not found[^\r\n]*"
+BOOT_FAILURE = (r"ASR-MACHINE-FAIL[^\r\n]*|Kernel panic[^\r\n]*|grub rescue>|error: file [`'][^']*' not found[^\r\n]*"
                 r"|you need to load the kernel first")  # fmt: skip
 RESCUE_BOOT_TIMEOUT = 180.0  # to "ASR: agent ... started" under TCG
 RESCUE_RUN_TIMEOUT = 600.0  # the whole unattended restore under TCG (measured ~25-60 s for the test machine)
@@ -227,6 +227,15 @@ def excerpt(text: str, lines: int = EXCERPT_LINES) -> str:
     return "\n".join(line.rstrip() for line in text.rstrip().splitlines()[-lines:])
 
 
+def _screendump(vm: QemuVM, png: Path) -> str:
+    if vm.returncode is not None:
+        return ""
+    try:
+        return str(vm.screendump(png))
+    except Exception:  # QMP gone with QEMU: no new picture, the serial log still tells
+        return ""
+
+
 def boot_restored(disks: tuple[Path, ...], firmware: Firmware, workdir: Path, *, expect: str = DEFAULT_EXPECT,
                   timeout: float = RESTORED_BOOT_TIMEOUT) -> BootEvidence:  # fmt: skip
     """Boot the restored disks alone (IDE, no boot entry in a fresh OVMF store: the removable path) until
@@ -235,20 +244,28 @@ def boot_restored(disks: tuple[Path, ...], firmware: Firmware, workdir: Path, *,
     vmdir = workdir / f"boot-{firmware}"
     shot = (workdir / f"restored-{firmware}.png").resolve()
     started = time.monotonic()
+    png = ""
     with QemuVM(spec, workdir=vmdir) as vm:
-        try:
-            m = vm.wait_serial(rf"(?m)(?P<ok>{expect})|(?P<fail>{BOOT_FAILURE})", timeout)
+        # a screen picture every few seconds, the last one kept: a system that powers off right after its sign
+        # of life (the test machine) still leaves the screen it showed
+        deadline = started + timeout
+        while True:
+            png = _screendump(vm, shot) or png
+            try:
+                m = vm.wait_serial(rf"(?m)(?P<ok>{expect})|(?P<fail>{BOOT_FAILURE})", min(3.0, timeout))
+            except SerialTimeout as e:
+                if time.monotonic() < deadline:
+                    continue
+                booted, matched = False, f"no sign of a running system within {timeout:g} s ({e.args[0]})"
+                break
+            except VMError as e:  # QEMU ended (panic=N with -no-reboot, a reset)
+                booted, matched = False, str(e).splitlines()[0]
+                break
             booted, matched = m.group("ok") is not None, m.group(0).strip()
             time.sleep(0.5)  # the VGA console paints a moment after the serial one
-        except VMError as e:  # timeout, or QEMU ended (panic=N with -no-reboot)
-            booted, matched = False, str(e).splitlines()[0]
+            png = _screendump(vm, shot) or png
+            break
         seconds = time.monotonic() - started
-        png = ""
-        if vm.returncode is None:
-            try:
-                png = str(vm.screendump(shot))
-            except Exception:  # QMP gone with QEMU: no picture, the serial log still tells
-                png = ""
         text = vm.serial_text
         log = vm.log_path
     return BootEvidence(str(firmware), booted, matched, round(seconds, 1), excerpt(text), png, str(log))
@@ -267,15 +284,15 @@ class RescueVerdict:
 
 def read_rescue_verdict(serial: str) -> RescueVerdict:
     """What the agent said on serial: its plan, the manifest verification, success or the first error.  Pure."""
-    plan = tuple(m.group(1) for m in re.finditer(r"^ASR: (plan:[^\r\n]*)", serial, re.MULTILINE))
-    manifest_m = re.search(r"^ASR: (manifest: \d+ entries, (\d+) differences)", serial, re.MULTILINE)
+    plan = tuple(m.group(1) for m in re.finditer(r"ASR: (plan:[^\r\n]*)", serial, re.MULTILINE))
+    manifest_m = re.search(r"ASR: (manifest: \d+ entries, (\d+) differences)", serial, re.MULTILINE)
     manifest = manifest_m.group(1) if manifest_m else ""
-    error = re.search(r"^ASR: error: (\w+): ([^\r\n]*)", serial, re.MULTILINE)
+    error = re.search(r"ASR: error: (\w+): ([^\r\n]*)", serial, re.MULTILINE)
     if error is not None:
         return RescueVerdict(False, f"the restore stopped: {error.group(1)}: {error.group(2).strip()}", plan, manifest)
     if manifest_m is not None and manifest_m.group(2) != "0":
         return RescueVerdict(False, f"the restored files differ from the backup: {manifest}", plan, manifest)
-    if not re.search(r"^ASR: restore complete", serial, re.MULTILINE):
+    if not re.search(r"ASR: restore complete", serial, re.MULTILINE):
         return RescueVerdict(False, 'the agent ended without "restore complete"', plan, manifest)
     return RescueVerdict(True, "", plan, manifest)
 

@@ -71,12 +71,6 @@ def test_fresh_build_is_byte_identical(built: BuildResult, tmp_path: Path) -> No
     assert again.iso.read_bytes() == built.iso.read_bytes()
 
 
-def test_another_epoch_gives_other_bytes(built: BuildResult, tmp_path: Path) -> None:
-    other = build_media(tmp_path, epoch=EPOCH + 86400)
-    assert other.floppy_sha256 != built.floppy_sha256
-    assert other.iso_sha256 != built.iso_sha256
-
-
 def test_budget_below_the_real_size_fails_and_writes_nothing(built: BuildResult, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(BudgetError) as err:

@@ -10,6 +10,7 @@ import pytest
 
 from builder.build import FLOPPY_NAME, ISO_NAME, BuildResult, build_media
 from builder.cli import main
+from builder.initramfs import DEFAULT_EPOCH
 from builder.sample import sample_descriptor
 from builder.sif_render import render_asr_sif
 from recovery_env.errors import BudgetError, DescriptorError, DescriptorMissingError
@@ -18,7 +19,7 @@ from recovery_env.sif import reseal
 
 pytestmark = pytest.mark.image
 
-EPOCH = 1767225600  # 2026-01-01
+EPOCH = DEFAULT_EPOCH  # the same as test_boot's media: one rescue environment in the cache serves both
 
 
 @pytest.fixture(scope="module")

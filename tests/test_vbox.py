@@ -21,6 +21,7 @@ import pytest
 from builder.build import BuildResult, build_media
 from builder.cli import main
 from builder.fatimage import make_floppy
+from builder.initramfs import DEFAULT_EPOCH
 from builder.sample import sample_descriptor
 from builder.sif_render import render_asr_sif
 from builder.vbox import (
@@ -38,7 +39,7 @@ from recovery_env.descriptor import Bootloader, BootloaderKind, Descriptor, Firm
 from recovery_env.errors import DescriptorMissingError, InputError, InternalError, UnusableImageError
 from recovery_env.run import run
 
-EPOCH = 1767225600  # the same as test_build: the rescue environment comes from the same cache entry
+EPOCH = DEFAULT_EPOCH  # the same as test_build and test_boot: one rescue environment in the cache
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 D = sample_descriptor()

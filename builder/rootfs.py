@@ -196,6 +196,7 @@ PYTHON_MODULES: tuple[str, ...] = (
     "site", "runpy", "encodings", "encodings.aliases", "encodings.utf_8", "encodings.ascii",
     "encodings.latin_1", "encodings.cp437", "encodings.idna",
     "encodings.utf_16_le",  # looked up by name (sif.py: GPT partition name length), invisible to import scanning
+    "encodings.unicode_escape",  # looked up by name by jinja2's lexer (the offline capture renders ASR.SIF)
     # the agent's toolbox
     "os", "sys", "select", "termios", "tty", "fcntl", "struct", "json", "hashlib", "subprocess", "shlex",
     "dataclasses", "enum", "typing", "pathlib", "re", "time", "datetime", "logging", "textwrap", "io",

@@ -1,0 +1,192 @@
+"""Acceptance 3 of issue 5, in QEMU: the boot media capture a machine that is switched off.
+
+The GPT test machine of builder/machine.py is captured twice:
+
+A. on this host by ``asr backup`` (its root loop-mounted read-only, its ESP read with mtools: the host kernel has
+   no vfat), onto an ext4 image -- as tests/test_restore_vm.py does;
+B. by the boot media: the ISO's kernel and initrd booted directly with ``asr.mode=capture asr.unattended=1``, the
+   machine's disk, a blank writable floppy and an empty ext4 backup medium labelled ASRBACKUP attached.  The guest
+   mounts the machine read-only (ext4 ``ro,noload``, the ESP vfat ``ro``), writes the set onto the backup medium,
+   ASR.SIF and ASRPNP.SIF onto the floppy, and powers off.
+
+B's ASR.SIF (read from the floppy with mtools) equals A's apart from the capture time, the kernel names of the
+disks (loop device vs virtio) and where the backup set lives (path, medium UUID, the archives' bytes); both
+MANIFESTs list the same files, and the root filesystem's entries agree in every field.  The machine's disk image is
+byte-identical afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from builder.build import build_media
+from builder.cli import main as asr_main
+from builder.fatimage import make_floppy
+from builder.machine import Layout, MachineImage, MachineSpec, PartRole, make_machine_image, read_machine_inputs
+from builder.qemu import QemuVM, VMSpec, find_accel, read_boot_files
+from recovery_env.backupset import ManifestEntry, read_manifest, sha256_file
+from recovery_env.descriptor import Descriptor
+from recovery_env.descriptor import Firmware as DescFirmware
+from recovery_env.run import run, run_bytes
+from recovery_env.sif import parse_asr_sif, parse_asrpnp_sif
+
+pytestmark = [pytest.mark.vm, pytest.mark.root]
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "tests" / "artifacts" / "capture-vm"
+MiB = 1 << 20
+MACHINE_MIB = 256
+BACKUP_MIB = 384
+BACKUP_LABEL = "ASRBACKUP"
+BOOT_TIMEOUT = 150.0
+RUN_TIMEOUT = 420.0
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0 or not Path("/dev/loop-control").exists():
+        pytest.skip("needs root and loop devices (the host capture loop-mounts the machine's root)")
+
+
+def make_backup_image(path: Path) -> Path:
+    path.unlink(missing_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(BACKUP_MIB * MiB)
+    run(["mke2fs", "-q", "-t", "ext4", "-L", BACKUP_LABEL, str(path)])
+    return path
+
+
+def capture_on_host(machine: MachineImage, work: Path) -> Path:
+    """`asr backup` of the machine image (as tests/test_restore_vm.py); returns a copy of the set's directory."""
+    backup = make_backup_image(work / "host-backup.img")
+    root_mnt, backup_mnt = work / "root", work / "backup"
+    root_mnt.mkdir(exist_ok=True)
+    backup_mnt.mkdir(exist_ok=True)
+    loop = run(["losetup", "-f", "--show", str(machine.path)]).stdout.strip()
+    mounted: list[Path] = []
+    try:
+        run(["partx", "-a", loop])
+        root_no = next(p.number for p in machine.partitions if p.role is PartRole.ROOT)
+        run(["mount", "-t", "ext4", "-o", "ro,noload", f"{loop}p{root_no}", str(root_mnt)])
+        mounted.append(root_mnt)
+        run(["mount", "-t", "ext4", str(backup), str(backup_mnt)])
+        mounted.append(backup_mnt)
+        dest = backup_mnt / "asr" / machine.plan.spec.hostname
+        rc = asr_main(["backup", "--to", str(dest), "--root", str(root_mnt), "--disk", loop,
+                       "--firmware", str(DescFirmware.BIOS)])  # fmt: skip
+        assert rc == 0
+        set_dir = work / "host-set"
+        shutil.rmtree(set_dir, ignore_errors=True)
+        shutil.copytree(dest, set_dir)
+    finally:
+        for m in reversed(mounted):
+            run(["umount", str(m)], check=False)
+        run(["partx", "-d", loop], check=False)
+        run(["losetup", "-d", loop], check=False)
+    return set_dir
+
+
+def comparable(d: Descriptor) -> Descriptor:
+    """``d`` without what legitimately differs between two captures of one machine: the capture time, the disks'
+    kernel names and identity strings (a loop device on the host, a virtio disk in the VM), and where the backup
+    set is (its path, the medium's UUID, the archives' bytes)."""
+    disks = tuple(replace(k, device="", model="", serial="", wwn="", by_id=()) for k in d.disks)
+    backup = d.backup
+    if backup is not None:
+        archives = tuple(replace(a, size=0, sha256="") for a in backup.archives)
+        backup = replace(backup, path="", media_uuid="", manifest_sha256="", archives=archives)
+    return replace(d, system=replace(d.system, captured_at=""), disks=disks, backup=backup)
+
+
+def mtype(floppy: Path, name: str) -> str:
+    return run_bytes(["mtype", "-i", str(floppy), f"::{name}"]).decode("utf-8")
+
+
+def debugfs_read(image: Path, path: str, out: Path) -> Path:
+    run(["debugfs", "-R", f"dump {path} {out}", str(image)])
+    return out
+
+
+def _key(e: ManifestEntry) -> str:
+    return e.path
+
+
+def test_capture_from_the_boot_media_equals_asr_backup(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _need_root()
+    work = ARTIFACTS
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    machine = make_machine_image(
+        tmp_path_factory.mktemp("capture-vm") / "gpt.img",
+        MachineSpec(layout=Layout.GPT, size_mib=MACHINE_MIB),
+        read_machine_inputs(),
+    )
+
+    # A: asr backup on the host
+    host_set = capture_on_host(machine, work)
+    a = parse_asr_sif((host_set / "ASR.SIF").read_text())
+    source_sha = sha256_file(machine.path)
+
+    # B: the boot media, unattended offline capture
+    media = build_media(work / "media", descriptor=host_set / "ASR.SIF", timeout=600)
+    kernel, initrd, default = read_boot_files(media.iso, work)
+    floppy = work / "blank-floppy.img"
+    floppy.write_bytes(make_floppy({}, label="ASR DISK", epoch=0))
+    backup = make_backup_image(work / "vm-backup.img")
+    spec = VMSpec(
+        iso=media.iso,
+        floppy=floppy,
+        floppy_writable=True,
+        disks=(machine.path, backup),
+        accel=find_accel(),
+        kernel=kernel,
+        initrd=initrd,
+        append=f"{default} asr.mode=capture asr.unattended=1",
+        name="capture",
+    )
+    with QemuVM(spec, workdir=work / "vm") as vm:
+        vm.wait_serial(r"ASR: agent \S+ started", BOOT_TIMEOUT)
+        done = vm.wait_serial(r"ASR: (capture complete|capture failed|internal error): [^\r\n]*", RUN_TIMEOUT)
+        assert done.group(1) == "capture complete", vm.serial_text[-4000:]
+        vm.wait_serial(r"ASR: exit 21 \(power off\)", 60.0)
+        assert vm.wait_exit(60.0) == 0
+        serial = vm.serial_text
+    (work / "serial.txt").write_text(serial)
+    assert re.search(r"ASR: source /boot/efi: /dev/vda\d \(vfat\) read-only", serial), serial[-3000:]
+    assert re.search(r"ASR: source root: /dev/vda\d \(ext4 \S+\) read-only", serial)
+    assert "ASR: ASR.SIF and ASRPNP.SIF written to the floppy /dev/fd0" in serial
+
+    # the source disk was never written
+    assert sha256_file(machine.path) == source_sha
+
+    # the floppy: checked by fsck.fat, read with mtools
+    run(["fsck.fat", "-n", str(floppy)])
+    b_text = mtype(floppy, "ASR.SIF")
+    b = parse_asr_sif(b_text)
+    parse_asrpnp_sif(mtype(floppy, "ASRPNP.SIF"))
+    assert b.system.firmware is DescFirmware.BIOS
+    assert [k.device for k in b.disks] == ["/dev/vda"]
+    assert b.backup is not None and b.backup.media_label == BACKUP_LABEL
+    assert re.fullmatch(rf"/asr/{machine.plan.spec.hostname}-\d{{8}}-\d{{6}}", b.backup.path)
+    assert comparable(b) == comparable(a)
+
+    # the set on the backup medium (read with debugfs): its ASR.SIF is the floppy's, its MANIFEST lists the files
+    # the host's lists, the root filesystem's entries agree in every field
+    vm_set = work / "vm-set"
+    vm_set.mkdir()
+    debugfs_read(backup, f"{b.backup.path}/ASR.SIF", vm_set / "ASR.SIF")
+    assert (vm_set / "ASR.SIF").read_text() == b_text
+    debugfs_read(backup, f"{b.backup.path}/{b.backup.manifest}", vm_set / "MANIFEST")
+    assert sha256_file(vm_set / "MANIFEST") == b.backup.manifest_sha256
+    host_entries = {_key(e): e for e in read_manifest(host_set / a.backup.manifest)} if a.backup else {}
+    vm_entries = {_key(e): e for e in read_manifest(vm_set / "MANIFEST")}
+    assert set(vm_entries) == set(host_entries)
+    root_fs = next(m.filesystem for m in b.mounts if m.mountpoint == "/")
+    for path, e in vm_entries.items():
+        if e.fs == root_fs:
+            assert e == host_entries[path], path

@@ -503,9 +503,9 @@ def run_offline_capture(
         log(f"warning: {MODULES_LOADED} did not appear within {modules_timeout:g} s; probing anyway")
     filesystems = read_probed_filesystems()
     boot = mount_boot_media([BlockFs(f.device, f.type, f.label, f.uuid) for f in filesystems], log)
-    medium = plan_backup_medium(filesystems, backup)
     mounted: list[str] = []
     try:
+        medium = plan_backup_medium(filesystems, backup)
         _mount(medium.device, medium.type, "rw", BACKUP_MOUNT)
         mounted.append(BACKUP_MOUNT)
         log(f"backup medium: {medium.device} ({medium.type} {medium.label or '-'} {medium.uuid}) at {BACKUP_MOUNT}")

@@ -20,12 +20,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from builder.build import build_media
+from builder.build import BuildResult, build_media
 from builder.cli import main as asr_main
 from builder.fatimage import make_floppy
 from builder.machine import Layout, MachineImage, MachineSpec, PartRole, make_machine_image, read_machine_inputs
@@ -116,50 +116,64 @@ def _key(e: ManifestEntry) -> str:
     return e.path
 
 
-def test_capture_from_the_boot_media_equals_asr_backup(tmp_path_factory: pytest.TempPathFactory) -> None:
+@dataclass(frozen=True)
+class Setup:
+    machine: MachineImage
+    host_set: Path  # a copy of `asr backup`'s set (ASR.SIF, ASRPNP.SIF, MANIFEST, archives)
+    media: BuildResult
+    source_sha: str  # of the machine's disk image after the host capture
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     _need_root()
-    work = ARTIFACTS
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
     machine = make_machine_image(
         tmp_path_factory.mktemp("capture-vm") / "gpt.img",
         MachineSpec(layout=Layout.GPT, size_mib=MACHINE_MIB),
         read_machine_inputs(),
     )
+    host_set = capture_on_host(machine, ARTIFACTS)
+    media = build_media(ARTIFACTS / "media", descriptor=host_set / "ASR.SIF", timeout=600)
+    return Setup(machine, host_set, media, sha256_file(machine.path))
 
-    # A: asr backup on the host
-    host_set = capture_on_host(machine, work)
-    a = parse_asr_sif((host_set / "ASR.SIF").read_text())
-    source_sha = sha256_file(machine.path)
 
-    # B: the boot media, unattended offline capture
-    media = build_media(work / "media", descriptor=host_set / "ASR.SIF", timeout=600)
-    kernel, initrd, default = read_boot_files(media.iso, work)
-    floppy = work / "blank-floppy.img"
-    floppy.write_bytes(make_floppy({}, label="ASR DISK", epoch=0))
-    backup = make_backup_image(work / "vm-backup.img")
-    spec = VMSpec(
-        iso=media.iso,
-        floppy=floppy,
-        floppy_writable=True,
-        disks=(machine.path, backup),
-        accel=find_accel(),
-        kernel=kernel,
-        initrd=initrd,
-        append=f"{default} asr.mode=capture asr.unattended=1",
-        name="capture",
-    )
+def run_capture(s: Setup, name: str, disks: tuple[Path, ...], floppy: Path, *, writable: bool) -> str:
+    """Boot the media's kernel and initrd with ``asr.mode=capture asr.unattended=1``; the serial text once the
+    agent has logged its capture verdict and powered off."""
+    work = ARTIFACTS / name
+    work.mkdir()
+    kernel, initrd, default = read_boot_files(s.media.iso, work)
+    spec = VMSpec(iso=s.media.iso, floppy=floppy, floppy_writable=writable, disks=disks, accel=find_accel(),
+                  kernel=kernel, initrd=initrd, append=f"{default} asr.mode=capture asr.unattended=1",
+                  name="capture")  # fmt: skip
     with QemuVM(spec, workdir=work / "vm") as vm:
         vm.wait_serial(r"ASR: agent \S+ started", BOOT_TIMEOUT)
-        done = vm.wait_serial(r"ASR: (capture complete|capture failed|internal error): [^\r\n]*", RUN_TIMEOUT)
-        assert done.group(1) == "capture complete", vm.serial_text[-4000:]
+        vm.wait_serial(r"ASR: (capture complete|capture failed|internal error): [^\r\n]*", RUN_TIMEOUT)
         vm.wait_serial(r"ASR: exit 21 \(power off\)", 60.0)
         assert vm.wait_exit(60.0) == 0
         serial = vm.serial_text
     (work / "serial.txt").write_text(serial)
+    return serial
+
+
+def blank_floppy(path: Path) -> Path:
+    path.write_bytes(make_floppy({}, label="ASR DISK", epoch=0))
+    return path
+
+
+def test_capture_from_the_boot_media_equals_asr_backup(setup: Setup) -> None:
+    machine, host_set, work = setup.machine, setup.host_set, ARTIFACTS
+    a = parse_asr_sif((host_set / "ASR.SIF").read_text())
+    floppy = blank_floppy(work / "blank-floppy.img")
+    backup = make_backup_image(work / "vm-backup.img")
+    serial = run_capture(setup, "equal", (machine.path, backup), floppy, writable=True)
+    assert re.search(r"ASR: capture complete: /run/asr/backup/asr/\S+ on /dev/vdb, 2 archive", serial), serial[-4000:]
     assert re.search(r"ASR: source /boot/efi: /dev/vda\d \(vfat\) read-only", serial), serial[-3000:]
     assert re.search(r"ASR: source root: /dev/vda\d \(ext4 \S+\) read-only", serial)
     assert "ASR: ASR.SIF and ASRPNP.SIF written to the floppy /dev/fd0" in serial
+    source_sha = setup.source_sha
 
     # the source disk was never written
     assert sha256_file(machine.path) == source_sha
@@ -190,3 +204,30 @@ def test_capture_from_the_boot_media_equals_asr_backup(tmp_path_factory: pytest.
     for path, e in vm_entries.items():
         if e.fs == root_fs:
             assert e == host_entries[path], path
+
+
+def test_a_write_protected_floppy_leaves_the_sif_files_beside_the_set(setup: Setup) -> None:
+    floppy = blank_floppy(ARTIFACTS / "ro-floppy.img")
+    before = sha256_file(floppy)
+    backup = make_backup_image(ARTIFACTS / "ro-backup.img")
+    serial = run_capture(setup, "ro-floppy", (setup.machine.path, backup), floppy, writable=False)
+    assert "ASR: capture complete: " in serial, serial[-4000:]
+    assert re.search(r"ASR: ASR.SIF and ASRPNP.SIF written to /run/asr/backup/asr/\S+ \(beside the backup set\)",
+                     serial)  # fmt: skip
+    assert sha256_file(floppy) == before
+    assert sha256_file(setup.machine.path) == setup.source_sha
+    d = re.search(r"ASR: capture complete: /run/asr/backup(/asr/\S+) on", serial)
+    assert d is not None
+    got = debugfs_read(backup, f"{d.group(1)}/ASR.SIF", ARTIFACTS / "ro-floppy" / "ASR.SIF")
+    assert comparable(parse_asr_sif(got.read_text())) == comparable(
+        parse_asr_sif((setup.host_set / "ASR.SIF").read_text()))
+
+
+def test_no_backup_medium_is_a_named_error_and_nothing_is_written(setup: Setup) -> None:
+    floppy = blank_floppy(ARTIFACTS / "nb-floppy.img")
+    before = sha256_file(floppy)
+    serial = run_capture(setup, "no-backup", (setup.machine.path,), floppy, writable=True)
+    assert re.search(r"ASR: capture failed: BackupMediaMissingError: no backup medium: no filesystem with LABEL "
+                     r"'ASRBACKUP'; filesystems on this machine: [^\r\n]*/dev/vda3", serial), serial[-4000:]
+    assert sha256_file(floppy) == before
+    assert sha256_file(setup.machine.path) == setup.source_sha

@@ -470,3 +470,25 @@ def test_agent_imports_with_the_standard_library_only() -> None:
                          check=True).stdout  # fmt: skip
     modules = set(out.split())
     assert not modules & {"jinja2", "pycdlib", "pyfatfs", "builder", "qemu"}
+
+
+@pytest.mark.parametrize(
+    "agent", ["console=tty0 console=ttyS0,115200 asr.mode=menu asr.backup=UUID=00000000-dead-beef-0000-0000000000a5"],
+    indirect=True,
+)
+def test_menu_capture_without_its_backup_medium_names_the_error_and_returns_to_the_menu(agent: AgentRun) -> None:
+    """Menu choice 5 runs the offline capture (recovery_env.capture); asr.backup names a medium that no machine
+    has, so it stops at its first check, before any disk is mounted, and the agent goes back to the menu."""
+    agent.start()
+    agent.expect(r"5\.  Capture this computer to a backup medium", "vga")
+    agent.expect(r"ASR: menu: 1=restore 2=shell 3=reboot 4=power off 5=capture")
+    agent.type("serial", b"5")
+    agent.expect(r"ASR: capture: backup medium UUID=00000000-dead-beef-0000-0000000000a5, floppy ")
+    agent.expect(r"ASR: capture failed: BackupMediaMissingError: no backup medium: no filesystem with UUID "
+                 r"'00000000-dead-beef-0000-0000000000a5'", timeout=60)  # fmt: skip
+    agent.expect(r"The capture failed \(BackupMediaMissingError\)", "vga")
+    agent.expect(r"Any key=Main menu", "vga")
+    agent.type("serial", b"x")
+    agent.expect(r"ASR: state: menu")
+    agent.type("serial", b"4")
+    assert agent.wait() == 21

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 from builder import bootloader
@@ -30,6 +31,7 @@ from builder.fatimage import make_esp, make_floppy
 from builder.initramfs import DEFAULT_EPOCH, check_budget, make_rescue_env
 from builder.iso import make_iso
 from builder.packages import PackageSet, cache_dir, fetch_packages
+from builder.rootfs import HOST_PYTHON_PACKAGES
 from builder.sample import sample_descriptor, sample_inventory
 from builder.sif_render import render_asr_sif, render_asrpnp_sif
 from recovery_env.backupset import check_backup_set
@@ -187,7 +189,8 @@ def rescue_cache_key(*, epoch: int, agent_override: bytes | None, optional_modul
         files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file() and p.suffix != ".pyc")
         for f in files:
             h.update(str(f.relative_to(REPO_ROOT)).encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
-    params = {"epoch": epoch, "optional_modules": list(optional_modules)}
+    params = {"epoch": epoch, "optional_modules": list(optional_modules),
+              "host_python_packages": {p: version(p) for p in HOST_PYTHON_PACKAGES}}  # shipped from site-packages
     h.update(json.dumps(params, sort_keys=True).encode())
     h.update(hashlib.sha256(agent_override).digest() if agent_override is not None else b"agent")
     return h.hexdigest()

@@ -145,6 +145,40 @@ def render_disk_info(volume_id: str, epoch: int) -> str:
 
 
 @contextlib.contextmanager
+def room_for_backup_gpt() -> Iterator[None]:
+    """Make pycdlib's isohybrid padding always hold the backup GPT.
+
+    pycdlib 1.22 pads a hybrid ISO to a whole cylinder and writes the backup GPT (header + 128 entries: 33
+    sectors of 512 bytes) into the last sectors of the padded image.  When the ISO already ends on, or less than
+    33 sectors before, a cylinder boundary the padding is shorter than the backup GPT, which then overwrites the
+    last files of the ISO (seen: grub.cfg and the UEFI marker zeroed, so GRUB found no ASR medium).  For the
+    duration of the build, a padding shorter than the backup GPT grows by one cylinder; ``_calc_cc`` is the one
+    place pycdlib derives the padding, the cylinder count and the GPT positions from, so they stay consistent.
+    """
+    from pycdlib import isohybrid
+
+    original = isohybrid.IsoHybrid._calc_cc
+
+    def calc_cc(self: Any, iso_size: int) -> tuple[int, int]:
+        cc, padding = original(self, iso_size)
+        if self.efi and padding < BACKUP_GPT_BYTES:
+            cylinder = self.geometry_heads * self.geometry_sectors * 512
+            padding += cylinder
+            cc = min((iso_size + padding) // cylinder, 1024)
+        return cc, padding
+
+    setattr(isohybrid.IsoHybrid, "_calc_cc", calc_cc)  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(isohybrid.IsoHybrid, "_calc_cc", original)  # noqa: B010
+
+
+BACKUP_GPT_BYTES = 33 * 512
+"""The backup GPT at the end of a hybrid image: 128 entries of 128 bytes (32 sectors) and the header."""
+
+
+@contextlib.contextmanager
 def pinned_clock(epoch: int) -> Iterator[None]:
     """Make pycdlib see a clock stopped at ``epoch`` in UTC while the ISO is built.
 
@@ -232,7 +266,7 @@ def make_iso(
     tmp = out.with_name(out.name + ".tmp")
     iso = pycdlib.PyCdlib()
     try:
-        with pinned_clock(epoch):
+        with pinned_clock(epoch), room_for_backup_gpt():
             iso.new(
                 interchange_level=ISO_LEVEL,
                 sys_ident="LINUX",

@@ -276,6 +276,41 @@ def test_gpt_crcs_are_valid_and_fix_is_idempotent(iso: Path) -> None:
         assert fix_gpt_crcs(f) == 0
 
 
+CYLINDER = 32 * 64 * 512  # ISOHYBRID_GEOMETRY: the hybrid image is padded to whole cylinders
+
+
+def _space_bytes(path: Path) -> int:
+    """The ISO 9660 volume size (primary volume descriptor, sector 16), before the hybrid padding."""
+    with path.open("rb") as f:
+        f.seek(16 * 2048 + 80)
+        return int.from_bytes(f.read(4), "little") * 2048
+
+
+@pytest.mark.parametrize("short_by", [0, 2048, 16 * 1024])
+def test_the_backup_gpt_never_overwrites_the_last_files(build: Callable[..., Path], short_by: int) -> None:
+    """An ISO that ends on a cylinder boundary (or less than the backup GPT's 33 sectors before one) still gets
+    room for the backup GPT after its last file: pycdlib alone wrote the backup GPT over grub.cfg and the UEFI
+    marker in that case, and UEFI boots found no ASR medium."""
+    first = build("probe.iso")
+    grow = (CYLINDER - _space_bytes(first) % CYLINDER - short_by) % CYLINDER
+    iso = build(f"edge-{short_by}.iso", kernel=KERNEL + bytes(grow))
+    space = _space_bytes(iso)
+    assert (CYLINDER - space % CYLINDER) % CYLINDER == short_by  # the case under test really happened
+    size = iso.stat().st_size
+    assert size % CYLINDER == 0 and size - space >= 33 * 512
+    data = iso.read_bytes()
+    assert data[size - 512 : size - 504] == b"EFI PART"  # the backup GPT header, in the padding
+    for path, expected in (
+        ("/boot/grub/grub.cfg", render_grub_cfg(OPTIONS).encode()),
+        ("/backup/README.txt", EXTRA["backup/README.txt"]),
+        ("/backup/set 1/disk0.tar.zst", EXTRA["backup/set 1/disk0.tar.zst"]),
+    ):
+        assert run_bytes(["isoinfo", "-R", "-x", path, "-i", str(iso)]) == expected, path
+    assert b"Automated System Recovery" in run_bytes(["isoinfo", "-R", "-x", "/boot/grub/asr-media.id", "-i", str(iso)])
+    report = run(["xorriso", "-indev", str(iso), "-report_system_area", "plain"]).stdout
+    assert "GPT backup" in report or "GPT" in report
+
+
 # --- reproducibility and errors -------------------------------------------------------------------------------
 
 

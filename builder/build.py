@@ -34,7 +34,7 @@ from builder.packages import PackageSet, cache_dir, fetch_packages
 from builder.rootfs import HOST_PYTHON_PACKAGES
 from builder.sample import sample_descriptor, sample_inventory
 from builder.sif_render import render_asr_sif, render_asrpnp_sif
-from recovery_env.backupset import check_backup_set
+from recovery_env.backupset import check_backup_set, sha256_file
 from recovery_env.descriptor import Descriptor, DeviceInventory
 from recovery_env.errors import BackupSetError, DescriptorMissingError, InputError
 from recovery_env.restore import EMBEDDED_DIR
@@ -250,14 +250,6 @@ def make_rescue_image(
     return image
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _budget_contributors(env: RescueImage, esp: bytes, loaders: bootloader.BootLoaders) -> dict[str, int]:
     """What the ISO is made of, for the budget error: the initramfs share per group is scaled from raw to
     compressed so that the parts add up to what is on the medium."""
@@ -376,8 +368,8 @@ def build_media(
         floppy=floppy_path,
         iso_size=iso_path.stat().st_size,
         floppy_size=floppy_path.stat().st_size,
-        iso_sha256=_sha256(iso_path),
-        floppy_sha256=_sha256(floppy_path),
+        iso_sha256=sha256_file(iso_path),
+        floppy_sha256=sha256_file(floppy_path),
         initramfs_size=len(env.initramfs),
         initramfs_raw_size=env.raw_size,
         kernel_version=env.kernel_version,

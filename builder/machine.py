@@ -43,6 +43,7 @@ from builder.modules import plan_module_closure, read_module_index
 from builder.packages import DebMember, MemberKind, PackageSet, fetch_packages, read_deb
 from builder.rootfs import TreeBuilder
 from builder.templating import render
+from recovery_env.backupset import sha256_file
 from recovery_env.descriptor import GPT_BIOS_BOOT, GPT_ESP, Firmware, FsType, TableType
 from recovery_env.errors import InputError, InternalError, ToolError
 from recovery_env.run import run
@@ -738,12 +739,8 @@ def make_machine_image(out: Path, spec: MachineSpec, inputs: MachineInputs | Non
         os.replace(tmp_img, out)
     finally:
         tmp_img.unlink(missing_ok=True)
-    digest = hashlib.sha256()
-    with out.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
     log.info("machine image %s (%s, %d MiB) built", out, spec.layout, spec.size_mib)
-    return MachineImage(path=out, plan=plan, kernel_version=inputs.kernel_version, sha256=digest.hexdigest())
+    return MachineImage(path=out, plan=plan, kernel_version=inputs.kernel_version, sha256=sha256_file(out))
 
 
 def _build(img: Path, plan: MachinePlan, inputs: MachineInputs, work: Path) -> None:

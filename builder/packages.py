@@ -13,7 +13,6 @@ Refresh the lock (newest candidate versions of the host's apt): ``python -m buil
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -30,6 +29,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
+from recovery_env.backupset import sha256_file
 from recovery_env.errors import InputError, MediaError, ToolError
 from recovery_env.run import run
 
@@ -222,14 +222,6 @@ def cache_dir(override: Path | None = None) -> Path:
     root = os.environ.get("ASR_CACHE")
     base = Path(root) if root else Path.home() / ".cache" / "asr"
     return base / "debs"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from bench.report import (
     Profile,
     Report,
     plan_breakdown,
+    plan_conditions,
     render_ratio_lines,
     render_report,
     summarize_steps,
@@ -68,6 +69,7 @@ log = logging.getLogger("asr.bench")
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "BENCHMARKS.md"
 ROW_SECTIONS = ("Media build", "Sizes", "Boot", "Memory", "Capture", "Restore", "Rehearsal", "Relax-and-Recover")
+PEER_SECTIONS = ("Relax-and-Recover",)
 SECTIONS = ("build", "iso", "floppy", "initramfs", "boot", "memory", "capture", "restore", "rehearsal", "rear")
 PY = "python -m bench"
 BOOT_MARKS: tuple[tuple[str, str], ...] = (
@@ -641,7 +643,7 @@ def measure_rear(b: Bench) -> None:
 # ------------------------------------------------------------------------------------------------------ report
 
 
-def read_machine(conditions: str) -> Machine:
+def read_machine(conditions: str, load: str) -> Machine:
     cpu = "unknown"
     mem = 0
     try:
@@ -653,9 +655,25 @@ def read_machine(conditions: str) -> Machine:
         pass
     accel = find_accel()
     accel_text = "KVM" if accel is Accel.KVM else "TCG (no usable KVM: /dev/kvm missing or without vmx/svm)"
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return Machine(os.cpu_count() or 0, mem, cpu, dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                    platform.release(), accel_text, load, conditions)  # fmt: skip
+
+
+def read_cpu_busy() -> float:
+    """CPU-seconds the whole machine has spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def read_own_cpu() -> float:
+    """CPU-seconds used by this process and its waited-for children (QEMU, tar, zstd, rear, ...)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 MEASURES: dict[str, Callable[[Bench], None]] = {
@@ -666,9 +684,11 @@ MEASURES: dict[str, Callable[[Bench], None]] = {
 
 
 def run_bench(settings: Settings, conditions: str) -> Report:
-    machine = read_machine(conditions)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    busy0, own0, wall0 = read_cpu_busy(), read_own_cpu(), time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="asr-bench-"))
     b = Bench(settings, work)
+    section_times: list[tuple[str, float]] = []
     try:
         for name in SECTIONS:
             if name not in settings.sections:
@@ -680,16 +700,20 @@ def run_bench(settings: Settings, conditions: str) -> Report:
                 b.say(f"section {name} failed: {e}")
                 b.notes.append(f"Section {name} failed: {type(e).__name__}: {str(e).splitlines()[0]}")
                 log.debug("%s", traceback.format_exc())
-            b.say(f"section {name}: {time.monotonic() - started:.0f} s")
+            section_times.append((name, time.monotonic() - started))
+            b.say(f"section {name}: {section_times[-1][1]:.0f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    measured = plan_conditions(os.cpu_count() or 1, time.monotonic() - wall0, read_cpu_busy() - busy0,
+                               read_own_cpu() - own0)  # fmt: skip
+    machine = read_machine(f"{conditions}; {measured}" if conditions else measured, load)
     here = str(work)  # commands name the bench's temporary directory as $WORK
     figures = tuple(replace(f, command=f.command.replace(here, "$WORK")) for f in b.figures)
     comparisons = tuple(replace(c, command=c.command.replace(here, "$WORK")) for c in b.comparisons)
     return Report(machine, figures, comparisons, b.steps, b.steps_title, b.initramfs_steps,
                   plan_breakdown(b.breakdown, b.initramfs_size) if b.breakdown else (), tuple(b.profiles),
                   b.boot_marks, settings.describe(), tuple(n.replace(here, "$WORK") for n in b.notes),
-                  ROW_SECTIONS)  # fmt: skip
+                  ROW_SECTIONS, PEER_SECTIONS, tuple(section_times))  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> tuple[Settings, str]:
@@ -699,7 +723,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str]:
     p.add_argument("-n", type=int, default=None, help="cold media builds (and boots, captures) to run")
     p.add_argument("--data-mb", type=int, default=None, help="data set size in MiB (else ASR_BENCH_DATA_MB)")
     p.add_argument("--out", type=Path, default=DOC)
-    p.add_argument("--conditions", default="", help="how quiet the machine was, for the report")
+    p.add_argument("--conditions", default="", help="a note on the conditions, for the report (the bench also "
+                   "measures how much CPU other processes used)")
     args = p.parse_args(argv)
     s = Settings(data_mib=dataset.read_size_mib(), out=args.out)
     if args.quick:
@@ -715,10 +740,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, str]:
         if unknown:
             p.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
         s = replace(s, sections=wanted)
-    conditions = args.conditions or (
-        "quiet machine" if os.getloadavg()[0] < 0.5 else
-        "shared machine: other work was running (load above), timings are noisy")  # fmt: skip
-    return s, conditions
+    return s, args.conditions
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,12 @@ from bench.report import (
     Comparison,
     Figure,
     Machine,
+    Profile,
+    ProfileEntry,
     Report,
     plan_breakdown,
+    plan_conditions,
+    plan_intervals,
     plan_rows,
     render_ratio_lines,
     render_report,
@@ -197,6 +202,27 @@ def test_steps_summarized_in_pipeline_order() -> None:
         summarize_steps([[("read", 0.1)], [("other", 0.1)]])
 
 
+def test_intervals_between_boot_marks() -> None:
+    marks = {"a": Summary.of([2.0]), "b": Summary.of([1.5]), "c": Summary.of([4.0])}
+    got = [(i.start, i.end, i.seconds, i.share) for i in plan_intervals(marks)]
+    assert got == [("QEMU start", "a", 2.0, 50.0), ("a", "b", 0.0, 0.0), ("b", "c", 2.0, 50.0)]
+    assert plan_intervals({}) == ()
+
+
+def test_conditions_from_cpu_accounting() -> None:
+    quiet = plan_conditions(2, 600.0, busy=700.0, own=690.0)
+    assert quiet.startswith("quiet machine: other processes used 10 CPU-s (0.8 % of 2 cores) during the 10.0 min")
+    noisy = plan_conditions(2, 600.0, busy=1100.0, own=500.0)
+    assert noisy.startswith("shared machine") and "(50.0 % of 2 cores)" in noisy
+    assert plan_conditions(2, 0.0, busy=1.0, own=1.0) == "not measured"
+
+
+def test_profile_names_its_dominant_entry() -> None:
+    p = Profile("t", 10.0, (ProfileEntry("f", 1, 2.0, 3.0), ProfileEntry("g", 1, 6.0, 6.0)))
+    assert p.dominant == "`g` takes 6.00 s of 10.00 s (60 %)"
+    assert Profile("t", 0.0, ()).dominant == ""
+
+
 def test_profile_entries_by_own_time() -> None:
     stats = {
         ("/repo/builder/x.py", 10, "slow"): (1, 1, 5.0, 6.0, {}),
@@ -219,12 +245,26 @@ def test_report_renders_every_part() -> None:
         breakdown=plan_breakdown({"python": 10, "agent": 30}, 20),
         settings={"data set": "64 MiB"},
         notes=("a note",),
-        sections=("Sizes", "Capture"),
+        sections=("Sizes", "Capture", "Peer"),
+        peer_sections=("Peer",),
+        section_times=(("build", 60.0), ("capture", 30.0)),
+        boot_marks={"BIOS CD": {"init started": Summary.of([4.0]), "F2 prompt": Summary.of([5.0])}},
     )
+    report = replace(report, figures=(*report.figures, Figure("Peer", "peer ISO", Unit.BYTES,
+                                                             Summary.of([99_000_000]), GOAL_ISO_SIZE)))
     text = render_report(report)
     assert "| cores (`nproc`) | 2 |" in text and "| data set | 64 MiB |" in text
     assert "| Sizes | ISO | 25.17 MB (24.00 MiB) (n=1) | ISO ≤ 25 MB | **miss by 0.17 MB (0.7 %)** |" in text
-    assert "Goals missed: ISO (miss by 0.17 MB (0.7 %)); capture (miss by 0.40 (44.4 %))." in text
+    misses = text.split("Goals asr misses", 1)[1].split("\n\n", 2)[1]
+    assert misses.splitlines() == [
+        "- Sizes: ISO: 25.17 MB (24.00 MiB) (n=1), miss by 0.17 MB (0.7 %) (goal ISO ≤ 25 MB)",
+        "- Capture: capture: 0.50× (asr at 50 % of the peer's throughput; asr 50.0 MiB/s, peer 100.0 MiB/s; "
+        "ratio range 0.50–0.50), miss by 0.40 (44.4 %) (goal ≥ 90 % of plain tar's throughput)",
+    ]  # the peer's row is shown against the goal but is no miss of asr
+    assert "| Peer | peer ISO | 99.00 MB" in text
+    assert "| bench wall time | 1.5 min (build 60 s, capture 30 s) |" in text
+    assert "| init started | 4.00 s (n=1) | 4.00 s (from QEMU start) | 80 % |" in text
+    assert "| F2 prompt | 5.00 s (n=1) | 1.00 s (from init started) | 20 % |" in text
     assert "| make_iso | 0.055 s (0.050 s – 0.060 s, n=2) |" in text
     assert "| agent | 0.00 | 75.0 % | 0.00 |" in text
     assert r"`tar -c -C $WORK/d . \| zstd -T0`" in text  # a | in a table cell is escaped

@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     rh.add_argument("--expect", help="regex on the restored system's serial console (default: a login prompt)")
     rh.add_argument("--keep", action="store_true", help="keep the scratch disks")
     rh.add_argument("--workdir", type=Path, help="work and report directory (default: out/rehearse)")
+    rh.add_argument("--memory", default="512M", help="RAM of the rescue VM (default 512M): prove the restore fits")
     rh.add_argument("--json", action="store_true")
 
     dm = sub.add_parser("demo", help="rehearse a recovery of the embedded sample machine (--f2: the F2 tour)")

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,10 +103,23 @@ def run_demo(out: Path = OUT, *, say: bool = True, media: BuildResult | None = N
                       summary, build_seconds, to_prompt, code)  # fmt: skip
 
 
-def run_rehearsal_demo(out: Path = OUT, *, say: bool = True) -> RehearsalReport:
-    """The sample machine (GPT, 256 MiB) built, captured and rehearsed under ``out/demo``."""
+def make_sample_set(work: Path, note: Callable[[str], None] = lambda line: None) -> Path:
+    """The sample machine (GPT, 256 MiB) built in ``work`` and captured with `asr backup`: its set directory."""
     from builder.machine import Layout, MachineSpec, PartRole, make_machine_image, read_machine_inputs
 
+    started = time.monotonic()
+    note("asr demo: building the sample machine's disk (GPT, 256 MiB: BIOS boot, ESP, root) ...")
+    machine = make_machine_image(work / "machine.img", MachineSpec(layout=Layout.GPT), read_machine_inputs())
+    note(f"asr demo: {machine.path} built in {time.monotonic() - started:.1f} s; capturing it with `asr backup`")
+    root_no = next(p.number for p in machine.partitions if p.role is PartRole.ROOT)
+    _backup_img, set_dir = capture_disk_image(machine.path, root_no, machine.plan.spec.hostname, "bios",
+                                              work / "capture")  # fmt: skip
+    (work / "capture" / "backup.img").unlink(missing_ok=True)  # rehearse makes its own backup medium
+    return set_dir
+
+
+def run_rehearsal_demo(out: Path = OUT, *, say: bool = True) -> RehearsalReport:
+    """The sample machine (GPT, 256 MiB) built, captured and rehearsed under ``out/demo``."""
     def note(text: str) -> None:
         if say:
             print(text, flush=True)
@@ -117,13 +131,7 @@ def run_rehearsal_demo(out: Path = OUT, *, say: bool = True) -> RehearsalReport:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     started = time.monotonic()
-    note("asr demo: building the sample machine's disk (GPT, 256 MiB: BIOS boot, ESP, root) ...")
-    machine = make_machine_image(work / "machine.img", MachineSpec(layout=Layout.GPT), read_machine_inputs())
-    note(f"asr demo: {machine.path} built in {time.monotonic() - started:.1f} s; capturing it with `asr backup`")
-    root_no = next(p.number for p in machine.partitions if p.role is PartRole.ROOT)
-    _backup_img, set_dir = capture_disk_image(machine.path, root_no, machine.plan.spec.hostname, "bios",
-                                              work / "capture")  # fmt: skip
-    (work / "capture" / "backup.img").unlink(missing_ok=True)  # rehearse makes its own backup medium
+    set_dir = make_sample_set(work, note)
     note(f"asr demo: backup set in {set_dir}; rehearsing its recovery")
     report = rehearse(set_dir, firmware="bios", workdir=work / "rehearse",
                       progress=(lambda line: note("asr rehearse: " + line)))  # fmt: skip

@@ -47,6 +47,7 @@ RESCUE_BOOT_TIMEOUT = 180.0  # to "ASR: agent ... started" under TCG
 RESCUE_RUN_TIMEOUT = 600.0  # the whole unattended restore under TCG (measured ~25-60 s for the test machine)
 RESTORED_BOOT_TIMEOUT = 180.0  # the restored system up (test machine ~10-20 s; a Debian system ~20-40 s)
 EXIT_TIMEOUT = 120.0
+AGENT_FAILED = r"asr agent failed \(exit \d+\)"  # what /init (templates/init.j2) prints before its rescue shell
 EXCERPT_LINES = 25
 
 
@@ -187,17 +188,18 @@ def capture_disk_image(disk: Path, root_partition: int, hostname: str, firmware:
 
 
 def make_rescue_spec(iso: Path, floppy: Path, disks: tuple[Path, ...], *, firmware: Firmware = Firmware.BIOS,
-                     append: str = "", workdir: Path | None = None) -> VMSpec:  # fmt: skip
-    """The rescue media with the floppy and ``disks`` (virtio, in order: vda, vdb, ...).  ``append``: boot the
-    ISO's own kernel and initrd directly with these options added (the ISO stays attached)."""
+                     append: str = "", workdir: Path | None = None, memory: str = "512M") -> VMSpec:  # fmt: skip
+    """The rescue media with the floppy and ``disks`` (virtio, in order: vda, vdb, ...), ``memory`` of RAM.
+    ``append``: boot the ISO's own kernel and initrd directly with these options added (the ISO stays
+    attached)."""
     if not append:
-        return VMSpec(iso=iso, floppy=floppy, disks=disks, firmware=firmware, accel=find_accel())
+        return VMSpec(iso=iso, floppy=floppy, disks=disks, firmware=firmware, accel=find_accel(), memory=memory)
     if workdir is None:
         raise InputError("a direct kernel boot needs a work directory for the ISO's kernel and initrd")
     workdir.mkdir(parents=True, exist_ok=True)
     kernel, initrd, default = read_boot_files(iso, workdir)
     return VMSpec(iso=iso, floppy=floppy, disks=disks, firmware=firmware, accel=find_accel(), kernel=kernel,
-                  initrd=initrd, append=f"{default} {append}")  # fmt: skip
+                  initrd=initrd, append=f"{default} {append}", memory=memory)  # fmt: skip
 
 
 def run_rescue(spec: VMSpec, workdir: Path, expect_exit: str = r"[^)]+") -> str:
@@ -205,7 +207,9 @@ def run_rescue(spec: VMSpec, workdir: Path, expect_exit: str = r"[^)]+") -> str:
     (``reboot`` or ``power off``) that must end the run (default: any)."""
     with QemuVM(spec, workdir=workdir) as vm:
         vm.wait_serial(r"ASR: agent \S+ started", RESCUE_BOOT_TIMEOUT)
-        vm.wait_serial(rf"ASR: exit \d+ \({expect_exit}\)", RESCUE_RUN_TIMEOUT)
+        end = vm.wait_serial(rf"ASR: exit \d+ \({expect_exit}\)|{AGENT_FAILED}", RESCUE_RUN_TIMEOUT)
+        if re.fullmatch(AGENT_FAILED, end.group(0)):  # /init gave a rescue shell: nothing more will come
+            raise VMError(f"the agent failed: {end.group(0)}", vm.serial_text[-4000:])
         code = vm.wait_exit(EXIT_TIMEOUT)
         if code != 0:
             raise VMError(f"QEMU exited with code {code} after the agent's exit", vm.serial_text[-4000:])
@@ -390,9 +394,11 @@ def rehearse(
     workdir: Path = Path("out/rehearse"),
     progress: Callable[[str], None] | None = None,
     boot_timeout: float = RESTORED_BOOT_TIMEOUT,
+    memory: str = "512M",
 ) -> RehearsalReport:
-    """Restore the backup set in ``set_dir`` onto scratch disks in QEMU and boot the result; the report (also
-    written to ``workdir/report.md`` and ``workdir/report.json``).  Bad input raises before anything is built."""
+    """Restore the backup set in ``set_dir`` onto scratch disks in QEMU (the rescue system with ``memory`` of
+    RAM) and boot the result; the report (also written to ``workdir/report.md`` and ``workdir/report.json``).
+    Bad input raises before anything is built."""
     say = progress or (lambda line: None)
     choice = FirmwareChoice(firmware)
     if (iso is None) != (floppy is None):
@@ -400,6 +406,8 @@ def rehearse(
     for what, path in (("ISO", iso), ("floppy image", floppy)):
         if path is not None and not path.is_file():
             raise InputError(f"{what} {path} does not exist")
+    if not re.fullmatch(r"\d+[MG]", memory):
+        raise InputError(f"--memory {memory!r}: expected a size like 512M or 1G")
     pattern = expect or DEFAULT_EXPECT
     try:
         re.compile(pattern)
@@ -438,7 +446,8 @@ def rehearse(
                         + f"; backup medium {backup_img.stat().st_size / MiB:.0f} MiB")  # fmt: skip
         with phases.phase("restore") as note:
             spec = make_rescue_spec(iso, floppy, (*disks, backup_img), firmware=rescue_fw, append=append,
-                                    workdir=workdir / "rescue-files")  # fmt: skip
+                                    workdir=workdir / "rescue-files", memory=memory)  # fmt: skip
+            note.append(f"rescue VM with {memory} of RAM")
             try:
                 rescue_serial = run_rescue(spec, workdir / "rescue")
             except VMError as e:
@@ -498,7 +507,8 @@ def cli_rehearse(args: argparse.Namespace) -> int:
 
     workdir = args.workdir or Path("out") / "rehearse"
     report = rehearse(args.dir, iso=args.iso, floppy=args.floppy, firmware=args.firmware, grow_percent=args.grow,
-                      expect=args.expect, keep=args.keep, workdir=workdir, progress=progress)  # fmt: skip
+                      expect=args.expect, keep=args.keep, workdir=workdir, progress=progress,
+                      memory=args.memory)  # fmt: skip
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

@@ -107,6 +107,8 @@ def _workdir(name: str) -> Path:
 def test_bad_input_is_refused_before_anything_is_built(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"no ASR\.SIF"):
         rehearse(tmp_path, workdir=tmp_path / "w")
+    with pytest.raises(InputError, match=r"--memory 'lots'"):
+        rehearse(tmp_path, workdir=tmp_path / "w", memory="lots")
     assert not (tmp_path / "w").exists()
     assert asr_main(["rehearse", str(tmp_path / "missing"), "--workdir", str(tmp_path / "w")]) != 0
 
@@ -121,7 +123,8 @@ def test_a_good_set_is_verified_recoverable_under_bios_and_uefi(gpt_set: Path) -
     assert FirmwareChoice.AUTO.firmwares(d) == (FirmwareChoice.BIOS.firmwares(d))
     work = _workdir("good")
     before = {f.name: f.read_bytes() for f in gpt_set.iterdir()}
-    rc = asr_main(["rehearse", str(gpt_set), "--firmware", "both", "--grow", "50", "--workdir", str(work)])
+    rc = asr_main(["rehearse", str(gpt_set), "--firmware", "both", "--grow", "50", "--workdir", str(work),
+                   "--memory", "384M"])
     md, js = (work / "report.md").read_text(), json.loads((work / "report.json").read_text())
     assert rc == 0, md
     assert js["verdict"] == "verified recoverable" and js["recoverable"] is True
@@ -139,6 +142,7 @@ def test_a_good_set_is_verified_recoverable_under_bios_and_uefi(gpt_set: Path) -
     for name in js["phases"]:
         assert f"| {name['name']} |" in md
     assert "## Boot of the restored disk under UEFI: came up" in md
+    assert "rescue VM with 384M of RAM" in md
     assert not list(work.glob("scratch-*.img")) and not (work / "backup-medium.img").exists()  # no --keep
     assert {f.name: f.read_bytes() for f in gpt_set.iterdir()} == before  # the set is only read
 

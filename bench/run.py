@@ -437,6 +437,8 @@ def measure_memory(b: Bench) -> None:
         return
     lo, hi, step = s.memory_range
     tried: dict[int, bool] = {}
+    if any(fw.startswith("BIOS") for fw in b.boot_marks) and lo <= 512 <= hi and 512 % step == 0:
+        tried[512] = True  # the boot section's BIOS CD boots ran with -m 512M
     while True:
         nxt, answer = bisect_min(lo, hi, step, tried)
         if nxt is None:

@@ -3,8 +3,8 @@
 - ISO: ``xorriso -as mkisofs`` with the same content and boot setup as builder/iso.py (level 3, Joliet, Rock
   Ridge, El Torito BIOS with boot-info-table + EFI, isohybrid MBR from Debian's isohdpfx.bin, GPT basic data).
 - floppy: ``mformat`` a 1.44 MB FAT12 volume with the label, then ``mcopy`` the two descriptor files.
-- initramfs: ``find . | cpio -o -H newc | zstd -19 -T1`` over the same tree (single-threaded zstd level 19, as
-  builder/initramfs.py's compress_zstd).
+- initramfs: ``find . | cpio -o -H newc | zstd -19 -T0`` over the same tree (zstd level 19 on every CPU, as
+  builder/initramfs.py compresses its segments).
 - capture: ``tar -c | zstd -T0`` (level 3, the default, as asr's archives).
 - restore (in the guest): ``tar -x --zstd -f ARCHIVE`` into a fresh ext4.
 """
@@ -61,11 +61,12 @@ def plan_mtools_floppy(image: Path, files: list[Path], *, label: str) -> list[li
     ]
 
 
-def plan_cpio_zstd(tree: Path, out: Path, level: int = ZSTD_LEVEL) -> Shell:
-    """The initramfs the classic way, over an extracted tree: sorted names, newc, root-owned, zstd single-thread."""
+def plan_cpio_zstd(tree: Path, out: Path, level: int = ZSTD_LEVEL, threads: int = 1) -> Shell:
+    """The initramfs the classic way, over an extracted tree: sorted names, newc, root-owned, zstd with
+    ``threads`` threads (0: as many as CPUs)."""
     return Shell(
         f"cd {shlex.quote(str(tree))} && find . -mindepth 1 | LC_ALL=C sort | "
-        f"cpio -o -H newc -R 0:0 --quiet | zstd -{level} -T1 -q -c > {shlex.quote(str(out))}"
+        f"cpio -o -H newc -R 0:0 --quiet | zstd -{level} -T{threads} -q -c > {shlex.quote(str(out))}"
     )
 
 

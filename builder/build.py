@@ -46,6 +46,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Everything the rescue environment is made from, besides the build parameters: a change to any file here
 #: makes the cached kernel + initramfs stale.
 RESCUE_INPUTS: tuple[str, ...] = ("builder", "recovery_env", "templates", "packages.lock")
+#: Compressed initramfs segments by content, beside rescue/ in the cache root.
+SEGMENT_CACHE = "initramfs"
 
 ISO_NAME = "asr.iso"
 FLOPPY_NAME = "asr-floppy.img"
@@ -85,6 +87,7 @@ class BuildResult:
     kernel_version: str
     breakdown: dict[str, int]
     rescue_cached: bool
+    compressed_segments: tuple[str, ...]  # initramfs segments compressed by this build (not from a cache)
     steps: tuple[StepTime, ...]
     descriptor_source: str
     hostname: str
@@ -178,6 +181,7 @@ class RescueImage:
     raw_size: int
     breakdown: dict[str, int]
     cached: bool = False
+    compressed_segments: tuple[str, ...] = ()  # made now (the others came from the segment cache)
 
 
 def rescue_cache_key(*, epoch: int, agent_override: bytes | None, optional_modules: tuple[str, ...]) -> str:
@@ -234,7 +238,10 @@ def make_rescue_image(
     optional_modules: tuple[str, ...],
     cache_root: Path | None,
 ) -> RescueImage:
-    """The rescue environment, from the cache when every input is unchanged (``cache_root`` None: no cache)."""
+    """The rescue environment, from the cache when every input is unchanged (``cache_root`` None: no cache).
+
+    When it must be made, the initramfs segments whose cpio bytes are unchanged come from
+    ``<cache_root>/initramfs`` (an edit of the agent recompresses the agent's segment only)."""
     slot = None
     if cache_root is not None:
         key = rescue_cache_key(epoch=epoch, agent_override=agent_override, optional_modules=optional_modules)
@@ -243,8 +250,16 @@ def make_rescue_image(
         if hit is not None:
             log.info("rescue environment from the cache: %s", slot)
             return hit
-    env = make_rescue_env(pkgs, epoch=epoch, agent_override=agent_override, optional_modules=optional_modules)
-    image = RescueImage(env.kernel, env.initramfs, env.kernel_version, env.raw_size, dict(env.breakdown))
+    env = make_rescue_env(
+        pkgs,
+        epoch=epoch,
+        agent_override=agent_override,
+        optional_modules=optional_modules,
+        segment_cache=cache_root / SEGMENT_CACHE if cache_root is not None else None,
+    )
+    compressed = tuple(s.name for s in env.segments if not s.cached)
+    image = RescueImage(env.kernel, env.initramfs, env.kernel_version, env.raw_size, dict(env.breakdown),
+                        compressed_segments=compressed)  # fmt: skip
     if slot is not None:
         write_cached_rescue(slot, image)
     return image
@@ -375,6 +390,7 @@ def build_media(
         kernel_version=env.kernel_version,
         breakdown=dict(env.breakdown),
         rescue_cached=env.cached,
+        compressed_segments=env.compressed_segments,
         steps=tuple(ctx.steps),
         descriptor_source=desc.source,
         hostname=desc.descriptor.system.hostname,

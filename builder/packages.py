@@ -7,30 +7,40 @@ files in the cache (``~/.cache/asr/debs``; ``$ASR_CACHE/debs``; or an explicit d
 missing as ``NAME=VERSION`` with the host's ``apt-get download``, and verifies every hash.  A warm cache needs
 no network.
 
+The work of reading a package is cached beside the .debs, by content: ``extracted/<SHA-256 of the .deb>.members``
+holds the data of a package's files uncompressed (read back lazily, file by file), so a build with a warm package
+cache does no lzma decompression; ``pyc/`` holds compiled bytecode by (host bytecode magic, compiler, path,
+source) digest (:func:`compile_pyc_cached`).
+
 Refresh the lock (newest candidate versions of the host's apt): ``python -m builder.packages --update-lock``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
+import inspect
 import io
 import json
 import logging
 import lzma
 import os
 import re
+import struct
 import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 from recovery_env.backupset import sha256_file
-from recovery_env.errors import InputError, MediaError, ToolError
+from recovery_env.errors import InputError, InternalError, MediaError, ToolError
 from recovery_env.run import run
 
 log = logging.getLogger("asr.packages")
@@ -263,9 +273,29 @@ def _download(specs: Sequence[str], dest: Path) -> None:
         run(["apt-get", "download", "-q", *specs], cwd=dest, timeout=1800)
 
 
+#: SHA-256 of files this process has hashed, by (resolved path, size, mtime): read_deb finds a package's
+#: extraction cache by the digest fetch_packages has just verified, without hashing the file again.
+_HASHED: dict[tuple[str, int, int], str] = {}
+
+
+def _stat_key(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of ``path``, hashed once per process for an unchanged file (same size and mtime)."""
+    key = _stat_key(path)
+    digest = _HASHED.get(key)
+    if digest is None:
+        digest = _HASHED[key] = sha256_file(path)
+    return digest
+
+
 def check_package(path: Path, pkg: LockedPackage) -> None:
     """Raise PackageHashMismatch unless ``path`` has the locked SHA-256."""
     actual = sha256_file(path)
+    _HASHED[_stat_key(path)] = actual
     if actual != pkg.sha256:
         raise PackageHashMismatch(path, pkg.sha256, actual)
 
@@ -374,15 +404,53 @@ class MemberKind(StrEnum):
         raise BadDebError(f"unsupported tar member type {info.type!r} for {info.name}")
 
 
+class _DataFile:
+    """An open file holding members' bytes (an extraction cache file, or an unnamed temporary file when the
+    cache cannot be written); members read their slice with ``pread``: no shared position, thread-safe."""
+
+    def __init__(self, file: IO[bytes], name: str) -> None:
+        self.file = file
+        self.name = name
+
+    def read(self, offset: int, size: int) -> bytes:
+        data = os.pread(self.file.fileno(), size, offset)
+        if len(data) != size:
+            raise BadDebError(f"{self.name}: {size} bytes at offset {offset} cut short; delete the file")
+        return data
+
+
+@dataclass(frozen=True)
+class Extent:
+    """``size`` bytes at ``offset`` of a data file: a member's content, read when asked for."""
+
+    file: _DataFile
+    offset: int
+    size: int
+
+    def read(self) -> bytes:
+        return self.file.read(self.offset, self.size)
+
+
 @dataclass(frozen=True)
 class DebMember:
-    """One path of a package's data.tar: ``path`` is relative (no leading ``./`` or ``/``)."""
+    """One path of a package's data.tar: ``path`` is relative (no leading ``./`` or ``/``).
+
+    ``content`` is the file's bytes, or where to read them (an :class:`Extent` of the extraction cache): the
+    kernel package holds 400 MB of modules of which the rescue system needs a few."""
 
     path: str
     kind: MemberKind
     mode: int
     target: str = ""
-    data: bytes = field(default=b"", repr=False)
+    content: bytes | Extent = field(default=b"", repr=False)
+
+    @property
+    def data(self) -> bytes:
+        return self.content if isinstance(self.content, bytes) else self.content.read()
+
+    @property
+    def size(self) -> int:
+        return len(self.content) if isinstance(self.content, bytes) else self.content.size
 
 
 def _ar_members(blob: bytes, where: Path) -> dict[str, bytes]:
@@ -446,40 +514,184 @@ def _norm(name: str) -> str:
 
 
 def read_deb(path: Path, prefixes: Sequence[str] | None = None) -> dict[str, DebMember]:
-    """Every member of the package's data.tar (or those under one of ``prefixes``), data in memory.
+    """Every member of the package's data.tar (or those under one of ``prefixes``); file data read on access.
 
     Paths are relative (``usr/bin/python3.11``); hard links have kind HARDLINK and their target path.
-    Results are memoised per (file, size, mtime, prefixes): the kernel package takes seconds to decompress.
+    The members come from the package's extraction cache (``extracted/`` beside it, by the package's SHA-256),
+    made on first use; they are memoised per (file, size, mtime) in the process.
     """
-    st = path.stat()
-    return _read_deb_cached(str(path), st.st_size, st.st_mtime_ns, tuple(prefixes) if prefixes else ())
+    members = _read_deb_cached(str(path), *_stat_key(path)[1:])
+    if not prefixes:
+        return dict(members)
+    return {name: m for name, m in members.items() if any(name.startswith(p) for p in prefixes)}
+
+
+EXTRACT_DIR = "extracted"
+EXTRACT_MAGIC = b"ASRDEB1\n"
+#: Extraction cache file trailer: magic, SHA-256 of the package, offset and length of the JSON index.
+EXTRACT_TRAILER = struct.Struct("<8s32sQQ")
+
+
+def extract_cache_path(deb: Path) -> Path:
+    """Where the extraction cache of ``deb`` is (or will be): ``extracted/<SHA-256>.members`` beside it."""
+    return deb.parent / EXTRACT_DIR / f"{file_sha256(deb)}.members"
 
 
 @lru_cache(maxsize=128)
-def _read_deb_cached(path: str, size: int, mtime_ns: int, prefixes: tuple[str, ...]) -> dict[str, DebMember]:
+def _read_deb_cached(path: str, size: int, mtime_ns: int) -> dict[str, DebMember]:
     del size, mtime_ns  # only part of the cache key
     where = Path(path)
+    slot = extract_cache_path(where)
+    members = read_extract_cache(slot, bytes.fromhex(slot.stem))
+    if members is not None:
+        return members
     started = time.monotonic()
+    try:
+        slot.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.NamedTemporaryFile(prefix=f".{slot.stem[:16]}-", dir=slot.parent, delete=False)
+    except OSError as exc:  # a read-only package directory: extract into an unnamed file, cache nothing
+        log.debug("no extraction cache for %s: %s", where.name, exc)
+        anonymous = tempfile.TemporaryFile()  # lives as long as its members
+        members = _extract_deb(where, _DataFile(anonymous, where.name))
+        return members
+    with tmp:
+        try:
+            _extract_deb(where, _DataFile(tmp, tmp.name), write_index=bytes.fromhex(slot.stem))
+            os.chmod(tmp.name, 0o644)
+            os.replace(tmp.name, slot)  # atomic: a concurrent build sees the whole file or none
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    log.debug("extracted %s into %s in %.2fs", where.name, slot, time.monotonic() - started)
+    members = read_extract_cache(slot, bytes.fromhex(slot.stem))
+    if members is None:
+        raise InternalError(f"{slot}: the extraction cache just written does not read back")
+    return members
+
+
+def _extract_deb(where: Path, out: _DataFile, write_index: bytes | None = None) -> dict[str, DebMember]:
+    """Decompress the package's data.tar, appending each file's bytes to ``out``; with ``write_index`` (the
+    package's SHA-256) the index and trailer follow, which makes ``out`` an extraction cache file."""
     members = _ar_members(where.read_bytes(), where)
-    out: dict[str, DebMember] = {}
+    out_members: dict[str, DebMember] = {}
+    rows: list[tuple[str, str, int, str, int, int]] = []
+    offset = 0
     try:
         with _tar_of(members, "data", where) as tar:
             for info in tar:
                 name = _norm(info.name)
-                if not name or (prefixes and not any(name.startswith(p) for p in prefixes)):
+                if not name:
                     continue
                 kind = MemberKind.of(info)
-                data = b""
+                size = 0
                 if kind is MemberKind.FILE:
                     f = tar.extractfile(info)
                     assert f is not None
                     data = f.read()
+                    out.file.write(data)
+                    size = len(data)
                 target = info.linkname if kind is MemberKind.SYMLINK else _norm(info.linkname)
-                out[name] = DebMember(path=name, kind=kind, mode=info.mode & 0o7777, target=target, data=data)
+                rows.append((name, kind.value, info.mode & 0o7777, target, offset, size))
+                out_members[name] = DebMember(name, kind, info.mode & 0o7777, target, Extent(out, offset, size))
+                offset += size
     except (tarfile.TarError, lzma.LZMAError, EOFError) as exc:
         raise BadDebError(f"{where}: damaged data archive: {exc}") from None
-    log.debug("read %s (%d members) in %.2fs", where.name, len(out), time.monotonic() - started)
-    return out
+    if write_index is not None:
+        index = json.dumps(rows, separators=(",", ":")).encode()
+        out.file.write(index)
+        out.file.write(EXTRACT_TRAILER.pack(EXTRACT_MAGIC, write_index, offset, len(index)))
+    out.file.flush()
+    return out_members
+
+
+def read_extract_cache(path: Path, sha256: bytes) -> dict[str, DebMember] | None:
+    """The members recorded in an extraction cache file, or None when it is missing, of another package, or
+    not whole (its trailer and sizes are checked; the package itself was hash-verified by fetch_packages)."""
+    try:
+        f = path.open("rb")
+    except OSError:
+        return None
+    try:
+        total = os.fstat(f.fileno()).st_size
+        if total < EXTRACT_TRAILER.size:
+            raise ValueError("too short")
+        magic, digest, index_at, index_len = EXTRACT_TRAILER.unpack(
+            os.pread(f.fileno(), EXTRACT_TRAILER.size, total - EXTRACT_TRAILER.size)
+        )
+        if magic != EXTRACT_MAGIC or digest != sha256 or index_at + index_len + EXTRACT_TRAILER.size != total:
+            raise ValueError("bad trailer")
+        rows = json.loads(os.pread(f.fileno(), index_len, index_at))
+        data = _DataFile(f, str(path))
+        members: dict[str, DebMember] = {}
+        for name, kind, mode, target, offset, size in rows:
+            if offset + size > index_at:
+                raise ValueError(f"{name} beyond the data")
+            members[name] = DebMember(name, MemberKind(kind), mode, target, Extent(data, offset, size))
+        return members
+    except (ValueError, TypeError, OSError) as exc:
+        f.close()
+        log.warning("%s: unusable extraction cache (%s); extracting the package again", path, exc)
+        return None
+
+
+# --------------------------------------------------------------------------------------------------- .pyc cache
+
+PYC_DIR = "pyc"
+
+
+def _pyc_key(magic: bytes, compiler: bytes, path: str, source: bytes) -> str:
+    h = hashlib.sha256(magic + compiler)
+    h.update(path.encode() + b"\0")
+    h.update(source)
+    return h.hexdigest()
+
+
+def _pyc_matches(pyc: bytes, magic: bytes, source: bytes) -> bool:
+    """The header of a cached .pyc: the host's magic and, for hash-based files, the source's hash."""
+    if pyc[:4] != magic or len(pyc) < 16:
+        return False
+    flags = int.from_bytes(pyc[4:8], "little")
+    return not flags & 1 or pyc[8:16] == importlib.util.source_hash(source)
+
+
+def compile_pyc_cached(
+    sources: Mapping[str, bytes], cache: Path, compile_pyc: Callable[[Mapping[str, bytes]], Mapping[str, bytes]]
+) -> dict[str, bytes]:
+    """``compile_pyc`` ({path.py: source} → {path.pyc: bytecode}) with each result kept in ``cache/pyc/`` under
+    the digest of (host bytecode magic, Python version, ``compile_pyc``'s own source, path, source): only the
+    sources not compiled before reach the compiler.  A cached file whose header does not match is compiled
+    again."""
+    magic = importlib.util.MAGIC_NUMBER
+    compiler = hashlib.sha256(sys.version.encode() + inspect.getsource(compile_pyc).encode()).digest()
+    where = cache / PYC_DIR
+    out: dict[str, bytes] = {}
+    keys: dict[str, str] = {}
+    for path, source in sources.items():
+        key = keys[path] = _pyc_key(magic, compiler, path, source)
+        try:
+            pyc = (where / f"{key}.pyc").read_bytes()
+        except OSError:
+            continue
+        if _pyc_matches(pyc, magic, source):
+            out[path + "c"] = pyc
+    missing = {path: source for path, source in sources.items() if path + "c" not in out}
+    if missing:
+        compiled = compile_pyc(missing)
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            for path in missing:
+                _write_atomic(where / f"{keys[path]}.pyc", compiled[path + "c"])
+        except OSError as exc:
+            log.debug("no .pyc cache in %s: %s", where, exc)
+        out.update({path + "c": compiled[path + "c"] for path in missing})
+    log.debug("compile_pyc_cached: %d cached, %d compiled", len(sources) - len(missing), len(missing))
+    return {path + "c": out[path + "c"] for path in sources}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------------------- CLI

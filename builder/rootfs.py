@@ -30,7 +30,7 @@ from elftools.elf.sections import SymbolTableSection
 from elftools.elf.segments import InterpSegment
 
 from builder.modules import WANTED_MODULES, KernelModule, canonical_name, plan_boot_modules, read_module_index
-from builder.packages import DebMember, MemberKind, PackageSet, read_control, read_deb
+from builder.packages import DebMember, MemberKind, PackageSet, compile_pyc_cached, read_control, read_deb
 from recovery_env.errors import InputError, InternalError
 from recovery_env.run import run
 
@@ -854,7 +854,7 @@ def add_python(tree: TreeBuilder, files: PackageFiles, agent_main: bytes | None)
         to_compile[path] = source
         groups[path + "c"] = Group.AGENT
     add_templates(tree)
-    for path, pyc in sorted(compile_pyc(to_compile).items()):
+    for path, pyc in sorted(compile_pyc_cached(to_compile, files.pkgs.cache, compile_pyc).items()):
         tree.add_file(path, pyc, 0o644, groups[path])
     tree.add_dir(f"{PYTHON_LIB}/lib-dynload", group=Group.PYTHON)
     return shipped

@@ -10,7 +10,7 @@ import pytest
 
 from builder.build import FLOPPY_NAME, ISO_NAME, BuildResult, build_media
 from builder.cli import main
-from builder.initramfs import DEFAULT_EPOCH
+from builder.initramfs import DEFAULT_EPOCH, read_segments
 from builder.sample import sample_descriptor
 from builder.sif_render import render_asr_sif
 from recovery_env.errors import BudgetError, DescriptorError, DescriptorMissingError
@@ -51,6 +51,10 @@ def test_joliet_rock_ridge_and_files(built: BuildResult) -> None:
     initrd = run_bytes(["isoinfo", "-R", "-x", "/live/initrd.img", "-i", str(built.iso)])
     assert len(initrd) == built.initramfs_size
     assert initrd[:4] == b"\x28\xb5\x2f\xfd"  # a zstd frame: the kernel decompresses it
+    # zstd decompresses every frame; together they are the cpio archives of the whole rescue tree
+    assert len(run_bytes(["zstd", "-dc"], input=initrd)) == built.initramfs_raw_size
+    listing = [p for cpio in read_segments(initrd) for p in run(["cpio", "-t", "--quiet"], input=cpio).stdout.split()]
+    assert {"init", "usr/bin/busybox", "usr/bin/python3.11", "usr/lib/asr/recovery_env/__main__.pyc"} <= set(listing)
 
 
 def test_floppy_is_the_descriptor_on_a_144mb_fat12_disk(built: BuildResult) -> None:
@@ -120,7 +124,8 @@ def test_cli_build_json_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_asrpnp_drivers_go_into_the_initramfs(tmp_path: Path) -> None:
     """`asr build --descriptor` adds the drivers ASRPNP.SIF lists (with their dependencies); a driver this kernel
-    does not have (an out-of-tree one) is left out with a warning, not a failed build."""
+    does not have (an out-of-tree one) is left out with a warning, not a failed build; a network driver is left
+    out (the rescue system configures no network)."""
     from builder.sif_render import render_asrpnp_sif
     from recovery_env.descriptor import Device, DeviceInventory
 
@@ -131,10 +136,13 @@ def test_asrpnp_drivers_go_into_the_initramfs(tmp_path: Path) -> None:
                  modules=("e1000",), description="Intel 82540EM")
     vendor = Device("pci", "0000:00:04.0", "10de", "1eb8", "0x030200", "", driver="nvidia",
                     modules=("nvidia",), description="an out-of-tree driver")
-    (src / "ASRPNP.SIF").write_text(render_asrpnp_sif(DeviceInventory("asr-sample", (nic, vendor))))
+    hba = Device("pci", "0000:00:05.0", "1000", "0097", "0x010700", "pci:v00001000d00000097sv*", driver="mpt3sas",
+                 modules=("mpt3sas",), description="SAS3008 PCI-Express Fusion-MPT SAS-3")
+    (src / "ASRPNP.SIF").write_text(render_asrpnp_sif(DeviceInventory("asr-sample", (nic, vendor, hba))))
     result = build_media(tmp_path / "out", descriptor=src / "ASR.SIF", epoch=EPOCH)
     initrd = run_bytes(["isoinfo", "-R", "-x", "/live/initrd.img", "-i", str(result.iso)])
-    listing = run(["cpio", "-t", "--quiet"], input=run_bytes(["zstd", "-dc"], input=initrd)).stdout.split()
-    assert any(p.endswith("/e1000.ko") for p in listing), "the inventory's NIC driver is in the initramfs"
+    listing = [p for cpio in read_segments(initrd) for p in run(["cpio", "-t", "--quiet"], input=cpio).stdout.split()]
+    assert any(p.endswith("/mpt3sas.ko") for p in listing), "the inventory's disk controller driver is in it"
+    assert not any(p.endswith("/e1000.ko") for p in listing)
     assert not any("nvidia" in p for p in listing)
     assert run_bytes(["mtype", "-i", str(result.floppy), "::ASRPNP.SIF"]) == (src / "ASRPNP.SIF").read_bytes()

@@ -1,5 +1,6 @@
-"""The initramfs: cpio writer (checked by GNU cpio), zstd frame (checked by zstd), /init, budget,
-reproducibility, and a real boot under QEMU with a self-check in place of the agent."""
+"""The initramfs: cpio writer (checked by GNU cpio), zstd frames (checked by zstd), segments and their cache,
+/init, budget, reproducibility, and a real boot under QEMU with a self-check in place of the agent (which proves
+the kernel unpacks the concatenated segments)."""
 
 from __future__ import annotations
 
@@ -14,16 +15,23 @@ from pathlib import Path
 import pytest
 
 from builder.initramfs import (
+    DIRS_SEGMENT,
     AgentExit,
     RescueEnv,
+    SegmentCache,
     check_budget,
+    compress_segments,
     compress_zstd,
     make_cpio,
+    make_initramfs,
     make_rescue_env,
+    make_segment_cpios,
+    plan_segments,
+    read_segments,
     render_init,
 )
 from builder.packages import PackageSet
-from builder.rootfs import Entry, EntryKind, RescueTree
+from builder.rootfs import Entry, EntryKind, Group, RescueTree
 from recovery_env.errors import BudgetError
 from recovery_env.run import run, run_bytes
 
@@ -109,6 +117,89 @@ def test_cpio_is_reproducible_and_zstd_valid(tmp_path: Path) -> None:
     assert run_bytes(["zstd", "-dc", str(frame)]) == make_cpio(_small_tree(), EPOCH)
 
 
+def _grouped_tree() -> RescueTree:
+    """Entries of several groups, with directories that only one group's files live in."""
+    e = Entry
+    return RescueTree(
+        entries={
+            "": e(EntryKind.DIR, 0o755),
+            "dev": e(EntryKind.DIR, 0o755),
+            "dev/console": e(EntryKind.CHAR, 0o600, rdev=(5, 1)),
+            "init": e(EntryKind.FILE, 0o755, data=b"#!/bin/sh\necho hi\n"),
+            "usr": e(EntryKind.DIR, 0o755),
+            "usr/bin": e(EntryKind.DIR, 0o755),
+            "usr/bin/busybox": e(EntryKind.FILE, 0o755, data=b"\x7fELF" + bytes(5000), group=Group.BUSYBOX),
+            "usr/bin/sh": e(EntryKind.SYMLINK, 0o777, target="busybox", group=Group.BUSYBOX),
+            "usr/lib": e(EntryKind.DIR, 0o755),
+            "usr/lib/asr": e(EntryKind.DIR, 0o755, group=Group.AGENT),
+            "usr/lib/asr/agent.pyc": e(EntryKind.FILE, 0o644, data=b"agent " * 900, group=Group.AGENT),
+            "usr/lib/modules": e(EntryKind.DIR, 0o755, group=Group.MODULES),
+            "usr/lib/modules/a.ko": e(EntryKind.FILE, 0o644, data=bytes(range(256)) * 40, group=Group.MODULES),
+        }
+    )
+
+
+def test_segments_directories_first_then_one_per_group() -> None:
+    plans = plan_segments(_grouped_tree())
+    assert [p.name for p in plans] == [DIRS_SEGMENT, "base", "kernel modules", "busybox", "agent"]
+    assert set(plans[0].paths) == {"dev", "usr", "usr/bin", "usr/lib", "usr/lib/asr", "usr/lib/modules"}
+    assert plans[4].paths == ("usr/lib/asr/agent.pyc",)
+    firsts = [p.first_ino for p in plans]
+    assert firsts == sorted(set(firsts))  # inode ranges never overlap
+
+
+def test_segmented_initramfs_is_read_by_zstd_and_gnu_cpio(tmp_path: Path) -> None:
+    """zstd decompresses the concatenated frames into the concatenated archives; GNU cpio reads each archive, and
+    unpacking them in order (without -d: parents must exist already) rebuilds the tree, as the kernel does."""
+    tree = _grouped_tree()
+    cpios = make_segment_cpios(tree, EPOCH)
+    initramfs = make_initramfs(tree, EPOCH)
+    image = tmp_path / "initrd.zst"
+    image.write_bytes(initramfs)
+    run(["zstd", "-t", "-q", str(image)])
+    assert run_bytes(["zstd", "-dc", str(image)]) == b"".join(c for _, c in cpios)
+    assert read_segments(initramfs) == [c for _, c in cpios]
+    out = tmp_path / "root"
+    out.mkdir()
+    listed: list[str] = []
+    for _, cpio in cpios:
+        listed += run(["cpio", "-t", "--quiet"], input=cpio).stdout.split()
+        argv = ["cpio", "-im", "--quiet", "--no-absolute-filenames"]  # no -d: a missing parent fails
+        run(argv if os.geteuid() == 0 else ["fakeroot", *argv], input=cpio, cwd=out)
+    assert sorted(listed) == sorted(p for p in tree.entries if p)
+    for path, entry in tree.entries.items():
+        if entry.kind is EntryKind.FILE:
+            assert (out / path).read_bytes() == entry.data, path
+    assert os.readlink(out / "usr/bin/sh") == "busybox"
+
+
+def test_segments_are_reproducible_and_cached_by_content(tmp_path: Path) -> None:
+    tree = _grouped_tree()
+    cpios = make_segment_cpios(tree, EPOCH)
+    plain, _ = compress_segments(cpios, level=9, threads=1)
+    cache = SegmentCache(tmp_path / "segments")
+    first, segments = compress_segments(cpios, level=9, cache=cache, threads=2)
+    assert first == plain  # neither the cache nor the thread count changes a byte
+    assert not any(s.cached for s in segments)
+    assert sum(s.size for s in segments) == len(first)
+    # an edit of the agent: only the agent's segment is compressed again
+    edited = dict(tree.entries)
+    edited["usr/lib/asr/agent.pyc"] = Entry(EntryKind.FILE, 0o644, data=b"edited " * 900, group=Group.AGENT)
+    again, segments = compress_segments(make_segment_cpios(RescueTree(edited), EPOCH), level=9, cache=cache)
+    assert [s.name for s in segments if not s.cached] == ["agent"]
+    assert again == compress_segments(make_segment_cpios(RescueTree(edited), EPOCH), level=9)[0]
+    # a damaged cache file is noticed (decompressed and compared before use) and replaced
+    modules = cache.path(cpios[2][1], 9)
+    assert cpios[2][0] == "kernel modules" and modules.is_file()
+    blob = bytearray(modules.read_bytes())
+    blob[len(blob) // 2] ^= 0x55
+    modules.write_bytes(bytes(blob))
+    repaired, segments = compress_segments(cpios, level=9, cache=cache)
+    assert repaired == plain
+    assert [s.name for s in segments if not s.cached] == ["kernel modules"]
+    assert compress_segments(cpios, level=9, cache=cache)[1][2].cached
+
+
 def test_budget_error_lists_the_largest_contributors() -> None:
     parts = {"kernel": 8_000_000, "kernel modules": 6_000_000, "python": 3_000_000, "agent": 100_000}
     check_budget(parts, 20_000_000)
@@ -148,14 +239,24 @@ def test_initramfs_is_a_valid_zstd_cpio(selftest_env: RescueEnv, tmp_path: Path)
     image = tmp_path / "initrd.zst"
     image.write_bytes(selftest_env.initramfs)
     run(["zstd", "-t", "-q", str(image)])
-    cpio = run_bytes(["zstd", "-dc", str(image)])
-    assert len(cpio) == selftest_env.raw_size
-    names = set(run(["cpio", "-t", "--quiet"], input=cpio).stdout.split())
+    assert len(run_bytes(["zstd", "-dc", str(image)])) == selftest_env.raw_size
+    segments = read_segments(selftest_env.initramfs)
+    assert [s.name for s in selftest_env.segments] == [DIRS_SEGMENT, *(g.value for g in Group)]
+    assert [len(c) for c in segments] == [s.raw_size for s in selftest_env.segments]
+    names: set[str] = set()
+    for i, cpio in enumerate(segments):
+        listed = run(["cpio", "-t", "--quiet"], input=cpio).stdout.split()
+        assert not names & set(listed)  # every path in one segment only
+        names.update(listed)
+        kinds = {selftest_env.tree.entries[p].kind for p in listed}
+        assert (kinds == {EntryKind.DIR}) if i == 0 else (EntryKind.DIR not in kinds)
+    assert names == set(selftest_env.tree.entries) - {""}
     assert {"init", "usr/bin/busybox", "usr/bin/python3.11", "dev/console"} <= names
     assert "usr/lib/asr/recovery_env/__main__.pyc" in names
     out = tmp_path / "root"
     out.mkdir()
-    run(["cpio", "-idm", "--quiet", "--no-absolute-filenames", "init", "usr/bin/busybox"], input=cpio, cwd=out)
+    for cpio in segments:
+        run(["cpio", "-idm", "--quiet", "--no-absolute-filenames", "init", "usr/bin/busybox"], input=cpio, cwd=out)
     assert (out / "init").read_text().startswith("#!/bin/sh")
     assert (out / "usr/bin/busybox").read_bytes() == selftest_env.tree.entries["usr/bin/busybox"].data
     env = selftest_env

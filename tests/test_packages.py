@@ -1,9 +1,11 @@
-"""The package set: lock, verified cache, downloads of NAME=VERSION, and the .deb reader (checked by dpkg-deb)."""
+"""The package set: lock, verified cache, downloads of NAME=VERSION, the .deb reader (checked by dpkg-deb), its
+extraction cache and the .pyc cache."""
 
 from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from builder.packages import (
     PackageLock,
     PackageSet,
     cache_dir,
+    compile_pyc_cached,
+    extract_cache_path,
     fetch_packages,
     read_control,
     read_deb,
@@ -132,3 +136,72 @@ def test_read_deb_prefixes_and_control(package_set: PackageSet) -> None:
     assert set(members) == {"bin/busybox"}
     ctl = read_control(package_set.deb(KERNEL_META))
     assert package_set.kernel_package in ctl["Depends"]
+
+
+def test_extraction_cache_is_made_once_and_reads_back_the_same(
+    package_set: PackageSet, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first read of a package extracts it into extracted/<SHA-256>.members; a reader of the cache file
+    (a second process: another path, same bytes) gets the same members as dpkg-deb shows, without lzma."""
+    deb = tmp_path / "a" / package_set.deb("e2fsprogs").name
+    deb.parent.mkdir()
+    shutil.copyfile(package_set.deb("e2fsprogs"), deb)
+    first = read_deb(deb)
+    slot = extract_cache_path(deb)
+    assert slot == deb.parent / "extracted" / f"{sha256_file(deb)}.members" and slot.is_file()
+    other = tmp_path / "b" / deb.name  # the same package elsewhere: its cache file is copied, not made
+    (other.parent / "extracted").mkdir(parents=True)
+    shutil.copyfile(deb, other)
+    shutil.copyfile(slot, other.parent / "extracted" / slot.name)
+    import builder.packages as packages
+
+    def no_extraction(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the package was extracted again instead of read from the cache file")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(packages, "_extract_deb", no_extraction)
+        again = read_deb(other)
+    assert set(again) == set(first)
+    for name, member in first.items():
+        twin = again[name]
+        assert (twin.kind, twin.mode, twin.target, twin.data) == (member.kind, member.mode, member.target, member.data)
+    assert again["sbin/mke2fs"].data == run_bytes_of(deb, "./sbin/mke2fs")
+    assert read_deb(other, ["sbin/mke2"]).keys() == {"sbin/mke2fs"}
+
+    # a damaged (truncated) cache file is noticed, named, and the package extracted again
+    third = tmp_path / "c" / deb.name
+    (third.parent / "extracted").mkdir(parents=True)
+    shutil.copyfile(deb, third)
+    (third.parent / "extracted" / slot.name).write_bytes(slot.read_bytes()[:-100])
+    with caplog.at_level("WARNING", logger="asr.packages"):
+        repaired = read_deb(third)
+    assert "unusable extraction cache" in caplog.text and slot.name in caplog.text
+    assert repaired["sbin/mke2fs"].data == first["sbin/mke2fs"].data
+    assert (third.parent / "extracted" / slot.name).read_bytes() == slot.read_bytes()
+
+
+def test_pyc_cache_compiles_each_source_once(tmp_path: Path) -> None:
+    from builder.rootfs import compile_pyc
+
+    compiled: list[str] = []
+
+    def counting(sources: Mapping[str, bytes]) -> dict[str, bytes]:
+        compiled.extend(sources)
+        return compile_pyc(sources)
+
+    sources = {"usr/lib/asr/a.py": b"X = {1, 2, 3}\n", "usr/lib/asr/b.py": b"def f():\n    return 2\n"}
+    first = compile_pyc_cached(sources, tmp_path, counting)
+    assert compiled == list(sources)
+    assert first == compile_pyc(sources)  # the same bytes as the compiler's
+    again = compile_pyc_cached(sources, tmp_path, counting)
+    assert again == first and compiled == list(sources)  # nothing compiled the second time
+    edited = {**sources, "usr/lib/asr/b.py": b"def f():\n    return 3\n"}
+    third = compile_pyc_cached(edited, tmp_path, counting)
+    assert compiled == [*sources, "usr/lib/asr/b.py"]
+    assert third["usr/lib/asr/a.pyc"] == first["usr/lib/asr/a.pyc"]
+    assert third["usr/lib/asr/b.pyc"] != first["usr/lib/asr/b.pyc"]
+    # a cache file that does not belong to its source (wrong source hash in the header) is compiled again
+    for f in (tmp_path / "pyc").iterdir():
+        f.write_bytes(first["usr/lib/asr/a.pyc"])
+    assert compile_pyc_cached(sources, tmp_path, counting) == first
+    assert compiled == [*sources, "usr/lib/asr/b.py", "usr/lib/asr/b.py"]

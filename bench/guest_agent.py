@@ -3,8 +3,10 @@ throughput harness.  Not imported on the host; bench/guest.py reads this file's 
 
 /dev/vda: ext4 holding bench.json and the archive (read-only).  /dev/vdb: scratch disk, a fresh ext4 for each
 round.  Each round extracts the same archive into the fresh ext4, either with the agent's extraction
-(recovery_env.backupset.extract_archive: Python feeding zstd -d | tar -x with the restore's options, hashing
-what it feeds) or with plain ``tar -x --zstd``; caches are dropped before and the time includes the final sync.
+(recovery_env.backupset.extract_archive: recovery_env.run.run_feed as the executor's extraction step calls it,
+zstd -d reading the archive file itself | tar -x with the restore's options, progress polled every 0.5 s; the
+archive's SHA-256 is checked once before the rounds, as check_backup_set does in a restore, and not timed) or plain
+``tar -x --zstd``; caches are dropped before and the time includes the final sync.
 The verdict is one line on the console: ``ASR-BENCH {json}``; then /init powers off (exit 21).
 """
 
@@ -14,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from recovery_env.backupset import extract_archive
+from recovery_env.backupset import extract_archive, sha256_file
 from recovery_env.descriptor import Compression
 from recovery_env.run import run
 
@@ -44,7 +46,7 @@ def count_files(root: str) -> tuple[int, int]:
     return files, size
 
 
-def one_round(method: str, archive: str, sha256: str) -> dict[str, object]:
+def one_round(method: str, archive: str) -> dict[str, object]:
     run(["mkfs.ext4", "-F", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0", "/dev/vdb"])
     os.makedirs(DST, exist_ok=True)
     run(["mount", "-t", "ext4", "/dev/vdb", DST])
@@ -52,7 +54,10 @@ def one_round(method: str, archive: str, sha256: str) -> dict[str, object]:
         drop_caches()
         started = time.monotonic()
         if method == "agent":
-            extract_archive(Path(archive), Path(DST), Compression.ZSTD, expected_sha256=sha256)
+            seen: list[int] = []
+            extract_archive(Path(archive), Path(DST), Compression.ZSTD, on_progress=seen.append)
+            if not seen or seen[-1] != os.stat(archive).st_size:
+                raise RuntimeError(f"progress reports {seen[-3:]}: not the whole archive")
         else:
             run(["tar", "-x", "--zstd", "-f", archive, "-C", DST])
         os.sync()
@@ -73,11 +78,14 @@ def main() -> int:
         run(["mount", "-t", "ext4", "-o", "ro", "/dev/vda", SRC])
         with open(f"{SRC}/bench.json", encoding="utf-8") as f:
             config = json.load(f)
+        actual = sha256_file(Path(SRC) / config["archive"])  # what check_backup_set does before a restore
+        if actual != config["sha256"]:
+            raise RuntimeError(f"{config['archive']}: SHA-256 {actual}, expected {config['sha256']}")
         with open("/proc/meminfo", encoding="utf-8") as f:
             result["mem_total_kib"] = int(f.readline().split()[1])
         rounds = []
         for method in config["rounds"]:
-            rounds.append(one_round(method, f"{SRC}/{config['archive']}", config["sha256"]))
+            rounds.append(one_round(method, f"{SRC}/{config['archive']}"))
             print(f"ASR-BENCH-ROUND {json.dumps(rounds[-1])}", flush=True)
         result = {**result, "ok": True, "rounds": rounds}
     except Exception as e:  # the verdict line says what failed

@@ -1,9 +1,10 @@
 """The backup set: one archive per backed-up filesystem, a MANIFEST of every archived entry, and their checksums.
 
 Archives: GNU tar, pax format, numeric owners, xattrs (all namespaces), ACLs, SELinux labels, sparse files, hard
-links, device nodes, one file system, piped through ``zstd -T0``.  Python sits in the pipe: it counts the bytes
-(progress), hashes the compressed archive (SHA-256) and parses the tar stream as it passes, so the MANIFEST lists
-exactly what the archive holds.
+links, device nodes, one file system, piped through ``zstd -T0``.  Python sits between tar and zstd: it counts
+the bytes (progress) and parses the tar stream as it passes (:mod:`recovery_env.tarstream`, in a thread of its
+own), so the MANIFEST lists exactly what the archive holds; zstd writes the archive file itself and a thread
+hashes it (SHA-256) as it grows.  The restore's decompressor reads the archive file itself too.
 
 MANIFEST format (JSON lines, UTF-8, parseable with the standard library):
 
@@ -38,28 +39,27 @@ import hashlib
 import json
 import os
 import stat
-import tarfile
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 from recovery_env.descriptor import Archive, BackupSet, Compression, FsType
 from recovery_env.errors import (
     BackupSetError,
     DestinationError,
     InsufficientSpaceError,
-    InternalError,
     LayoutError,
     NotRootError,
 )
 from recovery_env.layout import DiskFacts, Layout
 from recovery_env.run import run, run_feed, run_pipe
+from recovery_env.tarstream import TarMember, TarStreamParser
 
 MANIFEST_NAME = "MANIFEST"
 MANIFEST_HEADER = {"format": "asr-manifest", "version": 1}
+MANIFEST_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one encoder for every line
 
 # The tar options of an archive and of its extraction: the same set both ways.
 TAR_ATTR_OPTIONS: tuple[str, ...] = (
@@ -112,27 +112,28 @@ class EntryType(StrEnum):
         return self in (EntryType.FILE, EntryType.HARDLINK)
 
     @classmethod
-    def from_tarinfo(cls, ti: tarfile.TarInfo) -> EntryType:
+    def from_tar_type(cls, typ: bytes, name: str) -> EntryType:
         try:
-            return TAR_TYPES[ti.type]
-        except KeyError as e:
-            raise BackupSetError(f"archive entry {ti.name!r}: unsupported tar type {ti.type!r}") from e
+            return TAR_TYPES[typ]
+        except KeyError:
+            raise BackupSetError(f"archive entry {name!r}: unsupported tar type {typ!r}") from None
 
     def matches_mode(self, st_mode: int) -> bool:
         return STAT_TESTS[self](st_mode)
 
 
+# tar type flags (regular, old regular, contiguous, old GNU sparse, hard link, directory, symlink, devices, fifo)
 TAR_TYPES: dict[bytes, EntryType] = {
-    tarfile.REGTYPE: EntryType.FILE,
-    tarfile.AREGTYPE: EntryType.FILE,
-    tarfile.CONTTYPE: EntryType.FILE,
-    tarfile.GNUTYPE_SPARSE: EntryType.FILE,
-    tarfile.LNKTYPE: EntryType.HARDLINK,
-    tarfile.DIRTYPE: EntryType.DIR,
-    tarfile.SYMTYPE: EntryType.SYMLINK,
-    tarfile.CHRTYPE: EntryType.CHR,
-    tarfile.BLKTYPE: EntryType.BLK,
-    tarfile.FIFOTYPE: EntryType.FIFO,
+    b"0": EntryType.FILE,
+    b"\0": EntryType.FILE,
+    b"7": EntryType.FILE,
+    b"S": EntryType.FILE,
+    b"1": EntryType.HARDLINK,
+    b"5": EntryType.DIR,
+    b"2": EntryType.SYMLINK,
+    b"3": EntryType.CHR,
+    b"4": EntryType.BLK,
+    b"6": EntryType.FIFO,
 }
 STAT_TESTS: dict[EntryType, Callable[[int], bool]] = {
     EntryType.FILE: stat.S_ISREG,
@@ -176,7 +177,7 @@ class ManifestEntry:
             d["sparse"] = True
         if self.xattrs:
             d["xattrs"] = dict(sorted(self.xattrs.items()))
-        return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
+        return MANIFEST_JSON.encode(d)
 
     @classmethod
     def from_json(cls, line: str, where: str) -> ManifestEntry:
@@ -325,103 +326,90 @@ def make_backup_set(
 
 
 def make_archive(
-    job: ArchiveJob, dest: Path, manifest: Any, tick: Callable[[int], None]
+    job: ArchiveJob, dest: Path, manifest: TextIO, tick: Callable[[int], None]
 ) -> tuple[Archive, int, int, list[str]]:
     """tar | zstd into dest/job.file; the tar stream is parsed on the way into MANIFEST lines."""
-    rfd, wfd = os.pipe()
-    reader = os.fdopen(rfd, "rb")
-    writer = os.fdopen(wfd, "wb")
-    parsed: list[int] = [0]
-    failure: list[BaseException] = []
-
-    def parse() -> None:
-        try:
-            for entry in iter_tar_entries(reader, job.fs, job.mountpoint):
-                manifest.write(entry.to_json() + "\n")
-                parsed[0] += 1
-        except BaseException as e:  # reported by the main thread
-            failure.append(e)
-        finally:
-            while reader.read(1 << 16):
-                pass
-            reader.close()
-
-    parser = threading.Thread(target=parse, daemon=True)
-    parser.start()
+    lister = ManifestLister(job.fs, job.mountpoint, lambda e: manifest.write(e.to_json() + "\n"))
+    parser = TarStreamParser(lister.add)
     raw = 0
 
-    def on_chunk(chunk: bytes) -> None:
+    def on_data(chunk: memoryview) -> None:
         nonlocal raw
-        writer.write(chunk)
+        parser.feed(chunk)
         raw += len(chunk)
         tick(raw)
 
     try:
-        with open(dest / job.file, "wb") as out:
-            res = run_pipe(job.tar_argv, job.filter_argv, out, on_chunk=on_chunk, ok_codes=TAR_OK_CODES)
-    finally:
-        writer.close()
-        parser.join()
-    if failure:
-        raise BackupSetError(f"{job.file}: could not list the archive of {job.mountpoint}: {failure[0]}")
+        res = run_pipe(job.tar_argv, job.filter_argv, dest / job.file, on_data=on_data, ok_codes=TAR_OK_CODES)
+        parser.close()
+    except BackupSetError as e:
+        raise BackupSetError(f"{job.file}: could not list the archive of {job.mountpoint}: {e}") from None
     warnings = []
     if res.returncode != 0:
         tail = " / ".join(res.stderr.strip().splitlines()[-3:])
         warnings.append(f"{job.mountpoint}: tar exit {res.returncode} (files changed while read): {tail}")
-    size = (dest / job.file).stat().st_size
-    if size != res.out_bytes:
-        raise InternalError(f"{job.file}: wrote {res.out_bytes} bytes but the file has {size}")
-    return Archive(job.fs, job.file, size, res.sha256, parsed[0]), raw, parsed[0], warnings
+    return Archive(job.fs, job.file, res.out_bytes, res.sha256, lister.count), raw, lister.count, warnings
+
+
+class ManifestLister:
+    """Tar members → MANIFEST entries of one archive (``add`` is a TarStreamParser's ``emit``)."""
+
+    def __init__(self, fs: str, mountpoint: str, emit: Callable[[ManifestEntry], object]) -> None:
+        self.fs = fs
+        self.mountpoint = mountpoint
+        self.emit = emit
+        self.count = 0
+        self.contents: dict[str, tuple[int, str]] = {}  # member name → (size, sha256) of files, for hard links
+
+    def add(self, m: TarMember) -> None:
+        etype = TAR_TYPES.get(m.type) or EntryType.from_tar_type(m.type, m.name)
+        size, sha, link = m.size, m.sha256, ""
+        if etype is EntryType.FILE:
+            self.contents[m.name] = (size, sha)
+        elif etype is EntryType.HARDLINK:
+            size, sha = self.contents.get(m.linkname, (0, ""))
+            link = member_path(self.mountpoint, m.linkname)
+        elif etype is EntryType.SYMLINK:
+            link = m.linkname
+        xattrs = {}
+        for key, value in m.pax.items():
+            if key.startswith("SCHILY.xattr."):
+                xattrs[key[13:]] = _digest_pax_value(value)
+            elif key == "RHT.security.selinux":
+                xattrs["security.selinux"] = _digest_pax_value(value.rstrip("\0") + "\0")
+        try:
+            mtime = int(float(m.mtime))
+        except ValueError:
+            raise BackupSetError(f"archive entry {m.name!r}: mtime {m.mtime!r} is not a number") from None
+        self.count += 1
+        self.emit(ManifestEntry(
+            path=member_path(self.mountpoint, m.name),
+            fs=self.fs,
+            type=etype,
+            mode=m.mode & 0o7777,
+            uid=m.uid,
+            gid=m.gid,
+            mtime=mtime,
+            size=size if etype.has_content else 0,
+            sha256=sha,
+            link=link,
+            major=m.devmajor,
+            minor=m.devminor,
+            sparse=m.sparse,
+            xattrs=xattrs,
+        ))
 
 
 def iter_tar_entries(stream: BinaryIO, fs: str, mountpoint: str) -> Iterator[ManifestEntry]:
     """Parse a tar stream (pax, as made by plan_tar_argv) into manifest entries with content digests."""
-    contents: dict[str, tuple[int, str]] = {}  # member name → (size, sha256) of regular files, for hard links
-    with tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape") as tf:
-        for ti in tf:
-            etype = EntryType.from_tarinfo(ti)
-            sha = ""
-            size = ti.size
-            if etype is EntryType.HARDLINK:
-                size, sha = contents.get(ti.linkname, (0, ""))
-            if etype is EntryType.FILE:
-                f = tf.extractfile(ti)
-                assert f is not None
-                h = hashlib.sha256()
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-                sha = h.hexdigest()
-                contents[ti.name] = (size, sha)
-            xattrs = {}
-            for key, value in ti.pax_headers.items():
-                if key.startswith("SCHILY.xattr."):
-                    xattrs[key[len("SCHILY.xattr."):]] = _digest_pax_value(value)
-                elif key == "RHT.security.selinux":
-                    xattrs["security.selinux"] = _digest_pax_value(value.rstrip("\0") + "\0")
-            link = ""
-            if etype is EntryType.SYMLINK:
-                link = ti.linkname
-            elif etype is EntryType.HARDLINK:
-                link = member_path(mountpoint, ti.linkname)
-            yield ManifestEntry(
-                path=member_path(mountpoint, ti.name),
-                fs=fs,
-                type=etype,
-                mode=ti.mode & 0o7777,
-                uid=ti.uid,
-                gid=ti.gid,
-                mtime=int(float(ti.pax_headers.get("mtime", ti.mtime))),
-                size=size if etype.has_content else 0,
-                sha256=sha,
-                link=link,
-                major=ti.devmajor if etype in (EntryType.CHR, EntryType.BLK) else 0,
-                minor=ti.devminor if etype in (EntryType.CHR, EntryType.BLK) else 0,
-                sparse=ti.sparse is not None,
-                xattrs=xattrs,
-            )
-        # read to the end of the stream (tar pads its last record)
-        while stream.read(1 << 16):
-            pass
+    entries: list[ManifestEntry] = []
+    parser = TarStreamParser(ManifestLister(fs, mountpoint, entries.append).add)
+    while chunk := stream.read(1 << 20):
+        parser.feed(chunk)
+        yield from entries
+        entries.clear()
+    parser.close()
+    yield from entries
 
 
 def _digest_pax_value(value: str) -> str:
@@ -487,14 +475,17 @@ def check_backup_set(directory: Path, backup: BackupSet) -> None:
 
 def extract_archive(
     archive: Path, target: Path, compression: Compression, *, expected_sha256: str = "",
-    on_chunk: Callable[[bytes], None] | None = None,
-) -> None:
-    """Extract an archive into ``target`` with GNU tar (the options it was made with); the bytes fed are hashed
-    and compared with ``expected_sha256`` when given."""
-    with open(archive, "rb") as src:
-        sha = run_feed(plan_extract(archive, target, compression), src, on_chunk=on_chunk)
-    if expected_sha256 and sha != expected_sha256:
-        raise BackupSetError(f"{archive}: SHA-256 {sha} while extracting, expected {expected_sha256}")
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Extract an archive into ``target`` with GNU tar (the options it was made with): the decompressor (or tar)
+    reads the archive file itself, ``on_progress`` gets the bytes of it read so far.  ``expected_sha256``, when
+    given, is checked first, before anything is written (the restore checks the whole set with
+    :func:`check_backup_set` beforehand and passes none).  Return the archive's bytes read."""
+    if expected_sha256:
+        actual = sha256_file(archive)
+        if actual != expected_sha256:
+            raise BackupSetError(f"{archive}: SHA-256 {actual}, expected {expected_sha256}: not extracted")
+    return run_feed(plan_extract(archive, target, compression), archive, on_progress=on_progress)
 
 
 def read_manifest(path: Path) -> tuple[ManifestEntry, ...]:

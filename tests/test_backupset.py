@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
 import stat
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from recovery_env.backupset import (
     MANIFEST_NAME,
+    TAR_ATTR_OPTIONS,
+    TAR_TYPES,
     EntryType,
+    ManifestEntry,
+    ManifestLister,
     check_backup_set,
     extract_archive,
     make_backup_record,
@@ -26,7 +33,8 @@ from recovery_env.backupset import (
 )
 from recovery_env.descriptor import Compression
 from recovery_env.errors import BackupSetError, ToolError
-from recovery_env.run import run
+from recovery_env.run import run, run_bytes
+from recovery_env.tarstream import TarStreamParser
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown and mknod need root")
 
@@ -231,3 +239,150 @@ def test_uncompressed_set_and_tar_failure(tmp_path: Path) -> None:
     run(["tar", "-tf", str(dest / "fs1.tar")])
     with pytest.raises(ToolError, match="tar --create"):
         make_backup_set(plan_archives([("fs1", "/", str(tmp_path / "absent"), 1)]), dest)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The incremental tar parser against Python's tarfile, on archives of every flavour
+# ------------------------------------------------------------------------------------------------------------
+
+
+def reference_entries(data: bytes, fs: str, mountpoint: str) -> list[ManifestEntry]:
+    """The MANIFEST entries as tarfile reads the archive (the parser the capture used before TarStreamParser)."""
+    contents: dict[str, tuple[int, str]] = {}
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r|", encoding="utf-8", errors="surrogateescape") as tf:
+        for ti in tf:
+            etype = TAR_TYPES[ti.type]
+            sha, size = "", ti.size
+            if etype is EntryType.HARDLINK:
+                size, sha = contents.get(ti.linkname, (0, ""))
+            if etype is EntryType.FILE:
+                f = tf.extractfile(ti)
+                assert f is not None
+                sha = hashlib.sha256(f.read()).hexdigest()
+                contents[ti.name] = (size, sha)
+            xattrs = {}
+            for key, value in ti.pax_headers.items():
+                if key.startswith("SCHILY.xattr."):
+                    xattrs[key[13:]] = hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+                elif key == "RHT.security.selinux":
+                    xattrs["security.selinux"] = hashlib.sha256(
+                        (value.rstrip("\0") + "\0").encode("utf-8", "surrogateescape")).hexdigest()
+            link = ti.linkname if etype is EntryType.SYMLINK else (
+                member_path(mountpoint, ti.linkname) if etype is EntryType.HARDLINK else "")
+            dev = etype in (EntryType.CHR, EntryType.BLK)
+            out.append(ManifestEntry(
+                path=member_path(mountpoint, ti.name), fs=fs, type=etype, mode=ti.mode & 0o7777, uid=ti.uid,
+                gid=ti.gid, mtime=int(float(ti.pax_headers.get("mtime", ti.mtime))),
+                size=size if etype.has_content else 0, sha256=sha, link=link, major=ti.devmajor if dev else 0,
+                minor=ti.devminor if dev else 0, sparse=ti.sparse is not None, xattrs=xattrs))
+    return out
+
+
+def parse_in_chunks(data: bytes, sizes: list[int]) -> list[ManifestEntry]:
+    entries: list[ManifestEntry] = []
+    parser = TarStreamParser(ManifestLister("fs9", "/srv", entries.append).add)
+    pos, i = 0, 0
+    while pos < len(data):
+        n = sizes[i % len(sizes)]
+        parser.feed(memoryview(data)[pos:pos + n])
+        pos, i = pos + n, i + 1
+    parser.close()
+    return entries
+
+
+def make_odd_tree(top: Path) -> None:
+    """What stresses a tar parser: long and non-UTF-8 names, sizes around block boundaries, big ids and times,
+    sparse files with several holes, binary xattrs, hard links to long names, long symlink targets."""
+    make_tree(top)
+    deep = top / ("d" * 90) / ("e" * 90) / ("f" * 90)
+    deep.mkdir(parents=True)
+    (deep / ("long-name-" + "x" * 150)).write_bytes(b"deep\n" * 300)
+    os.link(deep / ("long-name-" + "x" * 150), top / "link-to-deep")
+    os.symlink("/" + "t" * 200, top / "long-target")
+    (top / "ünïcödé ✓").write_text("utf-8 name\n")
+    (top / os.fsdecode(b"latin1-\xe9\xff")).write_bytes(b"raw bytes in the name\n")
+    for n in (0, 1, 511, 512, 513, 10240, 10241, 65536 + 7):
+        (top / f"size-{n}").write_bytes(bytes(range(256)) * (n // 256) + bytes(n % 256))
+    os.chown(top / "size-1", 3_000_000, 2_500_000)  # above the ustar 7-digit octal limit
+    os.utime(top / "size-511", (10**10, 10**10))  # after 2242: above 11 octal digits
+    os.utime(top / "size-512", (-86400, -86400))
+    with open(top / "holes", "wb") as f:
+        for off in (8192, 1 << 20, 5 << 20):
+            f.seek(off)
+            f.write(os.urandom(3000))
+        f.truncate(9 << 20)  # ends in a hole
+    with open(top / "all-hole", "wb") as f:
+        f.truncate(1 << 20)
+    os.setxattr(top / "size-0", "user.bin", bytes(range(256)))
+    os.setxattr(top / "size-0", "user.empty", b"")
+
+
+FORMATS: dict[str, tuple[str, ...]] = {
+    "pax": ("--format=pax", *TAR_ATTR_OPTIONS[1:]),
+    "pax-sparse-0.1": ("--format=pax", "--sparse", "--sparse-version=0.1", "--numeric-owner"),
+    "pax-sparse-0.0": ("--format=pax", "--sparse", "--sparse-version=0.0", "--numeric-owner"),
+    "gnu": ("--format=gnu", "--sparse", "--numeric-owner"),
+}
+
+
+@needs_root
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_parser_matches_tarfile_on_gnu_tar_archives(fmt: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_odd_tree(src)
+    data = run_bytes(["tar", "--create", "--file=-", *FORMATS[fmt], f"--directory={src}", "."])
+    expected = reference_entries(data, "fs9", "/srv")
+    assert len(expected) >= 39 and sum(e.sparse for e in expected) >= 3
+    assert any(e.xattrs for e in expected) == ("--xattrs" in FORMATS[fmt])
+    for sizes in ([1 << 20], [512], [1, 511, 513, 7, 4096], [10240, 3]):
+        assert parse_in_chunks(data, sizes) == expected, sizes
+
+
+def test_parser_matches_tarfile_on_python_archives() -> None:
+    """ustar (name prefix), GNU (long names, base-256), pax with a global header, v7 (directories as "name/")."""
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        buf = io.BytesIO()
+        glob = {"SCHILY.xattr.user.everywhere": "g"} if fmt == tarfile.PAX_FORMAT else {}
+        with tarfile.open(fileobj=buf, mode="w", format=fmt, pax_headers=glob) as tf:
+            for i, (name, typ, size) in enumerate([
+                    ("./" + "p" * 120 + "/" + "n" * 90, tarfile.REGTYPE, 700), ("./dir/", tarfile.DIRTYPE, 0),
+                    ("./" + "q" * 97, tarfile.REGTYPE, 0), ("./fifo", tarfile.FIFOTYPE, 0),
+                    ("./hard", tarfile.LNKTYPE, 0), ("./dev", tarfile.CHRTYPE, 0)]):
+                ti = tarfile.TarInfo(name)
+                ti.type, ti.size, ti.mode, ti.mtime = typ, size, 0o640, 1_700_000_000 + i
+                ti.uid = 5_000_000 if fmt != tarfile.USTAR_FORMAT else 1000
+                ti.linkname = "./" + "q" * 97 if typ == tarfile.LNKTYPE else ""
+                ti.devmajor, ti.devminor = 8, 1
+                tf.addfile(ti, io.BytesIO(os.urandom(size)) if size else None)
+        data = buf.getvalue()
+        expected = reference_entries(data, "fs9", "/srv")
+        assert len(expected) == 6
+        assert parse_in_chunks(data, [1]) == parse_in_chunks(data, [1 << 16]) == expected, fmt
+    v7 = io.BytesIO()
+    with tarfile.open(fileobj=v7, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        ti = tarfile.TarInfo("./olddir/")
+        ti.type = tarfile.AREGTYPE
+        tf.addfile(ti)
+    entries = parse_in_chunks(v7.getvalue(), [100])
+    assert entries == reference_entries(v7.getvalue(), "fs9", "/srv") and entries[0].type is EntryType.DIR
+
+
+@needs_root
+def test_parser_refuses_damaged_and_truncated_archives(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(3000))
+    (src / "b").write_text("b\n")
+    data = run_bytes(["tar", "--create", "--file=-", *TAR_ATTR_OPTIONS, f"--directory={src}", "."])
+    parse_in_chunks(data, [4096])
+    with pytest.raises(BackupSetError, match="truncated"):
+        parse_in_chunks(data[:4096], [512])
+    damaged = bytearray(data)
+    damaged[512 * 2 + 10] ^= 0x20  # the name in the header of "./" (after its pax header and the pax data)
+    with pytest.raises(BackupSetError, match="bad checksum"):
+        parse_in_chunks(bytes(damaged), [4096])
+    damaged = bytearray(data)
+    damaged[512 + 1] ^= 0x20  # in the pax data: the record length "30" becomes "3\x10"
+    with pytest.raises(BackupSetError, match="pax"):
+        parse_in_chunks(bytes(damaged), [4096])

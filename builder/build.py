@@ -18,9 +18,10 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
@@ -48,6 +49,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESCUE_INPUTS: tuple[str, ...] = ("builder", "recovery_env", "templates", "packages.lock")
 #: Compressed initramfs segments by content, beside rescue/ in the cache root.
 SEGMENT_CACHE = "initramfs"
+#: How many rescue environments and compressed initramfs segments the cache keeps (the most recently used).
+KEEP_RESCUE = 6
+KEEP_SEGMENTS = 60
 
 ISO_NAME = "asr.iso"
 FLOPPY_NAME = "asr-floppy.img"
@@ -249,6 +253,7 @@ def make_rescue_image(
         hit = read_cached_rescue(slot)
         if hit is not None:
             log.info("rescue environment from the cache: %s", slot)
+            _touch(slot)
             return hit
     env = make_rescue_env(
         pkgs,
@@ -260,9 +265,44 @@ def make_rescue_image(
     compressed = tuple(s.name for s in env.segments if not s.cached)
     image = RescueImage(env.kernel, env.initramfs, env.kernel_version, env.raw_size, dict(env.breakdown),
                         compressed_segments=compressed)  # fmt: skip
-    if slot is not None:
+    if slot is not None and cache_root is not None:
         write_cached_rescue(slot, image)
+        prune_cache(cache_root / "rescue", KEEP_RESCUE)
+        prune_cache(cache_root / SEGMENT_CACHE, KEEP_SEGMENTS)
     return image
+
+
+def plan_prune(entries: Iterable[tuple[str, float]], keep: int) -> list[str]:
+    """Which cache entries to remove: all but the ``keep`` most recently used ((name, mtime) pairs; names break
+    ties, so the plan is the same whatever order the directory lists them in)."""
+    ordered = sorted(entries, key=lambda e: (-e[1], e[0]))
+    return sorted(name for name, _ in ordered[max(keep, 0):])
+
+
+def prune_cache(directory: Path, keep: int) -> list[str]:
+    """Remove all but the ``keep`` most recently used entries of a cache directory (files or directories; a
+    use touches them); the names removed.  Temporary entries of builds still running are left alone."""
+    try:
+        entries = [(p.name, p.stat().st_mtime) for p in directory.iterdir() if ".tmp" not in p.name]
+    except OSError:
+        return []
+    gone = plan_prune(entries, keep)
+    for name in gone:
+        path = directory / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if gone:
+        log.info("cache %s: removed %d least recently used entries", directory, len(gone))
+    return gone
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 def _budget_contributors(env: RescueImage, esp: bytes, loaders: bootloader.BootLoaders) -> dict[str, int]:

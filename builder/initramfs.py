@@ -180,6 +180,7 @@ class SegmentCache:
         try:
             frame = where.read_bytes()
             if zstandard.ZstdDecompressor().decompress(frame) == cpio:
+                os.utime(where)  # recently used: kept when the cache is pruned (builder.build.prune_cache)
                 return frame
         except (OSError, zstandard.ZstdError):
             pass

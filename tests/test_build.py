@@ -4,11 +4,12 @@ reproducibility of a fresh build, the size budget, and bad input that writes not
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from builder.build import FLOPPY_NAME, ISO_NAME, BuildResult, build_media
+from builder.build import FLOPPY_NAME, ISO_NAME, BuildResult, build_media, plan_prune, prune_cache
 from builder.cli import main
 from builder.initramfs import DEFAULT_EPOCH, read_segments
 from builder.sample import sample_descriptor
@@ -146,3 +147,20 @@ def test_asrpnp_drivers_go_into_the_initramfs(tmp_path: Path) -> None:
     assert not any(p.endswith("/e1000.ko") for p in listing)
     assert not any("nvidia" in p for p in listing)
     assert run_bytes(["mtype", "-i", str(result.floppy), "::ASRPNP.SIF"]) == (src / "ASRPNP.SIF").read_bytes()
+
+
+def test_the_cache_keeps_the_most_recently_used_entries(tmp_path: Path) -> None:
+    assert plan_prune([("a", 3.0), ("b", 1.0), ("c", 2.0), ("d", 2.0)], 2) == ["b", "d"]  # c wins the tie by name
+    assert plan_prune([("a", 1.0)], 5) == [] and plan_prune([("a", 1.0)], 0) == ["a"]
+    cache = tmp_path / "rescue"
+    for i, name in enumerate(["old", "mid", "new"]):
+        (cache / name).mkdir(parents=True)
+        (cache / name / "initrd.img").write_bytes(b"x")
+        os.utime(cache / name, (1000 + i, 1000 + i))
+    (cache / "new.tmp123").mkdir()  # a build still writing
+    os.utime(cache / "new.tmp123", (1, 1))
+    (cache / "seg.zst").write_bytes(b"y")
+    os.utime(cache / "seg.zst", (999, 999))
+    assert prune_cache(cache, 2) == ["old", "seg.zst"]
+    assert sorted(p.name for p in cache.iterdir()) == ["mid", "new", "new.tmp123"]
+    assert prune_cache(tmp_path / "missing", 2) == []

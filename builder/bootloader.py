@@ -95,8 +95,9 @@ class BootOptions:
     """Seconds before the kernel reboots after a panic (QEMU with -no-reboot then exits)."""
     prompt_timeout: int = 0
     """Tenths of a second ISOLINUX waits at its ``boot:`` prompt; 0 boots the default entry at once."""
-    menu_timeout: int = 1
-    """Seconds GRUB shows its menu before booting the default entry."""
+    menu_timeout: int = 0
+    """Seconds GRUB shows its menu before booting the default entry; 0 boots it at once (Esc shows the menu),
+    as ISOLINUX does with ``prompt_timeout`` 0 (Shift or Alt shows its prompt)."""
     title: str = "Automated System Recovery"
 
     def __post_init__(self) -> None:

@@ -21,15 +21,16 @@ Everything a test needs to observe goes to the serial console as a plain ``ASR: 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from typing import TYPE_CHECKING
 
 from recovery_env import __version__
 from recovery_env.cmdline import BootOptions, Mode
 from recovery_env.console import Consoles, Key, KeyName
-from recovery_env.descriptor import Descriptor, DeviceInventory
 from recovery_env.errors import (
     AsrError,
     BackupSetError,
@@ -41,31 +42,40 @@ from recovery_env.errors import (
     NotFatError,
     StepFailed,
 )
-from recovery_env.execute import Progress, execute_plan
-from recovery_env.floppy import FloppyContents, read_floppy
-from recovery_env.plan import DiskMatch, Phase, RestorePlan, render_plan
-from recovery_env.restore import (
-    BackupLocation,
-    describe_wanted,
-    find_targets,
-    locate_backup,
-    make_match,
-    make_plan,
-    render_progress_bar,
-    verify_backup,
-    write_run_log,
+from recovery_env.screens import Screen, Size, render_log_line, render_screen, render_status, wrap
+
+if TYPE_CHECKING:
+    from recovery_env.descriptor import Descriptor, DeviceInventory
+    from recovery_env.execute import Progress
+    from recovery_env.floppy import FloppyContents
+    from recovery_env.plan import DiskMatch, RestorePlan
+    from recovery_env.restore import BackupLocation
+
+#: What the states after the prompt need: the descriptor model, the floppy reader, the planner and the executor.
+#: They are imported in a background thread while the prompt waits for F2 (under TCG they take about two seconds,
+#: the prompt needs none of them), and by the handlers themselves (an import done by the thread costs nothing).
+TOOLBOX_MODULES: tuple[str, ...] = (
+    "recovery_env.descriptor",
+    "recovery_env.sif",
+    "recovery_env.floppy",
+    "recovery_env.plan",
+    "recovery_env.restore",
+    "recovery_env.execute",
 )
-from recovery_env.screens import (
-    Screen,
-    Size,
-    render_log_line,
-    render_screen,
-    render_status,
-    render_summary,
-    summary_log_line,
-    wrap,
-)
-from recovery_env.sif import parse_asr_sif_bytes, parse_asrpnp_sif_bytes
+
+
+def import_toolbox() -> None:
+    """Import TOOLBOX_MODULES (the body of the background thread).  A failure is left to the handler that
+    imports the module again: it raises there and is reported like any other error."""
+    for name in TOOLBOX_MODULES:
+        try:
+            __import__(name)
+        except Exception:
+            return
+
+
+#: Seconds the floppy read waits for /init's background module loading (floppy, vfat, ...) to finish.
+MODULES_TIMEOUT = 60.0
 
 PROMPT_TEXT = "Press F2 to run Automated System Recovery (ASR)..."
 INSERT_TEXT = (
@@ -95,6 +105,11 @@ class State(StrEnum):
     STEP_FAILED = "step-failed"
     RESTORE_ERROR = "restore-error"
     CAPTURE = "capture"
+
+    @property
+    def needs_toolbox(self) -> bool:
+        """Whether the state's handler uses TOOLBOX_MODULES (the loop waits for their import first)."""
+        return self not in (State.PROMPT, State.MENU, State.INSERT_FLOPPY)
 
 
 class ExitCode(IntEnum):
@@ -178,6 +193,9 @@ class FloppyReading:
 
 def read_asr_floppy(device: str, mountpoint: str) -> FloppyReading:
     """Read and parse the floppy; raises the named MediaError / DescriptorError."""
+    from recovery_env.floppy import read_floppy
+    from recovery_env.sif import parse_asr_sif_bytes, parse_asrpnp_sif_bytes
+
     contents = read_floppy(device, mountpoint)
     descriptor = parse_asr_sif_bytes(contents.asr_sif.data, file="ASR.SIF")
     inventory = None
@@ -191,7 +209,6 @@ Next = State | ExitCode
 RESTART_SECONDS = 10  # "Your computer will restart in N seconds..." (unattended: UNATTENDED_RESTART_SECONDS)
 UNATTENDED_RESTART_SECONDS = 3
 PROGRESS_LOG_INTERVAL = 2.0  # seconds between progress lines in the log (the status line follows every report)
-EXECUTE_PHASES = tuple(p for p in Phase if p is not Phase.UNMOUNT)  # the run's log is written before UNMOUNT
 
 
 class Agent:
@@ -227,6 +244,7 @@ class Agent:
         self.started = 0.0
         self.recent: list[str] = []  # the last lines of the run, shown while it executes
         self.last_progress_log = 0.0
+        self.toolbox: threading.Thread | None = None
         self.handlers: dict[State, Callable[[], Next]] = {
             State.PROMPT: self.on_prompt,
             State.MENU: self.on_menu,
@@ -291,8 +309,12 @@ class Agent:
         for note in self.notes():
             self.log(f"warning: {note}")
         state = self.first_state()
+        if state is not State.PROMPT:
+            self.start_toolbox()  # the prompt starts it once it is on the screen
         while isinstance(state, State):
             self.log(f"state: {state.value}")
+            if state.needs_toolbox:
+                self.wait_toolbox()
             state = self.handlers[state]()
         self.log(f"exit {int(state)} ({state.log_text})")
         if state is ExitCode.SHELL and self.resume_path:
@@ -303,6 +325,17 @@ class Agent:
             except OSError:
                 pass
         return int(state)
+
+    def start_toolbox(self) -> None:
+        """Import the modules of the later states in a background thread (once)."""
+        if self.toolbox is None:
+            self.toolbox = threading.Thread(target=import_toolbox, name="asr-toolbox", daemon=True)
+            self.toolbox.start()
+
+    def wait_toolbox(self) -> None:
+        """Wait until the background imports are done, so that no two threads import the same module."""
+        if self.toolbox is not None:
+            self.toolbox.join()
 
     def wait_key(self, timeout: float | None = None) -> Key | None:
         key = self.consoles.read_key(timeout)
@@ -321,6 +354,7 @@ class Agent:
         body += [f"Note: {n}" for n in self.notes()]
         self.show(Screen(tuple(body), PROMPT_TEXT))
         self.log(f"prompt: {PROMPT_TEXT} ({self.options.timeout} s)")
+        self.start_toolbox()
         remaining = self.options.timeout
         while remaining > 0:
             self.paint_status(f"{PROMPT_TEXT}  ({remaining})")
@@ -373,6 +407,7 @@ class Agent:
 
     def on_read_floppy(self) -> Next:
         self.show(Screen(("Reading the Automated System Recovery Disk in drive A: ...",), "Please wait..."))
+        self.wait_modules()
         try:
             self.reading = read_asr_floppy(self.floppy, self.mountpoint)
         except (MediaError, DescriptorError) as e:
@@ -385,6 +420,17 @@ class Agent:
             + f" from {c.source}"
         )
         return State.SUMMARY
+
+    def wait_modules(self) -> None:
+        """In the rescue system, wait until /init has loaded the kernel modules (the floppy driver and vfat among
+        them): it loads them in the background while the first screens show."""
+        from recovery_env.restore import MODULES_LOADED, wait_for_file
+
+        if not os.path.isdir(os.path.dirname(MODULES_LOADED)) or os.path.exists(MODULES_LOADED):
+            return
+        self.log("waiting for the kernel modules to finish loading")
+        if not wait_for_file(MODULES_LOADED, MODULES_TIMEOUT):
+            self.log(f"warning: {MODULES_LOADED} did not appear within {MODULES_TIMEOUT:g} s; reading anyway")
 
     def on_error(self) -> Next:
         assert self.error is not None
@@ -408,6 +454,8 @@ class Agent:
     def on_summary(self) -> Next:
         assert self.reading is not None
         d = self.reading.descriptor
+        from recovery_env.screens import render_summary, summary_log_line
+
         lines = render_summary(d, self.reading.inventory)
         self.log(summary_log_line(d))
         for line in lines:
@@ -472,6 +520,8 @@ class Agent:
 
     def on_find_backup(self) -> Next:
         assert self.reading is not None
+        from recovery_env.restore import describe_wanted, locate_backup, verify_backup
+
         backup = self.reading.descriptor.backup
         if backup is None:
             return self.fail_restore(BackupSetError("the ASR floppy records no backup set to restore"), State.MENU)
@@ -503,6 +553,9 @@ class Agent:
 
     def on_plan(self) -> Next:
         assert self.reading is not None and self.location is not None
+        from recovery_env.plan import render_plan
+        from recovery_env.restore import find_targets, make_match, make_plan
+
         d = self.reading.descriptor
         self.show(Screen(("Looking for the disks of this computer ...",), "Please wait..."))
         try:
@@ -597,6 +650,8 @@ class Agent:
             )
 
     def on_progress(self, p: Progress) -> None:
+        from recovery_env.restore import render_progress_bar
+
         self.paint_status(f"{p.step.split(' from ')[0]} {render_progress_bar(p)}")
         now = time.monotonic()
         if now - self.last_progress_log >= PROGRESS_LOG_INTERVAL or p.done >= p.total:
@@ -605,15 +660,20 @@ class Agent:
 
     def on_execute(self) -> Next:
         assert self.plan is not None and self.reading is not None
+        from recovery_env.execute import execute_plan
+        from recovery_env.plan import Phase
+        from recovery_env.restore import write_run_log
+
         plan = self.plan
         token = plan.confirm_token
+        before_unmount = tuple(p for p in Phase if p is not Phase.UNMOUNT)  # the run's log is written before UNMOUNT
         try:
             report = execute_plan(
                 plan,
                 log=self.step_log,
                 progress=self.on_progress,
                 confirm_token=token,
-                phases=EXECUTE_PHASES,
+                phases=before_unmount,
                 from_step=self.from_step,
             )
             if report.manifest_checked:

@@ -8,8 +8,10 @@ bottom and end with CR LF, so the serial log, stripped of its escape sequences, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from recovery_env.descriptor import GPT_TYPES, MBR_TYPES, Descriptor, DeviceInventory, TableType
+if TYPE_CHECKING:  # the descriptor model is imported by render_summary: the first screens do without it
+    from recovery_env.descriptor import Descriptor, DeviceInventory
 
 WIDTH = 80  # what the text is laid out for
 HEIGHT = 24  # a serial terminal (which reports no size) has 24 rows
@@ -111,6 +113,8 @@ def human_size(n: int) -> str:
 
 def render_summary(descriptor: Descriptor, inventory: DeviceInventory | None = None) -> list[str]:
     """The F2 summary of a descriptor: system, disks, partitions, filesystems (with mount points), backup set."""
+    from recovery_env.descriptor import GPT_TYPES, MBR_TYPES, TableType
+
     d = descriptor
     s = d.system
     lines = [

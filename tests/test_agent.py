@@ -465,11 +465,24 @@ def test_crash_report_is_one_line_on_screen_and_the_traceback_in_the_log(tmp_pat
 def test_agent_imports_with_the_standard_library_only() -> None:
     """The initramfs has no site-packages: -I -S gives the bare interpreter; list the stdlib modules it needs."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import recovery_env.__main__, recovery_env.agent; "
+            "[__import__(m) for m in recovery_env.agent.TOOLBOX_MODULES]; "  # what the handlers import later
             "print(' '.join(sorted(m for m in sys.modules if not m.startswith('recovery_env'))))")  # fmt: skip
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(REPO)], capture_output=True, text=True,
                          check=True).stdout  # fmt: skip
     modules = set(out.split())
     assert not modules & {"jinja2", "pycdlib", "pyfatfs", "builder", "qemu"}
+
+
+def test_the_f2_prompt_needs_none_of_the_restore_modules() -> None:
+    """The prompt shows before the descriptor model, the planner and the executor are imported (a background
+    thread imports them while it waits): they take about two seconds under TCG."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import recovery_env.__main__, recovery_env.agent; "
+            "print(' '.join(sorted(sys.modules)))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(REPO)], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    from recovery_env.agent import TOOLBOX_MODULES
+
+    assert not set(out.split()) & {*TOOLBOX_MODULES, "tarfile", "subprocess", "hashlib"}
 
 
 @pytest.mark.parametrize(

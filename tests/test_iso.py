@@ -115,11 +115,12 @@ def test_isolinux_cfg_boots_the_default_entry_on_serial_and_vga() -> None:
     assert "prompt 1\ntimeout 30\n" in waiting
 
 
-def test_grub_cfg_has_serial_terminal_short_timeout_and_the_same_command_line() -> None:
+def test_grub_cfg_has_serial_terminal_no_wait_and_the_same_command_line() -> None:
     cfg = render_grub_cfg(OPTIONS)
     assert "serial --unit=0 --speed=115200" in cfg
     assert "terminal_input serial console" in cfg and "terminal_output serial console" in cfg
-    assert "set timeout=1\n" in cfg
+    assert "set timeout=0\nset timeout_style=hidden\n" in cfg  # no wait; Esc shows the menu
+    assert "set timeout=3\nset timeout_style=menu\n" in render_grub_cfg(BootOptions(menu_timeout=3))
     assert f"  linux /live/vmlinuz {' '.join(OPTIONS.kernel_args())}\n" in cfg
     assert "  initrd /live/initrd.img\n" in cfg
     assert cfg.count("menuentry ") == 3

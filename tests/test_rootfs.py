@@ -17,6 +17,8 @@ from builder.modules import (
     ModuleIndex,
     UnknownModuleError,
     find_modules_for_modalias,
+    find_unshipped_reason,
+    plan_boot_modules,
     plan_module_closure,
     read_module_index,
 )
@@ -43,9 +45,14 @@ from recovery_env.run import run
 REPO = Path(__file__).resolve().parent.parent
 
 
+#: Drivers of a device inventory (ASRPNP.SIF) the shared rescue tree is built with: a display driver, a RAID
+#: controller, a network driver and one this kernel does not have.
+INVENTORY_DRIVERS = ("bochs", "megaraid_sas", "virtio_net", "not_a_real_driver")
+
+
 @pytest.fixture(scope="module")
 def rootfs(package_set: PackageSet) -> Rootfs:
-    return make_rootfs(package_set)
+    return make_rootfs(package_set, optional_modules=INVENTORY_DRIVERS)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +92,28 @@ def test_builtin_and_unknown_modules(module_index: ModuleIndex) -> None:
     assert plan_module_closure(module_index, ["crc32"]) == ()  # built into the Debian kernel
     with pytest.raises(UnknownModuleError, match="no_such_driver"):
         plan_module_closure(module_index, ["no_such_driver"])
+
+
+def test_early_modules_come_first_with_their_dependencies(module_index: ModuleIndex) -> None:
+    early, late = plan_boot_modules(module_index, ["floppy", "ext4", "vfat"], early=frozenset({"vfat"}))
+    assert [m.name for m in early] == ["fat", "vfat"]
+    assert [m.name for m in late][-1] == "ext4" and "floppy" in [m.name for m in late]
+    assert plan_boot_modules(module_index, ["floppy"]) == ((), plan_module_closure(module_index, ["floppy"]))
+
+
+def test_inventory_drivers_the_rescue_system_has_no_use_for(module_index: ModuleIndex) -> None:
+    for name in ("bochs", "i2c_piix4", "virtio_net", "snd_hda_intel"):
+        assert find_unshipped_reason(module_index, name) is not None, name
+    assert "display" in (find_unshipped_reason(module_index, "bochs") or "")
+    for name in ("ahci", "nvme", "virtio_blk", "usb_storage", "usbhid", "floppy", "megaraid_sas"):
+        assert find_unshipped_reason(module_index, name) is None, name
+
+
+def test_the_inventory_adds_storage_drivers_but_no_display_driver(rootfs: Rootfs) -> None:
+    names = {m.name for m in (*rootfs.modules, *rootfs.late_modules)}
+    assert "megaraid_sas" in names
+    assert not names & {"bochs", "drm", "drm_kms_helper", "virtio_net", "not_a_real_driver"}
+    assert not any("/drivers/gpu/" in p or "/drivers/net/" in p for p in rootfs.tree.entries)
 
 
 def test_pci_modalias_resolves_to_its_driver(module_index: ModuleIndex) -> None:
@@ -228,8 +257,11 @@ def test_the_sif_renderer_is_shipped_for_the_offline_capture(rootfs: Rootfs) -> 
 
 def test_kernel_and_modules_match(rootfs: Rootfs) -> None:
     assert rootfs.kernel[0x202:0x206] == b"HdrS"  # x86 boot protocol header of a bzImage
-    assert {m.name for m in rootfs.modules} >= {"floppy", "ahci", "vfat", "isofs", "nls_cp437"}
-    assert {m.name for m in rootfs.late_modules} >= {"ext4", "xfs", "btrfs", "jbd2"}
+    assert rootfs.modules == ()  # nothing before the agent: its F2 prompt needs no driver
+    late = [m.name for m in rootfs.late_modules]
+    assert set(late) >= {"floppy", "ahci", "vfat", "isofs", "nls_cp437", "ext4", "xfs", "btrfs", "jbd2", "usbhid"}
+    assert late.index("floppy") < late.index("vfat") < late.index("ext4") < late.index("xfs")  # the floppy first
+    assert late.index("xhci_hcd") < late.index("usbhid")  # a USB keyboard comes back right after its controller
     for module in (*rootfs.modules, *rootfs.late_modules):
         assert f"usr/{module.path}" in rootfs.tree.entries
     breakdown = rootfs.tree.size_breakdown()

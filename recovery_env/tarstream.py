@@ -290,12 +290,12 @@ class TarStreamParser:
                 self._extension_done(b"")
             return
         name = decode_name(nts(block[0:100]))
-        linkname = decode_name(nts(block[157:257]))
+        linkname = decode_name(nts(block[157:257])) if block[157] else ""
         if typ == b"\0" and name.endswith("/"):
             typ = DIRTYPE  # the old V7 way of writing a directory
         if typ == DIRTYPE:
             name = name.rstrip("/")
-        prefix = nts(block[345:500])
+        prefix = nts(block[345:500]) if block[345] else b""
         sparse: list[tuple[int, int]] | None = None
         realsize = size
         extended = False
@@ -311,10 +311,11 @@ class TarStreamParser:
         if self.longlink is not None:
             linkname = decode_name(nts(self.longlink))
             self.longlink = None
-        uid, gid, mtime = nti(block[108:116]), nti(block[116:124]), str(nti(block[136:148]))
+        uid, gid = nti(block[108:116]), nti(block[116:124])
         pax = self.local
         if self.glob:
             pax = {**self.glob, **pax}
+        mtime = pax["mtime"] if "mtime" in pax else str(nti(block[136:148]))
         if pax:
             self.local = {}
             if "path" in pax:
@@ -328,7 +329,6 @@ class TarStreamParser:
             gid = _pax_int(pax, "gid", gid)
             if "size" in pax:
                 size = realsize = _pax_int(pax, "size", size)
-            mtime = pax.get("mtime", mtime)
             if "GNU.sparse.map" in pax:  # pax sparse 0.1
                 nums = _ints(pax["GNU.sparse.map"], name)
                 sparse = list(zip(nums[::2], nums[1::2], strict=False))

@@ -96,8 +96,9 @@ class BootOptions:
     prompt_timeout: int = 0
     """Tenths of a second ISOLINUX waits at its ``boot:`` prompt; 0 boots the default entry at once."""
     menu_timeout: int = 0
-    """Seconds GRUB shows its menu before booting the default entry; 0 boots it at once (Esc shows the menu),
-    as ISOLINUX does with ``prompt_timeout`` 0 (Shift or Alt shows its prompt)."""
+    """Seconds GRUB shows its menu before booting the default entry; 0 boots it at once without drawing it, as
+    ISOLINUX does with ``prompt_timeout`` 0.  (GRUB's ``timeout_style=hidden``, which would let Esc show the
+    menu, spends 3 s under TCG before it boots.)"""
     title: str = "Automated System Recovery"
 
     def __post_init__(self) -> None:

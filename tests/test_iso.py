@@ -119,7 +119,7 @@ def test_grub_cfg_has_serial_terminal_no_wait_and_the_same_command_line() -> Non
     cfg = render_grub_cfg(OPTIONS)
     assert "serial --unit=0 --speed=115200" in cfg
     assert "terminal_input serial console" in cfg and "terminal_output serial console" in cfg
-    assert "set timeout=0\nset timeout_style=hidden\n" in cfg  # no wait; Esc shows the menu
+    assert "set timeout=0\nset timeout_style=menu\n" in cfg  # no wait: the default entry boots at once
     assert "set timeout=3\nset timeout_style=menu\n" in render_grub_cfg(BootOptions(menu_timeout=3))
     assert f"  linux /live/vmlinuz {' '.join(OPTIONS.kernel_args())}\n" in cfg
     assert "  initrd /live/initrd.img\n" in cfg

@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import pstats
+import re
 import resource
 import shlex
 import shutil
@@ -73,9 +74,9 @@ ROW_SECTIONS = ("Media build", "Sizes", "Boot", "Memory", "Capture", "Restore", 
 PEER_SECTIONS = ("Relax-and-Recover",)
 SECTIONS = ("build", "iso", "floppy", "initramfs", "boot", "capture", "restore", "rehearsal", "memory", "rear")
 PY = "python -m bench"
-BOOT_MARKS: tuple[tuple[str, str], ...] = (
+BOOT_MARKS: tuple[tuple[str, str], ...] = (  # what the boot prints on serial, in order
+    ("boot loader", r"ISOLINUX \d|Loading /\S+ \.\.\."),  # isolinux's banner; grub.cfg's echo
     ("init started", r"asr: init started"),
-    ("modules loaded", r"asr: modules loaded"),
     ("agent started", r"asr: starting the agent"),
     ("F2 prompt", F2_PROMPT),
 )
@@ -430,21 +431,19 @@ def measure_initramfs(b: Bench) -> None:
 
 def boot_once(iso: Path, floppy: Path | None, firmware: Firmware, memory: str, timeout: float,
               log: Path | None = None) -> dict[str, float]:  # fmt: skip
-    """Seconds from QEMU start to each boot mark on serial; VMError if the F2 prompt does not come."""
+    """Seconds from QEMU start to each boot mark on serial, each stamped when its line arrives (a mark that
+    never shows is left out); VMError if the F2 prompt does not come within ``timeout``."""
     spec = VMSpec(iso=iso, floppy=floppy, firmware=firmware, memory=memory, accel=find_accel(), name="asr-bench")
     marks: dict[str, float] = {}
     with QemuVM(spec, log=log) as vm:
-        for name, pattern in BOOT_MARKS:
-            remaining = timeout - vm.elapsed()
-            try:
-                vm.wait_serial(pattern, timeout=max(remaining, 0.5))
-            except VMError:
-                if name == "F2 prompt":
-                    raise
-                vm._cursor = 0  # an optional mark did not show: look for the next from the start
-                continue
-            marks[name] = vm.elapsed()
-    return marks
+        while "F2 prompt" not in marks:
+            waiting = [(name, pattern) for name, pattern in BOOT_MARKS if name not in marks]
+            anyof = "|".join(f"(?:{pattern})" for _, pattern in waiting)
+            vm.wait_serial(anyof, timeout=max(timeout - vm.elapsed(), 0.5))  # VMError when F2 does not come
+            now, text = vm.elapsed(), vm.serial_text
+            marks.update({name: now for name, pattern in waiting if re.search(pattern, text)})
+            vm.mark()
+    return dict(sorted(marks.items(), key=lambda kv: kv[1]))
 
 
 def accel_label() -> str:

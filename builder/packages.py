@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
-import inspect
 import io
 import json
 import logging
 import lzma
+import marshal
 import os
 import re
 import struct
@@ -654,15 +654,25 @@ def _pyc_matches(pyc: bytes, magic: bytes, source: bytes) -> bool:
     return not flags & 1 or pyc[8:16] == importlib.util.source_hash(source)
 
 
+def code_digest(fn: Callable[..., object]) -> bytes:
+    """A digest of the code the process really runs for ``fn`` (its bytecode and constants, and the values of
+    the plain str/int/bytes globals it names), not of the file on disk: a file edited while an old process
+    still runs must not file the old compiler's output under the new compiler's key."""
+    code = fn.__code__
+    glob = getattr(fn, "__globals__", {})
+    named = sorted((n, repr(glob[n])) for n in code.co_names if isinstance(glob.get(n), str | int | bytes))
+    return hashlib.sha256(marshal.dumps(code) + repr(named).encode()).digest()
+
+
 def compile_pyc_cached(
     sources: Mapping[str, bytes], cache: Path, compile_pyc: Callable[[Mapping[str, bytes]], Mapping[str, bytes]]
 ) -> dict[str, bytes]:
     """``compile_pyc`` ({path.py: source} → {path.pyc: bytecode}) with each result kept in ``cache/pyc/`` under
-    the digest of (host bytecode magic, Python version, ``compile_pyc``'s own source, path, source): only the
+    the digest of (host bytecode magic, Python version, ``compile_pyc``'s own code, path, source): only the
     sources not compiled before reach the compiler.  A cached file whose header does not match is compiled
     again."""
     magic = importlib.util.MAGIC_NUMBER
-    compiler = hashlib.sha256(sys.version.encode() + inspect.getsource(compile_pyc).encode()).digest()
+    compiler = hashlib.sha256(sys.version.encode() + code_digest(compile_pyc)).digest()
     where = cache / PYC_DIR
     out: dict[str, bytes] = {}
     keys: dict[str, str] = {}

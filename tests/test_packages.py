@@ -19,6 +19,7 @@ from builder.packages import (
     PackageLock,
     PackageSet,
     cache_dir,
+    code_digest,
     compile_pyc_cached,
     extract_cache_path,
     fetch_packages,
@@ -205,3 +206,25 @@ def test_pyc_cache_compiles_each_source_once(tmp_path: Path) -> None:
         f.write_bytes(first["usr/lib/asr/a.pyc"])
     assert compile_pyc_cached(sources, tmp_path, counting) == first
     assert compiled == [*sources, "usr/lib/asr/b.py", "usr/lib/asr/b.py"]
+
+
+LEVEL = 2
+
+
+def _compiler_a() -> int:
+    return LEVEL
+
+
+def _compiler_b() -> int:
+    return LEVEL + 1
+
+
+def test_the_pyc_cache_key_follows_the_code_that_runs() -> None:
+    global LEVEL
+    first = code_digest(_compiler_a)
+    assert first == code_digest(_compiler_a) and first != code_digest(_compiler_b)
+    LEVEL = 0  # a constant the compiler reads changes its key too
+    try:
+        assert code_digest(_compiler_a) != first
+    finally:
+        LEVEL = 2

@@ -678,19 +678,6 @@ def measure_restore(b: Bench) -> None:
                                     ours, peer, GOAL_THROUGHPUT,
                                     "tar -x --zstd -f fs1.tar.zst -C /mnt (in the guest; "
                                     f"{PY} --only capture,restore)"))  # fmt: skip
-    if b.min_memory is not None and b.min_memory < 512:
-        b.say(f"restore in the guest with {b.min_memory} MiB ...")
-        src.unlink()
-        guest.make_source_disk(src, b.capture_archive, b.capture_sha256, (guest.Method.AGENT,),
-                               b.work / "guest-staging")  # fmt: skip
-        try:
-            serial = guest.run_guest_restore(media.iso, src, scratch, memory=f"{b.min_memory}M", timeout=timeout,
-                                             serial_log=b.work / "guest-restore-min.log")  # fmt: skip
-            guest.parse_verdict(serial, expect_files=len(b.data.files), expect_bytes=b.data.total)
-            b.notes.append(f"At {b.min_memory} MiB (the smallest that boots) the agent's extraction of the data set "
-                           "completed and restored every file.")  # fmt: skip
-        except AsrError as e:
-            b.notes.append(f"At {b.min_memory} MiB the agent's extraction of the data set failed: {first_line(e)}")
     b.notes.append("Restore rounds in the guest: the full restore flow (partitioning, mkfs, boot loader) is timed by "
                    "the rehearsal row; this row times the extraction alone, the part that scales with the data.")
 

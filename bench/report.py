@@ -76,6 +76,10 @@ class ProfileEntry:
     cumtime: float
 
 
+#: cProfile entries that are a thread waiting, not working.
+WAITS = ("'acquire' of '_thread.lock'", "'poll' of 'select.poll'", "select.select", "time.sleep", "'wait' of")
+
+
 @dataclass(frozen=True)
 class Profile:
     title: str  # "make_rescue_env (cold), the step that misses build ≤ 3 s warm"
@@ -88,9 +92,19 @@ class Profile:
         """One line: the entry with the most own time and its share of the profiled total."""
         if not self.entries or self.total <= 0:
             return ""
-        top = max(self.entries, key=lambda e: e.tottime)
-        share = top.tottime * 100 / self.total
-        return f"`{top.function}` takes {top.tottime:.2f} s of {self.total:.2f} s ({share:.0f} %)"
+        ranked = sorted(self.entries, key=lambda e: -e.tottime)
+        waits = [e for e in ranked if any(w in e.function for w in WAITS)]
+        work = [e for e in ranked if e not in waits]
+        parts = []
+        if waits and waits[0] is ranked[0]:  # the profiled thread mostly waited: for worker threads or children
+            w = waits[0]
+            parts.append(f"waiting for worker threads or child processes (`{w.function}` {w.tottime:.2f} s, "
+                         f"{w.tottime * 100 / self.total:.0f} %; their own work is not in this profile)")
+        if work:
+            top = work[0]
+            parts.append(f"`{top.function}` takes {top.tottime:.2f} s of {self.total:.2f} s "
+                         f"({top.tottime * 100 / self.total:.0f} %)")
+        return "; then ".join(parts)
 
 
 @dataclass(frozen=True)

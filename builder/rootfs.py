@@ -11,15 +11,17 @@ Python modules are compiled to sourceless ``.pyc`` (hash-based, unchecked: repro
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
 import io
+import json
 import logging
 import os
 import re
 import stat
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -37,11 +39,20 @@ from builder.modules import (
     plan_boot_modules,
     read_module_index,
 )
-from builder.packages import DebMember, MemberKind, PackageSet, compile_pyc_cached, read_control, read_deb
+from builder.packages import (
+    DebMember,
+    MemberKind,
+    PackageSet,
+    code_digest,
+    compile_pyc_cached,
+    read_control,
+    read_deb,
+)
 from recovery_env.errors import InputError, InternalError
 from recovery_env.run import run
 
 log = logging.getLogger("asr.rootfs")
+IMPORT_SCAN_CACHE = "imports.json"  # in the package cache: what each stdlib module imports, by source digest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 AGENT_SOURCE = REPO_ROOT / "recovery_env"
@@ -659,6 +670,58 @@ def find_toplevel_imports(source: bytes, module: str, is_package: bool, where: s
     return certain
 
 
+#: What the import statements of one module load: (certain, possible, top-level) as find_imports and
+#: find_toplevel_imports say.
+ImportFacts = tuple[frozenset[str], frozenset[str], frozenset[str]]
+ImportScanner = Callable[[bytes, str, bool, str], ImportFacts]
+
+
+def scan_imports(source: bytes, module: str, is_package: bool, where: str) -> ImportFacts:
+    certain, possible = find_imports(source, module, is_package, where)
+    return frozenset(certain), frozenset(possible), frozenset(find_toplevel_imports(source, module, is_package, where))
+
+
+class ImportScanCache:
+    """scan_imports with its results kept in one JSON file of the package cache, by the digest of each source:
+    parsing ~480 stdlib modules with ast costs ~2 s of every cold build.  The file names the code of the
+    scanners it was made with; a different scanner (an edit of this module) starts it afresh."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.version = hashlib.sha256(b"".join(code_digest(f) for f in (
+            scan_imports, find_imports, find_toplevel_imports, _with_parents))).hexdigest()  # fmt: skip
+        self.entries: dict[str, list[list[str]]] = {}
+        self.changed = False
+        if path is not None:
+            try:
+                data = json.loads(path.read_text())
+                if data.get("version") == self.version and isinstance(data.get("entries"), dict):
+                    self.entries = data["entries"]
+            except (OSError, ValueError):
+                pass
+
+    def scan(self, source: bytes, module: str, is_package: bool, where: str) -> ImportFacts:
+        key = f"{hashlib.sha256(source).hexdigest()}:{module}:{int(is_package)}"
+        hit = self.entries.get(key)
+        if isinstance(hit, list) and len(hit) == 3:
+            return frozenset(hit[0]), frozenset(hit[1]), frozenset(hit[2])
+        facts = scan_imports(source, module, is_package, where)
+        self.entries[key] = [sorted(part) for part in facts]
+        self.changed = True
+        return facts
+
+    def save(self) -> None:
+        if self.path is None or not self.changed:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"version": self.version, "entries": self.entries}, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.debug("no import-scan cache in %s: %s", self.path, exc)
+
+
 def _with_parents(names: Iterable[str]) -> set[str]:
     expanded: set[str] = set()
     for name in names:
@@ -671,8 +734,10 @@ def _excluded(name: str) -> bool:
     return any(name == x or name.startswith(x + ".") for x in PYTHON_EXCLUDED)
 
 
-def plan_python_modules(stdlib: PythonStdlib, roots: Iterable[str], agent_imports: Iterable[str]) -> list[str]:
+def plan_python_modules(stdlib: PythonStdlib, roots: Iterable[str], agent_imports: Iterable[str],
+                        scan: ImportScanner = scan_imports) -> list[str]:  # fmt: skip
     """The stdlib modules to ship: the import closure of ``roots`` and the agent's imports, minus exclusions.
+    ``scan`` tells what a module imports (scan_imports, or ImportScanCache.scan: the same answers, cached).
 
     A root (or an agent import) that is neither in the stdlib, an extension nor built in → MissingFileError.
     Names reached only through other modules' imports may be absent (platform-specific fallbacks).
@@ -694,11 +759,9 @@ def plan_python_modules(stdlib: PythonStdlib, roots: Iterable[str], agent_import
             shipped.add(name)
             path, source = stdlib.sources[name]
             is_package = path.endswith("/__init__.py")
-            certain, possible = find_imports(source, name, is_package, path)
+            certain, possible, toplevel = scan(source, name, is_package, path)
             todo.extend(certain | possible)
-            excluded_needs.extend(
-                f"{name} imports {n}" for n in find_toplevel_imports(source, name, is_package, path) if _excluded(n)
-            )
+            excluded_needs.extend(f"{name} imports {n}" for n in toplevel if _excluded(n))
         elif name in stdlib.extensions:
             shipped.add(name)
     if excluded_needs:
@@ -851,7 +914,9 @@ def add_python(tree: TreeBuilder, files: PackageFiles, agent_main: bytes | None)
     agent_sources = read_agent_sources(agent_main)
     host_sources = read_host_sources()
     needed = [*find_agent_imports(agent_sources), *find_library_imports(host_sources, stdlib)]
-    shipped = plan_python_modules(stdlib, PYTHON_MODULES, list(dict.fromkeys(needed)))
+    scans = ImportScanCache(files.pkgs.cache / IMPORT_SCAN_CACHE)
+    shipped = plan_python_modules(stdlib, PYTHON_MODULES, list(dict.fromkeys(needed)), scans.scan)
+    scans.save()
     to_compile: dict[str, bytes] = {}
     groups: dict[str, Group] = {}
     for name in shipped:

@@ -221,6 +221,11 @@ def test_profile_names_its_dominant_entry() -> None:
     p = Profile("t", 10.0, (ProfileEntry("f", 1, 2.0, 3.0), ProfileEntry("g", 1, 6.0, 6.0)))
     assert p.dominant == "`g` takes 6.00 s of 10.00 s (60 %)"
     assert Profile("t", 0.0, ()).dominant == ""
+    waited = Profile("t", 10.0, (ProfileEntry("<method 'acquire' of '_thread.lock' objects>", 5, 7.0, 7.0),
+                                 ProfileEntry("g", 1, 2.0, 2.0)))  # fmt: skip
+    assert waited.dominant == ("waiting for worker threads or child processes (`<method 'acquire' of "
+                               "'_thread.lock' objects>` 7.00 s, 70 %; their own work is not in this profile); "
+                               "then `g` takes 2.00 s of 10.00 s (20 %)")
 
 
 def test_profile_entries_by_own_time() -> None:

@@ -28,8 +28,10 @@ from builder.rootfs import (
     LIB_DIRS,
     TOOLS,
     EntryKind,
+    ImportScanCache,
     MissingLibraryError,
     PackageFiles,
+    PythonStdlib,
     Rootfs,
     TreeBuilder,
     add_busybox,
@@ -37,6 +39,7 @@ from builder.rootfs import (
     check_elf_closure,
     find_tool,
     make_rootfs,
+    plan_python_modules,
     read_python_stdlib,
     resolve_in_tree,
 )
@@ -291,3 +294,38 @@ def test_the_shipped_renderer_runs_without_the_build_environment(rootfs: Rootfs,
     )
     out = run([str(python), "-I", "-S", "-c", script, str(tmp_path / "usr/lib/asr")]).stdout
     assert out.startswith("rendered ")
+
+
+def _stdlib(modules: dict[str, bytes]) -> PythonStdlib:
+    return PythonStdlib(
+        {name: (f"usr/lib/python3.11/{name.replace('.', '/')}.py", src) for name, src in modules.items()},
+        {},
+        frozenset({"sys"}),
+    )
+
+
+def test_the_import_scan_cache_gives_the_scanner_s_answers(tmp_path: Path) -> None:
+    stdlib = _stdlib({
+        "a": b"import b\nfrom c import d\n",
+        "b": b"def f():\n    import e\n",
+        "c": b"import sys\n",
+        "e": b"",
+        "x": b"",
+        "unused": b"import a\n",
+    })  # fmt: skip
+    plain = plan_python_modules(stdlib, ["a"], [])
+    assert plain == ["a", "b", "c", "e"]
+    first = ImportScanCache(tmp_path / "imports.json")
+    assert plan_python_modules(stdlib, ["a"], [], first.scan) == plain
+    first.save()
+    again = ImportScanCache(tmp_path / "imports.json")
+    assert len(again.entries) == 4  # every module scanned once, kept
+    for key in again.entries:  # a cached answer is what is used: a poisoned entry shows through
+        if key.endswith(":c:0"):
+            again.entries[key] = [["x"], [], []]
+    assert plan_python_modules(stdlib, ["a"], [], again.scan) == sorted([*plain, "x"])
+    assert ImportScanCache(tmp_path / "missing.json").entries == {}
+    (tmp_path / "imports.json").write_text('{"version": "old scanner", "entries": {"x": [[], [], []]}}')
+    assert ImportScanCache(tmp_path / "imports.json").entries == {}  # made by other code: started afresh
+    (tmp_path / "imports.json").write_text("not json")
+    assert ImportScanCache(tmp_path / "imports.json").entries == {}

@@ -507,6 +507,7 @@ def measure_memory(b: Bench) -> None:
         b.notes.append("Memory: the restore at the smallest size was not tried (needs root to capture the sample).")
         found = answer
     else:
+        from builder.demo import make_sample_set
         from builder.rehearse import rehearse
 
         set_dir = b.sample_set or make_sample_set(b.work / "memory-sample")
@@ -533,13 +534,6 @@ def measure_memory(b: Bench) -> None:
     b.min_memory = found
     b.figures.append(Figure("Memory", name, Unit.MIB_RAM, Summary.of([float(found)]), GOAL_MEMORY,
                             f"{cmd}; asr rehearse SET --firmware bios --memory {found}M"))  # fmt: skip
-
-
-def make_sample_set(work: Path) -> Path:
-    from builder.demo import make_sample_set as make
-
-    work.mkdir(parents=True, exist_ok=True)
-    return make(work)
 
 
 # -------------------------------------------------------------------------------------------- capture, restore

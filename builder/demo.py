@@ -108,6 +108,7 @@ def make_sample_set(work: Path, note: Callable[[str], None] = lambda line: None)
     from builder.machine import Layout, MachineSpec, PartRole, make_machine_image, read_machine_inputs
 
     started = time.monotonic()
+    work.mkdir(parents=True, exist_ok=True)
     note("asr demo: building the sample machine's disk (GPT, 256 MiB: BIOS boot, ESP, root) ...")
     machine = make_machine_image(work / "machine.img", MachineSpec(layout=Layout.GPT), read_machine_inputs())
     note(f"asr demo: {machine.path} built in {time.monotonic() - started:.1f} s; capturing it with `asr backup`")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import zstandard
 
-from builder.packages import PackageSet, read_deb
+from builder.packages import PackageSet, read_deb, write_atomic
 from builder.rootfs import AGENT_DIR, AGENT_PACKAGE, PYTHON, EntryKind, Group, RescueTree, make_rootfs
 from builder.templating import render
 from recovery_env.errors import BudgetError, InternalError
@@ -192,9 +192,7 @@ class SegmentCache:
         where = self.path(cpio, level)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = where.with_name(f".{where.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(frame)
-            os.replace(tmp, where)
+            write_atomic(where, frame)
         except OSError as exc:
             log.warning("cannot keep an initramfs segment in %s: %s", self.directory, exc)
 

@@ -690,7 +690,7 @@ def compile_pyc_cached(
         try:
             where.mkdir(parents=True, exist_ok=True)
             for path in missing:
-                _write_atomic(where / f"{keys[path]}.pyc", compiled[path + "c"])
+                write_atomic(where / f"{keys[path]}.pyc", compiled[path + "c"])
         except OSError as exc:
             log.debug("no .pyc cache in %s: %s", where, exc)
         out.update({path + "c": compiled[path + "c"] for path in missing})
@@ -698,7 +698,8 @@ def compile_pyc_cached(
     return {path + "c": out[path + "c"] for path in sources}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it: readers see the whole file or none."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)

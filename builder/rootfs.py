@@ -47,6 +47,7 @@ from builder.packages import (
     compile_pyc_cached,
     read_control,
     read_deb,
+    write_atomic,
 )
 from recovery_env.errors import InputError, InternalError
 from recovery_env.run import run
@@ -715,9 +716,8 @@ class ImportScanCache:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"version": self.version, "entries": self.entries}, sort_keys=True))
-            os.replace(tmp, self.path)
+            data = {"version": self.version, "entries": self.entries}
+            write_atomic(self.path, json.dumps(data, sort_keys=True).encode())
         except OSError as exc:
             log.debug("no import-scan cache in %s: %s", self.path, exc)
 

@@ -343,6 +343,13 @@ class Agent:
             self.log(f"key {key.label()} from {key.console}")
         return key
 
+    def wait_any_key(self) -> Key:
+        """Forget keys typed before now, then wait for the next one."""
+        self.consoles.drain()
+        while (key := self.wait_key()) is None:
+            pass
+        return key
+
     # -- states -------------------------------------------------------------------------------------------
     def on_prompt(self) -> Next:
         body = [
@@ -580,9 +587,7 @@ class Agent:
             self.log("dry run: nothing written")
             if self.options.unattended:
                 return ExitCode.POWEROFF
-            self.consoles.drain()
-            while self.wait_key() is None:
-                pass
+            self.wait_any_key()
             return State.MENU
         if self.options.unattended:
             self.show(Screen(tuple(lines), "Unattended: continuing"))
@@ -769,9 +774,7 @@ class Agent:
             body = [f"The capture failed ({type(e).__name__}).", "", *(w for ln in str(e).splitlines()
                                                                        for w in wrap(ln.strip()))]
             self.show(Screen(tuple(body), "Any key=Main menu", error=True))
-            self.consoles.drain()
-            while self.wait_key() is None:
-                pass
+            self.wait_any_key()
             return State.MENU
         r = done.result
         self.log(
@@ -789,9 +792,7 @@ class Agent:
             self.show(Screen(done_body, "The computer will power off."))
             return ExitCode.POWEROFF
         self.show(Screen(done_body, "Any key=Power off"))
-        self.consoles.drain()
-        while self.wait_key() is None:
-            pass
+        self.wait_any_key()
         return ExitCode.POWEROFF
 
     def on_capture_progress(self, done: int, total: int) -> None:

@@ -362,7 +362,7 @@ class ManifestLister:
         self.contents: dict[str, tuple[int, str]] = {}  # member name → (size, sha256) of files, for hard links
 
     def add(self, m: TarMember) -> None:
-        etype = TAR_TYPES.get(m.type) or EntryType.from_tar_type(m.type, m.name)
+        etype = EntryType.from_tar_type(m.type, m.name)
         size, sha, link = m.size, m.sha256, ""
         if etype is EntryType.FILE:
             self.contents[m.name] = (size, sha)

@@ -31,7 +31,7 @@ from builder import bootloader
 from builder.fatimage import make_esp, make_floppy
 from builder.initramfs import DEFAULT_EPOCH, check_budget, make_rescue_env
 from builder.iso import make_iso
-from builder.packages import PackageSet, cache_dir, fetch_packages
+from builder.packages import LOCK_PATH, PackageSet, cache_dir, fetch_packages, packages_record, read_lock, render_lock
 from builder.rootfs import HOST_PYTHON_PACKAGES
 from builder.sample import sample_descriptor, sample_inventory
 from builder.sif_render import render_asr_sif, render_asrpnp_sif
@@ -46,7 +46,7 @@ log = logging.getLogger("asr.build")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Everything the rescue environment is made from, besides the build parameters: a change to any file here
 #: makes the cached kernel + initramfs stale.
-RESCUE_INPUTS: tuple[str, ...] = ("builder", "recovery_env", "templates", "packages.lock")
+RESCUE_INPUTS: tuple[str, ...] = ("builder", "recovery_env", "templates")  # and the package set really used
 #: Compressed initramfs segments by content, beside rescue/ in the cache root.
 SEGMENT_CACHE = "initramfs"
 #: How many rescue environments and compressed initramfs segments the cache keeps (the most recently used).
@@ -55,6 +55,8 @@ KEEP_SEGMENTS = 60
 
 ISO_NAME = "asr.iso"
 FLOPPY_NAME = "asr-floppy.img"
+#: Beside the media: the package set the build really used (a lock: ``asr build --lock`` reproduces the build).
+PACKAGES_RECORD_NAME = "asr-packages.json"
 VOLUME_ID = "ASR_RECOVERY"
 FLOPPY_LABEL = "ASR DISK"
 DEFAULT_BUDGET_MB = 40.0
@@ -82,6 +84,8 @@ class StepTime:
 class BuildResult:
     iso: Path
     floppy: Path
+    packages_record: Path
+    moved_packages: tuple[dict[str, str], ...]  # pins the archive no longer offered, and what replaced them
     iso_size: int
     floppy_size: int
     iso_sha256: str
@@ -105,6 +109,8 @@ class BuildResult:
         data = asdict(self)
         data["iso"] = str(self.iso)
         data["floppy"] = str(self.floppy)
+        data["packages_record"] = str(self.packages_record)
+        data["moved_packages"] = list(self.moved_packages)
         data["seconds"] = round(self.seconds, 3)
         data["steps"] = [{"name": s.name, "seconds": round(s.seconds, 3)} for s in self.steps]
         return data
@@ -188,10 +194,12 @@ class RescueImage:
     compressed_segments: tuple[str, ...] = ()  # made now (the others came from the segment cache)
 
 
-def rescue_cache_key(*, epoch: int, agent_override: bytes | None, optional_modules: tuple[str, ...]) -> str:
-    """A digest of every input of the rescue environment: the sources and templates of asr, the package lock
-    (which pins every .deb by SHA-256) and the build parameters."""
-    h = hashlib.sha256()
+def rescue_cache_key(
+    pkgs: PackageSet, *, epoch: int, agent_override: bytes | None, optional_modules: tuple[str, ...]
+) -> str:
+    """A digest of every input of the rescue environment: the sources and templates of asr, the package set
+    really used (which pins every .deb by SHA-256) and the build parameters."""
+    h = hashlib.sha256(render_lock(pkgs.lock).encode())
     for top in RESCUE_INPUTS:
         base = REPO_ROOT / top
         files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file() and p.suffix != ".pyc")
@@ -248,7 +256,7 @@ def make_rescue_image(
     ``<cache_root>/initramfs`` (an edit of the agent recompresses the agent's segment only)."""
     slot = None
     if cache_root is not None:
-        key = rescue_cache_key(epoch=epoch, agent_override=agent_override, optional_modules=optional_modules)
+        key = rescue_cache_key(pkgs, epoch=epoch, agent_override=agent_override, optional_modules=optional_modules)
         slot = cache_root / "rescue" / key
         hit = read_cached_rescue(slot)
         if hit is not None:
@@ -332,6 +340,8 @@ def build_media(
     use_cache: bool | None = None,
     embed_backup: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    lock: Path | None = None,
+    locked: bool | None = None,
 ) -> BuildResult:
     """Build ``out/asr.iso`` and ``out/asr-floppy.img``.  See the module docstring for the steps.
 
@@ -340,6 +350,11 @@ def build_media(
 
     ``embed_backup``: the directory of the descriptor's backup set, put on the ISO under /asr/backup/ (checked
     against the descriptor's sizes and SHA-256 first); the size budget applies to the rescue part only.
+
+    ``lock``: the package lock (default packages.lock; an ``asr-packages.json`` of an earlier build is one too).
+    Pins the archive no longer offers are replaced by the current versions and named (``moved_packages``, a
+    warning, the progress lines) unless ``locked`` (default: ``ASR_LOCKED``), which makes them an error.  The
+    set really used is written beside the media (``asr-packages.json``).
     """
     if use_cache is None:
         use_cache = os.environ.get("ASR_NO_CACHE") != "1"
@@ -362,7 +377,13 @@ def build_media(
         with ctx.step("read_backup_set"):
             embedded = read_backup_set(embed_backup, desc.descriptor)
     with ctx.step("fetch_packages"):
-        pkgs: PackageSet = fetch_packages(cache_dir(ctx.cache))
+        lock_path = lock if lock is not None else LOCK_PATH
+        pkgs: PackageSet = fetch_packages(cache_dir(ctx.cache), read_lock(lock_path), locked=locked,
+                                          lock_path=lock_path)  # fmt: skip
+        for m in pkgs.moved:
+            if ctx.progress:
+                ctx.progress(f"    moved in the archive since {lock_path.name}: {m.describe()} "
+                             "(SHA-256 checked against apt's index)")  # fmt: skip
     with ctx.step("make_rescue_env"):
         env = make_rescue_image(
             pkgs,
@@ -389,7 +410,7 @@ def build_media(
         )
 
     out.mkdir(parents=True, exist_ok=True)
-    iso_path, floppy_path = out / ISO_NAME, out / FLOPPY_NAME
+    iso_path, floppy_path, record_path = out / ISO_NAME, out / FLOPPY_NAME, out / PACKAGES_RECORD_NAME
     iso_tmp, floppy_tmp = out / (ISO_NAME + ".part"), out / (FLOPPY_NAME + ".part")
     try:
         with ctx.step("make_iso"):
@@ -412,6 +433,7 @@ def build_media(
                 contributors["ISO 9660 structures"] = size - sum(contributors.values())
                 check_budget(contributors, ctx.budget_bytes, what="the recovery ISO")
         floppy_tmp.write_bytes(floppy)
+        record_path.write_text(json.dumps(packages_record(pkgs, lock_path), indent=1) + "\n")
         iso_tmp.replace(iso_path)
         floppy_tmp.replace(floppy_path)
     finally:
@@ -421,6 +443,8 @@ def build_media(
     return BuildResult(
         iso=iso_path,
         floppy=floppy_path,
+        packages_record=record_path,
+        moved_packages=tuple(m.to_json() for m in pkgs.moved),
         iso_size=iso_path.stat().st_size,
         floppy_size=floppy_path.stat().st_size,
         iso_sha256=sha256_file(iso_path),
@@ -467,6 +491,8 @@ def cli_build(args: argparse.Namespace) -> int:
         budget_mb=args.budget_mb,
         embed_backup=getattr(args, "embed_backup", None),
         progress=progress,
+        lock=args.lock,
+        locked=True if args.locked else None,
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2, sort_keys=True))
@@ -478,5 +504,9 @@ def cli_build(args: argparse.Namespace) -> int:
         f"({_human(result.initramfs_raw_size)} raw); descriptor: {result.descriptor_source} "
         f"(host {result.hostname})"
     )
+    for m in result.moved_packages:
+        print(f"moved:  {m['name']} {m['old_version']} -> {m['new_name']} {m['new_version']} "
+              f"(not in the archive any more; SHA-256 checked against apt's index)")
+    print(f"packages: {result.packages_record}")
     print(f"built in {result.seconds:.2f} s")
     return 0

@@ -23,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--budget-mb", type=float, help="fail if the ISO would exceed this many MB (default 40)")
     b.add_argument("--embed-backup", type=Path, metavar="DIR",
                    help="put the descriptor's backup set (DIR) on the ISO; the restore reads it from there")
+    b.add_argument("--lock", type=Path, help="package lock (default: packages.lock; asr-packages.json of a build "
+                   "reproduces that build)")
+    b.add_argument("--locked", action="store_true", help="fail when a pinned package version left the archive "
+                   "(also ASR_LOCKED=1); by default the current version is taken and named")
     b.add_argument("--json", action="store_true", help="print a machine-readable result")
 
     bo = sub.add_parser("boot", help="start the media in QEMU")

@@ -7,6 +7,15 @@ files in the cache (``~/.cache/asr/debs``; ``$ASR_CACHE/debs``; or an explicit d
 missing as ``NAME=VERSION`` with the host's ``apt-get download``, and verifies every hash.  A warm cache needs
 no network.
 
+The Debian archive moves: point releases and security updates replace .debs, and the old versions leave the
+archive.  A pin the archive no longer offers is not fatal by default (:func:`fetch_packages`): the current
+candidate of that package is taken instead (for the kernel, the image the ``linux-image-amd64`` candidate
+depends on), its SHA-256 is checked against apt's own index, the move is reported (:class:`MovedPackage`), and
+the set really used is recorded in the cache (``resolved/<SHA-256 of the lock>.json``, so the next build with
+the same lock needs no network) and, by ``asr build``, next to the media (``asr-packages.json``, itself a lock
+that ``asr build --lock`` accepts).  ``locked=True`` (``asr build --locked``, ``ASR_LOCKED=1``) refuses instead:
+:class:`LockedPackagesMovedError` names every package that moved and the command that refreshes the lock.
+
 The work of reading a package is cached beside the .debs, by content: ``extracted/<SHA-256 of the .deb>.members``
 holds the data of a package's files uncompressed (read back lazily, file by file), so a build with a warm package
 cache does no lzma decompression; ``pyc/`` holds compiled bytecode by (host bytecode magic, compiler, path,
@@ -134,6 +143,22 @@ class LockError(InputError):
     """packages.lock is missing, unreadable, or does not cover the package table."""
 
 
+REFRESH_COMMAND = "python -m builder.packages --update-lock"
+
+
+class LockedPackagesMovedError(PackageFetchError):
+    """``--locked``: pinned versions the archive no longer offers (each named with the version it offers now)."""
+
+    def __init__(self, moved: Sequence[MovedPackage], lock_path: Path | str) -> None:
+        self.moved = tuple(moved)
+        super().__init__(
+            f"{lock_path}: {len(self.moved)} pinned package(s) are no longer in the archive: "
+            + "; ".join(m.describe() for m in self.moved)
+            + f". Refresh the lock with `{REFRESH_COMMAND}` (or build without --locked / ASR_LOCKED=1 to take "
+            "the current versions)"
+        )
+
+
 class BadDebError(MediaError):
     """A file is not a Debian package this reader understands."""
 
@@ -180,9 +205,28 @@ class PackageLock:
             )
 
 
-def render_lock(lock: PackageLock) -> str:
-    """The lock as JSON text (sorted, one package per object, stable for diffs)."""
-    doc = {
+@dataclass(frozen=True)
+class MovedPackage:
+    """A pin the archive no longer offers, and what was taken instead (the kernel image may change its name
+    with its ABI: ``linux-image-6.1.0-56-amd64`` → ``linux-image-6.1.0-57-amd64``)."""
+
+    name: str
+    old_version: str
+    new_name: str
+    new_version: str
+
+    def describe(self) -> str:
+        new = self.new_version if self.new_name == self.name else f"{self.new_name} {self.new_version}"
+        return f"{self.name} {self.old_version} → {new}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "old_version": self.old_version, "new_name": self.new_name,
+                "new_version": self.new_version}  # fmt: skip
+
+
+def lock_document(lock: PackageLock) -> dict[str, object]:
+    """The lock as a JSON object (packages sorted by name)."""
+    return {
         "format": LOCK_FORMAT,
         "kernel_package": lock.kernel_package,
         "packages": [
@@ -190,20 +234,38 @@ def render_lock(lock: PackageLock) -> str:
             for p in sorted(lock.packages, key=lambda p: p.name)
         ],
     }
-    return json.dumps(doc, indent=1) + "\n"
+
+
+def render_lock(lock: PackageLock) -> str:
+    """The lock as JSON text (sorted, one package per object, stable for diffs)."""
+    return json.dumps(lock_document(lock), indent=1) + "\n"
+
+
+def lock_digest(lock: PackageLock) -> str:
+    """The SHA-256 of the lock's rendered text: what identifies a package set."""
+    return hashlib.sha256(render_lock(lock).encode()).hexdigest()
 
 
 def read_lock(path: Path = LOCK_PATH) -> PackageLock:
+    """A lock file: packages.lock, or the record of a build (``asr-packages.json``: a lock with more keys)."""
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
-        raise LockError(f"{path}: missing; run `python -m builder.packages --update-lock`") from None
+        raise LockError(f"{path}: missing; run `{REFRESH_COMMAND}`") from None
     except (OSError, ValueError) as exc:
         raise LockError(f"{path}: unreadable: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != LOCK_FORMAT:
         raise LockError(f"{path}: not a format-{LOCK_FORMAT} package lock")
+    return parse_lock_document(doc, path)
+
+
+def parse_lock_document(doc: Mapping[str, object], path: Path | str) -> PackageLock:
+    """The lock an object describes (``path`` names it in errors)."""
     pkgs = []
-    for i, entry in enumerate(doc.get("packages", []), start=1):
+    entries = doc.get("packages", [])
+    if not isinstance(entries, list):
+        raise LockError(f"{path}: 'packages' is not a list")
+    for i, entry in enumerate(entries, start=1):
         try:
             pkg = LockedPackage(
                 name=str(entry["name"]),
@@ -214,7 +276,7 @@ def read_lock(path: Path = LOCK_PATH) -> PackageLock:
             )
         except (KeyError, TypeError):
             raise LockError(f"{path}: package entry {i} lacks name/version/arch/filename/sha256") from None
-        if not re.fullmatch(r"[0-9a-f]{64}", pkg.sha256) or "/" in pkg.filename:
+        if not re.fullmatch(r"[0-9a-f]{64}", pkg.sha256) or "/" in pkg.filename or not _is_deb_name(pkg.filename):
             raise LockError(f"{path}: package entry {i} ({pkg.name}): bad sha256 or file name")
         pkgs.append(pkg)
     lock = PackageLock(packages=tuple(pkgs), kernel_package=str(doc.get("kernel_package", "")))
@@ -234,12 +296,19 @@ def cache_dir(override: Path | None = None) -> Path:
     return base / "debs"
 
 
+def _is_deb_name(filename: str) -> bool:
+    return filename.endswith(".deb") and not filename.startswith(".") and "\0" not in filename
+
+
 @dataclass(frozen=True)
 class PackageSet:
-    """The verified .debs of a lock, in a cache directory."""
+    """The verified .debs of a build, in a cache directory: ``lock`` is the set really used; when pins had moved
+    (:class:`MovedPackage`), ``pinned`` is the lock that was asked for."""
 
     cache: Path
     lock: PackageLock
+    moved: tuple[MovedPackage, ...] = ()
+    pinned: PackageLock | None = None
 
     def deb(self, name: str) -> Path:
         return self.cache / self.lock.get(name).filename
@@ -300,30 +369,237 @@ def check_package(path: Path, pkg: LockedPackage) -> None:
         raise PackageHashMismatch(path, pkg.sha256, actual)
 
 
-def fetch_packages(cache: Path | None = None, lock: PackageLock | None = None) -> PackageSet:
-    """Every package of the lock in the cache, downloaded when missing, all hashes verified."""
+def locked_from_env() -> bool:
+    """``ASR_LOCKED=1``: pins that moved are an error (as ``asr build --locked``)."""
+    return os.environ.get("ASR_LOCKED", "") not in ("", "0")
+
+
+def fetch_packages(
+    cache: Path | None = None,
+    lock: PackageLock | None = None,
+    *,
+    locked: bool | None = None,
+    lock_path: Path | str = LOCK_PATH,
+) -> PackageSet:
+    """Every package of the lock in the cache, downloaded when missing, all hashes verified.
+
+    A missing pin the archive no longer offers is replaced by the package's current candidate (SHA-256 checked
+    against apt's index; the kernel image through the ``linux-image-amd64`` candidate), reported as a
+    :class:`MovedPackage`, and the set used is remembered in the cache (a later build with the same lock needs
+    no network).  With ``locked`` (default: ``ASR_LOCKED``) a moved pin is a :class:`LockedPackagesMovedError`.
+    """
     lock = lock if lock is not None else read_lock()
+    locked = locked_from_env() if locked is None else locked
     where = cache_dir(cache)
     where.mkdir(parents=True, exist_ok=True)
     missing = [p for p in lock.packages if not (where / p.filename).is_file()]
+    if missing and not locked:
+        remembered = read_resolution(where, lock)
+        if remembered is not None and all((where / p.filename).is_file() for p in remembered.lock.packages):
+            return _verified(remembered, lock_path)
+    moved: list[MovedPackage] = []
     if missing:
-        log.info("downloading %d package(s) into %s", len(missing), where)
+        gone = find_unoffered(missing)
+        offered = [p for p in missing if p not in gone]
+        if gone:
+            replacements = {p.name: find_replacement(p, lock) for p in gone}
+            moved = [MovedPackage(p.name, p.version, r.name, r.version) for p, r in
+                     ((p, replacements[p.name]) for p in gone)]  # fmt: skip
+            if locked:
+                raise LockedPackagesMovedError(moved, lock_path)
+        if offered:
+            _download_locked(offered, where)
+        if gone:
+            new = {name: _fetch_from_index(rec, where) for name, rec in replacements.items()}
+            effective = PackageLock(
+                tuple(sorted((new.get(p.name, p) for p in lock.packages), key=lambda p: p.name)),
+                new[lock.kernel_package].name if lock.kernel_package in new else lock.kernel_package,
+            )
+            result = PackageSet(cache=where, lock=effective, moved=tuple(moved), pinned=lock)
+            write_resolution(result)
+            return _verified(result, lock_path)
+    return _verified(PackageSet(cache=where, lock=lock), lock_path)
+
+
+def _verified(pkgs: PackageSet, lock_path: Path | str) -> PackageSet:
+    """``pkgs`` once every file has its SHA-256; the pins that moved are said (a warning)."""
+    for p in pkgs.lock.packages:
+        check_package(pkgs.cache / p.filename, p)
+    if pkgs.moved:
+        log.warning("%s: %d pinned package(s) are no longer in the archive; using %s", lock_path, len(pkgs.moved),
+                    "; ".join(m.describe() for m in pkgs.moved))  # fmt: skip
+    return pkgs
+
+
+def _download_locked(pins: Sequence[LockedPackage], where: Path) -> None:
+    """Download pins the archive offers, each checked against its locked SHA-256, into the cache."""
+    log.info("downloading %d package(s) into %s", len(pins), where)
+    with tempfile.TemporaryDirectory(prefix="dl-", dir=where) as tmp:
+        try:
+            _download([p.spec for p in pins], Path(tmp))
+        except Exception as exc:
+            raise PackageFetchError(f"cannot download {', '.join(p.spec for p in pins)} into {where}: {exc}") from exc
+        for p in pins:
+            got = Path(tmp) / p.filename
+            if not got.is_file():
+                raise PackageFetchError(f"apt-get download {p.spec} did not produce {p.filename}")
+            check_package(got, p)
+            os.replace(got, where / p.filename)
+
+
+# ------------------------------------------------------------------------------------- the archive moved on
+
+
+@dataclass(frozen=True)
+class IndexRecord:
+    """One version of a package in apt's index (``apt-cache show``): a version that can be downloaded."""
+
+    name: str
+    version: str
+    arch: str
+    sha256: str
+    depends: str = ""
+
+    @property
+    def filename(self) -> str:
+        """The file name ``apt-get download`` gives it (the epoch's colon written ``%3a``)."""
+        return f"{self.name}_{self.version.replace(':', '%3a')}_{self.arch}.deb"
+
+
+def parse_apt_records(text: str) -> list[IndexRecord]:
+    """The downloadable records of ``apt-cache show`` output (records without Filename and SHA256, such as
+    dpkg's status of an installed package, are not)."""
+    out = []
+    for stanza in re.split(r"\n\s*\n", text):
+        fields = _parse_control(stanza)
+        if fields.get("Package") and fields.get("Version") and fields.get("Filename") and fields.get("SHA256"):
+            out.append(IndexRecord(fields["Package"], fields["Version"], fields.get("Architecture", "amd64"),
+                                   fields["SHA256"].lower(), fields.get("Depends", "")))  # fmt: skip
+    return out
+
+
+def read_index(name: str) -> list[IndexRecord]:
+    """Every downloadable version of ``name`` in apt's index (empty when apt knows no such package)."""
+    proc = run(["apt-cache", "show", name], check=False)
+    return parse_apt_records(proc.stdout) if proc.returncode == 0 else []
+
+
+def parse_candidate(policy_text: str) -> str:
+    """The ``Candidate:`` of ``apt-cache policy NAME`` ("" for none)."""
+    m = re.search(r"^\s*Candidate:\s*(\S+)", policy_text, re.MULTILINE)
+    return m.group(1) if m and m.group(1) != "(none)" else ""
+
+
+def find_candidate(name: str) -> IndexRecord | None:
+    """The version of ``name`` apt would install now, as its index records it."""
+    version = parse_candidate(run(["apt-cache", "policy", name], check=False).stdout)
+    return next((r for r in read_index(name) if r.version == version), None) if version else None
+
+
+_LISTS_REFRESHED: list[bool] = []
+
+
+def find_unoffered(pins: Sequence[LockedPackage]) -> list[LockedPackage]:
+    """The pins apt's index does not offer for download.  When some are missing and this process may, the
+    package lists are refreshed once first (a fresh machine has none; stale lists may lack a new pin)."""
+
+    def scan() -> list[LockedPackage]:
+        return [p for p in pins if not any(r.version == p.version for r in read_index(p.name))]
+
+    gone = scan()
+    if gone and os.geteuid() == 0 and not _LISTS_REFRESHED:
+        log.info("%d pinned package(s) not in apt's index; running apt-get update", len(gone))
+        run(["apt-get", "update", "-qq"], timeout=1800)
+        _LISTS_REFRESHED.append(True)
+        gone = scan()
+    return gone
+
+
+def find_replacement(pin: LockedPackage, lock: PackageLock) -> IndexRecord:
+    """What replaces a pin the archive no longer offers: the package's candidate; for the kernel image, the
+    candidate of the image the ``linux-image-amd64`` candidate depends on (its name changes with the ABI)."""
+    name = pin.name
+    if pin.name == lock.kernel_package:
+        meta = find_candidate(KERNEL_META)
+        if meta is None:
+            raise PackageFetchError(f"{pin.name} {pin.version} is no longer in the archive and apt offers no "
+                                    f"{KERNEL_META} to find its successor")  # fmt: skip
+        name = find_kernel_package({"Depends": meta.depends})
+    rec = find_candidate(name)
+    if rec is None:
+        raise PackageFetchError(f"{pin.name} {pin.version} is no longer in the archive and apt offers no other "
+                                f"version of {name}; check the host's apt sources")  # fmt: skip
+    return rec
+
+
+class IndexHashMismatch(MediaError):
+    """A downloaded .deb does not have the SHA-256 apt's index records for it."""
+
+
+def _fetch_from_index(rec: IndexRecord, where: Path) -> LockedPackage:
+    """``rec`` in the cache (downloaded unless there), its SHA-256 checked against apt's index."""
+    pkg = LockedPackage(rec.name, rec.version, rec.arch, rec.filename, rec.sha256)
+    target = where / pkg.filename
+    if not target.is_file():
         with tempfile.TemporaryDirectory(prefix="dl-", dir=where) as tmp:
             try:
-                _download([p.spec for p in missing], Path(tmp))
+                _download([pkg.spec], Path(tmp))
             except Exception as exc:
-                raise PackageFetchError(
-                    f"cannot download {', '.join(p.spec for p in missing)} into {where}: {exc}"
-                ) from exc
-            for p in missing:
-                got = Path(tmp) / p.filename
-                if not got.is_file():
-                    raise PackageFetchError(f"apt-get download {p.spec} did not produce {p.filename}")
-                check_package(got, p)
-                os.replace(got, where / p.filename)
-    for p in lock.packages:
-        check_package(where / p.filename, p)
-    return PackageSet(cache=where, lock=lock)
+                raise PackageFetchError(f"cannot download {pkg.spec} into {where}: {exc}") from exc
+            found = sorted(Path(tmp).glob(f"{rec.name}_*.deb"))
+            if len(found) != 1:
+                raise PackageFetchError(f"apt-get download {pkg.spec} did not produce one {rec.name}_*.deb")
+            os.replace(found[0], target)
+    actual = file_sha256(target)
+    if actual != rec.sha256:
+        target.unlink(missing_ok=True)
+        raise IndexHashMismatch(f"{target}: SHA-256 {actual} does not match apt's index ({rec.sha256}) for "
+                                f"{pkg.spec}; the file was removed")  # fmt: skip
+    return pkg
+
+
+RESOLVED_DIR = "resolved"
+
+
+def resolution_path(cache: Path, lock: PackageLock) -> Path:
+    return cache / RESOLVED_DIR / f"{lock_digest(lock)}.json"
+
+
+def packages_record(pkgs: PackageSet, lock_path: Path | str = LOCK_PATH) -> dict[str, object]:
+    """The set a build really used, as a lock (``asr build --lock`` reads it back) that also names the lock
+    asked for and the packages that moved."""
+    doc = lock_document(pkgs.lock)
+    pinned = pkgs.pinned if pkgs.pinned is not None else pkgs.lock
+    doc["pinned_lock"] = {"path": str(lock_path), "sha256": lock_digest(pinned)}
+    doc["moved"] = [m.to_json() for m in pkgs.moved]
+    return doc
+
+
+def write_resolution(pkgs: PackageSet) -> None:
+    """Remember in the cache which set replaced a lock whose pins moved (offline builds later)."""
+    assert pkgs.pinned is not None
+    path = resolution_path(pkgs.cache, pkgs.pinned)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, (json.dumps(packages_record(pkgs), indent=1) + "\n").encode())
+    except OSError as exc:
+        log.debug("cannot remember the resolution in %s: %s", path, exc)
+
+
+def read_resolution(cache: Path, lock: PackageLock) -> PackageSet | None:
+    """The set that replaced ``lock`` before (None when there is none, or it is unreadable)."""
+    path = resolution_path(cache, lock)
+    try:
+        doc = json.loads(path.read_text())
+        effective = parse_lock_document(doc, path)
+        moved = tuple(MovedPackage(str(m["name"]), str(m["old_version"]), str(m["new_name"]), str(m["new_version"]))
+                      for m in doc["moved"])  # fmt: skip
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, LockError) as exc:
+        log.warning("%s: unusable record of moved packages (%s); resolving again", path, exc)
+        return None
+    return PackageSet(cache=cache, lock=effective, moved=moved, pinned=lock)
 
 
 def make_lock(cache: Path | None = None) -> PackageLock:
@@ -713,6 +989,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--update-lock", action="store_true", help="re-resolve the table and rewrite the lock")
     parser.add_argument("--cache", type=Path, default=None, help="the .deb cache directory")
     parser.add_argument("--lock", type=Path, default=LOCK_PATH, help="the lock file")
+    parser.add_argument("--locked", action="store_true", default=None,
+                        help="fail when a pinned version left the archive (default: ASR_LOCKED)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.update_lock:
@@ -720,7 +998,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.lock.write_text(render_lock(lock))
         print(f"wrote {args.lock}: {len(lock.packages)} packages, kernel {lock.kernel_package}")
         return 0
-    pkgs = fetch_packages(args.cache, read_lock(args.lock))
+    pkgs = fetch_packages(args.cache, read_lock(args.lock), locked=args.locked, lock_path=args.lock)
+    for m in pkgs.moved:
+        print(f"moved: {m.describe()}")
     print(f"{len(pkgs.names)} packages verified in {pkgs.cache}")
     return 0
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from builder.qemu import DiskBus, QemuVM, VMError, VMSpec, find_accel
+from builder.vm.qemu import DiskBus, QemuVM, VMError, VMSpec, find_accel
 from recovery_env.errors import AsrError, InputError
 from recovery_env.run import run
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from recovery_env.backupset import extract_archive, sha256_file
-from recovery_env.descriptor import Compression
+from recovery_env.model.descriptor import Compression
 from recovery_env.run import run
 
 SRC, DST = "/run/bench/src", "/run/bench/dst"

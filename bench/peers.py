@@ -1,10 +1,10 @@
 """The peer tools' command lines, equivalent to what asr does in each step.  Pure: argv lists and shell text.
 
-- ISO: ``xorriso -as mkisofs`` with the same content and boot setup as builder/iso.py (level 3, Joliet, Rock
+- ISO: ``xorriso -as mkisofs`` with the same content and boot setup as builder/media/iso.py (level 3, Joliet, Rock
   Ridge, El Torito BIOS with boot-info-table + EFI, isohybrid MBR from Debian's isohdpfx.bin, GPT basic data).
 - floppy: ``mformat`` a 1.44 MB FAT12 volume with the label, then ``mcopy`` the two descriptor files.
 - initramfs: ``find . | cpio -o -H newc | zstd -19 -T0`` over the same tree (zstd level 19 on every CPU, as
-  builder/initramfs.py compresses its segments).
+  builder/media/initramfs.py compresses its segments).
 - capture: ``tar -c | zstd -T0`` (level 3, the default, as asr's archives).
 - restore (in the guest): ``tar -x --zstd -f ARCHIVE`` into a fresh ext4.
 """
@@ -15,8 +15,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.bootloader import MEDIA_LAYOUT, MediaLayout
-from builder.initramfs import ZSTD_LEVEL
+from builder.media.bootloader import MEDIA_LAYOUT, MediaLayout
+from builder.media.initramfs import ZSTD_LEVEL
 
 ISOHDPFX = ("isolinux", "usr/lib/ISOLINUX/isohdpfx.bin")
 """Debian's isohybrid MBR template: package and path inside it."""

@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.qemu import QemuVM, VMError, VMSpec, find_accel
-from builder.templating import render
+from builder.vm.qemu import QemuVM, VMError, VMSpec, find_accel
 from recovery_env.errors import AsrError
 from recovery_env.run import run
+from recovery_env.templating import render
 
 REAR_PACKAGES = ("rear", "isolinux", "syslinux-common", "xorriso", "linux-image-amd64")
 LOGIN = r"login:"

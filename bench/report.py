@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.model import Better, Goal, Ratio, Summary, Unit
-from builder.templating import render
 from recovery_env.errors import InputError
+from recovery_env.templating import render
 
 
 @dataclass(frozen=True)

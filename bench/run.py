@@ -57,12 +57,12 @@ from bench.report import (
     summarize_steps,
     top_profile_entries,
 )
-from builder import bootloader
 from builder.build import FLOPPY_LABEL, VOLUME_ID, build_media, make_rescue_image, read_descriptor, source_date_epoch
-from builder.fatimage import make_esp, make_floppy
-from builder.iso import make_iso
-from builder.packages import cache_dir, fetch_packages, read_deb
-from builder.qemu import F2_PROMPT, Accel, Firmware, QemuVM, VMError, VMSpec, find_accel, read_boot_files
+from builder.media import bootloader
+from builder.media.fatimage import make_esp, make_floppy
+from builder.media.iso import make_iso
+from builder.media.packages import cache_dir, fetch_packages, read_deb
+from builder.vm.qemu import F2_PROMPT, Accel, Firmware, QemuVM, VMError, VMSpec, find_accel, read_boot_files
 from recovery_env.backupset import make_backup_set, plan_archives
 from recovery_env.errors import AsrError
 from recovery_env.run import run
@@ -322,7 +322,7 @@ def read_media_inputs(cache_root: Path) -> MediaInputs:
 
 def write_iso_tree(root: Path, m: MediaInputs, layout: bootloader.MediaLayout = bootloader.MEDIA_LAYOUT) -> None:
     """The files make_iso puts on the ISO, as a directory for xorriso."""
-    from builder.iso import render_disk_info
+    from builder.media.iso import render_disk_info
 
     info = render_disk_info(VOLUME_ID, m.epoch).encode()
     files = {
@@ -399,7 +399,7 @@ def measure_floppy(b: Bench) -> None:
 def measure_initramfs(b: Bench) -> None:
     """asr's initramfs step (write the segments' cpio archives, compress them: both cores, as many threads as
     CPUs) against ``find | cpio | zstd -19 -T0`` over the same tree (zstd's own threads, also all CPUs)."""
-    from builder.initramfs import ZSTD_LEVEL, read_segments
+    from builder.media.initramfs import ZSTD_LEVEL, read_segments
 
     s = b.settings
     threads = os.cpu_count() or 1
@@ -507,8 +507,8 @@ def measure_memory(b: Bench) -> None:
         b.notes.append("Memory: the restore at the smallest size was not tried (needs root to capture the sample).")
         found = answer
     else:
-        from builder.demo import make_sample_set
-        from builder.rehearse import rehearse
+        from builder.vm.demo import make_sample_set
+        from builder.vm.rehearse import rehearse
 
         set_dir = b.sample_set or make_sample_set(b.work / "memory-sample")
         for m in range(answer, hi + 1, step):
@@ -679,7 +679,7 @@ def measure_restore(b: Bench) -> None:
 def measure_rehearsal(b: Bench) -> None:
     """The whole of `make demo`: build the sample machine's disk, capture it, build the media, restore it in
     QEMU and boot the restored disk (BIOS).  One run: it is minutes long and its parts are timed elsewhere."""
-    from builder.demo import run_rehearsal_demo
+    from builder.vm.demo import run_rehearsal_demo
 
     title, what = "Rehearsal", "whole rehearsal of the sample machine (`make demo`)"
     if os.geteuid() != 0:

@@ -27,19 +27,27 @@ from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from builder import bootloader
-from builder.fatimage import make_esp, make_floppy
-from builder.initramfs import DEFAULT_EPOCH, check_budget, make_rescue_env
-from builder.iso import make_iso
-from builder.packages import LOCK_PATH, PackageSet, cache_dir, fetch_packages, packages_record, read_lock, render_lock
-from builder.rootfs import HOST_PYTHON_PACKAGES
-from builder.sample import sample_descriptor, sample_inventory
-from builder.sif_render import render_asr_sif, render_asrpnp_sif
+from builder.media import bootloader
+from builder.media.fatimage import make_esp, make_floppy
+from builder.media.initramfs import DEFAULT_EPOCH, check_budget, make_rescue_env
+from builder.media.iso import make_iso
+from builder.media.packages import (
+    LOCK_PATH,
+    PackageSet,
+    cache_dir,
+    fetch_packages,
+    packages_record,
+    read_lock,
+    render_lock,
+)
+from builder.media.rootfs import HOST_PYTHON_PACKAGES
+from builder.vm.sample import sample_descriptor, sample_inventory
 from recovery_env.backupset import check_backup_set, sha256_file
-from recovery_env.descriptor import Descriptor, DeviceInventory
 from recovery_env.errors import BackupSetError, DescriptorMissingError, InputError
-from recovery_env.restore import EMBEDDED_DIR
-from recovery_env.sif import parse_asr_sif, parse_asrpnp_sif
+from recovery_env.model.descriptor import Descriptor, DeviceInventory
+from recovery_env.model.sif import parse_asr_sif, parse_asrpnp_sif
+from recovery_env.model.sif_render import render_asr_sif, render_asrpnp_sif
+from recovery_env.restore.flow import EMBEDDED_DIR
 
 log = logging.getLogger("asr.build")
 

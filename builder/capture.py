@@ -4,7 +4,7 @@ volumes (one archive per filesystem + MANIFEST).
 An ordered list of steps over a request; every refusal is checked before anything is written into DIR:
 
 1. ``check_root``: capture reads every file and the disks' tables → NotRootError.
-2. ``read_layout`` (recovery_env.layout): lsblk, sfdisk, blkid, dumpe2fs, fstab → disks, partitions, filesystems,
+2. ``read_layout`` (recovery_env.probe.layout): lsblk, sfdisk, blkid, dumpe2fs, fstab → disks, partitions, filesystems,
    mounts, boot loader; LVM/MD/LUKS → UnsupportedLayoutError listing them all.
 3. ``find_sources``: each filesystem to back up must be mounted at ROOT/mountpoint (LayoutError otherwise).
    The fallback: a vfat filesystem (an ESP) that fstab lists but that is not mounted -- a host kernel without
@@ -18,7 +18,7 @@ An ordered list of steps over a request; every refusal is checked before anythin
 7. write: the archives and MANIFEST (recovery_env.backupset), then ASR.SIF and ASRPNP.SIF; on any failure every
    file written is removed again (and DIR, if capture made it).
 
-The capture logic proper lives in recovery_env.capture (standard library only at import time) so that the boot
+The capture logic proper lives in recovery_env.capture.flow (standard library only at import time) so that the boot
 media run the same code (the offline capture); this module is the host CLI around it: progress bar, summary, JSON.
 """
 
@@ -33,8 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from builder.sif_render import render_asr_sif, render_asrpnp_sif
-from recovery_env.capture import (
+from recovery_env.capture.flow import (
     ASR_SIF,
     ASRPNP_SIF,
     CaptureRequest,
@@ -43,8 +42,9 @@ from recovery_env.capture import (
     find_media,
     mountpoint_of,
 )
-from recovery_env.capture import capture as capture_with
-from recovery_env.descriptor import Firmware
+from recovery_env.capture.flow import capture as capture_with
+from recovery_env.model.descriptor import Firmware
+from recovery_env.model.sif_render import render_asr_sif, render_asrpnp_sif
 
 __all__ = ["ASRPNP_SIF", "ASR_SIF", "CaptureRequest", "CaptureResult", "capture", "cli_backup", "find_media"]
 
@@ -57,7 +57,7 @@ def capture(
     euid: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> CaptureResult:
-    """recovery_env.capture.capture with this tree's jinja2 renderer (the same code the boot media run)."""
+    """recovery_env.capture.flow.capture with this tree's jinja2 renderer (the same code the boot media run)."""
     return capture_with(req, euid=euid, progress=progress, renderer=RENDERER)
 
 

@@ -107,7 +107,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return cli_build(args)
     if args.command == "boot":
-        from builder.qemu import cli_boot
+        from builder.vm.qemu import cli_boot
 
         return cli_boot(args)
     if args.command == "inspect":
@@ -119,15 +119,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return cli_backup(args)
     if args.command == "vbox":
-        from builder.vbox import cli_vbox
+        from builder.vm.vbox import cli_vbox
 
         return cli_vbox(args)
     if args.command == "rehearse":
-        from builder.rehearse import cli_rehearse
+        from builder.vm.rehearse import cli_rehearse
 
         return cli_rehearse(args)
     if args.command == "demo":
-        from builder.demo import cli_demo
+        from builder.vm.demo import cli_demo
 
         return cli_demo(args)
     raise AssertionError(args.command)

@@ -23,10 +23,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from builder.fatimage import read_fat_image
-from builder.sif_render import reseal_file
+from builder.media.fatimage import read_fat_image
+from recovery_env.agent.floppy import ASR_SIF, ASRPNP_SIF, check_fat_boot_sector
+from recovery_env.agent.screens import human_size
 from recovery_env.backupset import sha256_file
-from recovery_env.descriptor import GPT_TYPES, MBR_TYPES, Descriptor, DeviceInventory, TableType
 from recovery_env.errors import (
     BackupSetError,
     DescriptorMissingError,
@@ -34,9 +34,9 @@ from recovery_env.errors import (
     MediaError,
     NotFatError,
 )
-from recovery_env.floppy import ASR_SIF, ASRPNP_SIF, check_fat_boot_sector
-from recovery_env.screens import human_size
-from recovery_env.sif import PNP_SIGNATURE, format_string, parse_asr_sif_bytes, parse_asrpnp_sif_bytes
+from recovery_env.model.descriptor import GPT_TYPES, MBR_TYPES, Descriptor, DeviceInventory, TableType
+from recovery_env.model.sif import PNP_SIGNATURE, format_string, parse_asr_sif_bytes, parse_asrpnp_sif_bytes
+from recovery_env.model.sif_render import reseal_file
 
 MAX_SIF = 1_474_560  # nothing larger fits on the floppy: larger files are not descriptors
 

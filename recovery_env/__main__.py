@@ -15,8 +15,8 @@ from __future__ import annotations
 import os
 import sys
 
-from recovery_env.cmdline import read_cmdline
-from recovery_env.console import DEFAULT_CONSOLES, Consoles, ConsoleSpec
+from recovery_env.agent.cmdline import read_cmdline
+from recovery_env.agent.console import DEFAULT_CONSOLES, Consoles, ConsoleSpec
 
 USAGE = (
     "usage: python3 -m recovery_env [--tty PATH]... [--serial PATH]... [--cmdline FILE] "
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     log_path = _last(args, "log", "/run/asr-agent.log")
     consoles = Consoles.open(specs or DEFAULT_CONSOLES)
     try:
-        from recovery_env.agent import Agent
+        from recovery_env.agent.states import Agent
 
         options = read_cmdline(_last(args, "cmdline", "/proc/cmdline"))
         agent = Agent(

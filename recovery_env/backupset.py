@@ -45,7 +45,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from recovery_env.descriptor import Archive, BackupSet, Compression, FsType
 from recovery_env.errors import (
     BackupSetError,
     DestinationError,
@@ -53,7 +52,8 @@ from recovery_env.errors import (
     LayoutError,
     NotRootError,
 )
-from recovery_env.layout import DiskFacts, Layout
+from recovery_env.model.descriptor import Archive, BackupSet, Compression, FsType
+from recovery_env.probe.layout import DiskFacts, Layout
 from recovery_env.run import run, run_feed, run_pipe
 from recovery_env.tarstream import TarMember, TarStreamParser
 

@@ -170,7 +170,7 @@ class InternalError(AsrError):
     exit_code = 70
 
 
-# --- restore: disk matching, plan checks, executor (recovery_env.plan / recovery_env.execute) ---
+# --- restore: disk matching, plan checks, executor (recovery_env.restore.plan / recovery_env.restore.execute) ---
 
 
 class DiskMatchError(InputError):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-# ---- rescue environment (helper A: builder/packages.py, rootfs.py, modules.py, initramfs.py) -------------------
-from builder.packages import PackageSet, fetch_packages
+# ---- rescue environment (helper A: builder/media/packages.py, rootfs.py, modules.py, initramfs.py) -------------------
+from builder.media.packages import PackageSet, fetch_packages
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from recovery_env.descriptor import (
+from recovery_env.model.descriptor import (
     FS_LABEL_MAX,
     GPT_BIOS_BOOT,
     GPT_ESP,

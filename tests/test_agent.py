@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from builder.qemu import strip_ansi
-from builder.sif_render import render_asr_sif, render_asrpnp_sif
-from recovery_env.cmdline import BootOptions, Mode, parse_cmdline, read_cmdline
-from recovery_env.console import Consoles, ConsoleSpec
-from recovery_env.descriptor import (
+from builder.vm.qemu import strip_ansi
+from recovery_env.agent.cmdline import BootOptions, Mode, parse_cmdline, read_cmdline
+from recovery_env.agent.console import Consoles, ConsoleSpec
+from recovery_env.agent.floppy import read_floppy
+from recovery_env.agent.screens import HEIGHT, WIDTH, Screen, render_screen, render_summary, summary_log_line
+from recovery_env.errors import DescriptorMissingError, NoFloppyDriveError, NotFatError
+from recovery_env.model.descriptor import (
     GPT_ESP,
     Archive,
     BackupSet,
@@ -39,10 +41,8 @@ from recovery_env.descriptor import (
     SystemInfo,
     TableType,
 )
-from recovery_env.errors import DescriptorMissingError, NoFloppyDriveError, NotFatError
-from recovery_env.floppy import read_floppy
-from recovery_env.screens import HEIGHT, WIDTH, Screen, render_screen, render_summary, summary_log_line
-from recovery_env.sif import reseal
+from recovery_env.model.sif import reseal
+from recovery_env.model.sif_render import render_asr_sif, render_asrpnp_sif
 
 REPO = Path(__file__).resolve().parent.parent
 GIB = 1 << 30
@@ -464,8 +464,8 @@ def test_crash_report_is_one_line_on_screen_and_the_traceback_in_the_log(tmp_pat
 
 def test_agent_imports_with_the_standard_library_only() -> None:
     """The initramfs has no site-packages: -I -S gives the bare interpreter; list the stdlib modules it needs."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import recovery_env.__main__, recovery_env.agent; "
-            "[__import__(m) for m in recovery_env.agent.TOOLBOX_MODULES]; "  # what the handlers import later
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import recovery_env.__main__, recovery_env.agent.states; "
+            "[__import__(m) for m in recovery_env.agent.states.TOOLBOX_MODULES]; "  # what the handlers import later
             "print(' '.join(sorted(m for m in sys.modules if not m.startswith('recovery_env'))))")  # fmt: skip
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(REPO)], capture_output=True, text=True,
                          check=True).stdout  # fmt: skip
@@ -476,11 +476,11 @@ def test_agent_imports_with_the_standard_library_only() -> None:
 def test_the_f2_prompt_needs_none_of_the_restore_modules() -> None:
     """The prompt shows before the descriptor model, the planner and the executor are imported (a background
     thread imports them while it waits): they take about two seconds under TCG."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import recovery_env.__main__, recovery_env.agent; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import recovery_env.__main__, recovery_env.agent.states; "
             "print(' '.join(sorted(sys.modules)))")  # fmt: skip
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(REPO)], capture_output=True, text=True,
                          check=True).stdout  # fmt: skip
-    from recovery_env.agent import TOOLBOX_MODULES
+    from recovery_env.agent.states import TOOLBOX_MODULES
 
     assert not set(out.split()) & {*TOOLBOX_MODULES, "tarfile", "subprocess", "hashlib"}
 
@@ -490,7 +490,7 @@ def test_the_f2_prompt_needs_none_of_the_restore_modules() -> None:
     indirect=True,
 )
 def test_menu_capture_without_its_backup_medium_names_the_error_and_returns_to_the_menu(agent: AgentRun) -> None:
-    """Menu choice 5 runs the offline capture (recovery_env.capture); asr.backup names a medium that no machine
+    """Menu choice 5 runs the offline capture (recovery_env.capture.flow); asr.backup names a medium that no machine
     has, so it stops at its first check, before any disk is mounted, and the agent goes back to the menu."""
     agent.start()
     agent.expect(r"5\.  Capture this computer to a backup medium", "vga")

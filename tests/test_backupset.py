@@ -31,8 +31,8 @@ from recovery_env.backupset import (
     sha256_file,
     verify_manifest,
 )
-from recovery_env.descriptor import Compression
 from recovery_env.errors import BackupSetError, ToolError
+from recovery_env.model.descriptor import Compression
 from recovery_env.run import run, run_bytes
 from recovery_env.tarstream import TarStreamParser
 
@@ -181,7 +181,7 @@ def test_differences_are_reported(backup: tuple[Path, Path, Path], tmp_path: Pat
 
 def test_tampered_or_missing_archive_is_refused(backup: tuple[Path, Path, Path], tmp_path: Path) -> None:
     _, _, dest = backup
-    from recovery_env.descriptor import Archive, BackupSet
+    from recovery_env.model.descriptor import Archive, BackupSet
 
     rec = json.loads((dest / "record.json").read_text())
     bset = BackupSet("", "", "/asr/test", Compression.ZSTD, MANIFEST_NAME, rec["sha"], 0,

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from builder.build import BuildResult, build_media
-from builder.fatimage import make_floppy
-from builder.qemu import F2_PROMPT, BootMedium, Firmware, QemuVM, VMSpec, find_accel, strip_ansi
+from builder.media.fatimage import make_floppy
+from builder.vm.qemu import F2_PROMPT, BootMedium, Firmware, QemuVM, VMSpec, find_accel, strip_ansi
+from recovery_env.model.sif import parse_asr_sif, reseal
 from recovery_env.run import run_bytes
-from recovery_env.sif import parse_asr_sif, reseal
 
 pytestmark = pytest.mark.vm
 
@@ -243,7 +243,7 @@ def test_asr_boot_cli_screenshot_append_and_serial_on_stdio(media: BuildResult) 
 
 def test_demo_flow(media: BuildResult, tmp_path: Path) -> None:
     """`asr demo` past its build step: F2 by key, Enter at the floppy prompt, summary, screenshots, power off."""
-    from builder.demo import run_demo
+    from builder.vm.demo import run_demo
 
     r = run_demo(tmp_path, say=False, media=media)
     assert r.exit_code == 0

@@ -11,12 +11,12 @@ import pytest
 
 from builder.build import FLOPPY_NAME, ISO_NAME, BuildResult, build_media, plan_prune, prune_cache
 from builder.cli import main
-from builder.initramfs import DEFAULT_EPOCH, read_segments
-from builder.sample import sample_descriptor
-from builder.sif_render import render_asr_sif
+from builder.media.initramfs import DEFAULT_EPOCH, read_segments
+from builder.vm.sample import sample_descriptor
 from recovery_env.errors import BudgetError, DescriptorError, DescriptorMissingError
+from recovery_env.model.sif import reseal
+from recovery_env.model.sif_render import render_asr_sif
 from recovery_env.run import run, run_bytes
-from recovery_env.sif import reseal
 
 pytestmark = pytest.mark.image
 
@@ -127,8 +127,8 @@ def test_asrpnp_drivers_go_into_the_initramfs(tmp_path: Path) -> None:
     """`asr build --descriptor` adds the drivers ASRPNP.SIF lists (with their dependencies); a driver this kernel
     does not have (an out-of-tree one) is left out with a warning, not a failed build; a network driver is left
     out (the rescue system configures no network)."""
-    from builder.sif_render import render_asrpnp_sif
-    from recovery_env.descriptor import Device, DeviceInventory
+    from recovery_env.model.descriptor import Device, DeviceInventory
+    from recovery_env.model.sif_render import render_asrpnp_sif
 
     src = tmp_path / "set"
     src.mkdir()

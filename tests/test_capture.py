@@ -27,7 +27,6 @@ from test_layout import (
 
 from builder.capture import CaptureRequest, capture, render_progress
 from recovery_env.backupset import check_backup_set, verify_manifest
-from recovery_env.descriptor import GPT_BIOS_BOOT, BootloaderKind, Firmware, FsType
 from recovery_env.errors import (
     AsrError,
     DestinationError,
@@ -35,9 +34,10 @@ from recovery_env.errors import (
     NotRootError,
     UnsupportedLayoutError,
 )
-from recovery_env.inventory import AliasTable, make_device, parse_modules_alias, read_inventory
+from recovery_env.model.descriptor import GPT_BIOS_BOOT, BootloaderKind, Firmware, FsType
+from recovery_env.model.sif import parse_asr_sif, parse_asrpnp_sif, validate_inventory
+from recovery_env.probe.inventory import AliasTable, make_device, parse_modules_alias, read_inventory
 from recovery_env.run import run
-from recovery_env.sif import parse_asr_sif, parse_asrpnp_sif, validate_inventory
 
 REPO = Path(__file__).resolve().parent.parent
 ROOT_UUID = "3d9a1c4e-5b6f-4a7d-8e9f-0a1b2c3d4e5f"
@@ -320,7 +320,7 @@ def test_inventory_matches_sysfs_and_lspci() -> None:
     for d in virtio:
         assert d.modalias.startswith("virtio:") and d.vendor
     # ASRPNP.SIF round trip of the real inventory
-    from builder.sif_render import render_asrpnp_sif
+    from recovery_env.model.sif_render import render_asrpnp_sif
 
     assert parse_asrpnp_sif(render_asrpnp_sif(inv)) == inv
 

@@ -1,20 +1,20 @@
-"""The offline capture's pure planners (recovery_env.capture) and its boot options; the whole flow is exercised in
+"""The offline capture's pure planners (recovery_env.capture.flow) and its boot options; the whole flow is exercised in
 QEMU by tests/test_capture_vm.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from recovery_env.capture import (
+from recovery_env.agent.cmdline import Mode, parse_cmdline
+from recovery_env.capture.flow import (
     ProbedFs,
     plan_backup_medium,
     plan_mount_options,
     plan_set_dir,
     plan_source_mounts,
 )
-from recovery_env.cmdline import Mode, parse_cmdline
 from recovery_env.errors import BackupMediaMissingError
-from recovery_env.layout import parse_fstab
+from recovery_env.probe.layout import parse_fstab
 
 ROOT = ProbedFs("/dev/vda3", "ext4", "", "0b3f6a0e-8f6c-4c55-a2a4-0d3c5c6f3b11", "aa-3")
 ESP = ProbedFs("/dev/vda2", "vfat", "ESP", "ABCD-1234", "aa-2")

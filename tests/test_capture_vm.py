@@ -1,6 +1,6 @@
 """Acceptance 3 of issue 5, in QEMU: the boot media capture a machine that is switched off.
 
-The GPT test machine of builder/machine.py is captured twice:
+The GPT test machine of builder/vm/machine.py is captured twice:
 
 A. on this host by ``asr backup`` (its root loop-mounted read-only, its ESP read with mtools: the host kernel has
    no vfat), onto an ext4 image -- as tests/test_restore_vm.py does;
@@ -26,15 +26,15 @@ from pathlib import Path
 import pytest
 
 from builder.build import BuildResult, build_media
-from builder.cli import main as asr_main
-from builder.fatimage import make_floppy
-from builder.machine import Layout, MachineImage, MachineSpec, PartRole, make_machine_image, read_machine_inputs
-from builder.qemu import QemuVM, VMSpec, find_accel, read_boot_files
+from builder.media.fatimage import make_floppy
+from builder.vm.machine import Layout, MachineImage, MachineSpec, PartRole, make_machine_image, read_machine_inputs
+from builder.vm.qemu import QemuVM, VMSpec, find_accel, read_boot_files
+from builder.vm.rehearse import capture_disk_image
 from recovery_env.backupset import ManifestEntry, read_manifest, sha256_file
-from recovery_env.descriptor import Descriptor
-from recovery_env.descriptor import Firmware as DescFirmware
+from recovery_env.model.descriptor import Descriptor
+from recovery_env.model.descriptor import Firmware as DescFirmware
+from recovery_env.model.sif import parse_asr_sif, parse_asrpnp_sif
 from recovery_env.run import run, run_bytes
-from recovery_env.sif import parse_asr_sif, parse_asrpnp_sif
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
 
@@ -62,32 +62,10 @@ def make_backup_image(path: Path) -> Path:
 
 
 def capture_on_host(machine: MachineImage, work: Path) -> Path:
-    """`asr backup` of the machine image (as tests/test_restore_vm.py); returns a copy of the set's directory."""
-    backup = make_backup_image(work / "host-backup.img")
-    root_mnt, backup_mnt = work / "root", work / "backup"
-    root_mnt.mkdir(exist_ok=True)
-    backup_mnt.mkdir(exist_ok=True)
-    loop = run(["losetup", "-f", "--show", str(machine.path)]).stdout.strip()
-    mounted: list[Path] = []
-    try:
-        run(["partx", "-a", loop])
-        root_no = next(p.number for p in machine.partitions if p.role is PartRole.ROOT)
-        run(["mount", "-t", "ext4", "-o", "ro,noload", f"{loop}p{root_no}", str(root_mnt)])
-        mounted.append(root_mnt)
-        run(["mount", "-t", "ext4", str(backup), str(backup_mnt)])
-        mounted.append(backup_mnt)
-        dest = backup_mnt / "asr" / machine.plan.spec.hostname
-        rc = asr_main(["backup", "--to", str(dest), "--root", str(root_mnt), "--disk", loop,
-                       "--firmware", str(DescFirmware.BIOS)])  # fmt: skip
-        assert rc == 0
-        set_dir = work / "host-set"
-        shutil.rmtree(set_dir, ignore_errors=True)
-        shutil.copytree(dest, set_dir)
-    finally:
-        for m in reversed(mounted):
-            run(["umount", str(m)], check=False)
-        run(["partx", "-d", loop], check=False)
-        run(["losetup", "-d", loop], check=False)
+    """`asr backup` of the machine image, as `asr rehearse` captures one; returns a copy of the set's directory."""
+    root_no = next(p.number for p in machine.partitions if p.role is PartRole.ROOT)
+    _, set_dir = capture_disk_image(machine.path, root_no, machine.plan.spec.hostname, str(DescFirmware.BIOS),
+                                    work / "host")  # fmt: skip
     return set_dir
 
 

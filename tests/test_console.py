@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from recovery_env.console import SEQUENCES, Consoles, ConsoleSpec, Key, KeyDecoder, KeyName
+from recovery_env.agent.console import SEQUENCES, Consoles, ConsoleSpec, Key, KeyDecoder, KeyName
 
 # What each terminal kind sends for F2 and F3 (measured; see the platform notes)
 TERMINALS = {

@@ -25,7 +25,8 @@ import pytest
 from test_plan import gpt_descriptor, mbr_descriptor, target
 
 from recovery_env.backupset import make_backup_record, make_backup_set, plan_archives
-from recovery_env.descriptor import (
+from recovery_env.errors import PlanViolationError, StepFailed
+from recovery_env.model.descriptor import (
     GPT_BIOS_BOOT,
     GPT_ESP,
     Bootloader,
@@ -41,9 +42,9 @@ from recovery_env.descriptor import (
     SystemInfo,
     TableType,
 )
-from recovery_env.discover import TargetDisk, find_disks, find_media_disks
-from recovery_env.errors import PlanViolationError, StepFailed
-from recovery_env.execute import (
+from recovery_env.probe.disks import TargetDisk, find_disks, find_media_disks
+from recovery_env.probe.layout import parse_blkid_export, parse_sfdisk_json
+from recovery_env.restore.execute import (
     Progress,
     check_filesystem,
     check_plan,
@@ -51,8 +52,7 @@ from recovery_env.execute import (
     execute_plan,
     rewrite_fstab,
 )
-from recovery_env.layout import parse_blkid_export, parse_sfdisk_json
-from recovery_env.plan import (
+from recovery_env.restore.plan import (
     DiskPlan,
     FstabChange,
     Phase,

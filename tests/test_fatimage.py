@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from builder.fatimage import (
+from builder.media.fatimage import (
     ESP_MAX_SIZE,
     FLOPPY_SIZE,
     FatType,

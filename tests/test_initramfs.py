@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.initramfs import (
+from builder.media.initramfs import (
     DIRS_SEGMENT,
     AgentExit,
     RescueEnv,
@@ -30,8 +30,8 @@ from builder.initramfs import (
     read_segments,
     render_init,
 )
-from builder.packages import PackageSet
-from builder.rootfs import Entry, EntryKind, Group, RescueTree
+from builder.media.packages import PackageSet
+from builder.media.rootfs import Entry, EntryKind, Group, RescueTree
 from recovery_env.errors import BudgetError
 from recovery_env.run import run, run_bytes
 

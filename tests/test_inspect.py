@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from builder.cli import main
-from builder.sample import sample_descriptor, sample_inventory
-from builder.sif_render import render_asr_sif, render_asrpnp_sif
-from recovery_env.descriptor import Archive, Descriptor
+from builder.vm.sample import sample_descriptor, sample_inventory
+from recovery_env.model.descriptor import Archive, Descriptor
+from recovery_env.model.sif import reseal
+from recovery_env.model.sif_render import render_asr_sif, render_asrpnp_sif
 from recovery_env.run import run
-from recovery_env.sif import reseal
 
 ROOT = Path(__file__).resolve().parent.parent
 D = sample_descriptor()
@@ -174,7 +174,7 @@ def test_inspect_floppy_made_by_mtools(tmp_path: Path, capsys: pytest.CaptureFix
 
 @pytest.mark.image
 def test_inspect_floppy_made_by_the_project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from builder.fatimage import make_floppy
+    from builder.media.fatimage import make_floppy
 
     img = tmp_path / "asr-floppy.img"
     files = {"ASR.SIF": render_asr_sif(D).encode(), "ASRPNP.SIF": render_asrpnp_sif(INV).encode()}

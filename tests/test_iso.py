@@ -13,7 +13,7 @@ from pathlib import Path
 import pycdlib
 import pytest
 
-from builder.bootloader import (
+from builder.media.bootloader import (
     ESP_LOADER_PATH,
     MEDIA_LAYOUT,
     BootLoaders,
@@ -24,9 +24,9 @@ from builder.bootloader import (
     render_grub_early_cfg,
     render_isolinux_cfg,
 )
-from builder.fatimage import make_esp, read_fat_image
-from builder.iso import fix_gpt_crcs, make_iso, make_iso9660_name, pinned_clock, plan_iso_tree
-from builder.packages import fetch_packages
+from builder.media.fatimage import make_esp, read_fat_image
+from builder.media.iso import fix_gpt_crcs, make_iso, make_iso9660_name, pinned_clock, plan_iso_tree
+from builder.media.packages import fetch_packages
 from recovery_env.errors import BudgetError, InputError, MediaError
 from recovery_env.run import run, run_bytes
 
@@ -396,7 +396,7 @@ SMOKE_MODES = {
 def smoke_iso(loaders: BootLoaders, esp: bytes, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ISO with the real Debian kernel and an initramfs whose /init reports firmware and command line on
     ttyS0 and powers off."""
-    from builder.packages import read_deb
+    from builder.media.packages import read_deb
 
     packages = fetch_packages()
     kernel = next(m.data for p, m in read_deb(packages.deb(packages.kernel_package), ["boot/vmlinuz-"]).items())

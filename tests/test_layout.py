@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from recovery_env.descriptor import (
+from recovery_env.errors import AsrError, InputError, LayoutError, UnsupportedLayoutError
+from recovery_env.model.descriptor import (
     GPT_ESP,
     MBR_EXTENDED,
     BootloaderKind,
@@ -23,8 +24,7 @@ from recovery_env.descriptor import (
     PartFlag,
     TableType,
 )
-from recovery_env.errors import AsrError, InputError, LayoutError, UnsupportedLayoutError
-from recovery_env.layout import (
+from recovery_env.probe.layout import (
     BootFacts,
     DiskFacts,
     ExtFacts,

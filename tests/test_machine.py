@@ -1,4 +1,4 @@
-"""The test source machine (builder/machine.py): plan, image checks by independent tools, boots in QEMU.
+"""The test source machine (builder/vm/machine.py): plan, image checks by independent tools, boots in QEMU.
 
 Tiers: plain unit tests (planner, templates, BIOS boot code, cpio); ``image`` tests build the GPT and MBR
 images once per session and check them with sfdisk, blkid, e2fsck, debugfs, fsck.fat and mtools; ``vm`` tests
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.machine import (
+from builder.media.packages import PackageSet, fetch_packages, read_deb
+from builder.vm.machine import (
     BOOT_DRIVE,
     BOOT_DRIVE_CHECK,
     BOOT_KERNEL_SECTOR,
@@ -42,9 +43,8 @@ from builder.machine import (
     render_grub_cfg,
     render_sfdisk_script,
 )
-from builder.packages import PackageSet, fetch_packages, read_deb
-from recovery_env.descriptor import GPT_BIOS_BOOT, GPT_ESP, Firmware, FsType
 from recovery_env.errors import AsrError
+from recovery_env.model.descriptor import GPT_BIOS_BOOT, GPT_ESP, Firmware, FsType
 from recovery_env.run import run
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.packages import (
+from builder.media.packages import (
     KERNEL_META,
     PACKAGES,
     LockError,
@@ -154,7 +154,7 @@ def test_extraction_cache_is_made_once_and_reads_back_the_same(
     (other.parent / "extracted").mkdir(parents=True)
     shutil.copyfile(deb, other)
     shutil.copyfile(slot, other.parent / "extracted" / slot.name)
-    import builder.packages as packages
+    import builder.media.packages as packages
 
     def no_extraction(*args: object, **kwargs: object) -> None:
         raise AssertionError("the package was extracted again instead of read from the cache file")
@@ -182,7 +182,7 @@ def test_extraction_cache_is_made_once_and_reads_back_the_same(
 
 
 def test_pyc_cache_compiles_each_source_once(tmp_path: Path) -> None:
-    from builder.rootfs import compile_pyc
+    from builder.media.rootfs import compile_pyc
 
     compiled: list[str] = []
 

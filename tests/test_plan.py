@@ -10,7 +10,14 @@ from dataclasses import replace
 
 import pytest
 
-from recovery_env.descriptor import (
+from recovery_env.errors import (
+    AmbiguousDiskMatchError,
+    DiskMatchError,
+    NoTargetDiskError,
+    PlanError,
+    TargetTooSmallError,
+)
+from recovery_env.model.descriptor import (
     GPT_BIOS_BOOT,
     GPT_ESP,
     Archive,
@@ -31,7 +38,7 @@ from recovery_env.descriptor import (
     SystemInfo,
     TableType,
 )
-from recovery_env.discover import (
+from recovery_env.probe.disks import (
     BlockNode,
     TargetDisk,
     find_holding_disks,
@@ -44,15 +51,8 @@ from recovery_env.discover import (
     parse_vpd_pg80,
     partition_device,
 )
-from recovery_env.errors import (
-    AmbiguousDiskMatchError,
-    DiskMatchError,
-    NoTargetDiskError,
-    PlanError,
-    TargetTooSmallError,
-)
-from recovery_env.layout import parse_blkid_export
-from recovery_env.plan import (
+from recovery_env.probe.layout import parse_blkid_export
+from recovery_env.restore.plan import (
     CheckManifest,
     Extract,
     MatchReason,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import qemu
-from builder.qemu import (
+from builder.vm import qemu
+from builder.vm.qemu import (
     OVMF_CODE,
     Accel,
     BootMedium,
@@ -142,7 +142,7 @@ def test_unknown_key_is_refused_before_anything_is_sent(files: dict[str, Path]) 
 
 @pytest.fixture(scope="session")
 def debian_kernel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from builder.packages import fetch_packages, read_deb
+    from builder.media.packages import fetch_packages, read_deb
 
     pkgs = fetch_packages()
     members = read_deb(pkgs.deb(pkgs.kernel_package), prefixes=["boot/"])

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from builder.cli import main as asr_main
-from builder.machine import Layout, MachineImage, MachineSpec, PartRole, make_machine_image, read_machine_inputs
-from builder.rehearse import (
+from builder.vm.machine import Layout, MachineImage, MachineSpec, PartRole, make_machine_image, read_machine_inputs
+from builder.vm.rehearse import (
     DEFAULT_EXPECT,
     FirmwareChoice,
     capture_disk_image,
@@ -28,8 +28,8 @@ from builder.rehearse import (
     read_set_descriptor,
     rehearse,
 )
-from recovery_env.descriptor import Firmware as DescFirmware
 from recovery_env.errors import InputError
+from recovery_env.model.descriptor import Firmware as DescFirmware
 from recovery_env.run import run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -203,7 +203,7 @@ def test_a_restored_disk_that_does_not_boot_is_named_with_its_serial_log(gpt_mac
 def test_make_demo_rehearses_the_sample_machine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Acceptance 5: the function behind `make demo` (one run, its own build of everything)."""
     _need_root()
-    from builder.demo import run_rehearsal_demo
+    from builder.vm.demo import run_rehearsal_demo
 
     report = run_rehearsal_demo(tmp_path)
     out = capsys.readouterr().out

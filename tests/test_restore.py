@@ -1,4 +1,4 @@
-"""The restore flow's own parts (recovery_env/restore.py) and the capture's FAT fallback (backupset.py): pure
+"""The restore flow's own parts (recovery_env/restore/flow.py) and the capture's FAT fallback (backupset.py): pure
 functions by comparison; the block-device reader with real blkid on real images; the FAT fallback with real
 mtools on a real FAT image.  The whole flow runs in QEMU in test_restore_vm.py."""
 
@@ -13,10 +13,10 @@ import pytest
 from builder.build import VOLUME_ID
 from recovery_env.backupset import Source as CaptureSource
 from recovery_env.backupset import SourceReader, plan_fat_view, stage_fat_source
-from recovery_env.descriptor import BackupSet, Compression
 from recovery_env.errors import BackupSetError
-from recovery_env.execute import Progress
-from recovery_env.restore import (
+from recovery_env.model.descriptor import BackupSet, Compression
+from recovery_env.restore.execute import Progress
+from recovery_env.restore.flow import (
     BACKUP_MOUNT,
     MEDIA_LABEL,
     MEDIA_MOUNT,
@@ -168,7 +168,7 @@ def test_embed_backup_refuses_a_set_that_is_not_the_descriptors(tmp_path: Path) 
     from dataclasses import replace
 
     from builder.build import read_backup_set
-    from builder.sample import sample_descriptor
+    from builder.vm.sample import sample_descriptor
     from recovery_env.errors import InputError
 
     d = sample_descriptor()

@@ -3,7 +3,7 @@ the restored machine boots.  Verdicts come from the guest's serial console (the 
 restored machine's own ``ASR-MACHINE-MARKER`` line) and from independent tools run on the disk images afterwards
 (sfdisk, blkid, mtools, debugfs, sha256 of every byte).
 
-The source: the test machine of builder/machine.py (GPT and MBR), captured on this host by ``asr backup`` (its
+The source: the test machine of builder/vm/machine.py (GPT and MBR), captured on this host by ``asr backup`` (its
 root loop-mounted, its ESP read with mtools since this host's kernel has no vfat) onto an ext4 image labelled
 ASRBACKUP that is then attached to the VM as a disk; the ISO and the floppy come from ``asr build --descriptor``
 of that capture (unattended, so the main runs boot through the real ISO boot path; the option variations --
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from builder import rehearse
 from builder.build import BuildResult, build_media
 from builder.cli import main as asr_main
-from builder.machine import (
+from builder.vm import rehearse
+from builder.vm.machine import (
     Layout,
     MachineImage,
     MachineSpec,
@@ -38,13 +38,13 @@ from builder.machine import (
     read_disk_facts,
     read_machine_inputs,
 )
-from builder.qemu import Firmware, QemuVM, VMSpec
-from builder.sif_render import render_asr_sif
+from builder.vm.qemu import Firmware, QemuVM, VMSpec
 from recovery_env.backupset import check_backup_set, read_manifest, sha256_file
-from recovery_env.descriptor import BootloaderKind, Command, Descriptor
-from recovery_env.descriptor import Firmware as DescFirmware
+from recovery_env.model.descriptor import BootloaderKind, Command, Descriptor
+from recovery_env.model.descriptor import Firmware as DescFirmware
+from recovery_env.model.sif import parse_asr_sif
+from recovery_env.model.sif_render import render_asr_sif
 from recovery_env.run import run, run_bytes
-from recovery_env.sif import parse_asr_sif
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
 

@@ -12,7 +12,7 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
-from builder.modules import (
+from builder.media.modules import (
     WANTED_MODULES,
     ModuleIndex,
     UnknownModuleError,
@@ -22,8 +22,8 @@ from builder.modules import (
     plan_module_closure,
     read_module_index,
 )
-from builder.packages import PackageLock, PackageSet, read_deb
-from builder.rootfs import (
+from builder.media.packages import PackageLock, PackageSet, read_deb
+from builder.media.rootfs import (
     BUSYBOX_APPLETS,
     LIB_DIRS,
     TOOLS,
@@ -236,26 +236,25 @@ def test_every_module_the_agent_imports_is_shipped(rootfs: Rootfs, package_set: 
             f"usr/lib/python3.11/{rel}.pyc",
             f"usr/lib/python3.11/{rel}/__init__.pyc",
             f"usr/lib/python3.11/lib-dynload/{rel}.cpython-311-x86_64-linux-gnu.so",
-            f"usr/lib/asr/{rel}.pyc",  # the SIF renderer of the offline capture (builder.sif_render, jinja2)
+            f"usr/lib/asr/{rel}.pyc",  # the SIF renderer of the offline capture (recovery_env.model.sif_render, jinja2)
             f"usr/lib/asr/{rel}/__init__.pyc",
         )
         assert module in builtins or any(c in entries for c in candidates), module
-    for agent_module in (REPO / "recovery_env").glob("*.py"):
-        name = "__init__" if agent_module.stem == "__init__" else agent_module.stem
-        assert f"usr/lib/asr/recovery_env/{name}.pyc" in entries
+    for agent_module in (REPO / "recovery_env").rglob("*.py"):  # subpackages too
+        rel = agent_module.relative_to(REPO).with_suffix(".pyc").as_posix()
+        assert f"usr/lib/asr/{rel}" in entries, rel
 
 
 def test_the_sif_renderer_is_shipped_for_the_offline_capture(rootfs: Rootfs) -> None:
     entries = rootfs.tree.entries
     for path in ("usr/lib/asr/jinja2/__init__.pyc", "usr/lib/asr/jinja2/environment.pyc",
                  "usr/lib/asr/markupsafe/__init__.pyc", "usr/lib/asr/markupsafe/_native.pyc",
-                 "usr/lib/asr/builder/__init__.pyc", "usr/lib/asr/builder/templating.pyc",
-                 "usr/lib/asr/builder/sif_render.pyc"):  # fmt: skip
+                 "usr/lib/asr/recovery_env/templating.pyc", "usr/lib/asr/recovery_env/model/sif_render.pyc"):  # fmt: skip
         assert path in entries, path
     for name in ("asr.sif.j2", "asrpnp.sif.j2"):
         assert entries[f"usr/lib/asr/templates/{name}"].data == (REPO / "templates" / name).read_bytes()
     assert not any(p.startswith("usr/lib/asr/") and p.endswith(".so") for p in entries)  # no C speedups
-    assert not any(p.startswith("usr/lib/asr/builder/") and "rootfs" in p for p in entries)  # only the renderer
+    assert not any(p.startswith("usr/lib/asr/builder") for p in entries)  # the boot media ship recovery_env only
 
 
 def test_kernel_and_modules_match(rootfs: Rootfs) -> None:
@@ -286,9 +285,9 @@ def test_the_shipped_renderer_runs_without_the_build_environment(rootfs: Rootfs,
     script = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
         "import importlib.util; assert importlib.util.find_spec('jinja2').origin.startswith(sys.argv[1])\n"
-        "from recovery_env.capture import load_renderer\n"
-        "from recovery_env.descriptor import DeviceInventory\n"
-        "from recovery_env.sif import parse_asrpnp_sif\n"
+        "from recovery_env.capture.flow import load_renderer\n"
+        "from recovery_env.model.descriptor import DeviceInventory\n"
+        "from recovery_env.model.sif import parse_asrpnp_sif\n"
         "text = load_renderer().asrpnp_sif(DeviceInventory('guest'))\n"
         "assert parse_asrpnp_sif(text) == DeviceInventory('guest'); print('rendered', len(text))\n"
     )

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import descriptors, inventories
 
-from builder.sample import sample_descriptor, sample_descriptor_mbr, sample_inventory
-from builder.sif_render import render_asr_sif, render_asrpnp_sif, reseal_sif
-from recovery_env.descriptor import (
+from builder.vm.sample import sample_descriptor, sample_descriptor_mbr, sample_inventory
+from recovery_env.errors import DescriptorError, IntegrityError
+from recovery_env.model.descriptor import (
     GPT_TYPES,
     Archive,
     BackupSet,
@@ -30,8 +30,7 @@ from recovery_env.descriptor import (
     Partition,
     TableType,
 )
-from recovery_env.errors import DescriptorError, IntegrityError
-from recovery_env.sif import (
+from recovery_env.model.sif import (
     parse_asr_sif,
     parse_asr_sif_bytes,
     parse_asrpnp_sif,
@@ -39,6 +38,7 @@ from recovery_env.sif import (
     reseal,
     validate_descriptor,
 )
+from recovery_env.model.sif_render import render_asr_sif, render_asrpnp_sif, reseal_sif
 
 HYPOTHESIS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -58,7 +58,7 @@ def test_round_trip_generated_descriptors(d: Descriptor) -> None:
 @HYPOTHESIS
 @given(inventories())
 def test_round_trip_generated_inventories(inv: object) -> None:
-    from recovery_env.descriptor import DeviceInventory
+    from recovery_env.model.descriptor import DeviceInventory
 
     assert isinstance(inv, DeviceInventory)
     text = render_asrpnp_sif(inv)

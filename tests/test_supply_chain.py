@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from builder.build import PACKAGES_RECORD_NAME, BuildResult, build_media, source_date_epoch
-from builder.packages import (
+from builder.media.packages import (
     KERNEL_META,
     REFRESH_COMMAND,
     LockedPackage,
@@ -34,7 +34,7 @@ from builder.packages import (
     render_lock,
     resolution_path,
 )
-from builder.qemu import F2_PROMPT, QemuVM, VMSpec, find_accel
+from builder.vm.qemu import F2_PROMPT, QemuVM, VMSpec, find_accel
 from recovery_env.backupset import sha256_file
 from recovery_env.errors import InputError
 

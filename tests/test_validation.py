@@ -12,9 +12,9 @@ from dataclasses import replace
 
 import pytest
 
-from builder.sample import sample_descriptor, sample_descriptor_mbr
-from builder.templating import render
-from recovery_env.descriptor import (
+from builder.vm.sample import sample_descriptor, sample_descriptor_mbr
+from recovery_env.errors import DescriptorError
+from recovery_env.model.descriptor import (
     SIGNATURE,
     Archive,
     BootloaderKind,
@@ -27,8 +27,8 @@ from recovery_env.descriptor import (
     Partition,
     TableType,
 )
-from recovery_env.errors import DescriptorError
-from recovery_env.sif import format_hex, format_optional, format_value, parse_asr_sif, seal, validate_descriptor
+from recovery_env.model.sif import format_hex, format_optional, format_value, parse_asr_sif, seal, validate_descriptor
+from recovery_env.templating import render
 
 GPT = sample_descriptor()
 MBR = sample_descriptor_mbr()
@@ -365,7 +365,7 @@ def test_first_usable_follows_the_sector_size() -> None:
 
 
 def test_render_refuses_invalid_descriptors() -> None:
-    from builder.sif_render import render_asr_sif
+    from recovery_env.model.sif_render import render_asr_sif
 
     with pytest.raises(DescriptorError, match="no mount of '/'"):
         render_asr_sif(mount(GPT, 0, mountpoint="/srv"))

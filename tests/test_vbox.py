@@ -20,11 +20,10 @@ import pytest
 
 from builder.build import BuildResult, build_media
 from builder.cli import main
-from builder.fatimage import make_floppy
-from builder.initramfs import DEFAULT_EPOCH
-from builder.sample import sample_descriptor
-from builder.sif_render import render_asr_sif
-from builder.vbox import (
+from builder.media.fatimage import make_floppy
+from builder.media.initramfs import DEFAULT_EPOCH
+from builder.vm.sample import sample_descriptor
+from builder.vm.vbox import (
     FLOPPY_BYTES,
     ElToritoPlatform,
     ImageInfo,
@@ -35,8 +34,9 @@ from builder.vbox import (
     read_el_torito,
     render_vbox_script,
 )
-from recovery_env.descriptor import Bootloader, BootloaderKind, Descriptor, Firmware
 from recovery_env.errors import DescriptorMissingError, InputError, InternalError, UnusableImageError
+from recovery_env.model.descriptor import Bootloader, BootloaderKind, Descriptor, Firmware
+from recovery_env.model.sif_render import render_asr_sif
 from recovery_env.run import run
 
 EPOCH = DEFAULT_EPOCH  # the same as test_build and test_boot: one rescue environment in the cache

@@ -17,7 +17,7 @@ the seed; times come from ``epoch`` (``E2FSPROGS_FAKE_TIME`` for mke2fs and debu
 ``TZ=UTC`` for mtools, fixed mtimes in the initramfs, and debugfs setting atime/ctime/mtime of every inode,
 since ``mke2fs -d`` copies the staging files' ctime and the atime its own reading leaves behind).
 
-Build one by hand: ``python -m builder.machine out/machine-gpt.img --layout gpt``.
+Build one by hand: ``python -m builder.vm.machine out/machine-gpt.img --layout gpt``.
 """
 
 from __future__ import annotations
@@ -38,15 +38,15 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
-from builder.initramfs import make_cpio
-from builder.modules import plan_module_closure, read_module_index
-from builder.packages import DebMember, MemberKind, PackageSet, fetch_packages, read_deb
-from builder.rootfs import TreeBuilder
-from builder.templating import render
+from builder.media.initramfs import make_cpio
+from builder.media.modules import plan_module_closure, read_module_index
+from builder.media.packages import DebMember, MemberKind, PackageSet, fetch_packages, read_deb
+from builder.media.rootfs import TreeBuilder
 from recovery_env.backupset import sha256_file
-from recovery_env.descriptor import GPT_BIOS_BOOT, GPT_ESP, Firmware, FsType, TableType
 from recovery_env.errors import InputError, InternalError, ToolError
+from recovery_env.model.descriptor import GPT_BIOS_BOOT, GPT_ESP, Firmware, FsType, TableType
 from recovery_env.run import run
+from recovery_env.templating import render
 
 log = logging.getLogger("asr.machine")
 
@@ -447,7 +447,7 @@ def render_init(plan: MachinePlan, module_paths: Sequence[str]) -> str:
 
 def read_machine_inputs(packages: PackageSet | None = None) -> MachineInputs:
     """Kernel, the modules of MACHINE_MODULES (dependencies first), busybox and both GRUB platform directories,
-    from the verified package cache (builder.packages)."""
+    from the verified package cache (builder.media.packages)."""
     pkgs = packages if packages is not None else fetch_packages()
     kver = pkgs.kernel_version
     mods = f"lib/modules/{kver}/"
@@ -909,7 +909,7 @@ def check_restored_disk(image: MachineImage, facts: DiskFacts, *, last_grows: bo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m builder.machine", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m builder.vm.machine", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--layout", choices=[str(x) for x in Layout], default="gpt")
     parser.add_argument("--size-mib", type=int, default=MachineSpec.size_mib)

@@ -1,4 +1,5 @@
-"""Render ASR.SIF and ASRPNP.SIF (format: see ``recovery_env.sif``) through jinja2, sealed with their integrity line.
+"""Render ASR.SIF and ASRPNP.SIF (format: see ``recovery_env.model.sif``) through jinja2, sealed with their
+integrity line.
 
 The templates (``templates/asr.sif.j2``, ``templates/asrpnp.sif.j2``) lay the sections out; values are written by
 ``recovery_env.sif.format_value``, the same module that parses them, so the escaping has one definition.  A
@@ -10,11 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder.templating import render
 from recovery_env import __version__
-from recovery_env.descriptor import SIGNATURE, Descriptor, DeviceInventory
 from recovery_env.errors import DescriptorError, InputError, InternalError
-from recovery_env.sif import (
+from recovery_env.model.descriptor import SIGNATURE, Descriptor, DeviceInventory
+from recovery_env.model.sif import (
     PNP_SIGNATURE,
     format_hex,
     format_optional,
@@ -27,6 +27,7 @@ from recovery_env.sif import (
     validate_descriptor,
     validate_inventory,
 )
+from recovery_env.templating import render
 
 TOOL = f"asr {__version__}"
 

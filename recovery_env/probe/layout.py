@@ -40,7 +40,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from recovery_env.descriptor import (
+from recovery_env.errors import InputError, LayoutError, ToolError, UnsupportedLayoutError
+from recovery_env.model.descriptor import (
     GPT_BIOS_BOOT,
     GPT_ESP,
     MBR_ESP,
@@ -57,7 +58,6 @@ from recovery_env.descriptor import (
     SystemInfo,
     TableType,
 )
-from recovery_env.errors import InputError, LayoutError, ToolError, UnsupportedLayoutError
 from recovery_env.run import run
 
 # Mount points whose filesystems make up "the system": their disks are critical, their filesystems archived.

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the descriptor model is imported by render_summary: the first screens do without it
-    from recovery_env.descriptor import Descriptor, DeviceInventory
+    from recovery_env.model.descriptor import Descriptor, DeviceInventory
 
 WIDTH = 80  # what the text is laid out for
 HEIGHT = 24  # a serial terminal (which reports no size) has 24 rows
@@ -113,7 +113,7 @@ def human_size(n: int) -> str:
 
 def render_summary(descriptor: Descriptor, inventory: DeviceInventory | None = None) -> list[str]:
     """The F2 summary of a descriptor: system, disks, partitions, filesystems (with mount points), backup set."""
-    from recovery_env.descriptor import GPT_TYPES, MBR_TYPES, TableType
+    from recovery_env.model.descriptor import GPT_TYPES, MBR_TYPES, TableType
 
     d = descriptor
     s = d.system

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -29,12 +30,13 @@ from enum import StrEnum
 from pathlib import Path
 
 from builder.build import build_media
-from builder.qemu import DiskBus, Firmware, QemuVM, SerialTimeout, VMError, VMSpec, find_accel, read_boot_files
-from builder.templating import render
-from recovery_env.descriptor import Descriptor
+from builder.vm.qemu import DiskBus, Firmware, QemuVM, SerialTimeout, VMError, VMSpec, find_accel, read_boot_files
 from recovery_env.errors import DescriptorError, InputError
+from recovery_env.model.descriptor import Descriptor
+from recovery_env.model.descriptor import Firmware as SystemFirmware
+from recovery_env.model.sif import parse_asr_sif
 from recovery_env.run import run
-from recovery_env.sif import parse_asr_sif
+from recovery_env.templating import render
 
 MiB = 1 << 20
 #: What says a restored system came up (serial console): a login prompt, the kernel starting the real init, or
@@ -152,7 +154,7 @@ def capture_disk_image(disk: Path, root_partition: int, hostname: str, firmware:
     """`asr backup` of a disk image on this host: loop device + partx, its root partition mounted read-only, an
     ext4 image labelled ASRBACKUP (``work/backup.img``) mounted as the destination; everything detached again.
     Returns (backup image, a copy of the set in ``work/set``).  Needs root and loop devices."""
-    from builder.cli import main as asr_main
+    from builder.capture import CaptureRequest, capture
 
     work.mkdir(parents=True, exist_ok=True)
     backup_image = make_disk(work / "backup.img", backup_mib * MiB)
@@ -165,15 +167,13 @@ def capture_disk_image(disk: Path, root_partition: int, hostname: str, firmware:
     set_dir = work / "set"
     try:
         run(["partx", "-a", loop])
-        run(["mount", "-t", "ext4", "-o", "ro", f"{loop}p{root_partition}", str(root_mnt)])
+        run(["mount", "-t", "ext4", "-o", "ro,noload", f"{loop}p{root_partition}", str(root_mnt)])  # no replay
         mounted.append(root_mnt)
         run(["mount", "-t", "ext4", str(backup_image), str(backup_mnt)])
         mounted.append(backup_mnt)
         dest = backup_mnt / "asr" / hostname
-        rc = asr_main(["backup", "--to", str(dest), "--root", str(root_mnt), "--disk", loop,
-                       "--firmware", firmware])  # fmt: skip
-        if rc != 0:
-            raise InputError(f"asr backup of {disk} failed (exit {rc})")
+        capture(CaptureRequest(dest=dest, root=root_mnt, disks=(loop,), firmware=SystemFirmware(firmware)),
+                euid=os.geteuid())  # fmt: skip
         shutil.rmtree(set_dir, ignore_errors=True)
         shutil.copytree(dest, set_dir)
     finally:

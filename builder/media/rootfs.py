@@ -31,7 +31,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 from elftools.elf.segments import InterpSegment
 
-from builder.modules import (
+from builder.media.modules import (
     WANTED_MODULES,
     KernelModule,
     canonical_name,
@@ -39,7 +39,7 @@ from builder.modules import (
     plan_boot_modules,
     read_module_index,
 )
-from builder.packages import (
+from builder.media.packages import (
     DebMember,
     MemberKind,
     PackageSet,
@@ -55,7 +55,7 @@ from recovery_env.run import run
 log = logging.getLogger("asr.rootfs")
 IMPORT_SCAN_CACHE = "imports.json"  # in the package cache: what each stdlib module imports, by source digest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 AGENT_SOURCE = REPO_ROOT / "recovery_env"
 AGENT_PACKAGE = "recovery_env"
 AGENT_DIR = "usr/lib/asr"  # PYTHONPATH in the guest
@@ -168,7 +168,7 @@ TOOLS: tuple[Tool, ...] = (
     Tool("e2fsck", "e2fsprogs"),
     Tool("fsck.ext4", "e2fsprogs"),
     Tool("tune2fs", "e2fsprogs"),
-    Tool("dumpe2fs", "e2fsprogs"),  # the offline capture reads ext* facts (recovery_env.layout)
+    Tool("dumpe2fs", "e2fsprogs"),  # the offline capture reads ext* facts (recovery_env.probe.layout)
     Tool("e2label", "e2fsprogs"),
     Tool("resize2fs", "e2fsprogs"),
     Tool("mkfs.fat", "dosfstools"),
@@ -228,10 +228,7 @@ PYTHON_MODULES: tuple[str, ...] = (
 #: files are shipped (markupsafe falls back to its pure-Python ``_native`` without the C speedups).
 HOST_PYTHON_PACKAGES: tuple[str, ...] = ("jinja2", "markupsafe")
 
-#: Modules of this source tree shipped beside the agent: the SIF renderer (recovery_env.capture imports it lazily).
-RENDERER_MODULES: tuple[str, ...] = ("builder", "builder.templating", "builder.sif_render")
-
-#: Templates shipped into AGENT_DIR/templates (builder.templating looks beside its package directory).
+#: Templates shipped into AGENT_DIR/templates (recovery_env.templating looks beside its package directory).
 SHIPPED_TEMPLATES: tuple[str, ...] = ("asr.sif.j2", "asrpnp.sif.j2")
 
 #: Never shipped, even when something imports it lazily (GUI, tests, dev tools, TLS without libssl, ...).
@@ -565,7 +562,7 @@ def add_library_closure(tree: TreeBuilder, files: PackageFiles) -> list[str]:
         if missing:
             listing = "; ".join(f"{s} (needed by {', '.join(sorted(set(b)))})" for s, b in sorted(missing.items()))
             raise MissingLibraryError(
-                f"no package of the set provides {listing}; add the library package to builder/packages.py "
+                f"no package of the set provides {listing}; add the library package to builder/media/packages.py "
                 "PACKAGES and update the lock"
             )
     return added
@@ -774,7 +771,7 @@ def plan_python_modules(stdlib: PythonStdlib, roots: Iterable[str], agent_import
 
 def local_packages() -> frozenset[str]:
     """Top-level packages shipped as Python code of their own (not from the guest's stdlib)."""
-    return frozenset({AGENT_PACKAGE, *HOST_PYTHON_PACKAGES, *(m.split(".")[0] for m in RENDERER_MODULES)})
+    return frozenset({AGENT_PACKAGE, *HOST_PYTHON_PACKAGES})
 
 
 def find_agent_imports(sources: Mapping[str, bytes]) -> list[str]:
@@ -782,7 +779,7 @@ def find_agent_imports(sources: Mapping[str, bytes]) -> list[str]:
     local = local_packages()
     found: set[str] = set()
     for module, source in sources.items():
-        certain, _ = find_imports(source, module, module == AGENT_PACKAGE, f"{module}.py")
+        certain, _ = find_imports(source, module, is_agent_package(module), f"{module}.py")
         for name in certain:
             if name.split(".")[0] not in local and name != "__future__":
                 found.add(name)
@@ -814,7 +811,7 @@ def find_library_imports(sources: Mapping[str, tuple[str, bytes]], stdlib: Pytho
 
 
 def read_host_sources() -> dict[str, tuple[str, bytes]]:
-    """The host packages and the renderer's modules: module → (path in the tree, source)."""
+    """The host packages (jinja2 and markupsafe for the SIF renderer): module → (path in the tree, source)."""
     out: dict[str, tuple[str, bytes]] = {}
     for package in HOST_PYTHON_PACKAGES:
         spec = importlib.util.find_spec(package)
@@ -824,9 +821,6 @@ def read_host_sources() -> dict[str, tuple[str, bytes]]:
         for f in sorted(base.rglob("*.py")):
             rel = f.relative_to(base.parent).as_posix()
             out[rel[:-3].replace("/", ".").removesuffix(".__init__")] = (f"{AGENT_DIR}/{rel}", f.read_bytes())
-    for module in RENDERER_MODULES:
-        rel = module.replace(".", "/") + ("/__init__.py" if "." not in module else ".py")
-        out[module] = (f"{AGENT_DIR}/{rel}", (REPO_ROOT / rel).read_bytes())
     return out
 
 
@@ -837,14 +831,21 @@ def add_templates(tree: TreeBuilder) -> None:
 
 
 def read_agent_sources(agent_main: bytes | None = None) -> dict[str, bytes]:
-    """recovery_env's modules (module name → source); ``agent_main`` replaces ``recovery_env.__main__``."""
+    """recovery_env's modules, subpackages included (module name → source); ``agent_main`` replaces
+    ``recovery_env.__main__``."""
     sources = {}
-    for path in sorted(AGENT_SOURCE.glob("*.py")):
-        name = AGENT_PACKAGE if path.stem == "__init__" else f"{AGENT_PACKAGE}.{path.stem}"
-        sources[name] = path.read_bytes()
+    for path in sorted(AGENT_SOURCE.rglob("*.py")):
+        parts = (AGENT_PACKAGE, *path.relative_to(AGENT_SOURCE).with_suffix("").parts)
+        sources[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path.read_bytes()
     if agent_main is not None:
         sources[f"{AGENT_PACKAGE}.__main__"] = agent_main
     return sources
+
+
+def is_agent_package(module: str) -> bool:
+    """Whether a module of recovery_env is a package (a directory with ``__init__.py``)."""
+    rel = module.split(".")[1:]
+    return (AGENT_SOURCE.joinpath(*rel) / "__init__.py").is_file()
 
 
 def check_python_compatible(files: PackageFiles) -> str:
@@ -907,7 +908,7 @@ def compile_pyc(sources: Mapping[str, bytes]) -> dict[str, bytes]:
 
 def add_python(tree: TreeBuilder, files: PackageFiles, agent_main: bytes | None) -> list[str]:
     """The interpreter, the stdlib closure as .pyc, its extensions, the agent as .pyc, and the SIF renderer
-    (jinja2, markupsafe, builder.sif_render and its templates) for the offline capture."""
+    (jinja2, markupsafe, recovery_env.model.sif_render and its templates) for the offline capture."""
     check_python_compatible(files)
     files.copy(tree, PYTHON_PACKAGES[0], PYTHON, Group.PYTHON)
     stdlib = read_python_stdlib(files)
@@ -928,7 +929,7 @@ def add_python(tree: TreeBuilder, files: PackageFiles, agent_main: bytes | None)
             path, member = stdlib.extensions[name]
             tree.add_file(path, member.data, 0o644, Group.PYTHON)
     for module, source in agent_sources.items():
-        rel = module.replace(".", "/") + ("/__init__.py" if module == AGENT_PACKAGE else ".py")
+        rel = module.replace(".", "/") + ("/__init__.py" if is_agent_package(module) else ".py")
         path = f"{AGENT_DIR}/{rel}"
         to_compile[path] = source
         groups[path + "c"] = Group.AGENT
@@ -962,7 +963,7 @@ def make_rootfs(
     extra_modules: Iterable[str] = (),
     optional_modules: Iterable[str] = (),
 ) -> Rootfs:
-    """Assemble the rescue tree (without /init: see builder.initramfs).
+    """Assemble the rescue tree (without /init: see builder.media.initramfs).
 
     ``agent_main`` replaces ``recovery_env/__main__.py`` (tests); ``extra_modules``: more module names or
     aliases that must exist; ``optional_modules``: the drivers ASRPNP.SIF lists — one this kernel has neither as

@@ -37,8 +37,8 @@ from typing import Any, BinaryIO
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
-from builder.bootloader import MEDIA_LAYOUT, MediaLayout, check_isolinux_bin, check_ldlinux_c32
-from builder.fatimage import ESP_MAX_SIZE
+from builder.media.bootloader import MEDIA_LAYOUT, MediaLayout, check_isolinux_bin, check_ldlinux_c32
+from builder.media.fatimage import ESP_MAX_SIZE
 from recovery_env.errors import BudgetError, InputError, InternalError
 
 ISO_LEVEL = 3

@@ -12,7 +12,7 @@ Pure: no I/O, no subprocess (the tests run it under ``ASR_FORBID_SUBPROCESS=1``)
    script text and argv; per filesystem the mkfs argv (from :data:`MKFS_TABLE`); mounts in mount-point order under
    the target root; archive extractions; fstab changes; boot loader commands; post-restore commands; and what the
    plan screen shows (:attr:`RestorePlan.disks_to_wipe`, :func:`render_plan`).  :meth:`RestorePlan.steps` orders it
-   all into named steps, which :mod:`recovery_env.execute` runs and nothing else.
+   all into named steps, which :mod:`recovery_env.restore.execute` runs and nothing else.
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from recovery_env.backupset import DECOMPRESSORS, TAR_EXTRACT_OPTIONS
-from recovery_env.descriptor import (
+from recovery_env.errors import (
+    AmbiguousDiskMatchError,
+    DiskMatchError,
+    NoTargetDiskError,
+    PlanError,
+    TargetTooSmallError,
+)
+from recovery_env.model.descriptor import (
     GPT_TYPES,
     MBR_TYPES,
     BootloaderKind,
@@ -39,14 +46,7 @@ from recovery_env.descriptor import (
     Partition,
     TableType,
 )
-from recovery_env.discover import TargetDisk, format_size, partition_device
-from recovery_env.errors import (
-    AmbiguousDiskMatchError,
-    DiskMatchError,
-    NoTargetDiskError,
-    PlanError,
-    TargetTooSmallError,
-)
+from recovery_env.probe.disks import TargetDisk, format_size, partition_device
 
 # ------------------------------------------------------------------------------------------------ disk matching
 

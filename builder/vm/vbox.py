@@ -29,8 +29,7 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 
 from builder.inspect import inspect_floppy
-from builder.templating import render
-from recovery_env.descriptor import Descriptor, Firmware
+from recovery_env.agent.screens import human_size
 from recovery_env.errors import (
     DescriptorMissingError,
     InputError,
@@ -39,9 +38,10 @@ from recovery_env.errors import (
     ToolError,
     UnusableImageError,
 )
+from recovery_env.model.descriptor import Descriptor, Firmware
+from recovery_env.model.sif import read_asr_sif
 from recovery_env.run import run
-from recovery_env.screens import human_size
-from recovery_env.sif import read_asr_sif
+from recovery_env.templating import render
 
 VBOXMANAGE = "VBoxManage"
 OSTYPE = "Linux_64"

@@ -17,9 +17,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from recovery_env.descriptor import TableType
 from recovery_env.errors import MediaError
-from recovery_env.layout import parse_blkid_export
+from recovery_env.model.descriptor import TableType
+from recovery_env.probe.layout import parse_blkid_export
 from recovery_env.run import run
 
 # Kernel name prefixes that are never restore targets unless named explicitly (``include``): loop devices, RAM

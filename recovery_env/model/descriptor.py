@@ -3,9 +3,9 @@
 One model, two users: builder/ (capture, media build, inspect) and recovery_env/ (the agent) both use these
 frozen dataclasses.  Standard library only: this module runs on the minimal Python inside the initramfs.
 
-The text forms (ASR.SIF, ASRPNP.SIF) are rendered by ``builder.sif_render`` (jinja2) and parsed and validated by
-``recovery_env.sif``.  Keys tie records together: a partition names its disk by key (``disk1``), a filesystem its
-partition (``disk1p2``), a mount and an archive their filesystem (``fs2``).
+The text forms (ASR.SIF, ASRPNP.SIF) are rendered by ``recovery_env.model.sif_render`` (jinja2) and parsed and
+validated by ``recovery_env.model.sif``.  Keys tie records together: a partition names its disk by key
+(``disk1``), a filesystem its partition (``disk1p2``), a mount and an archive their filesystem (``fs2``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
                                                                                      | C (dry run: stop here)
           STEP_FAILED <-- a step fails (R = retry it, S = shell, F3 = menu) ----- EXECUTE --> FINISH --> reboot
 
-    MENU --5 (or asr.mode=capture)--> CAPTURE (the offline capture, recovery_env.capture) --> power off
+    MENU --5 (or asr.mode=capture)--> CAPTURE (the offline capture, recovery_env.capture.flow) --> power off
 
 Unattended (asr.unattended=1) no key is needed anywhere: the summary goes on to the restore, the plan is confirmed
 when the disk match is unambiguous, and any error is logged and powers the machine off.
@@ -29,8 +29,9 @@ from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING
 
 from recovery_env import __version__
-from recovery_env.cmdline import BootOptions, Mode
-from recovery_env.console import Consoles, Key, KeyName
+from recovery_env.agent.cmdline import BootOptions, Mode
+from recovery_env.agent.console import Consoles, Key, KeyName
+from recovery_env.agent.screens import Screen, Size, render_log_line, render_screen, render_status, wrap
 from recovery_env.errors import (
     AsrError,
     BackupSetError,
@@ -42,25 +43,24 @@ from recovery_env.errors import (
     NotFatError,
     StepFailed,
 )
-from recovery_env.screens import Screen, Size, render_log_line, render_screen, render_status, wrap
 
 if TYPE_CHECKING:
-    from recovery_env.descriptor import Descriptor, DeviceInventory
-    from recovery_env.execute import Progress
-    from recovery_env.floppy import FloppyContents
-    from recovery_env.plan import DiskMatch, RestorePlan
-    from recovery_env.restore import BackupLocation
+    from recovery_env.agent.floppy import FloppyContents
+    from recovery_env.model.descriptor import Descriptor, DeviceInventory
+    from recovery_env.restore.execute import Progress
+    from recovery_env.restore.flow import BackupLocation
+    from recovery_env.restore.plan import DiskMatch, RestorePlan
 
 #: What the states after the prompt need: the descriptor model, the floppy reader, the planner and the executor.
 #: They are imported in a background thread while the prompt waits for F2 (under TCG they take about two seconds,
 #: the prompt needs none of them), and by the handlers themselves (an import done by the thread costs nothing).
 TOOLBOX_MODULES: tuple[str, ...] = (
-    "recovery_env.descriptor",
-    "recovery_env.sif",
-    "recovery_env.floppy",
-    "recovery_env.plan",
-    "recovery_env.restore",
-    "recovery_env.execute",
+    "recovery_env.model.descriptor",
+    "recovery_env.model.sif",
+    "recovery_env.agent.floppy",
+    "recovery_env.restore.plan",
+    "recovery_env.restore.flow",
+    "recovery_env.restore.execute",
 )
 
 
@@ -193,8 +193,8 @@ class FloppyReading:
 
 def read_asr_floppy(device: str, mountpoint: str) -> FloppyReading:
     """Read and parse the floppy; raises the named MediaError / DescriptorError."""
-    from recovery_env.floppy import read_floppy
-    from recovery_env.sif import parse_asr_sif_bytes, parse_asrpnp_sif_bytes
+    from recovery_env.agent.floppy import read_floppy
+    from recovery_env.model.sif import parse_asr_sif_bytes, parse_asrpnp_sif_bytes
 
     contents = read_floppy(device, mountpoint)
     descriptor = parse_asr_sif_bytes(contents.asr_sif.data, file="ASR.SIF")
@@ -431,7 +431,7 @@ class Agent:
     def wait_modules(self) -> None:
         """In the rescue system, wait until /init has loaded the kernel modules (the floppy driver and vfat among
         them): it loads them in the background while the first screens show."""
-        from recovery_env.restore import MODULES_LOADED, wait_for_file
+        from recovery_env.restore.flow import MODULES_LOADED, wait_for_file
 
         if not os.path.isdir(os.path.dirname(MODULES_LOADED)) or os.path.exists(MODULES_LOADED):
             return
@@ -461,7 +461,7 @@ class Agent:
     def on_summary(self) -> Next:
         assert self.reading is not None
         d = self.reading.descriptor
-        from recovery_env.screens import render_summary, summary_log_line
+        from recovery_env.agent.screens import render_summary, summary_log_line
 
         lines = render_summary(d, self.reading.inventory)
         self.log(summary_log_line(d))
@@ -527,7 +527,7 @@ class Agent:
 
     def on_find_backup(self) -> Next:
         assert self.reading is not None
-        from recovery_env.restore import describe_wanted, locate_backup, verify_backup
+        from recovery_env.restore.flow import describe_wanted, locate_backup, verify_backup
 
         backup = self.reading.descriptor.backup
         if backup is None:
@@ -560,8 +560,8 @@ class Agent:
 
     def on_plan(self) -> Next:
         assert self.reading is not None and self.location is not None
-        from recovery_env.plan import render_plan
-        from recovery_env.restore import find_targets, make_match, make_plan
+        from recovery_env.restore.flow import find_targets, make_match, make_plan
+        from recovery_env.restore.plan import render_plan
 
         d = self.reading.descriptor
         self.show(Screen(("Looking for the disks of this computer ...",), "Please wait..."))
@@ -655,7 +655,7 @@ class Agent:
             )
 
     def on_progress(self, p: Progress) -> None:
-        from recovery_env.restore import render_progress_bar
+        from recovery_env.restore.flow import render_progress_bar
 
         self.paint_status(f"{p.step.split(' from ')[0]} {render_progress_bar(p)}")
         now = time.monotonic()
@@ -665,9 +665,9 @@ class Agent:
 
     def on_execute(self) -> Next:
         assert self.plan is not None and self.reading is not None
-        from recovery_env.execute import execute_plan
-        from recovery_env.plan import Phase
-        from recovery_env.restore import write_run_log
+        from recovery_env.restore.execute import execute_plan
+        from recovery_env.restore.flow import write_run_log
+        from recovery_env.restore.plan import Phase
 
         plan = self.plan
         token = plan.confirm_token
@@ -746,7 +746,7 @@ class Agent:
         """Capture the attached machine (source disks read-only) onto the backup medium, ASR.SIF and ASRPNP.SIF
         onto the floppy when it is writable; then power off.  A named error: logged; unattended powers off,
         interactive shows it and goes back to the menu on a key."""
-        from recovery_env.capture import run_offline_capture
+        from recovery_env.capture.flow import run_offline_capture
 
         self.consoles.drain()
         self.show(

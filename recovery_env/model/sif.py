@@ -1,6 +1,6 @@
 """ASR.SIF and ASRPNP.SIF: the strict parser and the two-pass validator (standard library only).
 
-The format (written by ``builder.sif_render`` through ``templates/asr.sif.j2`` and ``templates/asrpnp.sif.j2``)
+The format (written by ``recovery_env.model.sif_render`` through ``templates/asr[pnp].sif.j2``)
 ----------------------------------------------------------------------------------------------------------------
 An INI-style UTF-8 text, one item per line, ``\\n`` line ends::
 
@@ -59,7 +59,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from recovery_env.descriptor import (
+from recovery_env.errors import DescriptorError, IntegrityError
+from recovery_env.model.descriptor import (
     FAT_VOLID_RE,
     FORMAT_VERSION,
     GPT_ATTR_LEGACY_BIOS_BOOTABLE,
@@ -94,7 +95,6 @@ from recovery_env.descriptor import (
     SystemInfo,
     TableType,
 )
-from recovery_env.errors import DescriptorError, IntegrityError
 
 PNP_SIGNATURE = "$ASR-LINUX-PNP$"
 INTEGRITY_HEADER = "[INTEGRITY]"

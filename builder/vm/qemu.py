@@ -442,7 +442,7 @@ def read_boot_files(iso: Path, workdir: Path) -> tuple[Path, Path, str]:
     (used when `asr boot --append` adds options)."""
     import pycdlib
 
-    from builder.bootloader import MEDIA_LAYOUT
+    from builder.media.bootloader import MEDIA_LAYOUT
 
     cd = pycdlib.PyCdlib()
     cd.open(str(iso))

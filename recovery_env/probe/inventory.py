@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from recovery_env.descriptor import Device, DeviceInventory
+from recovery_env.model.descriptor import Device, DeviceInventory
 
 # Bus → how its sysfs attributes are read.  USB interfaces ("1-1:1.0") carry the driver; devices ("1-1") the ids.
 BUSES: tuple[str, ...] = ("pci", "usb", "virtio")

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import zstandard
 
-from builder.packages import PackageSet, read_deb, write_atomic
-from builder.rootfs import AGENT_DIR, AGENT_PACKAGE, PYTHON, EntryKind, Group, RescueTree, make_rootfs
-from builder.templating import render
+from builder.media.packages import PackageSet, read_deb, write_atomic
+from builder.media.rootfs import AGENT_DIR, AGENT_PACKAGE, PYTHON, EntryKind, Group, RescueTree, make_rootfs
 from recovery_env.errors import BudgetError, InternalError
+from recovery_env.templating import render
 
 log = logging.getLogger("asr.initramfs")
 

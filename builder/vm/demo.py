@@ -1,5 +1,5 @@
 """`asr demo` (`make demo`): a rehearsal of the embedded sample machine (:func:`run_rehearsal_demo`): build its
-disk (builder/machine.py), capture it with `asr backup`, build the media for that capture, restore onto a scratch
+disk (builder/vm/machine.py), capture it with `asr backup`, build the media for that capture, restore onto a scratch
 disk in QEMU, boot the restored disk, print the verdict and where the report is.  Needs root (loop devices).
 
 `asr demo --f2` (:func:`run_demo`): build the media of the embedded sample system, boot them headless in QEMU (BIOS, ISO
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.build import BuildResult, build_media
-from builder.qemu import F2_PROMPT, BootMedium, Firmware, QemuVM, VMError, VMSpec, find_accel
-from builder.rehearse import RehearsalReport, capture_disk_image, rehearse
+from builder.vm.qemu import F2_PROMPT, BootMedium, Firmware, QemuVM, VMError, VMSpec, find_accel
+from builder.vm.rehearse import RehearsalReport, capture_disk_image, rehearse
 from recovery_env.errors import InputError
 
 OUT = Path("out")
@@ -105,7 +105,7 @@ def run_demo(out: Path = OUT, *, say: bool = True, media: BuildResult | None = N
 
 def make_sample_set(work: Path, note: Callable[[str], None] = lambda line: None) -> Path:
     """The sample machine (GPT, 256 MiB) built in ``work`` and captured with `asr backup`: its set directory."""
-    from builder.machine import Layout, MachineSpec, PartRole, make_machine_image, read_machine_inputs
+    from builder.vm.machine import Layout, MachineSpec, PartRole, make_machine_image, read_machine_inputs
 
     started = time.monotonic()
     work.mkdir(parents=True, exist_ok=True)

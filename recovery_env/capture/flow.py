@@ -3,8 +3,9 @@ the same code for ``asr backup`` on the host and for the offline capture from th
 
 :func:`capture` is an ordered list of steps over a :class:`CaptureRequest`; every refusal is checked before
 anything is written into the destination (see ``builder/capture.py`` for the list).  The SIF renderer (jinja2
-through ``builder.sif_render``) is injected, or imported lazily on first use: this module imports with the standard
-library alone, and the boot media ship jinja2, markupsafe and the two SIF templates for the guest's capture.
+through ``recovery_env.model.sif_render``) is injected, or imported lazily on first use: this module imports with
+the standard library alone, and the boot media ship jinja2, markupsafe and the two SIF templates for the guest's
+capture.
 
 The offline capture (:func:`run_offline_capture`, the agent's "Capture" choice and ``asr.mode=capture``):
 
@@ -50,11 +51,12 @@ from recovery_env.backupset import (
     plan_archives,
     stage_fat_source,
 )
-from recovery_env.descriptor import Compression, Descriptor, DeviceInventory, Firmware, FstabSpec
-from recovery_env.discover import find_disks
 from recovery_env.errors import BackupMediaMissingError, LayoutError, ToolError
-from recovery_env.inventory import read_inventory
-from recovery_env.layout import (
+from recovery_env.model.descriptor import Compression, Descriptor, DeviceInventory, Firmware, FstabSpec
+from recovery_env.model.sif import validate_descriptor
+from recovery_env.probe.disks import find_disks
+from recovery_env.probe.inventory import read_inventory
+from recovery_env.probe.layout import (
     FstabEntry,
     parse_fstab,
     read_blkid,
@@ -62,7 +64,7 @@ from recovery_env.layout import (
     read_layout,
     read_system_info,
 )
-from recovery_env.restore import (
+from recovery_env.restore.flow import (
     MEDIA_MOUNT,
     MODULES_LOADED,
     BlockFs,
@@ -71,7 +73,6 @@ from recovery_env.restore import (
     wait_for_file,
 )
 from recovery_env.run import run
-from recovery_env.sif import validate_descriptor
 
 ASR_SIF = "ASR.SIF"
 ASRPNP_SIF = "ASRPNP.SIF"
@@ -91,9 +92,9 @@ class SifRenderer:
 
 
 def load_renderer() -> SifRenderer:
-    """builder.sif_render (jinja2 over templates/asr.sif.j2 and asrpnp.sif.j2), imported now: on the host from the
-    source tree, in the boot media from /usr/lib/asr where the build puts it."""
-    from builder.sif_render import render_asr_sif, render_asrpnp_sif
+    """recovery_env.model.sif_render (jinja2 over templates/asr.sif.j2 and asrpnp.sif.j2), imported now: on the
+    host from the source tree, in the boot media from /usr/lib/asr where the build puts it."""
+    from recovery_env.model.sif_render import render_asr_sif, render_asrpnp_sif
 
     return SifRenderer(render_asr_sif, render_asrpnp_sif)
 
@@ -285,7 +286,7 @@ def capture(
 # --------------------------------------------------------------------------------------------------------------
 
 SOURCE_ROOT = "/run/asr/source"
-BACKUP_MOUNT = "/run/asr/backup"  # recovery_env.restore.BACKUP_MOUNT: the backup disk is never a source
+BACKUP_MOUNT = "/run/asr/backup"  # recovery_env.restore.flow.BACKUP_MOUNT: the backup disk is never a source
 FLOPPY_MOUNT = "/run/asr/floppy"
 DEFAULT_BACKUP = "LABEL=ASRBACKUP"
 SET_PARENT = "asr"  # the set goes to /asr/<hostname>-<time> on the backup medium

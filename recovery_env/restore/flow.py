@@ -30,18 +30,18 @@ from enum import StrEnum
 from pathlib import Path
 
 from recovery_env.backupset import check_backup_set
-from recovery_env.descriptor import BackupSet, Descriptor
-from recovery_env.discover import (
+from recovery_env.errors import BackupMediaMissingError, ToolError
+from recovery_env.model.descriptor import BackupSet, Descriptor
+from recovery_env.probe.disks import (
     TargetDisk,
     find_disks,
     find_media_disks,
     format_size,
     parse_mountinfo,
 )
-from recovery_env.errors import BackupMediaMissingError, ToolError
-from recovery_env.execute import Progress
-from recovery_env.layout import parse_blkid_export
-from recovery_env.plan import DiskMatch, RestorePlan, match_disks, plan_restore
+from recovery_env.probe.layout import parse_blkid_export
+from recovery_env.restore.execute import Progress
+from recovery_env.restore.plan import DiskMatch, RestorePlan, match_disks, plan_restore
 from recovery_env.run import run
 
 BACKUP_MOUNT = "/run/asr/backup"

@@ -10,7 +10,7 @@ built from the sample are reproducible.
 
 from __future__ import annotations
 
-from recovery_env.descriptor import (
+from recovery_env.model.descriptor import (
     GPT_BIOS_BOOT,
     GPT_ESP,
     Archive,

@@ -21,7 +21,7 @@ holds the data of a package's files uncompressed (read back lazily, file by file
 cache does no lzma decompression; ``pyc/`` holds compiled bytecode by (host bytecode magic, compiler, path,
 source) digest (:func:`compile_pyc_cached`).
 
-Refresh the lock (newest candidate versions of the host's apt): ``python -m builder.packages --update-lock``.
+Refresh the lock (newest candidate versions of the host's apt): ``python -m builder.media.packages --update-lock``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from recovery_env.run import run
 
 log = logging.getLogger("asr.packages")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCK_PATH = REPO_ROOT / "packages.lock"
 LOCK_FORMAT = 1
 
@@ -143,7 +143,7 @@ class LockError(InputError):
     """packages.lock is missing, unreadable, or does not cover the package table."""
 
 
-REFRESH_COMMAND = "python -m builder.packages --update-lock"
+REFRESH_COMMAND = "python -m builder.media.packages --update-lock"
 
 
 class LockedPackagesMovedError(PackageFetchError):
@@ -189,7 +189,7 @@ class PackageLock:
         for pkg in self.packages:
             if pkg.name == name:
                 return pkg
-        raise LockError(f"{LOCK_PATH.name}: no package {name!r}; run `python -m builder.packages --update-lock`")
+        raise LockError(f"{LOCK_PATH.name}: no package {name!r}; run `python -m builder.media.packages --update-lock`")
 
     @property
     def kernel_version(self) -> str:
@@ -201,7 +201,7 @@ class PackageLock:
         missing = sorted(set(names) - have)
         if missing:
             raise LockError(
-                f"{LOCK_PATH.name} lacks {', '.join(missing)}; run `python -m builder.packages --update-lock`"
+                f"{LOCK_PATH.name} lacks {', '.join(missing)}; run `python -m builder.media.packages --update-lock`"
             )
 
 
@@ -985,7 +985,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m builder.packages", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m builder.media.packages", description=__doc__.splitlines()[0])
     parser.add_argument("--update-lock", action="store_true", help="re-resolve the table and rewrite the lock")
     parser.add_argument("--cache", type=Path, default=None, help="the .deb cache directory")
     parser.add_argument("--lock", type=Path, default=LOCK_PATH, help="the lock file")

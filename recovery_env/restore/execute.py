@@ -23,11 +23,11 @@ from enum import StrEnum
 from pathlib import Path
 
 from recovery_env.backupset import verify_manifest
-from recovery_env.descriptor import TableType
-from recovery_env.discover import format_size
 from recovery_env.errors import AsrError, PlanViolationError, StepFailed, ToolError, ToolMissingError
-from recovery_env.layout import SfdiskTable, parse_blkid_export, parse_sfdisk_json
-from recovery_env.plan import (
+from recovery_env.model.descriptor import TableType
+from recovery_env.probe.disks import format_size
+from recovery_env.probe.layout import SfdiskTable, parse_blkid_export, parse_sfdisk_json
+from recovery_env.restore.plan import (
     CheckFilesystem,
     CheckManifest,
     CheckTable,

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.templating import render
 from recovery_env.errors import InputError, MediaError
 from recovery_env.run import run
+from recovery_env.templating import render
 
 # --- where things live --------------------------------------------------------------------------------------
 
@@ -203,7 +203,7 @@ def read_isolinux_files(root: Path) -> IsolinuxFiles:
 
 def read_isolinux_debs(isolinux_deb: Path, syslinux_common_deb: Path) -> IsolinuxFiles:
     """isolinux.bin and ldlinux.c32 straight from the two .deb files (no extraction to disk)."""
-    from builder.packages import read_deb
+    from builder.media.packages import read_deb
 
     found = []
     for deb, ((package, member), check) in (
@@ -219,7 +219,7 @@ def read_isolinux_debs(isolinux_deb: Path, syslinux_common_deb: Path) -> Isolinu
 
 def extract_grub_module_dir(grub_deb: Path, dest: Path) -> Path:
     """Write the x86_64-efi module directory of the ``grub-efi-amd64-bin`` .deb under ``dest``; return it."""
-    from builder.packages import MemberKind, read_deb
+    from builder.media.packages import MemberKind, read_deb
 
     _, member = GRUB_EFI_MODULE_DIR
     for path, entry in read_deb(grub_deb, [member + "/"]).items():

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from builder.packages import DebMember, MemberKind
+from builder.media.packages import DebMember, MemberKind
 from recovery_env.errors import InputError, InternalError
 
 #: What the rescue environment loads at boot (issue 2), plus what later work needs (loop for images,

@@ -1,0 +1,1 @@
+"""Virtual machines: QEMU, rehearsals, the demo, VirtualBox, the test source machines."""

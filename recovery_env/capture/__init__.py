@@ -1,0 +1,1 @@
+"""Capture: record the layout and write the backup set."""

@@ -1,0 +1,1 @@
+"""The descriptor model and its text forms (ASR.SIF, ASRPNP.SIF): typed, versioned, validated."""

@@ -1,0 +1,1 @@
+"""Restore: match disks, plan (pure data), execute (one guard), the flow the agent runs."""

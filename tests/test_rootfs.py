@@ -249,7 +249,8 @@ def test_the_sif_renderer_is_shipped_for_the_offline_capture(rootfs: Rootfs) -> 
     entries = rootfs.tree.entries
     for path in ("usr/lib/asr/jinja2/__init__.pyc", "usr/lib/asr/jinja2/environment.pyc",
                  "usr/lib/asr/markupsafe/__init__.pyc", "usr/lib/asr/markupsafe/_native.pyc",
-                 "usr/lib/asr/recovery_env/templating.pyc", "usr/lib/asr/recovery_env/model/sif_render.pyc"):  # fmt: skip
+                 "usr/lib/asr/recovery_env/templating.pyc",
+                 "usr/lib/asr/recovery_env/model/sif_render.pyc"):  # fmt: skip
         assert path in entries, path
     for name in ("asr.sif.j2", "asrpnp.sif.j2"):
         assert entries[f"usr/lib/asr/templates/{name}"].data == (REPO / "templates" / name).read_bytes()

@@ -45,6 +45,7 @@ from recovery_env.capture.flow import (
 from recovery_env.capture.flow import capture as capture_with
 from recovery_env.model.descriptor import Firmware
 from recovery_env.model.sif_render import render_asr_sif, render_asrpnp_sif
+from recovery_env.probe.disks import format_size
 
 __all__ = ["ASRPNP_SIF", "ASR_SIF", "CaptureRequest", "CaptureResult", "capture", "cli_backup", "find_media"]
 
@@ -93,17 +94,8 @@ def render_progress(done: int, total: int, elapsed: float, width: int = 30) -> s
     fill = int(frac * width)
     rate = done / elapsed if elapsed > 0 else 0.0
     eta = (total - done) / rate if rate > 0 and total > done else 0.0
-    return (f"[{'#' * fill}{'.' * (width - fill)}] {frac * 100:5.1f}%  {_size(done)} / {_size(total)}  "
-            f"{_size(int(rate))}/s  ETA {int(eta) // 60}:{int(eta) % 60:02d}")
-
-
-def _size(n: int) -> str:
-    v = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if v < 1024 or unit == "TiB":
-            return f"{v:.1f} {unit}" if unit != "B" else f"{int(v)} B"
-        v /= 1024
-    raise AssertionError
+    return (f"[{'#' * fill}{'.' * (width - fill)}] {frac * 100:5.1f}%  {format_size(done)} / {format_size(total)}  "
+            f"{format_size(int(rate))}/s  ETA {int(eta) // 60}:{int(eta) % 60:02d}")
 
 
 def render_summary(r: CaptureResult) -> str:
@@ -111,17 +103,17 @@ def render_summary(r: CaptureResult) -> str:
     lines = [f"asr backup of {d.system.hostname} ({d.system.os_release or 'unknown OS'}, {d.system.firmware.value}, "
              f"boot loader {d.bootloader.kind.value}) in {r.dest}"]
     for disk in d.disks:
-        lines.append(f"  {disk.key} {disk.device} {disk.table.value} {_size(disk.size_bytes)} "
+        lines.append(f"  {disk.key} {disk.device} {disk.table.value} {format_size(disk.size_bytes)} "
                      f"{'critical' if disk.critical else 'listed'}")
         for p in d.partitions_of(disk.key):
             fs = next((f for f in d.filesystems if f.partition == p.key), None)
             what = (f"{fs.type.value} {fs.label or '-'} {fs.uuid} at {mountpoint_of(d, fs.key) or '-'}"
                     f"{' (backed up)' if fs.backup else ''}") if fs else p.type
-            lines.append(f"    {p.key} {_size(p.size * disk.logical_sector_size)}  {what}")
+            lines.append(f"    {p.key} {format_size(p.size * disk.logical_sector_size)}  {what}")
     for a in r.backup.archives:
-        lines.append(f"  {a.file}: {a.entries} entries, {_size(a.size)}, sha256 {a.sha256[:16]}...")
+        lines.append(f"  {a.file}: {a.entries} entries, {format_size(a.size)}, sha256 {a.sha256[:16]}...")
     lines.append(f"  MANIFEST: {r.backup.file_count} entries; {len(r.inventory.devices)} devices in ASRPNP.SIF; "
-                 f"{_size(r.backup.raw_bytes)} archived in {r.seconds:.1f} s")
+                 f"{format_size(r.backup.raw_bytes)} archived in {r.seconds:.1f} s")
     lines += [f"  warning: {w}" for w in r.backup.warnings]
     lines += [f"  note: {n}" for n in r.notes]
     lines.append(f"  next: asr build --descriptor {r.dest / ASR_SIF}")

@@ -53,6 +53,7 @@ from recovery_env.errors import (
     NotRootError,
 )
 from recovery_env.model.descriptor import Archive, BackupSet, Compression, FsType
+from recovery_env.probe.disks import format_size
 from recovery_env.probe.layout import DiskFacts, Layout
 from recovery_env.run import run, run_feed, run_pipe
 from recovery_env.tarstream import TarMember, TarStreamParser
@@ -788,16 +789,9 @@ def check_space(dest: Path, sources: Sequence[Source]) -> int:
     if free < need:
         used = sum(s.used_bytes for s in sources)
         raise InsufficientSpaceError(
-            f"{dest}: {_size(free)} free, the backup needs about {_size(need)} ({_size(used)} used on "
-            f"{', '.join(s.mountpoint for s in sources)} × {COMPRESSION_ESTIMATE} + {_size(SPACE_MARGIN)})"
+            f"{dest}: {format_size(free)} free, the backup needs about {format_size(need)} "
+            f"({format_size(used)} used on {', '.join(s.mountpoint for s in sources)} × {COMPRESSION_ESTIMATE} "
+            f"+ {format_size(SPACE_MARGIN)})"
         )
     return need
 
-
-def _size(n: int) -> str:
-    v = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if v < 1024:
-            return f"{v:.1f} {unit}" if unit != "B" else f"{int(v)} B"
-        v /= 1024
-    return f"{v:.1f} TiB"

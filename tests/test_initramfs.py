@@ -16,7 +16,6 @@ import pytest
 
 from builder.media.initramfs import (
     DIRS_SEGMENT,
-    AgentExit,
     RescueEnv,
     SegmentCache,
     check_budget,
@@ -32,6 +31,7 @@ from builder.media.initramfs import (
 )
 from builder.media.packages import PackageSet
 from builder.media.rootfs import Entry, EntryKind, Group, RescueTree
+from recovery_env.agent.states import ExitCode
 from recovery_env.errors import BudgetError
 from recovery_env.run import run, run_bytes
 
@@ -219,7 +219,7 @@ def test_init_loads_modules_in_order_and_handles_agent_exits(tmp_path: Path) -> 
                    "PYTHONDONTWRITEBYTECODE=1", "PYTHONPATH=/usr/lib/asr", "-m recovery_env",
                    "asr agent failed (exit $rc); starting a rescue shell", "reboot -f", "poweroff -f"):
         assert marker in text, marker
-    assert f"{int(AgentExit.REBOOT)})" in text and f"{int(AgentExit.SHELL)})" in text
+    assert f"{int(ExitCode.REBOOT)})" in text and f"{int(ExitCode.SHELL)})" in text
     assert "/proc/cmdline" not in text  # asr.* options are the agent's job
     script = tmp_path / "init"
     script.write_text(text)

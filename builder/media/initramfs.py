@@ -22,13 +22,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
 
 import zstandard
 
 from builder.media.packages import PackageSet, read_deb, write_atomic
 from builder.media.rootfs import AGENT_DIR, AGENT_PACKAGE, PYTHON, EntryKind, Group, RescueTree, make_rootfs
+from recovery_env.agent.states import ExitCode
 from recovery_env.errors import BudgetError, InternalError
 from recovery_env.templating import render
 
@@ -41,18 +41,6 @@ CPIO_MAGIC = b"070701"
 CPIO_TRAILER = "TRAILER!!!"
 #: The zstd library's version: part of the segment cache key (another version may compress differently).
 ZSTD_VERSION = ".".join(str(n) for n in zstandard.ZSTD_VERSION)
-
-
-class AgentExit(IntEnum):
-    """Exit codes of ``python3.11 -m recovery_env`` and what /init does for them."""
-
-    REBOOT = 20
-    POWEROFF = 21
-    SHELL = 22
-
-    @property
-    def action(self) -> str:
-        return {AgentExit.REBOOT: "reboot", AgentExit.POWEROFF: "poweroff", AgentExit.SHELL: "shell"}[self]
 
 
 # ----------------------------------------------------------------------------------------------------- /init
@@ -68,7 +56,7 @@ def render_init(module_paths: Sequence[str], late_module_paths: Sequence[str] = 
         python="/" + PYTHON,
         pythonpath="/" + AGENT_DIR,
         agent_module=AGENT_PACKAGE,
-        exit_actions=[(int(code), code.action) for code in AgentExit],
+        exit_actions=[(int(code), code.action) for code in ExitCode],
     )
 
 

@@ -123,6 +123,11 @@ class ExitCode(IntEnum):
     def log_text(self) -> str:
         return {20: "reboot", 21: "power off", 22: "rescue shell"}[self.value]
 
+    @property
+    def action(self) -> str:
+        """What /init runs for it (templates/init.j2)."""
+        return {20: "reboot", 21: "poweroff", 22: "shell"}[self.value]
+
 
 class ErrorKind(StrEnum):
     """The floppy errors a person meets, each with a heading and what to do about it."""

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from recovery_env.errors import InternalError, ToolError, ToolMissingError
 
@@ -378,6 +378,14 @@ def _grow_pipe(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     except (OSError, AttributeError):
         pass
+
+
+def start(argv: Sequence[str | os.PathLike[str]], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a long-running process (QEMU) through the same checks and log line as :func:`run`; the caller owns
+    the process (its pipes, its wait)."""
+    args = _checked_argv(argv, popen.get("env"))
+    log.debug("+ %s &", shlex.join(args))
+    return subprocess.Popen(args, **popen)
 
 
 def _write_all(fd: int, data: memoryview) -> None:

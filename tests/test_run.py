@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from recovery_env.errors import ToolError
-from recovery_env.run import run_feed, run_pipe
+from recovery_env.errors import InternalError, ToolError, ToolMissingError
+from recovery_env.run import run_feed, run_pipe, start
 
 
 def test_pipe_passes_every_byte_to_the_filter_and_to_on_data(tmp_path: Path) -> None:
@@ -65,3 +65,14 @@ def test_feed_names_the_failing_command_not_the_one_with_a_broken_pipe(tmp_path:
     with pytest.raises(ToolError) as e:
         run_feed([["sh", "-c", "echo bad data >&2; exit 1"], ["cat"]], src)
     assert e.value.argv[0] == "sh" and "bad data" in e.value.stderr
+
+
+def test_long_running_processes_pass_the_same_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU is started through run.start: a missing program is named, and the test guard refuses it."""
+    proc = start(["sh", "-c", "exit 3"])
+    assert proc.wait() == 3
+    with pytest.raises(ToolMissingError):
+        start(["asr-no-such-program"])
+    monkeypatch.setenv("ASR_FORBID_SUBPROCESS", "1")
+    with pytest.raises(InternalError, match="subprocess forbidden"):
+        start(["true"])

@@ -1,8 +1,8 @@
 """The QEMU launcher: `asr boot`, the demo and the VM tests start the media through this module.
 
 :func:`qemu_argv` is pure: a :class:`VMSpec` in, the command line out (tested by comparing it).  :class:`QemuVM`
-runs it; ``subprocess.Popen`` here is this module's own choke point for the long-running QEMU process (short
-commands go through :mod:`recovery_env.run`).  The guest's serial console comes through a pair of FIFOs
+runs it through :func:`recovery_env.run.start`, the subprocess choke point's entry for long-running processes
+(same checks, log line and test guard as every short command).  The guest's serial console comes through a pair of FIFOs
 (``-chardev pipe``), read by a thread into a log that :meth:`QemuVM.wait_serial` matches with escape sequences
 stripped; keys go in as real keyboard keys (QMP ``send-key``) or as serial bytes.
 """
@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from recovery_env.errors import AsrError, InputError, ToolMissingError
+from recovery_env.run import start
 
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -246,8 +247,7 @@ class QemuVM:
         # QEMU opens both FIFOs O_RDWR, so neither side blocks on open
         self._stderr = open(self.workdir / "qemu.stderr", "wb")  # closed in close()
         self.started_at = time.monotonic()
-        self._proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._stderr,
-                                      stderr=self._stderr)  # fmt: skip
+        self._proc = start(self.argv, stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=self._stderr)
         out_fd = os.open(f"{self._fifo}.out", os.O_RDONLY | os.O_NONBLOCK)
         self._serial_in = os.open(f"{self._fifo}.in", os.O_RDWR)
         self._reader = threading.Thread(target=self._read_serial, args=(out_fd,), daemon=True)

@@ -45,6 +45,7 @@ from builder.media.rootfs import TreeBuilder
 from recovery_env.backupset import sha256_file
 from recovery_env.errors import InputError, InternalError, ToolError
 from recovery_env.model.descriptor import GPT_BIOS_BOOT, GPT_ESP, Firmware, FsType, TableType
+from recovery_env.probe.layout import read_blkid
 from recovery_env.run import run
 from recovery_env.templating import render
 
@@ -840,12 +841,8 @@ def read_disk_facts(disk: Path) -> DiskFacts:
         if table is TableType.MBR:
             part = replace(part, uuid=f"{str(doc['id']).lower()[2:]}-{number:02x}")
         partitions.append(part)
-        probe = run(
-            ["blkid", "-p", "-o", "export", "-O", str(part.start * SECTOR), "-S", str(part.size * SECTOR), disk],
-            check=False,
-        )
-        found = dict(line.split("=", 1) for line in probe.stdout.splitlines() if "=" in line)
-        if probe.returncode == 0 and "TYPE" in found:
+        found = read_blkid(str(disk), part.start * SECTOR, part.size * SECTOR)
+        if "TYPE" in found:
             filesystems.append(FoundFilesystem(number, found["TYPE"], found.get("UUID", ""), found.get("LABEL", "")))
     return DiskFacts(
         table=table,

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from recovery_env.errors import MediaError
 from recovery_env.model.descriptor import TableType
-from recovery_env.probe.layout import parse_blkid_export
-from recovery_env.run import run
+from recovery_env.probe.layout import read_blkid
 
 # Kernel name prefixes that are never restore targets unless named explicitly (``include``): loop devices, RAM
 # disks, optical and floppy drives, compressed swap, device-mapper and MD arrays, network block devices.
@@ -308,14 +307,6 @@ def read_block_nodes(sys_root: Path = Path("/sys")) -> list[BlockNode]:
     return nodes
 
 
-def read_blkid(device: str) -> dict[str, str]:
-    """Low-level probe of a device's partition table / signature (``blkid -p``); ``{}`` when it holds nothing."""
-    proc = run(["blkid", "-p", "-o", "export", device], check=False)
-    # exit 2: nothing found on the device (a blank disk); anything else non-zero is reported as nothing too, the
-    # matcher then treats the disk as blank, which only weakens the disk-id match, never widens what is written.
-    return parse_blkid_export(proc.stdout) if proc.returncode == 0 else {}
-
-
 def find_disks(
     *, include: Collection[str] = (), sys_root: Path = Path("/sys"), dev_root: str = "/dev", probe: bool = True
 ) -> list[TargetDisk]:
@@ -336,7 +327,7 @@ def find_disks(
             vpd = (disk_dir / "device" / "vpd_pg80").read_bytes()
         except OSError:
             vpd = b""
-        blkid = read_blkid(f"{dev_root}/{name}") if probe else {}
+        blkid = read_blkid(f"{dev_root}/{name}", strict=False) if probe else {}
         disk = make_target_disk(name, files, vpd_pg80=vpd, blkid=blkid)
         if disk.size_bytes == 0:
             continue

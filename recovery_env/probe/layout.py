@@ -732,15 +732,22 @@ def find_disks() -> tuple[str, ...]:
     return tuple(b.path for b in read_block_devices() if b.type == "disk")
 
 
-def read_blkid(target: str, offset: int | None = None) -> dict[str, str]:
-    """Low-level probe of a device (or an image file at a byte offset); {} when nothing is found."""
+def read_blkid(target: str, offset: int | None = None, size: int | None = None, *, strict: bool = True
+               ) -> dict[str, str]:  # fmt: skip
+    """Low-level probe (``blkid -p -o export``) of a device, or of an image file's ``size`` bytes at byte
+    ``offset``; ``{}`` when nothing is found (exit 2).  Any other failure is a ToolError, or ``{}`` too when not
+    ``strict`` (the disk matcher: an unreadable disk counts as blank, which only weakens a disk-id match)."""
     argv = ["blkid", "-p", "-o", "export"]
     if offset is not None:
         argv += ["-O", str(offset)]
+    if size is not None:
+        argv += ["-S", str(size)]
     proc = run([*argv, target], check=False)
     if proc.returncode == 2:  # nothing found
         return {}
     if proc.returncode != 0:
+        if not strict:
+            return {}
         raise ToolError(proc.args, proc.returncode, proc.stdout, proc.stderr)
     return parse_blkid_export(proc.stdout)
 

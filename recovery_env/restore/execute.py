@@ -26,7 +26,7 @@ from recovery_env.backupset import verify_manifest
 from recovery_env.errors import AsrError, PlanViolationError, StepFailed, ToolError, ToolMissingError
 from recovery_env.model.descriptor import TableType
 from recovery_env.probe.disks import format_size
-from recovery_env.probe.layout import SfdiskTable, parse_blkid_export, parse_sfdisk_json
+from recovery_env.probe.layout import SfdiskTable, parse_sfdisk_json, read_blkid
 from recovery_env.restore.plan import (
     CheckFilesystem,
     CheckManifest,
@@ -356,14 +356,17 @@ def _run_step(step: Step, *, log: Log, progress: OnProgress) -> tuple[Outcome, s
                 raise _fail(step, argv, "\n".join(problems), "the table on the disk differs from the plan")
             log(f"  {dp.device}: {dp.table.value} {dp.disk_id}, {len(dp.partitions)} partition(s) as planned")
         case CheckFilesystem(filesystem=fs):
-            argv = ["blkid", "-p", "-o", "export", fs.device]
+            argv = ["blkid", "-p", "-o", "export", fs.device]  # what read_blkid runs, for the report
             try:
-                proc = run(argv, check=False)
+                found = read_blkid(fs.device)
             except ToolMissingError as e:
                 raise _fail(step, argv, str(e), "tool missing") from e
-            problems = check_filesystem(fs, parse_blkid_export(proc.stdout))
+            except ToolError as e:
+                raise _fail(step, argv, e.stdout + e.stderr, "blkid failed") from e
+            problems = check_filesystem(fs, found)
             if problems:
-                raise _fail(step, argv, proc.stdout + proc.stderr + "\n".join(problems), "not what mkfs was asked")
+                seen = "".join(f"{k}={v}\n" for k, v in found.items())
+                raise _fail(step, argv, seen + "\n".join(problems), "not what mkfs was asked")
         case MakeDir(path=path):
             try:
                 os.makedirs(path, exist_ok=True)

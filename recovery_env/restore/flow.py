@@ -39,7 +39,7 @@ from recovery_env.probe.disks import (
     format_size,
     parse_mountinfo,
 )
-from recovery_env.probe.layout import parse_blkid_export
+from recovery_env.probe.layout import read_blkid
 from recovery_env.restore.execute import Progress
 from recovery_env.restore.plan import DiskMatch, RestorePlan, match_disks, plan_restore
 from recovery_env.run import run
@@ -204,8 +204,7 @@ def read_block_filesystems(sys_root: Path = Path("/sys"), dev_root: str = "/dev"
         except (OSError, ValueError):
             continue
         device = f"{dev_root}/{name}"
-        proc = run(["blkid", "-p", "-o", "export", device], check=False)
-        probe = parse_blkid_export(proc.stdout) if proc.returncode == 0 else {}
+        probe = read_blkid(device, strict=False)
         if probe.get("TYPE"):
             out.append(BlockFs(device, probe["TYPE"], probe.get("LABEL", ""), probe.get("UUID", "")))
     return out

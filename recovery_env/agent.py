@@ -237,6 +237,7 @@ class Agent:
         self.match: DiskMatch | None = None
         self.pinned: dict[str, str] = {}
         self.plan: RestorePlan | None = None
+        self.confirmation = ""  # recovery_env.execute.confirm_plan's token, made when the plan is confirmed
         self.from_step = 0
         self.failure: StepFailed | None = None
         self.restore_error: Exception | None = None
@@ -486,6 +487,7 @@ class Agent:
     def on_restore(self) -> Next:
         """The restore starts: forget what an earlier attempt chose."""
         self.location = self.match = self.plan = None
+        self.confirmation = ""
         self.pinned = {}
         self.from_step = 0
         self.failure = self.restore_error = None
@@ -560,10 +562,12 @@ class Agent:
 
     def on_plan(self) -> Next:
         assert self.reading is not None and self.location is not None
+        from recovery_env.execute import confirm_plan
         from recovery_env.plan import render_plan
         from recovery_env.restore import find_targets, make_match, make_plan
 
         d = self.reading.descriptor
+        self.confirmation = ""  # a new plan is confirmed anew
         self.show(Screen(("Looking for the disks of this computer ...",), "Please wait..."))
         try:
             targets, exclude = find_targets(self.floppy)
@@ -578,7 +582,7 @@ class Agent:
             return self.fail_restore(e, State.PLAN)
         lines = render_plan(self.plan)
         wiped = ", ".join(f"{w.device} <- {w.disk_key}" for w in self.plan.disks_to_wipe)
-        self.log(f"plan: {len(self.plan.steps())} steps; disks to erase: {wiped}; token {self.plan.confirm_token}")
+        self.log(f"plan: {len(self.plan.steps())} steps; disks to erase: {wiped}; plan {self.plan.digest[:16]}")
         for line in lines:
             self.log(f"plan:   {line}")
         if self.options.dryrun:
@@ -591,7 +595,8 @@ class Agent:
             return State.MENU
         if self.options.unattended:
             self.show(Screen(tuple(lines), "Unattended: continuing"))
-            self.log(f"unattended: plan confirmed (the disk match is unambiguous), token {self.plan.confirm_token}")
+            self.confirmation = confirm_plan(self.plan)
+            self.log(f"unattended: plan confirmed (the disk match is unambiguous), token {self.confirmation[:16]}")
             return State.EXECUTE
         self.consoles.drain()
         self.show(
@@ -607,7 +612,8 @@ class Agent:
                 self.log("quit at the plan: nothing written")
                 return State.MENU
             if key.name is KeyName.CHAR and (key.char or "").lower() == "c":
-                self.log(f"plan confirmed, token {self.plan.confirm_token}")
+                self.confirmation = confirm_plan(self.plan)
+                self.log(f"plan confirmed, token {self.confirmation[:16]}")
                 return State.EXECUTE
 
     def on_pick_disk(self) -> Next:
@@ -670,7 +676,7 @@ class Agent:
         from recovery_env.restore import write_run_log
 
         plan = self.plan
-        token = plan.confirm_token
+        token = self.confirmation
         before_unmount = tuple(p for p in Phase if p is not Phase.UNMOUNT)  # the run's log is written before UNMOUNT
         try:
             report = execute_plan(

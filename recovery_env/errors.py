@@ -197,6 +197,10 @@ class PlanViolationError(InternalError):
     """The executor was about to touch a device or path the confirmed plan does not name: refused."""
 
 
+class UnconfirmedPlanError(PlanViolationError):
+    """execute_plan was given a plan without the token its confirmation made (forged, stale, another plan's)."""
+
+
 class StepFailed(AsrError):
     """A restore step failed.  Carries the step's name, command line and output so a UI can offer retry / shell /
     quit."""

@@ -14,6 +14,7 @@ can offer retry (``execute_plan(..., from_step=e.index)``), a rescue shell, or q
 
 from __future__ import annotations
 
+import hmac
 import os
 import re
 import time
@@ -25,7 +26,14 @@ from pathlib import Path
 from recovery_env.backupset import verify_manifest
 from recovery_env.descriptor import TableType
 from recovery_env.discover import format_size
-from recovery_env.errors import AsrError, PlanViolationError, StepFailed, ToolError, ToolMissingError
+from recovery_env.errors import (
+    AsrError,
+    PlanViolationError,
+    StepFailed,
+    ToolError,
+    ToolMissingError,
+    UnconfirmedPlanError,
+)
 from recovery_env.layout import SfdiskTable, parse_blkid_export, parse_sfdisk_json
 from recovery_env.plan import (
     CheckFilesystem,
@@ -292,6 +300,35 @@ def check_targets_unchanged(plan: RestorePlan, sys_root: Path = Path("/sys")) ->
             )
 
 
+# ------------------------------------------------------------------------------------------------ confirmation
+
+_confirm_key: bytes = b""  # made at the first confirmation of this process, never stored or shown
+
+
+def _sign(plan: RestorePlan) -> str:
+    return hmac.new(_confirm_key, plan.digest.encode(), "sha256").hexdigest()
+
+
+def confirm_plan(plan: RestorePlan) -> str:
+    """The confirmation token of ``plan``: called only where a person pressed C at the plan screen (or unattended
+    mode accepted the plan).  An HMAC of the plan's digest (every step and every line the plan screen showed) with
+    a key this process made at its first confirmation: nothing can compute it from the plan alone, and it fits
+    this plan only (another plan, an edited one, a token of an earlier boot are refused by :func:`execute_plan`)."""
+    global _confirm_key
+    if not _confirm_key:
+        _confirm_key = os.urandom(32)
+    return _sign(plan)
+
+
+def check_confirmation(plan: RestorePlan, token: str) -> None:
+    """UnconfirmedPlanError unless ``token`` is what :func:`confirm_plan` made for this very plan."""
+    if not _confirm_key or not hmac.compare_digest(token.encode(), _sign(plan).encode()):
+        raise UnconfirmedPlanError(
+            f"the plan {plan.digest[:16]} was not confirmed (its confirmation token is not the one the plan screen "
+            "made for it); nothing written"
+        )
+
+
 def execute_plan(
     plan: RestorePlan,
     *,
@@ -304,9 +341,9 @@ def execute_plan(
 ) -> ExecutionReport:
     """Run the plan's steps in order (only those of ``phases``, from index ``from_step``).  Raise StepFailed on
     the first failing step that is not optional; PlanViolationError before anything runs if the plan names a
-    device or path it must not, or was not the one confirmed."""
-    if confirm_token != plan.confirm_token:
-        raise PlanViolationError("this plan was not the one confirmed (confirmation token differs); nothing written")
+    device or path it must not; UnconfirmedPlanError unless ``confirm_token`` is :func:`confirm_plan`'s token
+    for this plan."""
+    check_confirmation(plan, confirm_token)
     check_plan(plan)
     steps = plan.steps()
     if Phase.PARTITION in phases or Phase.FORMAT in phases:

@@ -619,9 +619,10 @@ class RestorePlan:
         return tuple(_iter_steps(self))
 
     @property
-    def confirm_token(self) -> str:
-        """A short digest of every step: what the user confirms on the plan screen, checked by the executor."""
-        return hashlib.sha256(repr(self.steps()).encode()).hexdigest()[:16]
+    def digest(self) -> str:
+        """SHA-256 of every step and of the plan screen's lines: what a confirmation token is made for
+        (:func:`recovery_env.execute.confirm_plan`)."""
+        return hashlib.sha256(repr((self.steps(), render_plan(self))).encode()).hexdigest()
 
     @property
     def tools(self) -> tuple[str, ...]:

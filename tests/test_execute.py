@@ -17,6 +17,8 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -42,12 +44,13 @@ from recovery_env.descriptor import (
     TableType,
 )
 from recovery_env.discover import TargetDisk, find_disks, find_media_disks
-from recovery_env.errors import PlanViolationError, StepFailed
+from recovery_env.errors import PlanViolationError, StepFailed, UnconfirmedPlanError
 from recovery_env.execute import (
     Progress,
     check_filesystem,
     check_plan,
     check_table,
+    confirm_plan,
     execute_plan,
     rewrite_fstab,
 )
@@ -104,7 +107,7 @@ def test_executor_refuses_steps_aimed_outside_the_plan(tamper, msg, monkeypatch)
         check_plan(plan)
     logged: list[str] = []
     with pytest.raises(PlanViolationError, match=msg):
-        execute_plan(plan, log=logged.append, progress=lambda _: None, confirm_token=plan.confirm_token)
+        execute_plan(plan, log=logged.append, progress=lambda _: None, confirm_token=confirm_plan(plan))
     assert logged == []  # refused before the first step
 
 
@@ -114,12 +117,34 @@ def test_every_planned_step_passes_the_checks(root: str) -> None:
         check_plan(_plan(d, t, root))
 
 
-def test_executor_refuses_an_unconfirmed_plan(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ASR_FORBID_SUBPROCESS", "1")
-    confirmed = _plan(gpt_descriptor(), target("vda", 3 * GIB))
+def test_only_the_confirm_step_makes_a_token_and_it_fits_that_plan_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = _plan(gpt_descriptor(), target("vda", 3 * GIB))
+    # a token of an earlier boot (another process confirmed the very same plan)
+    code = ("from test_execute import _plan, gpt_descriptor, target, GIB\n"
+            "from recovery_env.execute import confirm_plan\n"
+            "print(confirm_plan(_plan(gpt_descriptor(), target('vda', 3 * GIB))))")
+    stale = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+                           ).stdout.strip()
+    monkeypatch.setenv("ASR_FORBID_SUBPROCESS", "1")  # nothing may run: a refusal comes before any step
+    digest = hashlib.sha256(repr(plan.steps()).encode()).hexdigest()
+    # what anyone can compute from the plan alone is no confirmation (the old token was digest[:16])
+    for forged in (digest[:16], digest, plan.digest, plan.digest[:16], "", stale):
+        with pytest.raises(UnconfirmedPlanError, match="was not confirmed"):
+            execute_plan(plan, log=print, progress=lambda _: None, confirm_token=forged, sys_root=tmp_path)
+    token = confirm_plan(plan)
+    assert token != stale and confirm_plan(plan) == token
     other = _plan(gpt_descriptor(), target("vdb", 3 * GIB))
-    with pytest.raises(PlanViolationError, match="not the one confirmed"):
-        execute_plan(other, log=print, progress=lambda _: None, confirm_token=confirmed.confirm_token)
+    edited = replace(plan, post_commands=(
+        RunStep("x", Phase.COMMANDS, ("chroot", "/target", "/bin/sh", "-c", "rm -rf /home")),))
+    for wrong in (other, edited):  # the token of another plan, of the plan before an edit
+        with pytest.raises(UnconfirmedPlanError, match="was not confirmed"):
+            execute_plan(wrong, log=print, progress=lambda _: None, confirm_token=token, sys_root=tmp_path)
+    # the right token passes this check: the next one (the disk is not in this empty /sys) stops it
+    with pytest.raises(PlanViolationError, match="/dev/vda: gone since the plan was made"):
+        execute_plan(plan, log=print, progress=lambda _: None, confirm_token=token, sys_root=tmp_path)
 
 
 def test_executor_refuses_a_disk_that_changed_since_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,7 +153,7 @@ def test_executor_refuses_a_disk_that_changed_since_the_plan(tmp_path: Path, mon
     (tmp_path / "class/block/vda").mkdir(parents=True)
     (tmp_path / "class/block/vda/size").write_text(f"{4 * GIB // 512}\n")  # someone swapped the disk
     with pytest.raises(PlanViolationError, match="/dev/vda: 4294967296 bytes now, 3221225472 when the plan"):
-        execute_plan(plan, log=print, progress=lambda _: None, confirm_token=plan.confirm_token, sys_root=tmp_path)
+        execute_plan(plan, log=print, progress=lambda _: None, confirm_token=confirm_plan(plan), sys_root=tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ pure checks
@@ -382,7 +407,7 @@ def test_restore_gpt_onto_a_larger_loop_disk(loop_disk: tuple[str, Path, list[Pa
 
     log: list[str] = []
     progress: list[Progress] = []
-    report = execute_plan(plan, log=log.append, progress=progress.append, confirm_token=plan.confirm_token)
+    report = execute_plan(plan, log=log.append, progress=progress.append, confirm_token=confirm_plan(plan))
     assert report.manifest_checked and report.differences == (), report.differences
     assert progress[-1].done == progress[-1].total == result.archives[0].size
     assert not os.path.ismount(root)  # the UNMOUNT phase ran
@@ -451,7 +476,7 @@ def test_restore_mbr_4096_byte_sectors_partition_and_format(tmp_path: Path) -> N
             "size=20M\n")
         run(["partx", "--add", loop])
         assert os.path.exists(f"{loop}p3")
-        execute_plan(plan, log=lambda _: None, progress=lambda _: None, confirm_token=plan.confirm_token,
+        execute_plan(plan, log=lambda _: None, progress=lambda _: None, confirm_token=confirm_plan(plan),
                      phases=(Phase.PARTITION, Phase.FORMAT))
         assert not os.path.exists(f"/sys/class/block/{os.path.basename(loop)}p3")  # the old partition is gone
         table = json.loads(run(["sfdisk", "--json", loop]).stdout)["partitiontable"]
@@ -465,7 +490,7 @@ def test_restore_mbr_4096_byte_sectors_partition_and_format(tmp_path: Path) -> N
         broken = replace(plan, filesystems=(replace(plan.filesystems[0], mkfs_argv=(
             "mke2fs", "-F", "-t", "ext4", "-b", "3000", f"{loop}p1")),))
         with pytest.raises(StepFailed) as e:
-            execute_plan(broken, log=lambda _: None, progress=lambda _: None, confirm_token=broken.confirm_token,
+            execute_plan(broken, log=lambda _: None, progress=lambda _: None, confirm_token=confirm_plan(broken),
                          phases=(Phase.FORMAT,))
         assert e.value.step == f"make ext4 on {loop}p1" and e.value.argv[-1] == f"{loop}p1"
         assert broken.steps()[e.value.index].name == e.value.step and "exit code" in e.value.reason

@@ -591,11 +591,11 @@ def test_render_plan_lists_every_disk_to_wipe() -> None:
     assert (w.device, w.model, w.serial, w.size_bytes) == ("/dev/vda", "QEMU HARDDISK", "QM00001", 3 * GIB)
 
 
-def test_plan_is_deterministic_and_token_tracks_content() -> None:
+def test_plan_is_deterministic_and_digest_tracks_content() -> None:
     t = target("vda", 3 * GIB)
     a, b = _plan(gpt_descriptor(), t), _plan(gpt_descriptor(), t)
-    assert a == b and a.confirm_token == b.confirm_token and len(a.confirm_token) == 16
-    assert _plan(gpt_descriptor(), target("vdb", 3 * GIB)).confirm_token != a.confirm_token
+    assert a == b and a.digest == b.digest and len(a.digest) == 64
+    assert _plan(gpt_descriptor(), target("vdb", 3 * GIB)).digest != a.digest
     assert {"wipefs", "sfdisk", "partx", "mke2fs", "mkfs.vfat", "mount", "umount", "zstd", "tar", "grub-install",
             "blkid", "sync"} <= set(a.tools)
     assert a.devices == {"/dev/vda", "/dev/vda1", "/dev/vda2", "/dev/vda3"}

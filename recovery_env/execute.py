@@ -19,7 +19,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -30,10 +30,12 @@ from recovery_env.errors import (
     AsrError,
     PlanViolationError,
     StepFailed,
+    TargetPathError,
     ToolError,
     ToolMissingError,
     UnconfirmedPlanError,
 )
+from recovery_env.inroot import read_in_root, resolve_in_root, write_in_root
 from recovery_env.layout import SfdiskTable, parse_blkid_export, parse_sfdisk_json
 from recovery_env.plan import (
     CheckFilesystem,
@@ -358,11 +360,14 @@ def execute_plan(
         log(f"[{i + 1}/{len(steps)}] {step.name}")
         t0 = time.monotonic()
         try:
-            outcome, detail = _run_step(step, log=log, progress=progress)
+            outcome, detail = _run_step(step, plan.target_root, log=log, progress=progress)
         except StepFailed as e:
             e.index = i
             log(f"FAILED: {e}")
             raise
+        except TargetPathError as e:
+            log(f"FAILED: {e}")
+            raise StepFailed(step.name, (), str(e), "a path does not resolve inside the target root", i) from e
         if isinstance(step, CheckManifest):
             manifest_checked = True
             differences = tuple(detail.splitlines()) if detail else ()
@@ -372,14 +377,66 @@ def execute_plan(
     return ExecutionReport(tuple(results), differences, manifest_checked)
 
 
+def _in_root(word: str, root: str) -> str:
+    """An argv word (or the value of ``--opt=VALUE``) naming a path below the target root, resolved inside it."""
+    opt, eq, value = word.partition("=") if word.startswith("-") else ("", "", word)
+    if not eq:
+        value = word
+    if not value.startswith("/") or os.path.normpath(value) == root or not _under(root, value):
+        return word
+    resolved = resolve_in_root(root, value)
+    return f"{opt}={resolved}" if eq else resolved
+
+
+def _exists_in_root(path: str, root: str) -> bool:
+    if not _under(root, path) or os.path.normpath(path) == root:
+        return os.path.lexists(path)
+    try:
+        return os.path.lexists(resolve_in_root(root, path))
+    except TargetPathError:
+        return False
+
+
+def resolve_step(step: Step, root: str, log: Log) -> Step:
+    """The step as it runs: every path below the target root (mount points, ``tar --directory``, grub's
+    directories, the paths a step's condition looks at) resolved inside the root, whatever symlinks the restored
+    files hold (recovery_env.inroot); the paths a step's condition looks at are resolved when it runs
+    (:func:`_exists_in_root`).  A mount point of another filesystem that resolves to the root itself is
+    refused (TargetPathError): it would hide the restored system."""
+
+    def words(argv: Sequence[str]) -> tuple[str, ...]:
+        out = tuple(_in_root(w, root) for w in argv)
+        for before, after in zip(argv, out, strict=True):
+            if before != after:
+                log(f"  {before} resolves to {after} (symlinks in the restored files, resolved inside {root})")
+        return out
+
+    match step:
+        case RunStep(argv=argv):
+            new = words(argv)
+            if os.path.basename(argv[0]) == "mount" and os.path.normpath(argv[-1]) != root and new[-1] == root:
+                raise TargetPathError(
+                    f"step {step.name!r}: the mount point {argv[-1]} resolves to the target root {root} itself "
+                    "(a symlink in the restored files); refused",
+                    path=argv[-1],
+                )
+            return replace(step, argv=new)
+        case Extract(extraction=e):
+            return replace(step, extraction=replace(e, directory=_in_root(e.directory, root),
+                                                    tar_argv=words(e.tar_argv)))
+    return step
+
+
 def _fail(step: Step, argv: Sequence[str], output: str, reason: str) -> StepFailed:
     return StepFailed(step.name, argv, output, reason)
 
 
-def _run_step(step: Step, *, log: Log, progress: OnProgress) -> tuple[Outcome, str]:
+def _run_step(step: Step, root: str, *, log: Log, progress: OnProgress) -> tuple[Outcome, str]:
+    """Run one step; every path under the target root ``root`` is resolved inside it first (resolve_step)."""
+    step = resolve_step(step, root, log)
     match step:
         case RunStep():
-            return _run_command(step, log)
+            return _run_command(step, root, log)
         case WaitPartitions():
             _wait_partitions(step)
         case CheckTable(disk=dp):
@@ -403,18 +460,17 @@ def _run_step(step: Step, *, log: Log, progress: OnProgress) -> tuple[Outcome, s
                 raise _fail(step, argv, proc.stdout + proc.stderr + "\n".join(problems), "not what mkfs was asked")
         case MakeDir(path=path):
             try:
-                os.makedirs(path, exist_ok=True)
+                made = resolve_in_root(root, path, create=True)
             except OSError as e:
                 raise _fail(step, [], str(e), f"cannot make {path}") from e
+            if made != os.path.normpath(path):
+                log(f"  {path} resolves to {made} (symlinks in the restored files, resolved inside {root})")
         case Extract(extraction=e):
             _extract(step, e.archive, e.pipeline, e.size, progress)
         case EditFstab(path=path, changes=changes):
             try:
-                text = Path(path).read_text()
-                tmp = Path(path + ".asr-new")
-                tmp.write_text(rewrite_fstab(text, changes))
-                os.replace(tmp, path)
-            except OSError as err:
+                write_in_root(root, path, rewrite_fstab(read_in_root(root, path), changes))
+            except (OSError, TargetPathError) as err:
                 raise _fail(step, [], str(err), f"cannot rewrite {path}") from err
             for c in changes:
                 log(f"  {c.mountpoint}: {c.old} -> {c.new}")
@@ -439,10 +495,10 @@ def _run_checked(step: Step, argv: Sequence[str]) -> str:
         raise _fail(step, argv, str(e), "tool missing") from e
 
 
-def _run_command(step: RunStep, log: Log) -> tuple[Outcome, str]:
-    if step.only_if_any and not any(os.path.lexists(p) for p in step.only_if_any):
+def _run_command(step: RunStep, root: str, log: Log) -> tuple[Outcome, str]:
+    if step.only_if_any and not any(_exists_in_root(p, root) for p in step.only_if_any):
         return Outcome.SKIPPED, f"none of {', '.join(step.only_if_any)} exists"
-    present = [p for p in step.unless_any if os.path.lexists(p)]
+    present = [p for p in step.unless_any if _exists_in_root(p, root)]
     if present:
         return Outcome.SKIPPED, f"{present[0]} exists"
     try:

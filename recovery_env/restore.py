@@ -40,6 +40,7 @@ from recovery_env.discover import (
 )
 from recovery_env.errors import BackupMediaMissingError, ToolError
 from recovery_env.execute import Progress
+from recovery_env.inroot import write_in_root
 from recovery_env.layout import parse_blkid_export
 from recovery_env.plan import DiskMatch, RestorePlan, match_disks, plan_restore
 from recovery_env.run import run
@@ -333,16 +334,13 @@ def make_plan(descriptor: Descriptor, match: DiskMatch, location: BackupLocation
 
 
 def write_run_log(plan: RestorePlan, agent_log: str, started: float) -> str:
-    """Copy the agent's log of this run into the restored system's /var/log/asr/; return the file written."""
-    directory = os.path.join(plan.target_root, LOG_DIR)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    path = os.path.join(directory, make_log_name(started))
+    """Copy the agent's log of this run into the restored system's /var/log/asr/; return the file written.  The
+    path is resolved inside the target root (symlinks of the restored files such as ``var -> /elsewhere`` never
+    lead out of it: recovery_env.inroot); TargetPathError when it cannot be."""
+    path = os.path.join(plan.target_root, LOG_DIR, make_log_name(started))
     try:
         with open(agent_log, encoding="utf-8", errors="replace") as f:
             text = f.read()
     except OSError as e:
         text = f"(the agent log {agent_log} could not be read: {e})\n"
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
-    return path
+    return write_in_root(plan.target_root, path, text, mode=0o600, create_dirs=True)

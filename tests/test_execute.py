@@ -36,6 +36,7 @@ from recovery_env.descriptor import (
     Disk,
     Filesystem,
     Firmware,
+    FstabSpec,
     FsType,
     Mount,
     PartFlag,
@@ -44,19 +45,23 @@ from recovery_env.descriptor import (
     TableType,
 )
 from recovery_env.discover import TargetDisk, find_disks, find_media_disks
-from recovery_env.errors import PlanViolationError, StepFailed, UnconfirmedPlanError
+from recovery_env.errors import PlanViolationError, StepFailed, TargetPathError, UnconfirmedPlanError
 from recovery_env.execute import (
     Progress,
+    _exists_in_root,
     check_filesystem,
     check_plan,
     check_table,
     confirm_plan,
     execute_plan,
+    resolve_step,
     rewrite_fstab,
 )
 from recovery_env.layout import parse_blkid_export, parse_sfdisk_json
 from recovery_env.plan import (
     DiskPlan,
+    Extract,
+    ExtractionPlan,
     FstabChange,
     Phase,
     RestorePlan,
@@ -64,6 +69,7 @@ from recovery_env.plan import (
     match_disks,
     plan_restore,
 )
+from recovery_env.restore import write_run_log
 from recovery_env.run import run
 
 MIB = 1 << 20
@@ -450,6 +456,95 @@ def test_restore_gpt_onto_a_larger_loop_disk(loop_disk: tuple[str, Path, list[Pa
         assert os.stat(check / "sparse.img").st_blocks * 512 < MIB  # restored sparse
     finally:
         run(["umount", str(check)])
+
+
+def test_steps_resolve_their_paths_inside_the_root_and_refuse_a_mount_over_it(tmp_path: Path) -> None:
+    root = tmp_path / "target"
+    (root / "real/efi").mkdir(parents=True)
+    os.symlink("/real", root / "boot")  # absolute: the host's /real would be meant on the host
+    os.symlink("/", root / "dev")
+    (root / "usr").mkdir()
+    os.symlink("../../../..", root / "usr/sbin")  # the root, not the host's /
+    r, ph = str(root), Phase.BOOTLOADER
+    log: list[str] = []
+    grub = RunStep("g", ph, ("grub-install", f"--efi-directory={r}/boot/efi", f"--boot-directory={r}/boot", "/dev/x"),
+                   unless_any=(f"{r}/usr/sbin/grub-install",))
+    got = resolve_step(grub, r, log.append)
+    assert isinstance(got, RunStep)
+    assert got.argv == ("grub-install", f"--efi-directory={r}/real/efi", f"--boot-directory={r}/real", "/dev/x")
+    assert f"  --boot-directory={r}/boot resolves to --boot-directory={r}/real (symlinks in the restored files, " \
+           f"resolved inside {r})" in log
+    assert _exists_in_root(f"{r}/usr/sbin/boot", r) and not _exists_in_root(f"{r}/usr/sbin/grub-install", r)
+    e = Extract("x", Phase.RESTORE, ExtractionPlan("fs1", "/boot/efi", "/b/a.tar", f"{r}/boot/efi", 1, "", (),
+                                                   ("tar", "--extract", f"--directory={r}/boot/efi")))
+    got_e = resolve_step(e, r, log.append)
+    assert isinstance(got_e, Extract)
+    assert got_e.extraction.pipeline == (("tar", "--extract", f"--directory={r}/real/efi"),)
+    os.symlink("../..", root / "real/up")
+    for mount in (("mount", "--bind", "/dev", f"{r}/dev"), ("mount", "/dev/x", f"{r}/boot/up")):
+        with pytest.raises(TargetPathError, match=r"resolves to the target root .* itself"):
+            resolve_step(RunStep("m", ph, mount), r, log.append)
+    assert resolve_step(RunStep("m", ph, ("mount", "/dev/x", r)), r, log.append).argv[-1] == r  # / itself: fine
+
+
+def _snapshot(top: Path) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            out[str(p.relative_to(top))] = os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else 0
+    return out
+
+
+@pytest.mark.root
+@needs_root
+def test_symlinks_in_the_restored_files_never_lead_a_later_step_outside_the_target(
+    loop_disk: tuple[str, Path, list[Path]], tmp_path: Path
+) -> None:
+    """The restored / holds ``boot -> /abs/outside`` (the next filesystem's mount point /boot/efi behind it) and
+    ``etc -> ../outside/etc`` (the fstab rewrite behind it), ``var -> ../../..<outside>/var`` (the run's log):
+    each is resolved inside the target; the host's outside/ is untouched."""
+    loop, _image, mounts = loop_disk
+    src, esp_src, backup, outside = tmp_path / "src", tmp_path / "esp", tmp_path / "backup", tmp_path / "outside"
+    fstab = f"/dev/sda2 /boot/efi ext4 defaults 0 2\nUUID={ROOT_UUID} / ext4 defaults 0 1\n"
+    for top in (src, outside):  # the restored etc/fstab and one on the host where the links point
+        (top / "outside/etc" if top == src else top / "etc").mkdir(parents=True)
+        (top / "outside/etc/fstab" if top == src else top / "etc/fstab").write_text(fstab)
+    (outside / "var/log").mkdir(parents=True)
+    os.symlink(str(outside), src / "boot")
+    os.symlink("../outside/etc", src / "etc")
+    os.symlink("../../../../../../../../.." + str(outside / "var"), src / "var")
+    (esp_src / "EFI/debian").mkdir(parents=True)
+    (esp_src / "EFI/debian/grubx64.efi").write_bytes(b"MZ" * 1000)
+    backup.mkdir()
+    result = make_backup_set(plan_archives([("fs2", "/", str(src), MIB), ("fs1", "/boot/efi", str(esp_src), MIB)]),
+                             backup)
+    base = small_gpt_descriptor(make_backup_record(result, path=str(backup)))
+    esp = Filesystem("fs1", "disk1p2", FsType.EXT4, "6e1f2a3b-6c5d-4e7f-8a9b-0c1d2e3f4a5b", "esp")
+    d = replace(base, filesystems=(esp, *base.filesystems[1:]),
+                mounts=(Mount("/", "fs2"), Mount("/boot/efi", "fs1", spec=FstabSpec.PATH, device="/dev/sda2")))
+    (disk,) = [t for t in find_disks(include={loop}) if t.device == loop]
+    root = tmp_path / "target"
+    mounts += [root, outside / "efi", Path(f"{root}{outside}/efi")]
+    plan = plan_restore(d, match_disks(d, [disk], unattended=True), target_root=str(root), backup_dir=str(backup))
+    assert "rewrite /etc/fstab" in [s.name for s in plan.steps()]
+    before = _snapshot(outside)
+    agent_log = tmp_path / "agent.log"
+    agent_log.write_text("ASR: log\n")
+    log: list[str] = []
+    token = confirm_plan(plan)
+    execute_plan(plan, log=log.append, progress=lambda _: None, confirm_token=token,
+                 phases=tuple(p for p in Phase if p is not Phase.UNMOUNT))
+    # the ESP is mounted and extracted inside the target, where /boot/efi resolves in it
+    assert (Path(f"{root}{outside}/efi/EFI/debian/grubx64.efi")).read_bytes() == b"MZ" * 1000
+    assert f"  {root}/boot/efi resolves to {root}{outside}/efi (symlinks in the restored files, resolved inside " \
+           f"{root})" in log
+    assert (root / "outside/etc/fstab").read_text().startswith(f"{loop}p2 /boot/efi ext4")  # the restored fstab
+    written = write_run_log(plan, str(agent_log), 1764118923)
+    assert written == f"{root}{outside}/var/log/asr/restore-20251126-010203.log"
+    execute_plan(plan, log=log.append, progress=lambda _: None, confirm_token=token, phases=(Phase.UNMOUNT,))
+    assert not os.path.ismount(root)
+    assert _snapshot(outside) == before  # nothing outside the target was made, mounted on, extracted or rewritten
 
 
 @pytest.mark.root

@@ -42,7 +42,16 @@ from recovery_env.errors import (
     NotFatError,
     StepFailed,
 )
-from recovery_env.screens import Screen, Size, render_log_line, render_screen, render_status, wrap
+from recovery_env.screens import (
+    Screen,
+    Size,
+    plan_pages,
+    render_log_line,
+    render_plan_page,
+    render_screen,
+    render_status,
+    wrap,
+)
 
 if TYPE_CHECKING:
     from recovery_env.descriptor import Descriptor, DeviceInventory
@@ -599,22 +608,26 @@ class Agent:
             self.log(f"unattended: plan confirmed (the disk match is unambiguous), token {self.confirmation[:16]}")
             return State.EXECUTE
         self.consoles.drain()
-        self.show(
-            Screen(
-                (*lines, "", "To erase these disks and restore, press C.  To quit, press F3."), "C=Continue   F3=Quit"
-            )
-        )
+        pages = plan_pages(lines)
+        page, seen = 0, {0}
         while True:
+            self.show(render_plan_page(pages, page, confirmable=len(seen) == len(pages)))
             key = self.wait_key()
             if key is None:
                 continue
+            ch = (key.char or "").lower() if key.name is KeyName.CHAR else ""
             if key.name is KeyName.F3:
                 self.log("quit at the plan: nothing written")
                 return State.MENU
-            if key.name is KeyName.CHAR and (key.char or "").lower() == "c":
+            if ch == "c" and len(seen) == len(pages):  # every page (every command, every warning) was shown
                 self.confirmation = confirm_plan(self.plan)
                 self.log(f"plan confirmed, token {self.confirmation[:16]}")
                 return State.EXECUTE
+            if ch in ("n", " ") or key.name in (KeyName.ENTER, KeyName.DOWN):
+                page = min(page + 1, len(pages) - 1)
+            elif ch == "p" or key.name is KeyName.UP:
+                page = max(page - 1, 0)
+            seen.add(page)
 
     def on_pick_disk(self) -> Next:
         assert self.match is not None and self.match.pending

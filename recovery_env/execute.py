@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import os
 import re
+import shlex
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -133,14 +134,91 @@ def _under(root: str, path: str) -> bool:
     return p == root or p.startswith(root.rstrip("/") + "/")
 
 
-def _dev_words(argv: Sequence[str]) -> list[str]:
-    """Every argv word (or ``--opt=VALUE`` value) that names something under /dev."""
-    out = []
-    for a in argv:
-        for w in (a, a.split("=", 1)[1] if "=" in a else ""):
-            if w == "/dev" or w.startswith("/dev/"):
-                out.append(os.path.normpath(w))
-    return out
+# Device nodes a command may name without reaching a disk: the kernel's sources and sinks of bytes, terminals.
+# Every other /dev path must be a disk or partition of the plan, or a link that resolves to one.
+HARMLESS_DEVICES = frozenset({
+    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/console", "/dev/stdin",
+    "/dev/stdout", "/dev/stderr", "/dev/ptmx", "/dev/kmsg",
+})
+HARMLESS_DEVICE_DIRS = ("/dev/fd/", "/dev/pts/", "/dev/shm/")
+SHELLS = frozenset({"sh", "bash", "dash", "ash", "busybox"})
+_CHARS = r"[^\s'\"`;|&<>(){}=,$\\]"  # what a path in a command line can be made of
+_START = r"(?<![\w.~/+-])"  # a path starts a word, or follows "=", ">", a quote...
+_DEV_PATH = re.compile(_START + r"/dev(?:/" + _CHARS + r"*)?(?!" + _CHARS + ")")
+_SYS_PATH = re.compile(_START + r"/sys/" + _CHARS + "*")
+_MAJMIN = re.compile(r"(?<![\w:.])(\d+):(\d+)(?![\w:.])")
+
+
+def _command_words(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Every word to look at: argv's own words, and the shell words of a ``sh -c SCRIPT`` (quotes removed, so
+    ``/de""v/sdb`` is seen as ``/dev/sdb``); and the problems found reading them."""
+    words, problems = list(argv), []
+    for i, w in enumerate(argv[:-2]):
+        if os.path.basename(w) in SHELLS and argv[i + 1] == "-c":
+            try:
+                words += shlex.split(argv[i + 2], comments=True)
+            except ValueError as e:
+                problems.append(f"its shell command cannot be read to check it ({e})")
+    return words, problems
+
+
+def _block_name_of(majmin: str, fs_root: str) -> str | None:
+    """The block device ``MAJ:MIN`` is on this machine (sda1), None when there is none."""
+    try:
+        real = resolve_in_root(fs_root, f"{fs_root.rstrip('/')}/sys/dev/block/{majmin}")
+    except (OSError, TargetPathError):
+        return None
+    return os.path.basename(real) if os.path.exists(real) else None
+
+
+def find_foreign_devices(argv: Sequence[str], allowed: Collection[str], *, fs_root: str = "/") -> list[str]:
+    """What a command names that is (or may be) a block device outside ``allowed``, one line each ([] when
+    nothing).  The one device guard of every step, post-restore commands included.  Looked at: every word and,
+    for ``sh -c SCRIPT``, the script's shell words; in each, every ``/dev/...`` path (also after ``of=``,
+    ``--device=``, ``>``), resolved on this machine (``/dev/disk/by-id/...`` must lead to a device of the plan);
+    ``/sys/block/NAME``, ``/sys/class/block/NAME``, ``/sys/devices/.../block/NAME[/PART]``,
+    ``/sys/dev/block/MAJ:MIN`` and a ``MAJ:MIN`` word of a block device of this machine; ``mknod ... b``.  A
+    command that builds a device name at run time (variables, command substitution) is not seen through.
+    ``fs_root``: where /dev and /sys are (tests give a directory)."""
+    words, problems = _command_words(argv)
+    ok = set(allowed)
+
+    def device_ok(name: str) -> bool:
+        return f"/dev/{name}" in ok
+
+    for word in words:
+        for m in _DEV_PATH.finditer(word):
+            path = os.path.normpath(m.group(0))
+            if path == "/dev" or path in ok or path in HARMLESS_DEVICES or path.startswith(HARMLESS_DEVICE_DIRS):
+                continue
+            try:
+                real = resolve_in_root(fs_root, f"{fs_root.rstrip('/')}{path}")[len(fs_root.rstrip("/")):]
+            except (OSError, TargetPathError):
+                real = path
+            if real in ok:
+                continue
+            via = f" (a link to {real})" if real != path else ""
+            problems.append(f"names {path}{via}, which is not a disk or partition of the plan")
+        for m in _SYS_PATH.finditer(word):
+            parts = m.group(0).split("/")
+            for i, part in enumerate(parts[:-1]):
+                if part != "block":
+                    continue
+                name = parts[i + 1]
+                if _MAJMIN.fullmatch(name):
+                    name = _block_name_of(name, fs_root) or name
+                sub = parts[i + 2] if i + 2 < len(parts) and parts[i + 2].startswith(name) else ""
+                for n in (name, sub):
+                    if n and not device_ok(n):
+                        problems.append(f"names {m.group(0)} (block device {n}), which is not in the plan")
+        for m in _MAJMIN.finditer(word):
+            dev = _block_name_of(m.group(0), fs_root)
+            if dev is not None and not device_ok(dev):
+                problems.append(f"names {m.group(0)}, the block device {dev} of this machine, not in the plan")
+    names = [os.path.basename(w) for w in words]
+    if "mknod" in names and "b" in words[names.index("mknod"):]:
+        problems.append("makes a block device node (mknod ... b)")
+    return list(dict.fromkeys(problems))
 
 
 def check_step(step: Step, plan: RestorePlan) -> None:
@@ -158,9 +236,8 @@ def check_step(step: Step, plan: RestorePlan) -> None:
             for w in writes:
                 if w not in allowed:
                     raise refuse(f"writes to {w}, which is not a disk or partition of the plan")
-            for w in _dev_words(argv):
-                if w != "/dev" and w not in allowed:
-                    raise refuse(f"names {w}, which is not a disk or partition of the plan")
+            for problem in find_foreign_devices(argv, allowed):
+                raise refuse(problem)
             tool = os.path.basename(argv[0])
             if tool == "chroot" and (len(argv) < 3 or os.path.normpath(argv[1]) != root):
                 raise refuse(f"chroot into {argv[1] if len(argv) > 1 else '?'} instead of {root}")
@@ -190,8 +267,8 @@ def check_step(step: Step, plan: RestorePlan) -> None:
             if not _under(root, e.directory):
                 raise refuse(f"extracts into {e.directory}, outside the target root {root}")
             for argv in e.pipeline:
-                for w in _dev_words(argv):
-                    raise refuse(f"names {w} in the extraction pipeline")
+                for problem in find_foreign_devices(argv, ()):
+                    raise refuse(f"the extraction pipeline {problem}")
         case CheckManifest(root=r):
             if os.path.normpath(r) != root:
                 raise refuse(f"verifies {r} instead of {root}")

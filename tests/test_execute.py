@@ -32,6 +32,7 @@ from recovery_env.descriptor import (
     GPT_ESP,
     Bootloader,
     BootloaderKind,
+    Command,
     Descriptor,
     Disk,
     Filesystem,
@@ -54,6 +55,7 @@ from recovery_env.execute import (
     check_table,
     confirm_plan,
     execute_plan,
+    find_foreign_devices,
     resolve_step,
     rewrite_fstab,
 )
@@ -597,3 +599,79 @@ def test_disk_plan_is_data() -> None:
     # the plan holds no callables or handles: it can be shown, logged and compared
     dp: DiskPlan = _plan(gpt_descriptor(), target("vda", 3 * GIB)).disks[0]
     assert repr(dp).startswith("DiskPlan(key='disk1'")
+
+
+# ------------------------------------------------------------------------------------------------ the device guard
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> str:
+    """/dev and /sys of a machine with the plan's disk vda and another disk sdb (8:16)."""
+    for d in ("dev/disk/by-id", "sys/devices/pci0/block/sdb/sdb1", "sys/devices/virtio0/block/vda/vda3",
+              "sys/dev/block", "sys/block", "sys/class/block"):
+        (tmp_path / d).mkdir(parents=True)
+    for name in ("vda", "vda3", "sdb", "sdb1"):
+        (tmp_path / "dev" / name).touch()
+    os.symlink("../../vda", tmp_path / "dev/disk/by-id/virtio-PLAN")
+    os.symlink("../../sdb", tmp_path / "dev/disk/by-id/ata-OTHER")
+    os.symlink("/dev/sdb1", tmp_path / "dev/disk/by-id/ata-OTHER-part1")  # absolute: from the machine's /
+    for majmin, path in (("8:16", "pci0/block/sdb"), ("8:17", "pci0/block/sdb/sdb1"), ("254:0", "virtio0/block/vda")):
+        os.symlink(f"../../devices/{path}", tmp_path / "sys/dev/block" / majmin)
+    return str(tmp_path)
+
+
+PLAN_DEVICES = ("/dev/vda", "/dev/vda1", "/dev/vda2", "/dev/vda3")
+HOSTILE_COMMANDS = [
+    "mkfs.ext4 -F /dev/sdb",
+    "mkfs.ext4 /dev/sdb1",
+    "dd if=/dev/zero of=/dev/sdb bs=1M count=1",
+    "some-tool --device=/dev/sdb",
+    "cat /tmp/x > /dev/sdb",
+    "dd of='/dev/sdb'",
+    'dd of=/de""v/sdb',
+    "wipefs -a /dev/disk/by-id/ata-OTHER",
+    "wipefs -a /dev/disk/by-id/ata-OTHER-part1",
+    "echo 1 > /sys/block/sdb/device/delete",
+    "echo 1 > /sys/class/block/sdb1/holders",
+    "cat /sys/devices/pci0/block/sdb/sdb1/size",
+    "cat /sys/dev/block/8:16/size",
+    "echo 8:17 > /sys/power/resume",
+    "mknod /tmp/d b 8 16 && dd if=/dev/zero of=/tmp/d",
+    "mkfs.ext4 /dev/nvme0n1",  # not on this machine at all: not a device of the plan either
+    "echo 'unbalanced",
+]
+
+
+@pytest.mark.parametrize("command", HOSTILE_COMMANDS)
+def test_the_device_guard_sees_every_way_a_command_names_a_disk(machine: str, command: str) -> None:
+    argv = ("chroot", "/target", "/bin/sh", "-c", command)
+    problems = find_foreign_devices(argv, PLAN_DEVICES, fs_root=machine)
+    assert problems, command
+    assert any(w in " ".join(problems) for w in ("sdb", "nvme0n1", "mknod", "cannot be read")), problems
+
+
+@pytest.mark.parametrize("command", [
+    "echo restored > /etc/asr-restored",
+    "update-grub >/dev/null 2>&1 </dev/zero",
+    "tune2fs -L root /dev/vda3",
+    "blkid /dev/disk/by-id/virtio-PLAN",
+    "cat /sys/block/vda/size /sys/dev/block/254:0/size /sys/devices/virtio0/block/vda/vda3/size",
+    "date -s 12:30 && ls /devices /target/dev /dev",
+    "true",
+])
+def test_the_device_guard_lets_the_plans_own_devices_and_harmless_words_pass(machine: str, command: str) -> None:
+    assert find_foreign_devices(("chroot", "/target", "/bin/sh", "-c", command), PLAN_DEVICES, fs_root=machine) == []
+
+
+@pytest.mark.parametrize("command", ["mkfs.ext4 -F /dev/sdb", "wipefs --all /dev/loop0", "blkdiscard /dev/vdb1",
+                                     "echo 1 > /sys/block/loop0/device/delete", "cat /x | dd of=/dev/disk/by-id/x"])
+def test_a_post_restore_command_naming_another_disk_is_refused_before_anything_runs(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASR_FORBID_SUBPROCESS", "1")  # if anything ran, InternalError would come instead
+    d = replace(gpt_descriptor(), commands=(Command(1, "true"), Command(2, command, critical=True)))
+    plan = _plan(d, target("vda", 3 * GIB))
+    logged: list[str] = []
+    with pytest.raises(PlanViolationError, match=r"step 'post-restore command 2: .*names .*refused"):
+        execute_plan(plan, log=logged.append, progress=lambda _: None, confirm_token=confirm_plan(plan))
+    assert logged == []

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from builder.qemu import strip_ansi
 from recovery_env.descriptor import (
     GPT_BIOS_BOOT,
     GPT_ESP,
@@ -62,6 +63,7 @@ from recovery_env.plan import (
     plan_restore,
     render_plan,
 )
+from recovery_env.screens import PLAN_PROMPT, Size, plan_pages, render_plan_page, render_screen
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -630,3 +632,61 @@ def test_plan_refuses_an_incomplete_or_doubled_mapping() -> None:
         plan_restore(base, {"disk1": target("vda", GIB)}, backup_dir="/b")
     with pytest.raises(PlanError, match="target root cannot be /"):
         plan_restore(base, {"disk1": t}, backup_dir="/b", target_root="/")
+
+
+LONG_COMMAND = ("for k in /etc/ssh/ssh_host_*_key; do ssh-keygen -l -f \"$k\"; done; "
+                "/usr/local/sbin/" + "x" * 120 + " --config=/etc/site.conf && update-initramfs -u -k all")
+
+
+def test_the_plan_screen_lists_every_post_restore_command_in_full() -> None:
+    d = replace(gpt_descriptor(), commands=(Command(1, "echo restored > /etc/asr-restored", critical=True),
+                                            Command(2, LONG_COMMAND)))
+    lines = render_plan(_plan(d, target("vda", 3 * GIB)))
+    i = lines.index("Then run 2 post-restore command(s) in the restored system, in order:")
+    assert lines[i + 1] == "  1. (critical) echo restored > /etc/asr-restored"
+    second = lines[i + 2:]
+    assert second[0].startswith("  2. for k in /etc/ssh/ssh_host_*_key;") and len(second) == 4
+    assert all(line.startswith("     ") for line in second[1:])
+    assert "".join(line[5:] for line in second).replace(" ", "") == LONG_COMMAND.replace(" ", "")
+    # every line of it is shown whole on the screen: nothing cut with "...", nothing hidden below the screen
+    pages = plan_pages(lines)
+    assert [line for page in pages for line in page] == lines
+    for n, page in enumerate(pages):
+        screen = strip_ansi(render_screen(render_plan_page(pages, n, confirmable=True)).encode())
+        for line in page:
+            if line in lines[i:]:  # every line of the commands, whole
+                assert line in screen
+        assert "more lines" not in screen
+
+
+def test_a_plan_longer_than_the_screen_offers_c_only_after_its_last_page() -> None:
+    many = tuple(Command(n, f"echo step {n} >> /var/log/site-restore.log") for n in range(1, 30))
+    lines = render_plan(_plan(replace(gpt_descriptor(), commands=many), target("vda", 3 * GIB)))
+    pages = plan_pages(lines)
+    assert len(pages) == 3 and [line for page in pages for line in page] == lines
+    first = render_plan_page(pages, 0, confirmable=False)
+    assert first.status == "N=Next page   P=Previous page   F3=Quit" and PLAN_PROMPT not in first.body
+    assert first.body[-2] == "Page 1 of 3 of the plan: N shows the next page, P the previous one."
+    last = render_plan_page(pages, 2, confirmable=True)
+    assert last.status == "C=Continue   F3=Quit" and last.body[-1] == PLAN_PROMPT
+    assert len(first.body) <= Size().body_rows and len(last.body) <= Size().body_rows
+    assert plan_pages(lines[:18]) == [tuple(lines[:18])]  # a plan that fits: one page, as before
+
+
+def test_filesystems_not_backed_up_are_announced_as_re_created_empty() -> None:
+    base = gpt_descriptor()
+    assert base.backup is not None
+    # the ESP was not backed up (no archive for it): it will be made anew, empty
+    d = replace(base, filesystems=(replace(base.filesystems[0], backup=False), base.filesystems[1]),
+                backup=replace(base.backup, archives=base.backup.archives[:1]))
+    p = _plan(d, target("vda", 3 * GIB))
+    assert p.empty_filesystems == ("/boot/efi (vfat on /dev/vda2)",)
+    lines = render_plan(p)
+    i = lines.index("WARNING: not in the backup set, so these will be re-created EMPTY (their files are lost):")
+    assert lines[i + 1] == "  /boot/efi (vfat on /dev/vda2)" and i < lines.index(next(
+        x for x in lines if x.startswith("Then restore 1 archive(s)")))
+    assert _plan(base, target("vda", 3 * GIB)).empty_filesystems == ()  # everything archived: no warning
+    nothing = _plan(replace(base, backup=None), target("vda", 3 * GIB))  # no backup set at all
+    assert nothing.empty_filesystems == ("/boot/efi (vfat on /dev/vda2)", "/ (ext4 on /dev/vda3)")
+    swap = _plan(mbr_descriptor(), target("vda", GIB))  # swap holds no files: not announced
+    assert swap.empty_filesystems == ()

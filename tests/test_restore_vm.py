@@ -43,6 +43,7 @@ from builder.sif_render import render_asr_sif
 from recovery_env.backupset import check_backup_set, read_manifest, sha256_file
 from recovery_env.descriptor import BootloaderKind, Command, Descriptor
 from recovery_env.descriptor import Firmware as DescFirmware
+from recovery_env.plan import wrap_whole
 from recovery_env.run import run, run_bytes
 from recovery_env.sif import parse_asr_sif
 
@@ -280,6 +281,8 @@ def test_unattended_mbr_restore_boots(mbr_bios: Source, workdir: Path) -> None:
     serial = run_rescue(rescue_spec(mbr_bios, (target, mbr_bios.captured.backup_image)), workdir, "reboot")
     check_restore(mbr_bios, serial, target)
     assert_lines(serial, r"ASR: \[\d+/\d+\] post-restore command 1: if grep")
+    for line in wrap_whole(POST_COMMAND.command, "  1. (critical) ", "     "):
+        assert f"ASR: plan:   {line}" in serial  # unattended mode logs every command in full before it runs
     root = next(p for p in mbr_bios.captured.machine.partitions if p.role is PartRole.ROOT)
     assert debugfs_cat(target, root.offset, "/root/asr-post.txt") == "post-restore ran on asr-mbr\n"
     verdict = boot_restored(target, Firmware.BIOS, workdir)
@@ -353,6 +356,8 @@ def test_interactive_f2_floppy_pick_a_disk_continue(mbr_bios: Source, workdir: P
         vm.screendump(shots / "4-choose-disk.png")
         vm.send_keys("1")
         vm.wait_serial(r"ASR: chosen: /dev/vda for disk1", STEP_TIMEOUT)
+        vm.wait_serial(r"(C=Continue|N=Next page) +", STEP_TIMEOUT)
+        vm.send_keys("n", "n", "n")  # a plan longer than the screen: C is accepted once its last page was shown
         vm.wait_serial(r"C=Continue +F3=Quit", STEP_TIMEOUT)
         vm.screendump(shots / "5-plan.png")
         vm.send_keys("c")

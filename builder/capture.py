@@ -122,7 +122,7 @@ def render_summary(r: CaptureResult) -> str:
         lines.append(f"  {a.file}: {a.entries} entries, {_size(a.size)}, sha256 {a.sha256[:16]}...")
     lines.append(f"  MANIFEST: {r.backup.file_count} entries; {len(r.inventory.devices)} devices in ASRPNP.SIF; "
                  f"{_size(r.backup.raw_bytes)} archived in {r.seconds:.1f} s")
-    lines += [f"  warning: {w}" for w in r.backup.warnings]
+    lines += [f"  warning: {w}" for w in (*r.backup.warnings, *r.warnings)]
     lines += [f"  note: {n}" for n in r.notes]
     lines.append(f"  next: asr build --descriptor {r.dest / ASR_SIF}")
     return "\n".join(lines)

@@ -51,7 +51,7 @@ from recovery_env.backupset import (
     stage_fat_source,
 )
 from recovery_env.descriptor import Compression, Descriptor, DeviceInventory, Firmware, FstabSpec
-from recovery_env.discover import find_disks
+from recovery_env.discover import find_disks, partition_device
 from recovery_env.errors import BackupMediaMissingError, LayoutError, ToolError
 from recovery_env.inventory import read_inventory
 from recovery_env.layout import (
@@ -126,6 +126,8 @@ class CaptureResult:
     notes: tuple[str, ...] = ()
     files: tuple[str, ...] = field(default_factory=tuple)
     seconds: float = 0.0
+    # what a restore of this set loses: filesystems on a wiped disk that are not backed up (find_empty_after_restore)
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         d = self.descriptor
@@ -167,10 +169,30 @@ class CaptureResult:
             "file_count": self.backup.file_count,
             "raw_bytes": self.backup.raw_bytes,
             "devices": len(self.inventory.devices),
-            "warnings": list(self.backup.warnings),
+            "warnings": [*self.backup.warnings, *self.warnings],
             "notes": list(self.notes),
             "seconds": round(self.seconds, 3),
         }
+
+
+def find_empty_after_restore(d: Descriptor) -> tuple[str, ...]:
+    """One warning per filesystem with files on a disk that a restore wipes (a critical disk) but that is not
+    backed up: a restore re-creates it EMPTY.  In fstab or not (a filesystem fstab does not list is lost too)."""
+    archived = {a.filesystem for a in d.backup.archives} if d.backup else {f.key for f in d.filesystems if f.backup}
+    out = []
+    for fs in d.filesystems:
+        part = d.partition(fs.partition)
+        disk = d.disk(part.disk)
+        if not disk.critical or not fs.type.has_files or fs.key in archived:
+            continue
+        node = f", {partition_device(disk.device, part.number)}" if disk.device else ""
+        where = f"{fs.type.value} on {fs.partition}{node}"
+        mp = mountpoint_of(d, fs.key)
+        what = f"{mp} ({where})" if mp else f"{fs.key} ({where}, not in /etc/fstab)"
+        hint = f" (--include-mount {mp} backs it up)" if mp else ""
+        out.append(f"{what} is on {disk.key}, which a restore wipes, but it is not backed up: a restore re-creates "
+                   f"it EMPTY{hint}")
+    return tuple(out)
 
 
 def mountpoint_of(d: Descriptor, fs_key: str) -> str:
@@ -277,7 +299,8 @@ def capture(
     )
     if not live:
         notes += (f"ASRPNP.SIF lists no devices: --root {root} is another system than this machine's hardware",)
-    return CaptureResult(dest, descriptor, inventory, result, notes, files, time.monotonic() - started)
+    return CaptureResult(dest, descriptor, inventory, result, notes, files, time.monotonic() - started,
+                         find_empty_after_restore(descriptor))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -545,6 +568,8 @@ def run_offline_capture(
             live_hardware=True,
         )
         result = capture(req, euid=os.geteuid(), progress=progress, renderer=sif)
+        for w in result.warnings:
+            log(f"warning: {w}")
         sif_files = [dest / ASR_SIF, dest / ASRPNP_SIF]
         on_floppy = write_floppy(floppy, sif_files, log)
         where = f"the floppy {floppy} and {dest}" if on_floppy else f"{dest} (beside the backup set)"

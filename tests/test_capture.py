@@ -206,6 +206,46 @@ def test_summary_without_json(system: Attached, tmp_path: Path) -> None:
     assert "asr backup of asr-test" in out and "fs1.tar.zst" in out and "next: asr build --descriptor" in out
 
 
+@pytest.mark.root
+def test_a_filesystem_on_the_wiped_disk_not_backed_up_is_a_warning(attach: list[Attached], tmp_path: Path) -> None:
+    """/srv is in fstab on the disk a restore wipes, but only /, /boot, /boot/efi, /usr, /var are backed up (no
+    --include-mount /srv): `asr backup` says that a restore re-creates it EMPTY, on the terminal and in --json."""
+    _need_root_and_loop()
+    img = tmp_path / "disk.img"
+    make_partitioned_image(img, 160, "gpt", GPT_DISK_ID, [
+        PartSpec(1, GPT_BIOS_BOOT, BIOS_PARTUUID, "bios"), PartSpec(100, "L", ROOT_PARTUUID, "root"),
+        PartSpec(0, "L", "aa11bb22-cc33-4d44-8e55-ff6677889902", "srv")])
+    off = partition_offsets(img)
+    mkfs_ext4(img, *off[2], ROOT_UUID, "asr-root")
+    mkfs_ext4(img, *off[3], "3d9a1c4e-5b6f-4a7d-8e9f-0a1b2c3d4e60", "asr-srv")
+    a = attach_image(attach, img, 2, tmp_path / "mnt")
+    assert a.mnt is not None
+    (a.mnt / "etc").mkdir()
+    (a.mnt / "etc/fstab").write_text(f"UUID={ROOT_UUID} / ext4 defaults 0 1\n"
+                                     "LABEL=asr-srv /srv ext4 defaults 0 2\n")
+    (a.mnt / "etc/hostname").write_text("asr-srv\n")
+    (a.mnt / "boot/grub/i386-pc").mkdir(parents=True)
+    (a.mnt / "boot/grub/i386-pc/core.img").write_bytes(b"\x00" * 512)
+    warning = (f"/srv (ext4 on disk1p3, {a.loop}p3) is on disk1, which a restore wipes, but it is not backed up: a "
+               "restore re-creates it EMPTY (--include-mount /srv backs it up)")
+    code, out, err = asr("backup", "--to", str(tmp_path / "set1"), "--root", str(a.mnt), "--disk", a.loop, "--json")
+    assert code == 0, err
+    assert warning in json.loads(out)["warnings"]
+    code, out, err = asr("backup", "--to", str(tmp_path / "set2"), "--root", str(a.mnt), "--disk", a.loop)
+    assert code == 0, err
+    assert f"  warning: {warning}\n" in out
+    (a.mnt / "srv").mkdir()
+    run(["mount", f"{a.loop}p3", str(a.mnt / "srv")])
+    try:  # backed up with --include-mount /srv: no warning
+        code, out, err = asr("backup", "--to", str(tmp_path / "set3"), "--root", str(a.mnt), "--disk", a.loop,
+                             "--include-mount", "/srv", "--json")
+    finally:
+        run(["umount", str(a.mnt / "srv")])
+    assert code == 0, err
+    assert [f["backup"] for f in json.loads(out)["filesystems"]] == [True, True]
+    assert not [w for w in json.loads(out)["warnings"] if "EMPTY" in w]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Refusals: the named error, and nothing in DIR
 # ---------------------------------------------------------------------------------------------------------------

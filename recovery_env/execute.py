@@ -474,6 +474,26 @@ def _exists_in_root(path: str, root: str) -> bool:
         return False
 
 
+# What grub-install (the rescue system's, run outside the restored system) writes below its --boot-directory.
+GRUB_WRITES = ("grub", "grub/i386-pc", "grub/x86_64-efi", "grub/fonts", "grub/locale", "grub/grubenv",
+               "grub/grub.cfg")
+
+
+def check_no_links(root: str, directory: str, below: Sequence[str]) -> None:
+    """A tool that runs outside the restored system and writes ``below`` a (resolved) ``directory`` follows the
+    restored files' symlinks there as the rescue system sees them: refuse (TargetPathError) any that leads it out
+    of the root (an absolute link, a ``..`` chain past the root)."""
+    for sub in below:
+        lexical = os.path.join(directory, sub)
+        followed = os.path.realpath(lexical)  # where a tool of the rescue system ends up
+        if not _under(os.path.realpath(root), followed):
+            raise TargetPathError(
+                f"{lexical} leads to {followed} for a tool of the rescue system, outside the target root {root} (a "
+                "symlink in the restored files); refused",
+                path=lexical,
+            )
+
+
 def resolve_step(step: Step, root: str, log: Log) -> Step:
     """The step as it runs: every path below the target root (mount points, ``tar --directory``, grub's
     directories, the paths a step's condition looks at) resolved inside the root, whatever symlinks the restored
@@ -497,6 +517,10 @@ def resolve_step(step: Step, root: str, log: Log) -> Step:
                     "(a symlink in the restored files); refused",
                     path=argv[-1],
                 )
+            if os.path.basename(argv[0]) == "grub-install":
+                for w in new:
+                    if w.startswith("--boot-directory="):
+                        check_no_links(root, w.split("=", 1)[1], GRUB_WRITES)
             return replace(step, argv=new)
         case Extract(extraction=e):
             return replace(step, extraction=replace(e, directory=_in_root(e.directory, root),

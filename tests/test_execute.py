@@ -675,3 +675,20 @@ def test_a_post_restore_command_naming_another_disk_is_refused_before_anything_r
     with pytest.raises(PlanViolationError, match=r"step 'post-restore command 2: .*names .*refused"):
         execute_plan(plan, log=logged.append, progress=lambda _: None, confirm_token=confirm_plan(plan))
     assert logged == []
+
+
+def test_the_rescue_systems_grub_install_is_refused_where_boot_grub_leads_out(tmp_path: Path) -> None:
+    root, outside = tmp_path / "target", tmp_path / "outside"
+    (root / "boot/grub2").mkdir(parents=True)
+    outside.mkdir()
+    r = str(root)
+    grub = RunStep("g", Phase.BOOTLOADER, ("grub-install", "--target=i386-pc", f"--boot-directory={r}/boot",
+                                           "--directory=/usr/lib/grub/i386-pc", "/dev/vda"), writes=("/dev/vda",))
+    assert resolve_step(grub, r, print) == grub  # a real boot/grub (absent here: grub-install makes it)
+    os.symlink("grub2", root / "boot/grub")  # a link that stays inside: fine
+    assert resolve_step(grub, r, print) == grub
+    os.unlink(root / "boot/grub")
+    os.symlink(str(outside), root / "boot/grub")  # grub-install would write the host's outside/i386-pc/*.mod
+    with pytest.raises(TargetPathError, match=f"{r}/boot/grub leads to {outside} for a tool of the rescue system"):
+        resolve_step(grub, r, print)
+    assert list(outside.iterdir()) == []

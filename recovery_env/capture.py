@@ -50,9 +50,9 @@ from recovery_env.backupset import (
     plan_archives,
     stage_fat_source,
 )
-from recovery_env.descriptor import Compression, Descriptor, DeviceInventory, Firmware, FstabSpec
+from recovery_env.descriptor import Compression, Descriptor, DeviceInventory, Firmware, FstabSpec, path_problem
 from recovery_env.discover import find_disks, partition_device
-from recovery_env.errors import BackupMediaMissingError, LayoutError, ToolError
+from recovery_env.errors import BackupMediaMissingError, DestinationError, LayoutError, ToolError
 from recovery_env.inventory import read_inventory
 from recovery_env.layout import (
     FstabEntry,
@@ -230,13 +230,18 @@ def capture(
 ) -> CaptureResult:
     started = time.monotonic()
     check_root(euid)
+    # '..' and '.' are resolved (the path recorded in [BACKUP] is the real one); a NUL or control character in the
+    # directory's name is refused: the restore's validator refuses such a path, so the set could never be restored
+    problem = path_problem(os.path.normpath(os.path.abspath(req.dest)))
+    if problem:
+        raise DestinationError(f"--to {problem}: give a directory whose path has no control characters")
     sif = renderer or load_renderer()
     root = req.root.resolve()
     if not root.is_dir():
         raise LayoutError(f"--root {req.root}: not a directory")
     layout, firmware, facts = read_layout(root, req.disks, include_mounts=req.include_mounts, firmware=req.firmware)
     sources = find_sources(layout, root)
-    dest = req.dest.absolute()
+    dest = req.dest.resolve()
     check_destination(dest, layout, facts)
     check_space(dest, sources)
     system = read_system_info(root, firmware, f"asr {__version__}")

@@ -32,6 +32,7 @@ from recovery_env.errors import (
     AsrError,
     DestinationError,
     InsufficientSpaceError,
+    LayoutError,
     NotRootError,
     UnsupportedLayoutError,
 )
@@ -282,6 +283,34 @@ def test_refused_when_dir_is_on_a_critical_disk(system: Attached) -> None:
     code, _, err = asr(*backup_args(system, dest))
     assert code == DestinationError.exit_code and "a filesystem of critical disk" in err
     assert not dest.exists()
+
+
+@pytest.mark.root
+def test_refused_to_record_control_characters_or_dotdot(system: Attached, tmp_path: Path) -> None:
+    """Issue 10, finding 4: `asr backup` records no path the restore's validator refuses: a backup directory with
+    an escape sequence in its name (DestinationError), a --disk path with '..' (LayoutError); exit 2, nothing
+    written.  A '..' in --to is resolved: the recorded [BACKUP] path is the real one."""
+    assert system.mnt is not None
+    dest = tmp_path / "set\x1b[31m"
+    with pytest.raises(DestinationError, match=r"has the control character '\\x1b'"):
+        capture(CaptureRequest(dest, system.mnt, (system.loop,)), euid=0)
+    code, _, err = asr(*backup_args(system, dest))
+    assert code == DestinationError.exit_code and "has the control character" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+    dest = tmp_path / "set"
+    dotdot = "/dev/../dev/" + system.loop.removeprefix("/dev/")
+    with pytest.raises(LayoutError, match=r"--disk '/dev/\.\./dev/loop\d+' has a '\.\.' component"):
+        capture(CaptureRequest(dest, system.mnt, (dotdot,)), euid=0)
+    code, _, err = asr("backup", "--to", str(dest), "--root", str(system.mnt), "--disk", dotdot)
+    assert code == LayoutError.exit_code and "has a '..' component" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+    (tmp_path / "sub").mkdir()
+    code, _, err = asr(*backup_args(system, tmp_path / "sub" / ".." / "set"))
+    assert code == 0, err
+    recorded = parse_asr_sif((dest / "ASR.SIF").read_text()).backup
+    assert recorded is not None and recorded.path.endswith(f"/{tmp_path.name}/set"), recorded
 
 
 @pytest.mark.root

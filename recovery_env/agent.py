@@ -579,7 +579,7 @@ class Agent:
         self.confirmation = ""  # a new plan is confirmed anew
         self.show(Screen(("Looking for the disks of this computer ...",), "Please wait..."))
         try:
-            targets, exclude = find_targets(self.floppy)
+            targets, exclude = find_targets(self.floppy, (self.location.device,))
             self.log("disks: " + ", ".join(t.describe() for t in targets) if targets else "disks: none")
             for dev, why in sorted(exclude.items()):
                 self.log(f"never a target: {dev} ({why})")

@@ -308,10 +308,12 @@ def verify_backup(location: BackupLocation, backup: BackupSet) -> None:
     check_backup_set(Path(location.directory), backup)
 
 
-def find_targets(floppy: str = "") -> tuple[list[TargetDisk], dict[str, str]]:
+def find_targets(floppy: str = "", media: Sequence[str] = ()) -> tuple[list[TargetDisk], dict[str, str]]:
     """The disks of this machine and the ones that must never be written: those holding the boot medium, the
-    backup medium and the floppy."""
-    exclude = find_media_disks([p for p in (MEDIA_MOUNT, BACKUP_MOUNT) if read_mounted(p) is not None])
+    backup medium (``media``: the devices the agent mounted, e.g. the backup set's; and whatever is mounted at
+    /run/asr/media and /run/asr/backup) and the floppy."""
+    exclude = find_media_disks([p for p in (MEDIA_MOUNT, BACKUP_MOUNT) if read_mounted(p) is not None],
+                               devices=media)
     if floppy.startswith("/dev/"):
         exclude.setdefault(floppy, "the ASR floppy")
     return find_disks(), exclude

@@ -33,14 +33,11 @@ from recovery_env.descriptor import (
     TableType,
 )
 from recovery_env.discover import (
-    BlockNode,
     TargetDisk,
-    find_holding_disks,
     format_size,
     is_skipped_name,
     make_target_disk,
     normalize_wwn,
-    parse_mountinfo,
     parse_table_facts,
     parse_vpd_pg80,
     partition_device,
@@ -181,7 +178,7 @@ BLKID_GPT = "DEVNAME=g_a.img\nPTUUID=11111111-2222-3333-4444-555555555555\nPTTYP
 BLKID_MBR = "DEVNAME=g_b.img\nPTUUID=1234abcd\nPTTYPE=dos\n"
 
 # /proc/self/mountinfo inside the boot media: the ISO from the CD, the backup set on a second disk's partition
-# and a loop-mounted image file on a third disk.
+# and a loop-mounted image file on a third disk (the walk from it to the disks: tests/test_holding.py).
 MOUNTINFO = """\
 22 1 0:21 / / rw,relatime - rootfs rootfs rw
 23 22 0:5 / /dev rw,relatime - devtmpfs devtmpfs rw,size=493364k,nr_inodes=123341,mode=755
@@ -191,15 +188,6 @@ MOUNTINFO = """\
 33 22 254:33 / /run/asr/spool rw,relatime - ext4 /dev/vdc1 rw
 34 22 7:0 / /run/asr/img\\040dir ro,relatime - ext4 /dev/loop0 ro
 """
-NODES = [
-    BlockNode("sr0", "11:0", "sr0"),
-    BlockNode("vda", "254:0", "vda"),
-    BlockNode("vdb", "254:16", "vdb"),
-    BlockNode("vdb1", "254:17", "vdb"),
-    BlockNode("vdc", "254:32", "vdc"),
-    BlockNode("vdc1", "254:33", "vdc"),
-    BlockNode("loop0", "7:0", "loop0", backing_file="/run/asr/spool/backup.img"),
-]
 
 
 def test_sysfs_virtio_disk() -> None:
@@ -244,19 +232,6 @@ def test_partition_device_names(disk: str, n: int, dev: str) -> None:
 def test_skipped_names() -> None:
     assert [n for n in ("sda", "vda", "nvme0n1", "loop0", "sr0", "fd0", "zram0", "dm-0", "md127", "ram1")
             if not is_skipped_name(n)] == ["sda", "vda", "nvme0n1"]
-
-
-def test_media_disks_from_mountinfo() -> None:
-    mounts = parse_mountinfo(MOUNTINFO)
-    assert mounts[-1].mountpoint == "/run/asr/img dir"  # octal escapes undone
-    held = find_holding_disks(["/run/asr/media", "/run/asr/backup/asr/sample", "/run/asr/img dir/x"], mounts, NODES)
-    assert held == {
-        "sr0": "holds /run/asr/media",
-        "vdb": "holds /run/asr/backup/asr/sample",
-        "loop0": "holds /run/asr/img dir/x",
-        "vdc": "holds /run/asr/spool/backup.img (behind /run/asr/img dir/x)",
-    }
-    assert find_holding_disks(["/tmp"], mounts, NODES) == {}  # on the rootfs: no disk
 
 
 def test_format_size() -> None:

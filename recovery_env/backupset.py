@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 from recovery_env.descriptor import Archive, BackupSet, Compression, FsType
+from recovery_env.discover import find_holding_devices
 from recovery_env.errors import (
     BackupSetError,
     DestinationError,
@@ -758,6 +759,10 @@ def check_destination(dest: Path, layout: Layout, facts: Sequence[DiskFacts]) ->
             raise DestinationError(f"{dest} is not empty: give a new or empty directory for the backup set")
     where = _existing_ancestor(dest)
     dev = os.stat(where).st_dev
+    # what DIR depends on: its filesystem's device and, through loop devices (a backing file on a captured
+    # filesystem, nested loops too), MD, device-mapper and btrfs, every device under it
+    under = find_holding_devices(str(where))
+    under.setdefault(f"{os.major(dev)}:{os.minor(dev)}", f"holds {where}")
     part_of = {p.key: p for p in layout.partitions}
     disks = {d.key: d for d in layout.disks}
     for fs in layout.filesystems:
@@ -766,14 +771,16 @@ def check_destination(dest: Path, layout: Layout, facts: Sequence[DiskFacts]) ->
             rdev = os.stat(node).st_rdev if node else 0
         except OSError:
             continue
-        if rdev == 0 or rdev != dev:
+        held = under.get(f"{os.major(rdev)}:{os.minor(rdev)}") if rdev else None
+        if held is None:
             continue
         disk = disks[part_of[fs.partition].disk]
         mp = layout.mountpoint_of(fs.key) or "not in fstab"
         if disk.critical or fs.backup:
             why = (f"a filesystem of critical disk {disk.device} ({disk.key}) that restore re-creates"
                    if disk.critical else "a filesystem that is backed up")
-            raise DestinationError(f"{dest} is on {node} ({fs.key}, {mp}), {why}: put the backup on another disk")
+            via = f"; through loop devices: {node} {held}" if "(behind " in held else ""
+            raise DestinationError(f"{dest} is on {node} ({fs.key}, {mp}), {why}{via}: put the backup on another disk")
     del facts  # the layout holds what is needed; facts kept in the signature for the offline capture
 
 

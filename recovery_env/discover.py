@@ -253,7 +253,8 @@ class _HoldingWalk:
     def __init__(self, mounts: Sequence[MountInfo], sys_root: Path) -> None:
         self.mounts = mounts
         self.sys = sys_root
-        self.held: dict[str, str] = {}
+        self.held: dict[str, str] = {}  # whole disk name → why
+        self.devices: dict[str, str] = {}  # "major:minor" of every block device met on the way → why
         self.seen: set[Path] = set()
         self.btrfs = [
             [e.resolve() for e in sorted((fs / "devices").iterdir())]
@@ -290,6 +291,7 @@ class _HoldingWalk:
         if node in self.seen:
             return
         self.seen.add(node)
+        self.devices.setdefault(_read_text(node / "dev").strip(), why)
         disk = node.parent if (node / "partition").is_file() else node
         self.held.setdefault(disk.name, why)
         for members in self.btrfs:
@@ -319,6 +321,18 @@ def find_holding_disks(
     for path in paths:
         walk.add_path(path, f"holds {path}", 0)
     return walk.held
+
+
+def find_holding_devices(
+    path: str, *, sys_root: Path = Path("/sys"), proc_root: Path = Path("/proc")
+) -> dict[str, str]:
+    """Every block device a path depends on, by device number: ``{"7:1": "holds /mnt/x", "259:2": "holds
+    /srv/a.img (behind /mnt/x)"}``: the device of its filesystem, and through loop devices (nested too), MD,
+    device-mapper and btrfs the devices under it.  ``asr backup`` refuses a destination that depends on a
+    filesystem it captures."""
+    walk = _HoldingWalk(parse_mountinfo(_read_text(proc_root / "self" / "mountinfo")), sys_root)
+    walk.add_path(path, f"holds {path}", 0)
+    return walk.devices
 
 
 # ----------------------------------------------------------------------------------------------------- readers

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -311,6 +312,44 @@ def test_refused_to_record_control_characters_or_dotdot(system: Attached, tmp_pa
     assert code == 0, err
     recorded = parse_asr_sif((dest / "ASR.SIF").read_text()).backup
     assert recorded is not None and recorded.path.endswith(f"/{tmp_path.name}/set"), recorded
+
+
+@pytest.mark.root
+def test_refused_when_dir_is_on_a_loop_whose_file_is_on_a_captured_filesystem(system: Attached, tmp_path: Path) -> None:
+    """Issue 10, finding 5: DIR on a loop-mounted image whose file lives on the captured root, and DIR two loops
+    down (an image on a loop-mounted filesystem whose image is on the captured root): DestinationError naming the
+    chain, exit 2, nothing written (not even into the images)."""
+    assert system.mnt is not None
+    images = system.mnt / "var" / "images"
+    images.mkdir(parents=True)
+    undo: list[list[str]] = []
+
+    def loop_mount(image: Path, size: str, mnt: Path) -> None:
+        run(["mke2fs", "-q", "-t", "ext4", "-F", str(image), size])
+        loop = run(["losetup", "--find", "--show", str(image)]).stdout.strip()
+        undo.append(["losetup", "-d", loop])
+        mnt.mkdir()
+        run(["mount", "-t", "ext4", loop, str(mnt)])
+        undo.append(["umount", str(mnt)])
+
+    try:
+        loop_mount(images / "outer.img", "56M", tmp_path / "outer")
+        loop_mount(tmp_path / "outer" / "inner.img", "24M", tmp_path / "inner")
+        for top in (tmp_path / "outer", tmp_path / "inner"):
+            dest = top / "set"
+            with pytest.raises(DestinationError) as e:
+                capture(CaptureRequest(dest, system.mnt, (system.loop,)), euid=0)
+            msg = str(e.value)
+            assert re.search(rf"is on {system.loop}p2 \(fs1, /\), a filesystem of critical disk {system.loop}", msg)
+            assert f"through loop devices: {system.loop}p2 holds {images / 'outer.img'} (behind " in msg, msg
+            code, _, err = asr(*backup_args(system, dest))
+            assert code == DestinationError.exit_code and "through loop devices" in err, err
+            assert sorted(p.name for p in top.iterdir()) == (["inner.img", "lost+found"] if top.name == "outer"
+                                                              else ["lost+found"])
+    finally:
+        for argv in reversed(undo):
+            run(argv, check=False)
+        shutil.rmtree(images, ignore_errors=True)
 
 
 @pytest.mark.root

@@ -11,7 +11,10 @@ An ordered list of steps over a request; every refusal is checked before anythin
    vfat cannot mount it -- is read with mtools (``mcopy -s -m``) into a staging directory, whose entries get the
    modes and owner that a mount with the fstab options shows; that directory is archived like any other.
 4. ``check_destination``: DIR must be empty (or absent) and not on a filesystem of a critical disk nor on one that
-   is backed up (XP's rule: the backup must not sit on a volume that restore formats) → DestinationError.
+   is backed up (XP's rule: the backup must not sit on a volume that restore formats), not even through loop
+   devices (a loop-mounted image whose file lies on such a filesystem, nested loops too), MD, dm or btrfs; its path
+   may carry no control character ('..' is resolved) → DestinationError.  A mount point or device with '..', '.',
+   NUL or a control character is not recorded either (LayoutError naming the fstab line or --disk).
 5. ``check_space``: free space of DIR's filesystem ≥ the estimate (used bytes of the archived filesystems ×
    ``COMPRESSION_ESTIMATE`` + ``SPACE_MARGIN``) → InsufficientSpaceError.
 6. ``validate_descriptor`` of the descriptor without its backup set (any invalid field stops here).

@@ -314,12 +314,12 @@ def find_holding_disks(
     the sysfs tree at ``sys_root`` (a copy of a real kernel's in tests); ``devices`` are ``/dev`` paths, e.g. the
     device the agent itself mounted."""
     walk = _HoldingWalk(list(mounts), sys_root)
+    for path in paths:
+        walk.add_path(path, f"holds {path}", 0)
     for device in devices:
         node = walk.node_of_device(device)
         if node is not None:
             walk.add_node(node, f"holds {device}", 0)
-    for path in paths:
-        walk.add_path(path, f"holds {path}", 0)
     return walk.held
 
 

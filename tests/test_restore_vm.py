@@ -433,13 +433,33 @@ def test_a_missing_backup_medium_is_named(gpt_bios: Source, workdir: Path) -> No
     assert sha256(target) == before
 
 
+def make_btrfs_backup(src: Source, path: Path, size_mib: int) -> Path:
+    """The capture's backup set on a btrfs image of ``size_mib`` labelled ASRBACKUP, at the recorded path
+    (``mkfs.btrfs --rootdir``: no mount needed)."""
+    backup = src.captured.descriptor.backup
+    assert backup is not None
+    root = path.parent / "btrfs-root"
+    shutil.copytree(src.captured.set_dir, root / backup.path.lstrip("/"))
+    make_disk(path, size_mib)
+    run(["mkfs.btrfs", "-q", "-f", "-L", BACKUP_LABEL, "--rootdir", str(root), str(path)])
+    shutil.rmtree(root)
+    return path
+
+
 def test_dry_run_shows_the_plan_and_writes_nothing(gpt_bios: Source, workdir: Path) -> None:
+    """Also issue 10, finding 2: the backup medium is btrfs (an anonymous 0:NN device number in mountinfo) and has
+    the target's size; its disk is never a target (before the fix it tied with the target)."""
     target = make_disk(workdir / "target.img", TARGET_MIB, seed="target")
     extra = make_disk(workdir / "extra.img", 64, seed="extra")
-    disks = (target, gpt_bios.captured.backup_image, extra)
+    backup = make_btrfs_backup(gpt_bios, workdir / "backup-btrfs.img", TARGET_MIB)
+    disks = (target, backup, extra)
     before = [sha256(d) for d in disks]
     serial = run_rescue(rescue_spec(gpt_bios, disks, append="asr.dryrun=1", workdir=workdir), workdir, "power off")
-    assert_lines(serial, r"ASR: agent .* dryrun=1", r"ASR: plan: \d+ steps; disks to erase: /dev/vda <- disk1",
+    assert_lines(serial, r"ASR: agent .* dryrun=1",
+                 r"ASR: backup set found: /run/asr/backup/asr/\S+ on /dev/vdb \(the filesystem with the recorded "
+                 r"label\)",
+                 r"ASR: never a target: /dev/vdb \(holds /run/asr/backup\)",
+                 r"ASR: plan: \d+ steps; disks to erase: /dev/vda <- disk1",
                  r"ASR: plan: +/dev/vda \(.*384\.0 MiB\) +<- disk1", r"ASR: dry run: nothing written")  # fmt: skip
     assert "ASR: [1/" not in serial
     assert [sha256(d) for d in disks] == before

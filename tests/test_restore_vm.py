@@ -29,11 +29,13 @@ from builder import rehearse
 from builder.build import BuildResult, build_media
 from builder.cli import main as asr_main
 from builder.machine import (
+    LONG_NAME,
     Layout,
     MachineImage,
     MachineSpec,
     PartRole,
     check_restored_disk,
+    check_restored_xattrs,
     make_machine_image,
     read_disk_facts,
     read_machine_inputs,
@@ -43,6 +45,7 @@ from builder.sif_render import render_asr_sif
 from recovery_env.backupset import check_backup_set, read_manifest, sha256_file
 from recovery_env.descriptor import BootloaderKind, Command, Descriptor
 from recovery_env.descriptor import Firmware as DescFirmware
+from recovery_env.fileattrs import ACL_XATTRS, decode_posix_acl
 from recovery_env.plan import wrap_whole
 from recovery_env.run import run, run_bytes
 from recovery_env.sif import parse_asr_sif
@@ -227,6 +230,16 @@ def test_the_capture_archives_root_and_the_unmounted_esp(gpt_bios: Source) -> No
     assert (esp_loader.size, esp_loader.sha256) == (len(data), hashlib.sha256(data).hexdigest())
     assert entries["/boot/efi"].mtime == 0  # a FAT root directory has no time of its own
     assert entries["/etc/asr-machine/marker"].fs == "fs2"
+    # every extended attribute and ACL of the machine is in the MANIFEST (issue 15), the hard link's too
+    for x in c.machine.plan.xattrs:
+        e = entries["/" + x.path]
+        if x.name in ACL_XATTRS:
+            assert (e.acl or {})[ACL_XATTRS[x.name]] == decode_posix_acl(x.value, x.name), x
+        else:
+            assert e.xattrs[x.name] == hashlib.sha256(x.value).hexdigest(), x
+    linked = entries["/" + c.machine.plan.hardlink.path]
+    assert linked.xattrs == entries["/" + c.machine.plan.hardlink.target].xattrs != {}
+    assert entries["/" + LONG_NAME].xattrs and entries["/srv/data/sparse.img"].sparse
 
 
 # ------------------------------------------------------------------------------------------------ 2. BIOS
@@ -256,6 +269,7 @@ def check_restore(src: Source, serial: str, target: Path, found: str = FOUND_ON_
     assert "ASR: error:" not in serial
     problems = check_restored_disk(machine, read_disk_facts(target), last_grows=True)
     assert problems == [], problems
+    assert check_restored_xattrs(machine, target) == []  # debugfs on the restored disk: every xattr and ACL back
     log = restored_log(target, machine)
     assert "ASR: backup set verified" in log and "ASR: manifest:" in log
 

@@ -76,6 +76,8 @@ def describe_xattrs(raw: Mapping[str, bytes], where: str) -> tuple[dict[str, str
     "default" → the ACL's text).  The one normalisation both sides use.  BackupSetError for a malformed ACL."""
     xattrs: dict[str, str] = {}
     acl: dict[str, str] = {}
+    if not raw:
+        return xattrs, acl
     for name, value in sorted(raw.items()):
         if name in ACL_XATTRS:
             acl[ACL_XATTRS[name]] = decode_posix_acl(value, f"{where}: {name}")
@@ -214,6 +216,9 @@ class SystemNames(NameResolver):
 def whole_seconds(text: str, where: str) -> int:
     """A pax time ("1764118923.999999999", "-1.5") → whole seconds, rounded down as ``stat -c %Y`` and
     ``st_mtime_ns // 10**9`` do (exact: a float would round .999999999 up to the next second)."""
+    sec, _, frac = text.partition(".")
+    if sec.isascii() and sec.isdigit() and ((frac.isascii() and frac.isdigit()) or not frac):
+        return int(sec)  # the common case, at or after 1970
     m = PAX_TIME.fullmatch(text)
     if m is None:
         raise BackupSetError(f"{where}: time {text!r} is not a number")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import json
 import os
 import pwd
 import re
@@ -417,3 +418,29 @@ def test_bad_acls_times_and_names_are_named_errors() -> None:
     text = "u::rw-,g:0:r--,u:7:r-x,m::rwx,o::---,g::r--"
     assert decode_posix_acl(encode_posix_acl(text, where, SystemNames()), where) == (
         "user::rw-,user:7:r-x,group::r--,group:0:r--,mask::rwx,other::---")
+
+
+def test_a_version_1_manifest_is_still_verified(tmp_path: Path) -> None:
+    """Sets made before "acl" kept the ACLs' digests among the xattrs: a restore of one still verifies."""
+    root = tmp_path / "root"
+    root.mkdir()
+    f = root / "f"
+    f.write_text("v1\n")
+    run(["setfacl", "-m", f"u:{UID}:r", str(f)])
+    setfattr(f, "user.v", b"1")
+    st = os.stat(f)
+    digests = {n: hashlib.sha256(os.getxattr(f, n)).hexdigest() for n in os.listxattr(f)}
+    assert "system.posix_acl_access" in digests
+    entry = {"path": "/f", "fs": "fs1", "type": "file", "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid,
+             "gid": st.st_gid, "mtime": st.st_mtime_ns // 10**9, "size": 3,
+             "sha256": hashlib.sha256(b"v1\n").hexdigest(), "xattrs": digests}
+    manifest = tmp_path / MANIFEST_NAME
+    manifest.write_text(json.dumps({"format": "asr-manifest", "version": 1}) + "\n" + json.dumps(entry) + "\n")
+    (e,) = read_manifest(manifest)
+    assert e.acl is None
+    assert verify_manifest(root, manifest) == []
+    run(["setfacl", "-m", f"g:{GID}:r", str(f)])  # the mask stays r--: the mode too
+    assert [(d.path, d.what) for d in verify_manifest(root, manifest)] == [("/f", "xattrs")]
+    manifest.write_text(json.dumps({"format": "asr-manifest", "version": 3}) + "\n")
+    with pytest.raises(BackupSetError, match=r"line 1: header .* \(versions 1, 2 are read\)"):
+        read_manifest(manifest)

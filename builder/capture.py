@@ -11,7 +11,10 @@ An ordered list of steps over a request; every refusal is checked before anythin
    vfat cannot mount it -- is read with mtools (``mcopy -s -m``) into a staging directory, whose entries get the
    modes and owner that a mount with the fstab options shows; that directory is archived like any other.
 4. ``check_destination``: DIR must be empty (or absent) and not on a filesystem of a critical disk nor on one that
-   is backed up (XP's rule: the backup must not sit on a volume that restore formats) → DestinationError.
+   is backed up (XP's rule: the backup must not sit on a volume that restore formats), not even through loop
+   devices (a loop-mounted image whose file lies on such a filesystem, nested loops too), MD, dm or btrfs; its path
+   may carry no control character ('..' is resolved) → DestinationError.  A mount point or device with '..', '.',
+   NUL or a control character is not recorded either (LayoutError naming the fstab line or --disk).
 5. ``check_space``: free space of DIR's filesystem ≥ the estimate (used bytes of the archived filesystems ×
    ``COMPRESSION_ESTIMATE`` + ``SPACE_MARGIN``) → InsufficientSpaceError.
 6. ``validate_descriptor`` of the descriptor without its backup set (any invalid field stops here).
@@ -114,7 +117,7 @@ def render_summary(r: CaptureResult) -> str:
         lines.append(f"  {a.file}: {a.entries} entries, {format_size(a.size)}, sha256 {a.sha256[:16]}...")
     lines.append(f"  MANIFEST: {r.backup.file_count} entries; {len(r.inventory.devices)} devices in ASRPNP.SIF; "
                  f"{format_size(r.backup.raw_bytes)} archived in {r.seconds:.1f} s")
-    lines += [f"  warning: {w}" for w in r.backup.warnings]
+    lines += [f"  warning: {w}" for w in (*r.backup.warnings, *r.warnings)]
     lines += [f"  note: {n}" for n in r.notes]
     lines.append(f"  next: asr build --descriptor {r.dest / ASR_SIF}")
     return "\n".join(lines)

@@ -12,15 +12,21 @@ MANIFEST format (JSON lines, UTF-8, parseable with the standard library):
 - then one object per archived entry, in archive order, archives in mount order::
 
     {"path": "/etc/passwd", "fs": "fs2", "type": "file", "mode": 420, "uid": 0, "gid": 0, "size": 1234,
-     "mtime": 1764118923, "sha256": "...", "xattrs": {"user.foo": "<sha256 of the value>"}}
+     "mtime": 1764118923, "sha256": "...", "xattrs": {"user.foo": "<sha256 of the value>"},
+     "acl": {"access": "user::rw-,user:1000:r--,group::r--,mask::r--,other::r--"}}
 
   ``path`` is absolute in the captured system (mount point + path in the filesystem; "/boot/efi" for the root
   directory of the filesystem mounted there).  ``type`` is one of file, hardlink, dir, symlink, chr, blk, fifo.
-  ``mode`` holds the permission bits (incl. setuid/setgid/sticky); ``mtime`` whole seconds.  file and hardlink
-  have ``size`` and ``sha256`` (content; holes of sparse files read as zeros; ``"sparse": true`` marks them);
-  symlink has ``link`` (its target); hardlink has ``link`` (the absolute path of the entry it shares an inode
-  with); chr/blk have ``major`` and ``minor``.  ``xattrs`` (only when there are any) maps each extended attribute
-  (ACLs are system.posix_acl_access/default, SELinux security.selinux) to the SHA-256 of its value.
+  ``mode`` holds the permission bits (incl. setuid/setgid/sticky); ``mtime`` whole seconds (rounded down).
+  file and hardlink have ``size`` and ``sha256`` (content; holes of sparse files read as zeros; ``"sparse":
+  true`` marks them); symlink has ``link`` (its target); hardlink has ``link`` (the absolute path of the entry it
+  shares an inode with); chr/blk have ``major`` and ``minor``.  ``xattrs`` (only when there are any) maps each
+  extended attribute but the ACL ones (SELinux: security.selinux) to the SHA-256 of its value; ``acl`` (only when
+  there is one) holds the access and/or default ACL (system.posix_acl_access/default) as getfacl's numeric
+  entries.  A hard link's entry has its inode's xattrs and ACL (its tar member carries none).  What is recorded
+  and compared, and how, is defined once for the capture and the verification (:mod:`recovery_env.model.fileattrs`,
+  :data:`COMPARED`).  Version 1 (before "acl") kept the ACLs' digests in ``xattrs``; it is still read and
+  verified that way.
 
 When a path appears twice (a mount point directory in the parent filesystem, then the root of the filesystem
 mounted on it), the later entry is the one that is visible after a restore, and the one verified.
@@ -53,13 +59,23 @@ from recovery_env.errors import (
     NotRootError,
 )
 from recovery_env.model.descriptor import Archive, BackupSet, Compression, FsType
-from recovery_env.probe.disks import format_size
+from recovery_env.model.fileattrs import (
+    describe_xattrs,
+    pax_xattrs,
+    read_xattrs,
+    whole_seconds,
+    whole_seconds_ns,
+    xattr_digest,
+)
+from recovery_env.probe.disks import find_holding_devices, format_size
 from recovery_env.probe.layout import DiskFacts, Layout
 from recovery_env.run import run, run_feed, run_pipe
 from recovery_env.tarstream import TarMember, TarStreamParser
 
 MANIFEST_NAME = "MANIFEST"
-MANIFEST_HEADER = {"format": "asr-manifest", "version": 1}
+MANIFEST_VERSION = 2
+MANIFEST_HEADER = {"format": "asr-manifest", "version": MANIFEST_VERSION}
+MANIFEST_VERSIONS = (1, MANIFEST_VERSION)  # read; version 1 has no "acl": its ACLs are digests in "xattrs"
 MANIFEST_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one encoder for every line
 
 # The tar options of an archive and of its extraction: the same set both ways.
@@ -163,6 +179,7 @@ class ManifestEntry:
     minor: int = 0
     sparse: bool = False
     xattrs: Mapping[str, str] = field(default_factory=dict)
+    acl: Mapping[str, str] | None = field(default_factory=dict)  # None: a version 1 entry (ACLs in xattrs)
 
     def to_json(self) -> str:
         d: dict[str, Any] = {"path": self.path, "fs": self.fs, "type": self.type.value, "mode": self.mode,
@@ -178,10 +195,12 @@ class ManifestEntry:
             d["sparse"] = True
         if self.xattrs:
             d["xattrs"] = dict(sorted(self.xattrs.items()))
+        if self.acl:
+            d["acl"] = dict(sorted(self.acl.items()))
         return MANIFEST_JSON.encode(d)
 
     @classmethod
-    def from_json(cls, line: str, where: str) -> ManifestEntry:
+    def from_json(cls, line: str, where: str, version: int = MANIFEST_VERSION) -> ManifestEntry:
         try:
             d = json.loads(line)
             return cls(
@@ -190,6 +209,7 @@ class ManifestEntry:
                 sha256=str(d.get("sha256", "")), link=str(d.get("link", "")), major=int(d.get("major", 0)),
                 minor=int(d.get("minor", 0)), sparse=bool(d.get("sparse", False)),
                 xattrs={str(k): str(v) for k, v in d.get("xattrs", {}).items()},
+                acl={str(k): str(v) for k, v in d.get("acl", {}).items()} if version >= 2 else None,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise BackupSetError(f"{where}: not a manifest entry: {e}") from e
@@ -307,7 +327,8 @@ def make_backup_set(
     warnings: list[str] = []
     count = 0
     manifest_path = dest / MANIFEST_NAME
-    with open(manifest_path, "w", encoding="utf-8", newline="\n") as manifest:
+    # names and xattr names that are not UTF-8 are kept as their bytes (surrogate escapes), as read_manifest reads
+    with open(manifest_path, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as manifest:
         manifest.write(json.dumps(MANIFEST_HEADER) + "\n")
         for job in jobs:
             base = done
@@ -361,27 +382,26 @@ class ManifestLister:
         self.emit = emit
         self.count = 0
         self.contents: dict[str, tuple[int, str]] = {}  # member name → (size, sha256) of files, for hard links
+        # member name → (xattrs, acl) of the members that have any: a hard link's member carries none of its own
+        self.attrs: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
 
     def add(self, m: TarMember) -> None:
         etype = EntryType.from_tar_type(m.type, m.name)
         size, sha, link = m.size, m.sha256, ""
-        if etype is EntryType.FILE:
-            self.contents[m.name] = (size, sha)
-        elif etype is EntryType.HARDLINK:
+        where = f"archive entry {m.name!r}"
+        if etype is EntryType.HARDLINK:
             size, sha = self.contents.get(m.linkname, (0, ""))
             link = member_path(self.mountpoint, m.linkname)
-        elif etype is EntryType.SYMLINK:
-            link = m.linkname
-        xattrs = {}
-        for key, value in m.pax.items():
-            if key.startswith("SCHILY.xattr."):
-                xattrs[key[13:]] = _digest_pax_value(value)
-            elif key == "RHT.security.selinux":
-                xattrs["security.selinux"] = _digest_pax_value(value.rstrip("\0") + "\0")
-        try:
-            mtime = int(float(m.mtime))
-        except ValueError:
-            raise BackupSetError(f"archive entry {m.name!r}: mtime {m.mtime!r} is not a number") from None
+            xattrs, acl = self.attrs.get(m.linkname, ({}, {}))
+        else:
+            xattrs, acl = describe_xattrs(pax_xattrs(m.pax, where), where)
+            if xattrs or acl:
+                self.attrs[m.name] = (xattrs, acl)
+            if etype is EntryType.FILE:
+                self.contents[m.name] = (size, sha)
+            elif etype is EntryType.SYMLINK:
+                link = m.linkname
+        mtime = whole_seconds(m.mtime, where)
         self.count += 1
         self.emit(ManifestEntry(
             path=member_path(self.mountpoint, m.name),
@@ -398,6 +418,7 @@ class ManifestLister:
             minor=m.devminor,
             sparse=m.sparse,
             xattrs=xattrs,
+            acl=acl,
         ))
 
 
@@ -411,10 +432,6 @@ def iter_tar_entries(stream: BinaryIO, fs: str, mountpoint: str) -> Iterator[Man
         entries.clear()
     parser.close()
     yield from entries
-
-
-def _digest_pax_value(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def member_path(mountpoint: str, name: str) -> str:
@@ -498,9 +515,13 @@ def read_manifest(path: Path) -> tuple[ManifestEntry, ...]:
         header = json.loads(lines[0])
     except json.JSONDecodeError as e:
         raise BackupSetError(f"{path} line 1: not a manifest header: {e}") from e
-    if header != MANIFEST_HEADER:
-        raise BackupSetError(f"{path} line 1: header {header!r}, expected {MANIFEST_HEADER!r}")
-    return tuple(ManifestEntry.from_json(line, f"{path} line {n}") for n, line in enumerate(lines[1:], 2) if line)
+    if not isinstance(header, dict) or header.get("format") != MANIFEST_HEADER["format"] or set(header) != set(
+            MANIFEST_HEADER) or header.get("version") not in MANIFEST_VERSIONS:
+        raise BackupSetError(f"{path} line 1: header {header!r}, expected {MANIFEST_HEADER!r} (versions "
+                             f"{', '.join(map(str, MANIFEST_VERSIONS))} are read)")
+    version = int(header["version"])
+    return tuple(ManifestEntry.from_json(line, f"{path} line {n}", version)
+                 for n, line in enumerate(lines[1:], 2) if line)
 
 
 @dataclass(frozen=True)
@@ -526,57 +547,68 @@ def verify_manifest(root: Path, manifest: Path, *, check_mtime: bool = True) -> 
     return diffs
 
 
+# What the verification compares, once for every entry type: (what, applies to, the MANIFEST entry's value).  The
+# restored path's value is the same field of read_entry()'s entry, made with the capture's normalisations.
+COMPARED: tuple[tuple[str, Callable[[EntryType], bool], Callable[[ManifestEntry], object]], ...] = (
+    ("mode", lambda t: t is not EntryType.SYMLINK, lambda e: oct(e.mode)),  # a symlink's mode is not kept by Linux
+    ("uid", lambda t: True, lambda e: e.uid),
+    ("gid", lambda t: True, lambda e: e.gid),
+    ("size", lambda t: t.has_content, lambda e: e.size),
+    ("link", lambda t: t is EntryType.SYMLINK, lambda e: e.link),
+    ("device", lambda t: t in (EntryType.CHR, EntryType.BLK), lambda e: f"{e.major}:{e.minor}"),
+    ("mtime", lambda t: True, lambda e: e.mtime),
+    ("xattrs", lambda t: True, lambda e: dict(sorted(e.xattrs.items()))),
+    ("acl", lambda t: True, lambda e: dict(sorted(e.acl.items())) if e.acl is not None else None),
+)
+
+
+def read_entry(path: Path, e: ManifestEntry, st: os.stat_result) -> ManifestEntry:
+    """The restored ``path`` as the MANIFEST entry ``e`` would record it: the same fields, normalised as the capture
+    normalises the tar members (the SHA-256 of the content is left for verify_entry to compute when needed)."""
+    raw = read_xattrs(path)
+    xattrs, acl = describe_xattrs(raw, e.path)
+    if e.acl is None:  # a version 1 MANIFEST: the ACLs were digests among the xattrs
+        xattrs = {name: xattr_digest(value) for name, value in raw.items()}
+    return ManifestEntry(
+        path=e.path, fs=e.fs, type=e.type, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+        mtime=whole_seconds_ns(st.st_mtime_ns), size=st.st_size if e.type.has_content else 0,
+        link=os.readlink(path) if e.type is EntryType.SYMLINK else e.link,
+        major=os.major(st.st_rdev), minor=os.minor(st.st_rdev), sparse=e.sparse, xattrs=xattrs,
+        acl=acl if e.acl is not None else None,
+    )
+
+
 def verify_entry(root: Path, e: ManifestEntry, *, check_mtime: bool = True) -> list[Difference]:
     p = root / e.path.lstrip("/")
     try:
         st = os.lstat(p)
     except FileNotFoundError:
         return [Difference(e.path, "missing", e.type.value, "absent")]
-    out: list[Difference] = []
-
-    def need(what: str, expected: object, actual: object) -> None:
-        if expected != actual:
-            out.append(Difference(e.path, what, str(expected), str(actual)))
-
     if not e.type.matches_mode(st.st_mode):
         return [Difference(e.path, "type", e.type.value, oct(stat.S_IFMT(st.st_mode)))]
-    if e.type is not EntryType.SYMLINK:  # a symlink's mode is not kept by Linux
-        need("mode", oct(e.mode), oct(stat.S_IMODE(st.st_mode)))
-    need("uid", e.uid, st.st_uid)
-    need("gid", e.gid, st.st_gid)
-    if e.type.has_content:
-        need("size", e.size, st.st_size)
-        if st.st_size == e.size:
-            need("sha256", e.sha256, sha256_file(p))
-    if e.type is EntryType.SYMLINK:
-        need("link", e.link, os.readlink(p))
+    try:
+        actual = read_entry(p, e, st)
+    except BackupSetError as err:
+        return [Difference(e.path, "acl", "a POSIX ACL", str(err))]
+    out: list[Difference] = []
+    for what, applies, value in COMPARED:
+        if not applies(e.type) or (what == "mtime" and not check_mtime):
+            continue
+        expected, got = value(e), value(actual)
+        if expected != got:
+            out.append(Difference(e.path, what, str(expected), str(got)))
+    if e.type.has_content and st.st_size == e.size:
+        sha = sha256_file(p)
+        if sha != e.sha256:
+            out.append(Difference(e.path, "sha256", e.sha256, sha))
     if e.type is EntryType.HARDLINK:
         try:
             other = os.lstat(root / e.link.lstrip("/"))
-            need("hardlink", f"same inode as {e.link}", f"same inode as {e.link}" if (
-                other.st_ino, other.st_dev) == (st.st_ino, st.st_dev) else f"not linked to {e.link}")
+            linked = (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev)
+            if not linked:
+                out.append(Difference(e.path, "hardlink", f"same inode as {e.link}", f"not linked to {e.link}"))
         except FileNotFoundError:
             out.append(Difference(e.path, "hardlink", f"same inode as {e.link}", f"{e.link} absent"))
-    if e.type in (EntryType.CHR, EntryType.BLK):
-        need("device", f"{e.major}:{e.minor}", f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
-    if check_mtime:
-        need("mtime", e.mtime, int(st.st_mtime))
-    if e.type is not EntryType.SYMLINK:
-        need("xattrs", dict(sorted(e.xattrs.items())), read_xattr_digests(p))
-    return out
-
-
-def read_xattr_digests(path: Path) -> dict[str, str]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError:
-        return {}
-    out = {}
-    for name in sorted(names):
-        try:
-            out[name] = hashlib.sha256(os.getxattr(path, name, follow_symlinks=False)).hexdigest()
-        except OSError:
-            continue
     return out
 
 
@@ -759,6 +791,10 @@ def check_destination(dest: Path, layout: Layout, facts: Sequence[DiskFacts]) ->
             raise DestinationError(f"{dest} is not empty: give a new or empty directory for the backup set")
     where = _existing_ancestor(dest)
     dev = os.stat(where).st_dev
+    # what DIR depends on: its filesystem's device and, through loop devices (a backing file on a captured
+    # filesystem, nested loops too), MD, device-mapper and btrfs, every device under it
+    under = find_holding_devices(str(where))
+    under.setdefault(f"{os.major(dev)}:{os.minor(dev)}", f"holds {where}")
     part_of = {p.key: p for p in layout.partitions}
     disks = {d.key: d for d in layout.disks}
     for fs in layout.filesystems:
@@ -767,14 +803,16 @@ def check_destination(dest: Path, layout: Layout, facts: Sequence[DiskFacts]) ->
             rdev = os.stat(node).st_rdev if node else 0
         except OSError:
             continue
-        if rdev == 0 or rdev != dev:
+        held = under.get(f"{os.major(rdev)}:{os.minor(rdev)}") if rdev else None
+        if held is None:
             continue
         disk = disks[part_of[fs.partition].disk]
         mp = layout.mountpoint_of(fs.key) or "not in fstab"
         if disk.critical or fs.backup:
             why = (f"a filesystem of critical disk {disk.device} ({disk.key}) that restore re-creates"
                    if disk.critical else "a filesystem that is backed up")
-            raise DestinationError(f"{dest} is on {node} ({fs.key}, {mp}), {why}: put the backup on another disk")
+            via = f"; through loop devices: {node} {held}" if "(behind " in held else ""
+            raise DestinationError(f"{dest} is on {node} ({fs.key}, {mp}), {why}{via}: put the backup on another disk")
     del facts  # the layout holds what is needed; facts kept in the signature for the offline capture
 
 

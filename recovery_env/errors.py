@@ -107,6 +107,17 @@ class BackupMediaMissingError(MediaError):
     """The medium holding the backup set that the descriptor names is not attached (or holds no such set)."""
 
 
+class TargetPathError(MediaError):
+    """A path under the restore's target root does not resolve inside it as a step needs (a symlink loop, a file
+    where a directory is needed, a mount point that resolves to the root itself).  Names the path and the symlink
+    (the restored data came from the backup set: fix or exclude it there)."""
+
+    def __init__(self, message: str, *, path: str = "", symlink: str = "") -> None:
+        self.path = path
+        self.symlink = symlink
+        super().__init__(message)
+
+
 class UnusableImageError(MediaError):
     """An image another machine cannot use as it is (`asr vbox`: a floppy not of 1,474,560 bytes, an ISO without
     an El Torito boot record or without an entry for the VM's firmware)."""
@@ -195,6 +206,10 @@ class PlanError(InputError):
 
 class PlanViolationError(InternalError):
     """The executor was about to touch a device or path the confirmed plan does not name: refused."""
+
+
+class UnconfirmedPlanError(PlanViolationError):
+    """execute_plan was given a plan without the token its confirmation made (forged, stale, another plan's)."""
 
 
 class StepFailed(AsrError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -283,9 +284,13 @@ class AgentRun:
 @pytest.fixture
 def agent(tmp_path: Path, floppy_dir: Path, request: pytest.FixtureRequest) -> Iterator[AgentRun]:
     cmdline = getattr(request, "param", "console=tty0 console=ttyS0,115200 asr.timeout=30")
+    runtime = Path("/run/asr")  # the agent's runtime directory: made by a run on the host, it must not stay
+    existed = runtime.exists()  # (its presence makes the next runs wait for /init's modules-loaded flag)
     run = AgentRun(tmp_path, cmdline, str(floppy_dir))
     yield run
     run.close()
+    if not existed and runtime.is_dir() and not os.path.ismount(runtime / "backup"):
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 F2 = {"linux": b"\x1b[[B", "xterm": b"\x1bOQ", "rxvt": b"\x1b[12~"}

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import stat
 import tarfile
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,7 @@ from recovery_env.backupset import (
 )
 from recovery_env.errors import BackupSetError, ToolError
 from recovery_env.model.descriptor import Compression
+from recovery_env.model.fileattrs import decode_posix_acl
 from recovery_env.run import run, run_bytes
 from recovery_env.tarstream import TarStreamParser
 
@@ -139,8 +142,9 @@ def test_manifest_lists_every_entry_with_its_facts(backup: tuple[Path, Path, Pat
     assert (pw.type, pw.mode, pw.uid, pw.mtime, pw.size) == (EntryType.FILE, 0o644, 0, 1_700_000_000, 26)
     assert pw.sha256 == sha256_file(root / "etc/passwd")
     assert set(pw.xattrs) == {"user.asr.test"}
-    assert "system.posix_acl_access" in entries["/etc/shadow"].xattrs
-    assert "system.posix_acl_default" in entries["/home/user"].xattrs
+    assert entries["/etc/shadow"].acl == {"access": "user::rw-,user:1000:r--,group::r--,group:42:rw-,mask::rw-,"
+                                                    "other::---"} and not entries["/etc/shadow"].xattrs
+    assert entries["/home/user"].acl == {"default": "user::rwx,user:1000:rwx,group::r-x,mask::rwx,other::r-x"}
     tools = [entries["/usr/bin/tool"], entries["/usr/bin/tool-again"]]
     assert sorted(t.type for t in tools) == [EntryType.FILE, EntryType.HARDLINK]
     hard = next(t for t in tools if t.type is EntryType.HARDLINK)
@@ -261,21 +265,23 @@ def reference_entries(data: bytes, fs: str, mountpoint: str) -> list[ManifestEnt
                 assert f is not None
                 sha = hashlib.sha256(f.read()).hexdigest()
                 contents[ti.name] = (size, sha)
-            xattrs = {}
-            for key, value in ti.pax_headers.items():
-                if key.startswith("SCHILY.xattr."):
-                    xattrs[key[13:]] = hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+            xattrs, acl = {}, {}
+            for key, value in ti.pax_headers.items():  # GNU tar's "%3D"/"%25" in names: none in these trees
+                raw = value.encode("utf-8", "surrogateescape")
+                if key in ("SCHILY.xattr.system.posix_acl_access", "SCHILY.xattr.system.posix_acl_default"):
+                    acl[key.rsplit("_", 1)[1]] = decode_posix_acl(raw, key)
+                elif key.startswith("SCHILY.xattr."):
+                    xattrs[key[13:]] = hashlib.sha256(raw).hexdigest()
                 elif key == "RHT.security.selinux":
-                    xattrs["security.selinux"] = hashlib.sha256(
-                        (value.rstrip("\0") + "\0").encode("utf-8", "surrogateescape")).hexdigest()
+                    xattrs["security.selinux"] = hashlib.sha256(raw.rstrip(b"\0") + b"\0").hexdigest()
             link = ti.linkname if etype is EntryType.SYMLINK else (
                 member_path(mountpoint, ti.linkname) if etype is EntryType.HARDLINK else "")
             dev = etype in (EntryType.CHR, EntryType.BLK)
             out.append(ManifestEntry(
                 path=member_path(mountpoint, ti.name), fs=fs, type=etype, mode=ti.mode & 0o7777, uid=ti.uid,
-                gid=ti.gid, mtime=int(float(ti.pax_headers.get("mtime", ti.mtime))),
+                gid=ti.gid, mtime=math.floor(Fraction(ti.pax_headers.get("mtime", ti.mtime))),
                 size=size if etype.has_content else 0, sha256=sha, link=link, major=ti.devmajor if dev else 0,
-                minor=ti.devminor if dev else 0, sparse=ti.sparse is not None, xattrs=xattrs))
+                minor=ti.devminor if dev else 0, sparse=ti.sparse is not None, xattrs=xattrs, acl=acl))
     return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -31,6 +32,7 @@ from recovery_env.errors import (
     AsrError,
     DestinationError,
     InsufficientSpaceError,
+    LayoutError,
     NotRootError,
     UnsupportedLayoutError,
 )
@@ -206,6 +208,46 @@ def test_summary_without_json(system: Attached, tmp_path: Path) -> None:
     assert "asr backup of asr-test" in out and "fs1.tar.zst" in out and "next: asr build --descriptor" in out
 
 
+@pytest.mark.root
+def test_a_filesystem_on_the_wiped_disk_not_backed_up_is_a_warning(attach: list[Attached], tmp_path: Path) -> None:
+    """/srv is in fstab on the disk a restore wipes, but only /, /boot, /boot/efi, /usr, /var are backed up (no
+    --include-mount /srv): `asr backup` says that a restore re-creates it EMPTY, on the terminal and in --json."""
+    _need_root_and_loop()
+    img = tmp_path / "disk.img"
+    make_partitioned_image(img, 160, "gpt", GPT_DISK_ID, [
+        PartSpec(1, GPT_BIOS_BOOT, BIOS_PARTUUID, "bios"), PartSpec(100, "L", ROOT_PARTUUID, "root"),
+        PartSpec(0, "L", "aa11bb22-cc33-4d44-8e55-ff6677889902", "srv")])
+    off = partition_offsets(img)
+    mkfs_ext4(img, *off[2], ROOT_UUID, "asr-root")
+    mkfs_ext4(img, *off[3], "3d9a1c4e-5b6f-4a7d-8e9f-0a1b2c3d4e60", "asr-srv")
+    a = attach_image(attach, img, 2, tmp_path / "mnt")
+    assert a.mnt is not None
+    (a.mnt / "etc").mkdir()
+    (a.mnt / "etc/fstab").write_text(f"UUID={ROOT_UUID} / ext4 defaults 0 1\n"
+                                     "LABEL=asr-srv /srv ext4 defaults 0 2\n")
+    (a.mnt / "etc/hostname").write_text("asr-srv\n")
+    (a.mnt / "boot/grub/i386-pc").mkdir(parents=True)
+    (a.mnt / "boot/grub/i386-pc/core.img").write_bytes(b"\x00" * 512)
+    warning = (f"/srv (ext4 on disk1p3, {a.loop}p3) is on disk1, which a restore wipes, but it is not backed up: a "
+               "restore re-creates it EMPTY (--include-mount /srv backs it up)")
+    code, out, err = asr("backup", "--to", str(tmp_path / "set1"), "--root", str(a.mnt), "--disk", a.loop, "--json")
+    assert code == 0, err
+    assert warning in json.loads(out)["warnings"]
+    code, out, err = asr("backup", "--to", str(tmp_path / "set2"), "--root", str(a.mnt), "--disk", a.loop)
+    assert code == 0, err
+    assert f"  warning: {warning}\n" in out
+    (a.mnt / "srv").mkdir()
+    run(["mount", f"{a.loop}p3", str(a.mnt / "srv")])
+    try:  # backed up with --include-mount /srv: no warning
+        code, out, err = asr("backup", "--to", str(tmp_path / "set3"), "--root", str(a.mnt), "--disk", a.loop,
+                             "--include-mount", "/srv", "--json")
+    finally:
+        run(["umount", str(a.mnt / "srv")])
+    assert code == 0, err
+    assert [f["backup"] for f in json.loads(out)["filesystems"]] == [True, True]
+    assert not [w for w in json.loads(out)["warnings"] if "EMPTY" in w]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Refusals: the named error, and nothing in DIR
 # ---------------------------------------------------------------------------------------------------------------
@@ -242,6 +284,72 @@ def test_refused_when_dir_is_on_a_critical_disk(system: Attached) -> None:
     code, _, err = asr(*backup_args(system, dest))
     assert code == DestinationError.exit_code and "a filesystem of critical disk" in err
     assert not dest.exists()
+
+
+@pytest.mark.root
+def test_refused_to_record_control_characters_or_dotdot(system: Attached, tmp_path: Path) -> None:
+    """Issue 10, finding 4: `asr backup` records no path the restore's validator refuses: a backup directory with
+    an escape sequence in its name (DestinationError), a --disk path with '..' (LayoutError); exit 2, nothing
+    written.  A '..' in --to is resolved: the recorded [BACKUP] path is the real one."""
+    assert system.mnt is not None
+    dest = tmp_path / "set\x1b[31m"
+    with pytest.raises(DestinationError, match=r"has the control character '\\x1b'"):
+        capture(CaptureRequest(dest, system.mnt, (system.loop,)), euid=0)
+    code, _, err = asr(*backup_args(system, dest))
+    assert code == DestinationError.exit_code and "has the control character" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+    dest = tmp_path / "set"
+    dotdot = "/dev/../dev/" + system.loop.removeprefix("/dev/")
+    with pytest.raises(LayoutError, match=r"--disk '/dev/\.\./dev/loop\d+' has a '\.\.' component"):
+        capture(CaptureRequest(dest, system.mnt, (dotdot,)), euid=0)
+    code, _, err = asr("backup", "--to", str(dest), "--root", str(system.mnt), "--disk", dotdot)
+    assert code == LayoutError.exit_code and "has a '..' component" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+    (tmp_path / "sub").mkdir()
+    code, _, err = asr(*backup_args(system, tmp_path / "sub" / ".." / "set"))
+    assert code == 0, err
+    recorded = parse_asr_sif((dest / "ASR.SIF").read_text()).backup
+    assert recorded is not None and recorded.path.endswith(f"/{tmp_path.name}/set"), recorded
+
+
+@pytest.mark.root
+def test_refused_when_dir_is_on_a_loop_whose_file_is_on_a_captured_filesystem(system: Attached, tmp_path: Path) -> None:
+    """Issue 10, finding 5: DIR on a loop-mounted image whose file lives on the captured root, and DIR two loops
+    down (an image on a loop-mounted filesystem whose image is on the captured root): DestinationError naming the
+    chain, exit 2, nothing written (not even into the images)."""
+    assert system.mnt is not None
+    images = system.mnt / "var" / "images"
+    images.mkdir(parents=True)
+    undo: list[list[str]] = []
+
+    def loop_mount(image: Path, size: str, mnt: Path) -> None:
+        run(["mke2fs", "-q", "-t", "ext4", "-F", str(image), size])
+        loop = run(["losetup", "--find", "--show", str(image)]).stdout.strip()
+        undo.append(["losetup", "-d", loop])
+        mnt.mkdir()
+        run(["mount", "-t", "ext4", loop, str(mnt)])
+        undo.append(["umount", str(mnt)])
+
+    try:
+        loop_mount(images / "outer.img", "56M", tmp_path / "outer")
+        loop_mount(tmp_path / "outer" / "inner.img", "24M", tmp_path / "inner")
+        for top in (tmp_path / "outer", tmp_path / "inner"):
+            dest = top / "set"
+            with pytest.raises(DestinationError) as e:
+                capture(CaptureRequest(dest, system.mnt, (system.loop,)), euid=0)
+            msg = str(e.value)
+            assert re.search(rf"is on {system.loop}p2 \(fs1, /\), a filesystem of critical disk {system.loop}", msg)
+            assert f"through loop devices: {system.loop}p2 holds {images / 'outer.img'} (behind " in msg, msg
+            code, _, err = asr(*backup_args(system, dest))
+            assert code == DestinationError.exit_code and "through loop devices" in err, err
+            assert sorted(p.name for p in top.iterdir()) == (["inner.img", "lost+found"] if top.name == "outer"
+                                                              else ["lost+found"])
+    finally:
+        for argv in reversed(undo):
+            run(argv, check=False)
+        shutil.rmtree(images, ignore_errors=True)
 
 
 @pytest.mark.root

@@ -17,6 +17,8 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -25,16 +27,18 @@ import pytest
 from test_plan import gpt_descriptor, mbr_descriptor, target
 
 from recovery_env.backupset import make_backup_record, make_backup_set, plan_archives
-from recovery_env.errors import PlanViolationError, StepFailed
+from recovery_env.errors import PlanViolationError, StepFailed, TargetPathError, UnconfirmedPlanError
 from recovery_env.model.descriptor import (
     GPT_BIOS_BOOT,
     GPT_ESP,
     Bootloader,
     BootloaderKind,
+    Command,
     Descriptor,
     Disk,
     Filesystem,
     Firmware,
+    FstabSpec,
     FsType,
     Mount,
     PartFlag,
@@ -46,14 +50,21 @@ from recovery_env.probe.disks import TargetDisk, find_disks, find_media_disks
 from recovery_env.probe.layout import parse_blkid_export, parse_sfdisk_json
 from recovery_env.restore.execute import (
     Progress,
+    _exists_in_root,
     check_filesystem,
     check_plan,
     check_table,
+    confirm_plan,
     execute_plan,
+    find_foreign_devices,
+    resolve_step,
     rewrite_fstab,
 )
+from recovery_env.restore.flow import write_run_log
 from recovery_env.restore.plan import (
     DiskPlan,
+    Extract,
+    ExtractionPlan,
     FstabChange,
     Phase,
     RestorePlan,
@@ -104,7 +115,7 @@ def test_executor_refuses_steps_aimed_outside_the_plan(tamper, msg, monkeypatch)
         check_plan(plan)
     logged: list[str] = []
     with pytest.raises(PlanViolationError, match=msg):
-        execute_plan(plan, log=logged.append, progress=lambda _: None, confirm_token=plan.confirm_token)
+        execute_plan(plan, log=logged.append, progress=lambda _: None, confirm_token=confirm_plan(plan))
     assert logged == []  # refused before the first step
 
 
@@ -114,12 +125,34 @@ def test_every_planned_step_passes_the_checks(root: str) -> None:
         check_plan(_plan(d, t, root))
 
 
-def test_executor_refuses_an_unconfirmed_plan(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ASR_FORBID_SUBPROCESS", "1")
-    confirmed = _plan(gpt_descriptor(), target("vda", 3 * GIB))
+def test_only_the_confirm_step_makes_a_token_and_it_fits_that_plan_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = _plan(gpt_descriptor(), target("vda", 3 * GIB))
+    # a token of an earlier boot (another process confirmed the very same plan)
+    code = ("from test_execute import _plan, gpt_descriptor, target, GIB\n"
+            "from recovery_env.restore.execute import confirm_plan\n"
+            "print(confirm_plan(_plan(gpt_descriptor(), target('vda', 3 * GIB))))")
+    stale = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
+                           check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+                           ).stdout.strip()
+    monkeypatch.setenv("ASR_FORBID_SUBPROCESS", "1")  # nothing may run: a refusal comes before any step
+    digest = hashlib.sha256(repr(plan.steps()).encode()).hexdigest()
+    # what anyone can compute from the plan alone is no confirmation (the old token was digest[:16])
+    for forged in (digest[:16], digest, plan.digest, plan.digest[:16], "", stale):
+        with pytest.raises(UnconfirmedPlanError, match="was not confirmed"):
+            execute_plan(plan, log=print, progress=lambda _: None, confirm_token=forged, sys_root=tmp_path)
+    token = confirm_plan(plan)
+    assert token != stale and confirm_plan(plan) == token
     other = _plan(gpt_descriptor(), target("vdb", 3 * GIB))
-    with pytest.raises(PlanViolationError, match="not the one confirmed"):
-        execute_plan(other, log=print, progress=lambda _: None, confirm_token=confirmed.confirm_token)
+    edited = replace(plan, post_commands=(
+        RunStep("x", Phase.COMMANDS, ("chroot", "/target", "/bin/sh", "-c", "rm -rf /home")),))
+    for wrong in (other, edited):  # the token of another plan, of the plan before an edit
+        with pytest.raises(UnconfirmedPlanError, match="was not confirmed"):
+            execute_plan(wrong, log=print, progress=lambda _: None, confirm_token=token, sys_root=tmp_path)
+    # the right token passes this check: the next one (the disk is not in this empty /sys) stops it
+    with pytest.raises(PlanViolationError, match="/dev/vda: gone since the plan was made"):
+        execute_plan(plan, log=print, progress=lambda _: None, confirm_token=token, sys_root=tmp_path)
 
 
 def test_executor_refuses_a_disk_that_changed_since_the_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,7 +161,7 @@ def test_executor_refuses_a_disk_that_changed_since_the_plan(tmp_path: Path, mon
     (tmp_path / "class/block/vda").mkdir(parents=True)
     (tmp_path / "class/block/vda/size").write_text(f"{4 * GIB // 512}\n")  # someone swapped the disk
     with pytest.raises(PlanViolationError, match="/dev/vda: 4294967296 bytes now, 3221225472 when the plan"):
-        execute_plan(plan, log=print, progress=lambda _: None, confirm_token=plan.confirm_token, sys_root=tmp_path)
+        execute_plan(plan, log=print, progress=lambda _: None, confirm_token=confirm_plan(plan), sys_root=tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ pure checks
@@ -382,7 +415,7 @@ def test_restore_gpt_onto_a_larger_loop_disk(loop_disk: tuple[str, Path, list[Pa
 
     log: list[str] = []
     progress: list[Progress] = []
-    report = execute_plan(plan, log=log.append, progress=progress.append, confirm_token=plan.confirm_token)
+    report = execute_plan(plan, log=log.append, progress=progress.append, confirm_token=confirm_plan(plan))
     assert report.manifest_checked and report.differences == (), report.differences
     assert progress[-1].done == progress[-1].total == result.archives[0].size
     assert not os.path.ismount(root)  # the UNMOUNT phase ran
@@ -427,6 +460,95 @@ def test_restore_gpt_onto_a_larger_loop_disk(loop_disk: tuple[str, Path, list[Pa
         run(["umount", str(check)])
 
 
+def test_steps_resolve_their_paths_inside_the_root_and_refuse_a_mount_over_it(tmp_path: Path) -> None:
+    root = tmp_path / "target"
+    (root / "real/efi").mkdir(parents=True)
+    os.symlink("/real", root / "boot")  # absolute: the host's /real would be meant on the host
+    os.symlink("/", root / "dev")
+    (root / "usr").mkdir()
+    os.symlink("../../../..", root / "usr/sbin")  # the root, not the host's /
+    r, ph = str(root), Phase.BOOTLOADER
+    log: list[str] = []
+    grub = RunStep("g", ph, ("grub-install", f"--efi-directory={r}/boot/efi", f"--boot-directory={r}/boot", "/dev/x"),
+                   unless_any=(f"{r}/usr/sbin/grub-install",))
+    got = resolve_step(grub, r, log.append)
+    assert isinstance(got, RunStep)
+    assert got.argv == ("grub-install", f"--efi-directory={r}/real/efi", f"--boot-directory={r}/real", "/dev/x")
+    assert f"  --boot-directory={r}/boot resolves to --boot-directory={r}/real (symlinks in the restored files, " \
+           f"resolved inside {r})" in log
+    assert _exists_in_root(f"{r}/usr/sbin/boot", r) and not _exists_in_root(f"{r}/usr/sbin/grub-install", r)
+    e = Extract("x", Phase.RESTORE, ExtractionPlan("fs1", "/boot/efi", "/b/a.tar", f"{r}/boot/efi", 1, "", (),
+                                                   ("tar", "--extract", f"--directory={r}/boot/efi")))
+    got_e = resolve_step(e, r, log.append)
+    assert isinstance(got_e, Extract)
+    assert got_e.extraction.pipeline == (("tar", "--extract", f"--directory={r}/real/efi"),)
+    os.symlink("../..", root / "real/up")
+    for mount in (("mount", "--bind", "/dev", f"{r}/dev"), ("mount", "/dev/x", f"{r}/boot/up")):
+        with pytest.raises(TargetPathError, match=r"resolves to the target root .* itself"):
+            resolve_step(RunStep("m", ph, mount), r, log.append)
+    assert resolve_step(RunStep("m", ph, ("mount", "/dev/x", r)), r, log.append).argv[-1] == r  # / itself: fine
+
+
+def _snapshot(top: Path) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            out[str(p.relative_to(top))] = os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else 0
+    return out
+
+
+@pytest.mark.root
+@needs_root
+def test_symlinks_in_the_restored_files_never_lead_a_later_step_outside_the_target(
+    loop_disk: tuple[str, Path, list[Path]], tmp_path: Path
+) -> None:
+    """The restored / holds ``boot -> /abs/outside`` (the next filesystem's mount point /boot/efi behind it) and
+    ``etc -> ../outside/etc`` (the fstab rewrite behind it), ``var -> ../../..<outside>/var`` (the run's log):
+    each is resolved inside the target; the host's outside/ is untouched."""
+    loop, _image, mounts = loop_disk
+    src, esp_src, backup, outside = tmp_path / "src", tmp_path / "esp", tmp_path / "backup", tmp_path / "outside"
+    fstab = f"/dev/sda2 /boot/efi ext4 defaults 0 2\nUUID={ROOT_UUID} / ext4 defaults 0 1\n"
+    for top in (src, outside):  # the restored etc/fstab and one on the host where the links point
+        (top / "outside/etc" if top == src else top / "etc").mkdir(parents=True)
+        (top / "outside/etc/fstab" if top == src else top / "etc/fstab").write_text(fstab)
+    (outside / "var/log").mkdir(parents=True)
+    os.symlink(str(outside), src / "boot")
+    os.symlink("../outside/etc", src / "etc")
+    os.symlink("../../../../../../../../.." + str(outside / "var"), src / "var")
+    (esp_src / "EFI/debian").mkdir(parents=True)
+    (esp_src / "EFI/debian/grubx64.efi").write_bytes(b"MZ" * 1000)
+    backup.mkdir()
+    result = make_backup_set(plan_archives([("fs2", "/", str(src), MIB), ("fs1", "/boot/efi", str(esp_src), MIB)]),
+                             backup)
+    base = small_gpt_descriptor(make_backup_record(result, path=str(backup)))
+    esp = Filesystem("fs1", "disk1p2", FsType.EXT4, "6e1f2a3b-6c5d-4e7f-8a9b-0c1d2e3f4a5b", "esp")
+    d = replace(base, filesystems=(esp, *base.filesystems[1:]),
+                mounts=(Mount("/", "fs2"), Mount("/boot/efi", "fs1", spec=FstabSpec.PATH, device="/dev/sda2")))
+    (disk,) = [t for t in find_disks(include={loop}) if t.device == loop]
+    root = tmp_path / "target"
+    mounts += [root, outside / "efi", Path(f"{root}{outside}/efi")]
+    plan = plan_restore(d, match_disks(d, [disk], unattended=True), target_root=str(root), backup_dir=str(backup))
+    assert "rewrite /etc/fstab" in [s.name for s in plan.steps()]
+    before = _snapshot(outside)
+    agent_log = tmp_path / "agent.log"
+    agent_log.write_text("ASR: log\n")
+    log: list[str] = []
+    token = confirm_plan(plan)
+    execute_plan(plan, log=log.append, progress=lambda _: None, confirm_token=token,
+                 phases=tuple(p for p in Phase if p is not Phase.UNMOUNT))
+    # the ESP is mounted and extracted inside the target, where /boot/efi resolves in it
+    assert (Path(f"{root}{outside}/efi/EFI/debian/grubx64.efi")).read_bytes() == b"MZ" * 1000
+    assert f"  {root}/boot/efi resolves to {root}{outside}/efi (symlinks in the restored files, resolved inside " \
+           f"{root})" in log
+    assert (root / "outside/etc/fstab").read_text().startswith(f"{loop}p2 /boot/efi ext4")  # the restored fstab
+    written = write_run_log(plan, str(agent_log), 1764118923)
+    assert written == f"{root}{outside}/var/log/asr/restore-20251126-010203.log"
+    execute_plan(plan, log=log.append, progress=lambda _: None, confirm_token=token, phases=(Phase.UNMOUNT,))
+    assert not os.path.ismount(root)
+    assert _snapshot(outside) == before  # nothing outside the target was made, mounted on, extracted or rewritten
+
+
 @pytest.mark.root
 @needs_root
 def test_restore_mbr_4096_byte_sectors_partition_and_format(tmp_path: Path) -> None:
@@ -451,7 +573,7 @@ def test_restore_mbr_4096_byte_sectors_partition_and_format(tmp_path: Path) -> N
             "size=20M\n")
         run(["partx", "--add", loop])
         assert os.path.exists(f"{loop}p3")
-        execute_plan(plan, log=lambda _: None, progress=lambda _: None, confirm_token=plan.confirm_token,
+        execute_plan(plan, log=lambda _: None, progress=lambda _: None, confirm_token=confirm_plan(plan),
                      phases=(Phase.PARTITION, Phase.FORMAT))
         assert not os.path.exists(f"/sys/class/block/{os.path.basename(loop)}p3")  # the old partition is gone
         table = json.loads(run(["sfdisk", "--json", loop]).stdout)["partitiontable"]
@@ -465,7 +587,7 @@ def test_restore_mbr_4096_byte_sectors_partition_and_format(tmp_path: Path) -> N
         broken = replace(plan, filesystems=(replace(plan.filesystems[0], mkfs_argv=(
             "mke2fs", "-F", "-t", "ext4", "-b", "3000", f"{loop}p1")),))
         with pytest.raises(StepFailed) as e:
-            execute_plan(broken, log=lambda _: None, progress=lambda _: None, confirm_token=broken.confirm_token,
+            execute_plan(broken, log=lambda _: None, progress=lambda _: None, confirm_token=confirm_plan(broken),
                          phases=(Phase.FORMAT,))
         assert e.value.step == f"make ext4 on {loop}p1" and e.value.argv[-1] == f"{loop}p1"
         assert broken.steps()[e.value.index].name == e.value.step and "exit code" in e.value.reason
@@ -477,3 +599,96 @@ def test_disk_plan_is_data() -> None:
     # the plan holds no callables or handles: it can be shown, logged and compared
     dp: DiskPlan = _plan(gpt_descriptor(), target("vda", 3 * GIB)).disks[0]
     assert repr(dp).startswith("DiskPlan(key='disk1'")
+
+
+# ------------------------------------------------------------------------------------------------ the device guard
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> str:
+    """/dev and /sys of a machine with the plan's disk vda and another disk sdb (8:16)."""
+    for d in ("dev/disk/by-id", "sys/devices/pci0/block/sdb/sdb1", "sys/devices/virtio0/block/vda/vda3",
+              "sys/dev/block", "sys/block", "sys/class/block"):
+        (tmp_path / d).mkdir(parents=True)
+    for name in ("vda", "vda3", "sdb", "sdb1"):
+        (tmp_path / "dev" / name).touch()
+    os.symlink("../../vda", tmp_path / "dev/disk/by-id/virtio-PLAN")
+    os.symlink("../../sdb", tmp_path / "dev/disk/by-id/ata-OTHER")
+    os.symlink("/dev/sdb1", tmp_path / "dev/disk/by-id/ata-OTHER-part1")  # absolute: from the machine's /
+    for majmin, path in (("8:16", "pci0/block/sdb"), ("8:17", "pci0/block/sdb/sdb1"), ("254:0", "virtio0/block/vda")):
+        os.symlink(f"../../devices/{path}", tmp_path / "sys/dev/block" / majmin)
+    return str(tmp_path)
+
+
+PLAN_DEVICES = ("/dev/vda", "/dev/vda1", "/dev/vda2", "/dev/vda3")
+HOSTILE_COMMANDS = [
+    "mkfs.ext4 -F /dev/sdb",
+    "mkfs.ext4 /dev/sdb1",
+    "dd if=/dev/zero of=/dev/sdb bs=1M count=1",
+    "some-tool --device=/dev/sdb",
+    "cat /tmp/x > /dev/sdb",
+    "dd of='/dev/sdb'",
+    'dd of=/de""v/sdb',
+    "wipefs -a /dev/disk/by-id/ata-OTHER",
+    "wipefs -a /dev/disk/by-id/ata-OTHER-part1",
+    "echo 1 > /sys/block/sdb/device/delete",
+    "echo 1 > /sys/class/block/sdb1/holders",
+    "cat /sys/devices/pci0/block/sdb/sdb1/size",
+    "cat /sys/dev/block/8:16/size",
+    "echo 8:17 > /sys/power/resume",
+    "mknod /tmp/d b 8 16 && dd if=/dev/zero of=/tmp/d",
+    "mkfs.ext4 /dev/nvme0n1",  # not on this machine at all: not a device of the plan either
+    "echo 'unbalanced",
+]
+
+
+@pytest.mark.parametrize("command", HOSTILE_COMMANDS)
+def test_the_device_guard_sees_every_way_a_command_names_a_disk(machine: str, command: str) -> None:
+    argv = ("chroot", "/target", "/bin/sh", "-c", command)
+    problems = find_foreign_devices(argv, PLAN_DEVICES, fs_root=machine)
+    assert problems, command
+    assert any(w in " ".join(problems) for w in ("sdb", "nvme0n1", "mknod", "cannot be read")), problems
+
+
+@pytest.mark.parametrize("command", [
+    "echo restored > /etc/asr-restored",
+    "update-grub >/dev/null 2>&1 </dev/zero",
+    "tune2fs -L root /dev/vda3",
+    "blkid /dev/disk/by-id/virtio-PLAN",
+    "cat /sys/block/vda/size /sys/dev/block/254:0/size /sys/devices/virtio0/block/vda/vda3/size",
+    "date -s 12:30 && ls /devices /target/dev /dev",
+    "true",
+])
+def test_the_device_guard_lets_the_plans_own_devices_and_harmless_words_pass(machine: str, command: str) -> None:
+    assert find_foreign_devices(("chroot", "/target", "/bin/sh", "-c", command), PLAN_DEVICES, fs_root=machine) == []
+
+
+@pytest.mark.parametrize("command", ["mkfs.ext4 -F /dev/sdb", "wipefs --all /dev/loop0", "blkdiscard /dev/vdb1",
+                                     "echo 1 > /sys/block/loop0/device/delete", "cat /x | dd of=/dev/disk/by-id/x"])
+def test_a_post_restore_command_naming_another_disk_is_refused_before_anything_runs(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASR_FORBID_SUBPROCESS", "1")  # if anything ran, InternalError would come instead
+    d = replace(gpt_descriptor(), commands=(Command(1, "true"), Command(2, command, critical=True)))
+    plan = _plan(d, target("vda", 3 * GIB))
+    logged: list[str] = []
+    with pytest.raises(PlanViolationError, match=r"step 'post-restore command 2: .*names .*refused"):
+        execute_plan(plan, log=logged.append, progress=lambda _: None, confirm_token=confirm_plan(plan))
+    assert logged == []
+
+
+def test_the_rescue_systems_grub_install_is_refused_where_boot_grub_leads_out(tmp_path: Path) -> None:
+    root, outside = tmp_path / "target", tmp_path / "outside"
+    (root / "boot/grub2").mkdir(parents=True)
+    outside.mkdir()
+    r = str(root)
+    grub = RunStep("g", Phase.BOOTLOADER, ("grub-install", "--target=i386-pc", f"--boot-directory={r}/boot",
+                                           "--directory=/usr/lib/grub/i386-pc", "/dev/vda"), writes=("/dev/vda",))
+    assert resolve_step(grub, r, print) == grub  # a real boot/grub (absent here: grub-install makes it)
+    os.symlink("grub2", root / "boot/grub")  # a link that stays inside: fine
+    assert resolve_step(grub, r, print) == grub
+    os.unlink(root / "boot/grub")
+    os.symlink(str(outside), root / "boot/grub")  # grub-install would write the host's outside/i386-pc/*.mod
+    with pytest.raises(TargetPathError, match=f"{r}/boot/grub leads to {outside} for a tool of the rescue system"):
+        resolve_step(grub, r, print)
+    assert list(outside.iterdir()) == []

@@ -322,6 +322,26 @@ def test_critical_mount_off_the_captured_disks_is_refused(mbr_image: Path) -> No
         plan_layout([read_image_facts(mbr_image)], parse_fstab(GPT_FSTAB), firmware=Firmware.BIOS)
 
 
+@pytest.mark.parametrize(("line", "message"), [
+    (f"PARTUUID={GPT_PARTUUIDS[0]} /boot/../../efi vfat umask=0077 0 2", "'/boot/../../efi' has a '..' component"),
+    (f"PARTUUID={GPT_PARTUUIDS[0]} /boot/./efi vfat umask=0077 0 2", "'/boot/./efi' has a '.' component"),
+    (f"PARTUUID={GPT_PARTUUIDS[0]} /boot/efi\\033[2J vfat umask=0077 0 2", "has the control character '\\x1b'"),
+    (f"PARTUUID={GPT_PARTUUIDS[0]} /boot/efi\\000x vfat umask=0077 0 2", "has a NUL character"),
+    ("/dev/disk/by-id/../../sda1 /boot/efi vfat umask=0077 0 2", "'/dev/disk/by-id/../../sda1' has a '..' component"),
+])
+def test_fstab_paths_that_walk_or_carry_control_characters_are_not_recorded(
+    gpt_image: Path, line: str, message: str
+) -> None:
+    """Issue 10, finding 4: capture refuses to record a mount point or device with '..', '.', NUL or a control
+    character, naming the fstab line (the validator would refuse the descriptor at restore)."""
+    fstab = GPT_FSTAB.replace(f"PARTUUID={GPT_PARTUUIDS[0]}  /boot/efi  vfat  umask=0077  0  2", line)
+    assert line in fstab
+    with pytest.raises(LayoutError) as e:
+        plan_layout([read_image_facts(gpt_image)], parse_fstab(fstab), firmware=Firmware.UEFI)
+    assert str(e.value).startswith("/etc/fstab line 3: "), str(e.value)
+    assert message in str(e.value)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # LVM / MD / LUKS: refused, every offender listed
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from builder.vm.machine import (
     BOOT_KERNEL_SECTOR,
     CORE_LOAD_SEGMENT,
     FAIL_PREFIX,
+    LONG_NAME,
     MARKER_PREFIX,
     MIB_SECTORS,
     SECTOR,
@@ -39,6 +40,7 @@ from builder.vm.machine import (
     plan_grub_bios_boot,
     plan_machine,
     read_disk_facts,
+    read_ext4_xattrs,
     read_machine_inputs,
     render_grub_cfg,
     render_sfdisk_script,
@@ -261,6 +263,11 @@ def test_root_holds_kernel_initrd_grub_and_the_sample_files(gpt_machine: Machine
     assert "Links: 2" in _debugfs(image, "stat /srv/data/hardlink-a")
     assert 'Fast link dest: "notes.txt"' in _debugfs(image, "stat /home/user/notes-link")
     assert image.marker in _debugfs(image, "ea_get /srv/data/blob.bin user.asr.sample")
+    root = next(p for p in image.partitions if p.role is PartRole.ROOT)
+    for x in image.plan.xattrs:  # ACLs: stored in ext4's own form, converted by debugfs
+        got = read_ext4_xattrs(image.path, root.offset, x.path)
+        assert x.name in got and (got[x.name] == x.value or x.name.startswith("system.posix_acl")), x
+    assert len(image.plan.xattrs) >= 15 and len(LONG_NAME) > 100
     sparse = _debugfs(image, "stat /srv/data/sparse.img")
     assert "Size: 8388608" in sparse
     blocks = int(sparse.split("Blockcount: ")[1].split()[0])  # 512-byte units

@@ -10,6 +10,8 @@ from dataclasses import replace
 
 import pytest
 
+from builder.vm.qemu import strip_ansi
+from recovery_env.agent.screens import PLAN_PROMPT, Size, plan_pages, render_plan_page, render_screen
 from recovery_env.errors import (
     AmbiguousDiskMatchError,
     DiskMatchError,
@@ -39,14 +41,11 @@ from recovery_env.model.descriptor import (
     TableType,
 )
 from recovery_env.probe.disks import (
-    BlockNode,
     TargetDisk,
-    find_holding_disks,
     format_size,
     is_skipped_name,
     make_target_disk,
     normalize_wwn,
-    parse_mountinfo,
     parse_table_facts,
     parse_vpd_pg80,
     partition_device,
@@ -179,7 +178,7 @@ BLKID_GPT = "DEVNAME=g_a.img\nPTUUID=11111111-2222-3333-4444-555555555555\nPTTYP
 BLKID_MBR = "DEVNAME=g_b.img\nPTUUID=1234abcd\nPTTYPE=dos\n"
 
 # /proc/self/mountinfo inside the boot media: the ISO from the CD, the backup set on a second disk's partition
-# and a loop-mounted image file on a third disk.
+# and a loop-mounted image file on a third disk (the walk from it to the disks: tests/test_holding.py).
 MOUNTINFO = """\
 22 1 0:21 / / rw,relatime - rootfs rootfs rw
 23 22 0:5 / /dev rw,relatime - devtmpfs devtmpfs rw,size=493364k,nr_inodes=123341,mode=755
@@ -189,15 +188,6 @@ MOUNTINFO = """\
 33 22 254:33 / /run/asr/spool rw,relatime - ext4 /dev/vdc1 rw
 34 22 7:0 / /run/asr/img\\040dir ro,relatime - ext4 /dev/loop0 ro
 """
-NODES = [
-    BlockNode("sr0", "11:0", "sr0"),
-    BlockNode("vda", "254:0", "vda"),
-    BlockNode("vdb", "254:16", "vdb"),
-    BlockNode("vdb1", "254:17", "vdb"),
-    BlockNode("vdc", "254:32", "vdc"),
-    BlockNode("vdc1", "254:33", "vdc"),
-    BlockNode("loop0", "7:0", "loop0", backing_file="/run/asr/spool/backup.img"),
-]
 
 
 def test_sysfs_virtio_disk() -> None:
@@ -242,19 +232,6 @@ def test_partition_device_names(disk: str, n: int, dev: str) -> None:
 def test_skipped_names() -> None:
     assert [n for n in ("sda", "vda", "nvme0n1", "loop0", "sr0", "fd0", "zram0", "dm-0", "md127", "ram1")
             if not is_skipped_name(n)] == ["sda", "vda", "nvme0n1"]
-
-
-def test_media_disks_from_mountinfo() -> None:
-    mounts = parse_mountinfo(MOUNTINFO)
-    assert mounts[-1].mountpoint == "/run/asr/img dir"  # octal escapes undone
-    held = find_holding_disks(["/run/asr/media", "/run/asr/backup/asr/sample", "/run/asr/img dir/x"], mounts, NODES)
-    assert held == {
-        "sr0": "holds /run/asr/media",
-        "vdb": "holds /run/asr/backup/asr/sample",
-        "loop0": "holds /run/asr/img dir/x",
-        "vdc": "holds /run/asr/spool/backup.img (behind /run/asr/img dir/x)",
-    }
-    assert find_holding_disks(["/tmp"], mounts, NODES) == {}  # on the rootfs: no disk
 
 
 def test_format_size() -> None:
@@ -591,11 +568,11 @@ def test_render_plan_lists_every_disk_to_wipe() -> None:
     assert (w.device, w.model, w.serial, w.size_bytes) == ("/dev/vda", "QEMU HARDDISK", "QM00001", 3 * GIB)
 
 
-def test_plan_is_deterministic_and_token_tracks_content() -> None:
+def test_plan_is_deterministic_and_digest_tracks_content() -> None:
     t = target("vda", 3 * GIB)
     a, b = _plan(gpt_descriptor(), t), _plan(gpt_descriptor(), t)
-    assert a == b and a.confirm_token == b.confirm_token and len(a.confirm_token) == 16
-    assert _plan(gpt_descriptor(), target("vdb", 3 * GIB)).confirm_token != a.confirm_token
+    assert a == b and a.digest == b.digest and len(a.digest) == 64
+    assert _plan(gpt_descriptor(), target("vdb", 3 * GIB)).digest != a.digest
     assert {"wipefs", "sfdisk", "partx", "mke2fs", "mkfs.vfat", "mount", "umount", "zstd", "tar", "grub-install",
             "blkid", "sync"} <= set(a.tools)
     assert a.devices == {"/dev/vda", "/dev/vda1", "/dev/vda2", "/dev/vda3"}
@@ -630,3 +607,61 @@ def test_plan_refuses_an_incomplete_or_doubled_mapping() -> None:
         plan_restore(base, {"disk1": target("vda", GIB)}, backup_dir="/b")
     with pytest.raises(PlanError, match="target root cannot be /"):
         plan_restore(base, {"disk1": t}, backup_dir="/b", target_root="/")
+
+
+LONG_COMMAND = ("for k in /etc/ssh/ssh_host_*_key; do ssh-keygen -l -f \"$k\"; done; "
+                "/usr/local/sbin/" + "x" * 120 + " --config=/etc/site.conf && update-initramfs -u -k all")
+
+
+def test_the_plan_screen_lists_every_post_restore_command_in_full() -> None:
+    d = replace(gpt_descriptor(), commands=(Command(1, "echo restored > /etc/asr-restored", critical=True),
+                                            Command(2, LONG_COMMAND)))
+    lines = render_plan(_plan(d, target("vda", 3 * GIB)))
+    i = lines.index("Then run 2 post-restore command(s) in the restored system, in order:")
+    assert lines[i + 1] == "  1. (critical) echo restored > /etc/asr-restored"
+    second = lines[i + 2:]
+    assert second[0].startswith("  2. for k in /etc/ssh/ssh_host_*_key;") and len(second) == 4
+    assert all(line.startswith("     ") for line in second[1:])
+    assert "".join(line[5:] for line in second).replace(" ", "") == LONG_COMMAND.replace(" ", "")
+    # every line of it is shown whole on the screen: nothing cut with "...", nothing hidden below the screen
+    pages = plan_pages(lines)
+    assert [line for page in pages for line in page] == lines
+    for n, page in enumerate(pages):
+        screen = strip_ansi(render_screen(render_plan_page(pages, n, confirmable=True)).encode())
+        for line in page:
+            if line in lines[i:]:  # every line of the commands, whole
+                assert line in screen
+        assert "more lines" not in screen
+
+
+def test_a_plan_longer_than_the_screen_offers_c_only_after_its_last_page() -> None:
+    many = tuple(Command(n, f"echo step {n} >> /var/log/site-restore.log") for n in range(1, 30))
+    lines = render_plan(_plan(replace(gpt_descriptor(), commands=many), target("vda", 3 * GIB)))
+    pages = plan_pages(lines)
+    assert len(pages) == 3 and [line for page in pages for line in page] == lines
+    first = render_plan_page(pages, 0, confirmable=False)
+    assert first.status == "N=Next page   P=Previous page   F3=Quit" and PLAN_PROMPT not in first.body
+    assert first.body[-2] == "Page 1 of 3 of the plan: N shows the next page, P the previous one."
+    last = render_plan_page(pages, 2, confirmable=True)
+    assert last.status == "C=Continue   F3=Quit" and last.body[-1] == PLAN_PROMPT
+    assert len(first.body) <= Size().body_rows and len(last.body) <= Size().body_rows
+    assert plan_pages(lines[:18]) == [tuple(lines[:18])]  # a plan that fits: one page, as before
+
+
+def test_filesystems_not_backed_up_are_announced_as_re_created_empty() -> None:
+    base = gpt_descriptor()
+    assert base.backup is not None
+    # the ESP was not backed up (no archive for it): it will be made anew, empty
+    d = replace(base, filesystems=(replace(base.filesystems[0], backup=False), base.filesystems[1]),
+                backup=replace(base.backup, archives=base.backup.archives[:1]))
+    p = _plan(d, target("vda", 3 * GIB))
+    assert p.empty_filesystems == ("/boot/efi (vfat on /dev/vda2)",)
+    lines = render_plan(p)
+    i = lines.index("WARNING: not in the backup set, so these will be re-created EMPTY (their files are lost):")
+    assert lines[i + 1] == "  /boot/efi (vfat on /dev/vda2)" and i < lines.index(next(
+        x for x in lines if x.startswith("Then restore 1 archive(s)")))
+    assert _plan(base, target("vda", 3 * GIB)).empty_filesystems == ()  # everything archived: no warning
+    nothing = _plan(replace(base, backup=None), target("vda", 3 * GIB))  # no backup set at all
+    assert nothing.empty_filesystems == ("/boot/efi (vfat on /dev/vda2)", "/ (ext4 on /dev/vda3)")
+    swap = _plan(mbr_descriptor(), target("vda", GIB))  # swap holds no files: not announced
+    assert swap.empty_filesystems == ()

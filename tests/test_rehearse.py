@@ -28,8 +28,10 @@ from builder.vm.rehearse import (
     read_set_descriptor,
     rehearse,
 )
+from recovery_env.backupset import read_manifest
 from recovery_env.errors import InputError
 from recovery_env.model.descriptor import Firmware as DescFirmware
+from recovery_env.model.fileattrs import ACL_XATTRS
 from recovery_env.run import run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,8 +117,14 @@ def test_bad_input_is_refused_before_anything_is_built(tmp_path: Path) -> None:
 
 @pytest.mark.vm
 @pytest.mark.root
-def test_a_good_set_is_verified_recoverable_under_bios_and_uefi(gpt_set: Path) -> None:
-    """Acceptance 1, through the command line."""
+def test_a_good_set_is_verified_recoverable_under_bios_and_uefi(gpt_set: Path, gpt_machine: MachineImage) -> None:
+    """Acceptance 1, through the command line; the machine has xattrs, binary values, ACLs, xattrs on a sparse, a
+    hard-linked and a long-named file, all in the MANIFEST (issue 15: such a set was judged "not recoverable")."""
+    entries = {e.path: e for e in read_manifest(gpt_set / "MANIFEST")}
+    for x in gpt_machine.plan.xattrs:
+        e = entries["/" + x.path]
+        assert x.name in e.xattrs or ACL_XATTRS.get(x.name, "") in (e.acl or {}), x
+    assert entries["/" + gpt_machine.plan.hardlink.path].xattrs
     d = read_set_descriptor(gpt_set)
     assert d.system.firmware is DescFirmware.BIOS
     assert [s.size_bytes for s in plan_scratch_disks(d, 50)] == [384 * MiB]

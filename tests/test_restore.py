@@ -9,11 +9,12 @@ import stat
 from pathlib import Path
 
 import pytest
+from test_plan import gpt_descriptor, target
 
 from builder.build import VOLUME_ID
 from recovery_env.backupset import Source as CaptureSource
 from recovery_env.backupset import SourceReader, plan_fat_view, stage_fat_source
-from recovery_env.errors import BackupSetError
+from recovery_env.errors import BackupSetError, TargetPathError
 from recovery_env.model.descriptor import BackupSet, Compression
 from recovery_env.restore.execute import Progress
 from recovery_env.restore.flow import (
@@ -28,7 +29,9 @@ from recovery_env.restore.flow import (
     plan_backup_search,
     read_block_filesystems,
     render_progress_bar,
+    write_run_log,
 )
+from recovery_env.restore.plan import match_disks, plan_restore
 from recovery_env.run import run
 
 
@@ -84,6 +87,30 @@ def test_progress_bar_fits_the_status_row() -> None:
 
 def test_log_name() -> None:
     assert make_log_name(1764118923) == "restore-20251126-010203.log"
+
+
+@pytest.mark.parametrize("link", ["absolute", "relative", "loop"])
+def test_the_run_log_is_written_inside_the_target_whatever_var_points_at(tmp_path: Path, link: str) -> None:
+    root, outside = tmp_path / "target", tmp_path / "outside"
+    (outside / "log").mkdir(parents=True)
+    root.mkdir()
+    target_of = {"absolute": str(outside), "relative": "../outside", "loop": "var"}[link]
+    os.symlink(target_of, root / "var")  # a restored /var -> ... that points, on this host, at outside/
+    agent_log = tmp_path / "agent.log"
+    agent_log.write_text("ASR: restore complete\n")
+    d = gpt_descriptor()
+    plan = plan_restore(d, match_disks(d, [target("vda", 3 << 30)], unattended=True), target_root=str(root),
+                        backup_dir="/b")
+    if link == "loop":
+        with pytest.raises(TargetPathError, match=f"symlink {root}/var -> var"):
+            write_run_log(plan, str(agent_log), 1764118923)
+    else:
+        written = write_run_log(plan, str(agent_log), 1764118923)
+        inside = {"absolute": f"{root}{outside}", "relative": f"{root}/outside"}[link]
+        assert written == f"{inside}/log/asr/restore-20251126-010203.log"
+        assert Path(written).read_text() == "ASR: restore complete\n"
+        assert stat.S_IMODE(os.stat(written).st_mode) == 0o600
+    assert [p.name for p in outside.rglob("*")] == ["log"]  # nothing written outside the target
 
 
 # -- real blkid on real images -------------------------------------------------------------------------------

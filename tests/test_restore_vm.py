@@ -29,11 +29,13 @@ from builder.build import BuildResult, build_media
 from builder.cli import main as asr_main
 from builder.vm import rehearse
 from builder.vm.machine import (
+    LONG_NAME,
     Layout,
     MachineImage,
     MachineSpec,
     PartRole,
     check_restored_disk,
+    check_restored_xattrs,
     make_machine_image,
     read_disk_facts,
     read_machine_inputs,
@@ -42,8 +44,10 @@ from builder.vm.qemu import Firmware, QemuVM, VMSpec
 from recovery_env.backupset import check_backup_set, read_manifest, sha256_file
 from recovery_env.model.descriptor import BootloaderKind, Command, Descriptor
 from recovery_env.model.descriptor import Firmware as DescFirmware
+from recovery_env.model.fileattrs import ACL_XATTRS, decode_posix_acl
 from recovery_env.model.sif import parse_asr_sif
 from recovery_env.model.sif_render import render_asr_sif
+from recovery_env.restore.plan import wrap_whole
 from recovery_env.run import run, run_bytes
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]
@@ -226,6 +230,16 @@ def test_the_capture_archives_root_and_the_unmounted_esp(gpt_bios: Source) -> No
     assert (esp_loader.size, esp_loader.sha256) == (len(data), hashlib.sha256(data).hexdigest())
     assert entries["/boot/efi"].mtime == 0  # a FAT root directory has no time of its own
     assert entries["/etc/asr-machine/marker"].fs == "fs2"
+    # every extended attribute and ACL of the machine is in the MANIFEST (issue 15), the hard link's too
+    for x in c.machine.plan.xattrs:
+        e = entries["/" + x.path]
+        if x.name in ACL_XATTRS:
+            assert (e.acl or {})[ACL_XATTRS[x.name]] == decode_posix_acl(x.value, x.name), x
+        else:
+            assert e.xattrs[x.name] == hashlib.sha256(x.value).hexdigest(), x
+    linked = entries["/" + c.machine.plan.hardlink.path]
+    assert linked.xattrs == entries["/" + c.machine.plan.hardlink.target].xattrs != {}
+    assert entries["/" + LONG_NAME].xattrs and entries["/srv/data/sparse.img"].sparse
 
 
 # ------------------------------------------------------------------------------------------------ 2. BIOS
@@ -255,6 +269,7 @@ def check_restore(src: Source, serial: str, target: Path, found: str = FOUND_ON_
     assert "ASR: error:" not in serial
     problems = check_restored_disk(machine, read_disk_facts(target), last_grows=True)
     assert problems == [], problems
+    assert check_restored_xattrs(machine, target) == []  # debugfs on the restored disk: every xattr and ACL back
     log = restored_log(target, machine)
     assert "ASR: backup set verified" in log and "ASR: manifest:" in log
 
@@ -280,6 +295,8 @@ def test_unattended_mbr_restore_boots(mbr_bios: Source, workdir: Path) -> None:
     serial = run_rescue(rescue_spec(mbr_bios, (target, mbr_bios.captured.backup_image)), workdir, "reboot")
     check_restore(mbr_bios, serial, target)
     assert_lines(serial, r"ASR: \[\d+/\d+\] post-restore command 1: if grep")
+    for line in wrap_whole(POST_COMMAND.command, "  1. (critical) ", "     "):
+        assert f"ASR: plan:   {line}" in serial  # unattended mode logs every command in full before it runs
     root = next(p for p in mbr_bios.captured.machine.partitions if p.role is PartRole.ROOT)
     assert debugfs_cat(target, root.offset, "/root/asr-post.txt") == "post-restore ran on asr-mbr\n"
     verdict = boot_restored(target, Firmware.BIOS, workdir)
@@ -353,6 +370,8 @@ def test_interactive_f2_floppy_pick_a_disk_continue(mbr_bios: Source, workdir: P
         vm.screendump(shots / "4-choose-disk.png")
         vm.send_keys("1")
         vm.wait_serial(r"ASR: chosen: /dev/vda for disk1", STEP_TIMEOUT)
+        vm.wait_serial(r"(C=Continue|N=Next page) +", STEP_TIMEOUT)
+        vm.send_keys("n", "n", "n")  # a plan longer than the screen: C is accepted once its last page was shown
         vm.wait_serial(r"C=Continue +F3=Quit", STEP_TIMEOUT)
         vm.screendump(shots / "5-plan.png")
         vm.send_keys("c")
@@ -428,13 +447,33 @@ def test_a_missing_backup_medium_is_named(gpt_bios: Source, workdir: Path) -> No
     assert sha256(target) == before
 
 
+def make_btrfs_backup(src: Source, path: Path, size_mib: int) -> Path:
+    """The capture's backup set on a btrfs image of ``size_mib`` labelled ASRBACKUP, at the recorded path
+    (``mkfs.btrfs --rootdir``: no mount needed)."""
+    backup = src.captured.descriptor.backup
+    assert backup is not None
+    root = path.parent / "btrfs-root"
+    shutil.copytree(src.captured.set_dir, root / backup.path.lstrip("/"))
+    make_disk(path, size_mib)
+    run(["mkfs.btrfs", "-q", "-f", "-L", BACKUP_LABEL, "--rootdir", str(root), str(path)])
+    shutil.rmtree(root)
+    return path
+
+
 def test_dry_run_shows_the_plan_and_writes_nothing(gpt_bios: Source, workdir: Path) -> None:
+    """Also issue 10, finding 2: the backup medium is btrfs (an anonymous 0:NN device number in mountinfo) and has
+    the target's size; its disk is never a target (before the fix it tied with the target)."""
     target = make_disk(workdir / "target.img", TARGET_MIB, seed="target")
     extra = make_disk(workdir / "extra.img", 64, seed="extra")
-    disks = (target, gpt_bios.captured.backup_image, extra)
+    backup = make_btrfs_backup(gpt_bios, workdir / "backup-btrfs.img", TARGET_MIB)
+    disks = (target, backup, extra)
     before = [sha256(d) for d in disks]
     serial = run_rescue(rescue_spec(gpt_bios, disks, append="asr.dryrun=1", workdir=workdir), workdir, "power off")
-    assert_lines(serial, r"ASR: agent .* dryrun=1", r"ASR: plan: \d+ steps; disks to erase: /dev/vda <- disk1",
+    assert_lines(serial, r"ASR: agent .* dryrun=1",
+                 r"ASR: backup set found: /run/asr/backup/asr/\S+ on /dev/vdb \(the filesystem with the recorded "
+                 r"label\)",
+                 r"ASR: never a target: /dev/vdb \(holds /run/asr/backup\)",
+                 r"ASR: plan: \d+ steps; disks to erase: /dev/vda <- disk1",
                  r"ASR: plan: +/dev/vda \(.*384\.0 MiB\) +<- disk1", r"ASR: dry run: nothing written")  # fmt: skip
     assert "ASR: [1/" not in serial
     assert [sha256(d) for d in disks] == before

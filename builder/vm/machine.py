@@ -45,6 +45,7 @@ from builder.media.rootfs import TreeBuilder
 from recovery_env.backupset import sha256_file
 from recovery_env.errors import InputError, InternalError, ToolError
 from recovery_env.model.descriptor import GPT_BIOS_BOOT, GPT_ESP, Firmware, FsType, TableType
+from recovery_env.model.fileattrs import NameResolver, encode_posix_acl
 from recovery_env.probe.layout import read_blkid
 from recovery_env.run import run
 from recovery_env.templating import render
@@ -211,6 +212,15 @@ class SampleFile:
 
 
 @dataclass(frozen=True)
+class SampleXattr:
+    """An extended attribute of a sample (set with debugfs ``ea_set -f``; an ACL as the kernel's binary form)."""
+
+    path: str  # relative to the root filesystem
+    name: str
+    value: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class SampleLink:
     path: str
     target: str  # symlink: the link text; hard link: the path (relative to the root) of the other name
@@ -227,7 +237,7 @@ class MachinePlan:
     samples: tuple[SampleFile, ...]
     symlink: SampleLink
     hardlink: SampleLink
-    xattr: tuple[str, str, str]  # (path, name, value) set with debugfs ea_set
+    xattrs: tuple[SampleXattr, ...]  # what a MANIFEST once lost: several, binary, ACLs, on sparse/linked/long files
 
     @property
     def size_bytes(self) -> int:
@@ -375,8 +385,48 @@ def plan_machine(spec: MachineSpec) -> MachinePlan:
         samples=plan_samples(spec),
         symlink=SampleLink(path="home/user/notes-link", target="notes.txt"),
         hardlink=SampleLink(path="srv/data/hardlink-b", target="srv/data/hardlink-a"),
-        xattr=("srv/data/blob.bin", "user.asr.sample", spec.marker),
+        xattrs=plan_xattrs(spec),
     )
+
+
+#: A file whose name makes GNU tar write a pax path record (longer than ustar's 100 bytes).
+LONG_NAME = "srv/data/long-" + "n" * 120 + ".txt"
+#: ACLs in getfacl's numeric text; the file's mode agrees with them (group bits = mask), as the kernel keeps it.
+SAMPLE_ACLS: tuple[tuple[str, str, str], ...] = (
+    ("srv/data/acl.txt", "system.posix_acl_access",
+     "user::rw-,user:1000:r--,group::r--,group:1000:rw-,mask::rw-,other::---"),
+    ("srv/shared", "system.posix_acl_access", "user::rwx,user:1000:rwx,group::r-x,mask::rwx,other::r-x"),
+    ("srv/shared", "system.posix_acl_default", "user::rwx,user:1000:rwx,group::r-x,group:1000:rwx,mask::rwx,"
+     "other::r-x"),
+)
+
+
+def plan_xattrs(spec: MachineSpec) -> tuple[SampleXattr, ...]:
+    """Extended attributes and ACLs of the samples: one text value, several with binary values (NUL, newline,
+    0xff, empty), a name GNU tar percent-encodes, trusted.*, ACLs (access and default) beside xattrs, and xattrs
+    on the sparse file, the hard-linked file and the file with a long name."""
+    binary = hashlib.sha256(f"{spec.seed}/xattr".encode()).digest() + b"\x00\n\xff" + bytes(range(256))
+    resolve = NameResolver(_no_names, _no_names)
+    return (
+        SampleXattr("srv/data/blob.bin", "user.asr.sample", spec.marker.encode()),
+        SampleXattr("srv/data/attrs.bin", "user.asr.text", f"several xattrs of {spec.hostname}".encode()),
+        SampleXattr("srv/data/attrs.bin", "user.asr.binary", binary),
+        SampleXattr("srv/data/attrs.bin", "user.asr.empty", b""),
+        SampleXattr("srv/data/attrs.bin", "user.asr.key=value", b"GNU tar writes this name with %3D"),
+        SampleXattr("srv/data/attrs.bin", "trusted.asr", b"\x00trusted\xff"),
+        SampleXattr("srv/data/acl.txt", "user.asr.beside-acl", b"an xattr beside an ACL"),
+        SampleXattr("srv/shared", "user.asr.dir", b"a directory with default ACLs"),
+        SampleXattr("srv/data/sparse.img", "user.asr.sparse", binary[::-1]),
+        SampleXattr("srv/data/sparse.img", "trusted.asr.sparse", b"sparse"),
+        SampleXattr("srv/data/hardlink-a", "user.asr.linked", b"on the inode of both names"),
+        SampleXattr(LONG_NAME, "user.asr.long", b"a pax path record"),
+        *(SampleXattr(path, name, encode_posix_acl(text, f"{path} {name}", resolve))
+          for path, name, text in SAMPLE_ACLS),
+    )
+
+
+def _no_names(name: str) -> int:
+    raise KeyError(name)  # the sample ACLs use numeric ids only
 
 
 def plan_samples(spec: MachineSpec) -> tuple[SampleFile, ...]:
@@ -390,6 +440,10 @@ def plan_samples(spec: MachineSpec) -> tuple[SampleFile, ...]:
         SampleFile("home/user/docs/readme.md", b"# A document\n\nWith a few lines.\n", uid=1000, gid=1000),
         SampleFile("srv/data/blob.bin", blob),
         SampleFile("srv/data/hardlink-a", b"one inode, two names\n"),
+        SampleFile("srv/data/attrs.bin", b"a file with several extended attributes\n"),
+        SampleFile("srv/data/acl.txt", b"a file with an ACL\n", mode=0o660),
+        SampleFile("srv/shared/readme.txt", b"in a directory with default ACLs\n"),
+        SampleFile(LONG_NAME, b"a file with a long name\n"),
         SampleFile("srv/data/sparse.img", b"SPARSE-HEAD" + bytes(4085), sparse_size=8 << 20),
         SampleFile("var/log/asr-sample.log", f"{spec.epoch} machine {spec.hostname} built\n".encode(), mode=0o640),
         SampleFile("root/.profile", b"PS1='# '\n", mode=0o600),
@@ -595,7 +649,8 @@ def stage_root(stage: Path, plan: MachinePlan, inputs: MachineInputs, initrd: by
     dirs = {
         "bin": 0o755, "boot": 0o755, "boot/efi": 0o755, "boot/grub": 0o755, "dev": 0o755, "etc": 0o755,
         "etc/asr-machine": 0o755, "home": 0o755, "home/user": 0o755, "home/user/docs": 0o755, "mnt": 0o755,
-        "proc": 0o555, "root": 0o700, "srv": 0o755, "srv/data": 0o755, "sys": 0o555, "tmp": 0o1777,
+        "proc": 0o555, "root": 0o700, "srv": 0o755, "srv/data": 0o755, "srv/shared": 0o775, "sys": 0o555,
+        "tmp": 0o1777,
         "usr": 0o755, "usr/local": 0o755, "usr/local/bin": 0o755, "var": 0o755, "var/log": 0o755,
     }  # fmt: skip
     files[f"boot/vmlinuz-{kver}"] = (inputs.vmlinuz, 0o644)
@@ -654,9 +709,9 @@ def _sparse_content(sample: SampleFile) -> bytes:
     return sample.data + bytes(sample.sparse_size - 2 * len(sample.data)) + sample.data
 
 
-def plan_debugfs_fixups(plan: MachinePlan, paths: Iterable[str]) -> str:
-    """debugfs commands that give every inode the epoch as atime/ctime/mtime, user files their owner, and one
-    file an extended attribute."""
+def plan_debugfs_fixups(plan: MachinePlan, paths: Iterable[str], values: Path) -> str:
+    """debugfs commands that give every inode the epoch as atime/ctime/mtime, user files their owner, and the
+    samples their extended attributes and ACLs (each value read from ``values``/<n>, see write_xattr_values)."""
     epoch = plan.spec.epoch
     lines = []
     for path in ["lost+found", *paths]:
@@ -670,13 +725,21 @@ def plan_debugfs_fixups(plan: MachinePlan, paths: Iterable[str]) -> str:
     for d in sorted({str(Path(s.path).parent) for s in plan.samples if s.uid and s.path.startswith("home/user/")}):
         lines.append(f"set_inode_field /{d} uid 1000")
         lines.append(f"set_inode_field /{d} gid 1000")
-    path, name, value = plan.xattr
-    lines.append(f"ea_set {_debugfs_quote('/' + path)} {name} {value}")
+    for n, x in enumerate(plan.xattrs):
+        lines.append(f"ea_set -f {_debugfs_quote(str(values / str(n)))} {_debugfs_quote('/' + x.path)} "
+                     f"{_debugfs_quote(x.name, allow='=')}")
     return "\n".join(lines) + "\n"
 
 
-def _debugfs_quote(path: str) -> str:
-    if re.fullmatch(r"[A-Za-z0-9_./+:-]+", path):
+def write_xattr_values(plan: MachinePlan, values: Path) -> None:
+    """One file per extended attribute value, for ``ea_set -f`` (values may hold any byte)."""
+    values.mkdir(parents=True, exist_ok=True)
+    for n, x in enumerate(plan.xattrs):
+        (values / str(n)).write_bytes(x.value)
+
+
+def _debugfs_quote(path: str, allow: str = "") -> str:
+    if re.fullmatch(rf"[A-Za-z0-9_./+:{re.escape(allow)}-]+", path):
         return path
     raise MachineBuildError(f"path {path!r} cannot be given to debugfs")
 
@@ -767,7 +830,10 @@ def _build(img: Path, plan: MachinePlan, inputs: MachineInputs, work: Path) -> N
     stage.mkdir()
     paths = stage_root(stage, plan, inputs, make_initramfs(plan, inputs))
     root_part = plan.partition(PartRole.ROOT)
-    make_ext4(img, root_part, plan.filesystem(PartRole.ROOT), stage, plan_debugfs_fixups(plan, paths), plan.spec.epoch)
+    values = work / "xattr-values"
+    write_xattr_values(plan, values)
+    make_ext4(img, root_part, plan.filesystem(PartRole.ROOT), stage, plan_debugfs_fixups(plan, paths, values),
+              plan.spec.epoch)
     esp_part = plan.partition(PartRole.ESP)
     make_esp(img, esp_part, plan.filesystem(PartRole.ESP), efi, plan.spec.epoch)
 
@@ -899,6 +965,39 @@ def check_restored_disk(image: MachineImage, facts: DiskFacts, *, last_grows: bo
         ):
             if a != b:
                 problems.append(f"{where}: {what} is {a!r}, the machine had {b!r}")
+    return problems
+
+
+def read_ext4_xattrs(disk: Path, offset: int, path: str) -> dict[str, bytes]:
+    """The extended attributes of ``path`` in the ext4 filesystem at ``offset`` of ``disk``, read with debugfs
+    (``ea_list`` for the names, ``ea_get -f`` for each value; ACLs in ext4's on-disk form)."""
+    spec = f"{disk}?offset={offset}"
+    listing = run(["debugfs", "-R", f"ea_list {_debugfs_quote('/' + path)}", spec]).stdout
+    names = re.findall(r"^  (\S+) \(\d+\)", listing, re.MULTILINE)
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="ea-") as tmp:
+        for name in names:
+            value = Path(tmp) / "value"
+            value.unlink(missing_ok=True)
+            run(["debugfs", "-R", f"ea_get -f {value} {_debugfs_quote('/' + path)} {_debugfs_quote(name, allow='=')}",
+                 spec])
+            out[name] = value.read_bytes() if value.exists() else b""
+    return out
+
+
+def check_restored_xattrs(image: MachineImage, disk: Path) -> list[str]:
+    """Differences between the extended attributes and ACLs of the machine's samples and those on a restored disk
+    (both read with debugfs); [] when every one is back."""
+    offset = image.plan.partition(PartRole.ROOT).offset
+    problems = []
+    for path in sorted({x.path for x in image.plan.xattrs}):
+        want, got = read_ext4_xattrs(image.path, offset, path), read_ext4_xattrs(disk, offset, path)
+        planned = {x.name for x in image.plan.xattrs if x.path == path}
+        if not planned <= set(want):
+            problems.append(f"/{path}: the machine lacks {sorted(planned - set(want))}")
+        for name in sorted(set(want) | set(got)):
+            if want.get(name) != got.get(name):
+                problems.append(f"/{path}: {name} is {got.get(name)!r}, the machine had {want.get(name)!r}")
     return problems
 
 

@@ -7,6 +7,7 @@ bottom and end with CR LF, so the serial log, stripped of its escape sequences, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -166,3 +167,26 @@ def summary_log_line(descriptor: Descriptor) -> str:
         f"summary: host={descriptor.system.hostname} disks={len(descriptor.disks)} "
         f"partitions={len(descriptor.partitions)} filesystems={len(descriptor.filesystems)}"
     )
+
+
+PLAN_PROMPT = "To erase these disks and restore, press C.  To quit, press F3."
+
+
+def plan_pages(lines: Sequence[str], size: Size = DEFAULT_SIZE) -> list[tuple[str, ...]]:
+    """The plan screen's lines cut into pages that fit the screen with the prompt under them (nothing is hidden:
+    every post-restore command and every warning is on some page)."""
+    if len(lines) <= size.body_rows - 2:  # the lines, a blank row, the prompt
+        return [tuple(lines)]
+    room = size.body_rows - 3  # the lines, a blank row, the page row, the prompt
+    return [tuple(lines[i : i + room]) for i in range(0, len(lines), room)]
+
+
+def render_plan_page(pages: Sequence[tuple[str, ...]], page: int, *, confirmable: bool) -> Screen:
+    """One page of the plan.  C is offered only once every page has been shown (``confirmable``)."""
+    if len(pages) == 1:
+        return Screen((*pages[0], "", PLAN_PROMPT), "C=Continue   F3=Quit")
+    where = f"Page {page + 1} of {len(pages)} of the plan: N shows the next page, P the previous one."
+    if confirmable:
+        return Screen((*pages[page], "", where, PLAN_PROMPT), "C=Continue   F3=Quit")
+    rest = "C is accepted once the last page of the plan has been shown."
+    return Screen((*pages[page], "", where, rest), "N=Next page   P=Previous page   F3=Quit")

@@ -31,7 +31,16 @@ from typing import TYPE_CHECKING
 from recovery_env import __version__
 from recovery_env.agent.cmdline import BootOptions, Mode
 from recovery_env.agent.console import Consoles, Key, KeyName
-from recovery_env.agent.screens import Screen, Size, render_log_line, render_screen, render_status, wrap
+from recovery_env.agent.screens import (
+    Screen,
+    Size,
+    plan_pages,
+    render_log_line,
+    render_plan_page,
+    render_screen,
+    render_status,
+    wrap,
+)
 from recovery_env.errors import (
     AsrError,
     BackupSetError,
@@ -242,6 +251,7 @@ class Agent:
         self.match: DiskMatch | None = None
         self.pinned: dict[str, str] = {}
         self.plan: RestorePlan | None = None
+        self.confirmation = ""  # recovery_env.execute.confirm_plan's token, made when the plan is confirmed
         self.from_step = 0
         self.failure: StepFailed | None = None
         self.restore_error: Exception | None = None
@@ -491,6 +501,7 @@ class Agent:
     def on_restore(self) -> Next:
         """The restore starts: forget what an earlier attempt chose."""
         self.location = self.match = self.plan = None
+        self.confirmation = ""
         self.pinned = {}
         self.from_step = 0
         self.failure = self.restore_error = None
@@ -565,13 +576,15 @@ class Agent:
 
     def on_plan(self) -> Next:
         assert self.reading is not None and self.location is not None
+        from recovery_env.restore.execute import confirm_plan
         from recovery_env.restore.flow import find_targets, make_match, make_plan
         from recovery_env.restore.plan import render_plan
 
         d = self.reading.descriptor
+        self.confirmation = ""  # a new plan is confirmed anew
         self.show(Screen(("Looking for the disks of this computer ...",), "Please wait..."))
         try:
-            targets, exclude = find_targets(self.floppy)
+            targets, exclude = find_targets(self.floppy, (self.location.device,))
             self.log("disks: " + ", ".join(t.describe() for t in targets) if targets else "disks: none")
             for dev, why in sorted(exclude.items()):
                 self.log(f"never a target: {dev} ({why})")
@@ -583,7 +596,7 @@ class Agent:
             return self.fail_restore(e, State.PLAN)
         lines = render_plan(self.plan)
         wiped = ", ".join(f"{w.device} <- {w.disk_key}" for w in self.plan.disks_to_wipe)
-        self.log(f"plan: {len(self.plan.steps())} steps; disks to erase: {wiped}; token {self.plan.confirm_token}")
+        self.log(f"plan: {len(self.plan.steps())} steps; disks to erase: {wiped}; plan {self.plan.digest[:16]}")
         for line in lines:
             self.log(f"plan:   {line}")
         if self.options.dryrun:
@@ -596,24 +609,30 @@ class Agent:
             return State.MENU
         if self.options.unattended:
             self.show(Screen(tuple(lines), "Unattended: continuing"))
-            self.log(f"unattended: plan confirmed (the disk match is unambiguous), token {self.plan.confirm_token}")
+            self.confirmation = confirm_plan(self.plan)
+            self.log(f"unattended: plan confirmed (the disk match is unambiguous), token {self.confirmation[:16]}")
             return State.EXECUTE
         self.consoles.drain()
-        self.show(
-            Screen(
-                (*lines, "", "To erase these disks and restore, press C.  To quit, press F3."), "C=Continue   F3=Quit"
-            )
-        )
+        pages = plan_pages(lines)
+        page, seen = 0, {0}
         while True:
+            self.show(render_plan_page(pages, page, confirmable=len(seen) == len(pages)))
             key = self.wait_key()
             if key is None:
                 continue
+            ch = (key.char or "").lower() if key.name is KeyName.CHAR else ""
             if key.name is KeyName.F3:
                 self.log("quit at the plan: nothing written")
                 return State.MENU
-            if key.name is KeyName.CHAR and (key.char or "").lower() == "c":
-                self.log(f"plan confirmed, token {self.plan.confirm_token}")
+            if ch == "c" and len(seen) == len(pages):  # every page (every command, every warning) was shown
+                self.confirmation = confirm_plan(self.plan)
+                self.log(f"plan confirmed, token {self.confirmation[:16]}")
                 return State.EXECUTE
+            if ch in ("n", " ") or key.name in (KeyName.ENTER, KeyName.DOWN):
+                page = min(page + 1, len(pages) - 1)
+            elif ch == "p" or key.name is KeyName.UP:
+                page = max(page - 1, 0)
+            seen.add(page)
 
     def on_pick_disk(self) -> Next:
         assert self.match is not None and self.match.pending
@@ -675,7 +694,7 @@ class Agent:
         from recovery_env.restore.plan import Phase
 
         plan = self.plan
-        token = plan.confirm_token
+        token = self.confirmation
         before_unmount = tuple(p for p in Phase if p is not Phase.UNMOUNT)  # the run's log is written before UNMOUNT
         try:
             report = execute_plan(

@@ -51,10 +51,10 @@ from recovery_env.backupset import (
     plan_archives,
     stage_fat_source,
 )
-from recovery_env.errors import BackupMediaMissingError, LayoutError, ToolError
-from recovery_env.model.descriptor import Compression, Descriptor, DeviceInventory, Firmware, FstabSpec
+from recovery_env.errors import BackupMediaMissingError, DestinationError, LayoutError, ToolError
+from recovery_env.model.descriptor import Compression, Descriptor, DeviceInventory, Firmware, FstabSpec, path_problem
 from recovery_env.model.sif import validate_descriptor
-from recovery_env.probe.disks import find_disks
+from recovery_env.probe.disks import find_disks, partition_device
 from recovery_env.probe.inventory import read_inventory
 from recovery_env.probe.layout import (
     FstabEntry,
@@ -127,6 +127,8 @@ class CaptureResult:
     notes: tuple[str, ...] = ()
     files: tuple[str, ...] = field(default_factory=tuple)
     seconds: float = 0.0
+    # what a restore of this set loses: filesystems on a wiped disk that are not backed up (find_empty_after_restore)
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         d = self.descriptor
@@ -168,10 +170,30 @@ class CaptureResult:
             "file_count": self.backup.file_count,
             "raw_bytes": self.backup.raw_bytes,
             "devices": len(self.inventory.devices),
-            "warnings": list(self.backup.warnings),
+            "warnings": [*self.backup.warnings, *self.warnings],
             "notes": list(self.notes),
             "seconds": round(self.seconds, 3),
         }
+
+
+def find_empty_after_restore(d: Descriptor) -> tuple[str, ...]:
+    """One warning per filesystem with files on a disk that a restore wipes (a critical disk) but that is not
+    backed up: a restore re-creates it EMPTY.  In fstab or not (a filesystem fstab does not list is lost too)."""
+    archived = {a.filesystem for a in d.backup.archives} if d.backup else {f.key for f in d.filesystems if f.backup}
+    out = []
+    for fs in d.filesystems:
+        part = d.partition(fs.partition)
+        disk = d.disk(part.disk)
+        if not disk.critical or not fs.type.has_files or fs.key in archived:
+            continue
+        node = f", {partition_device(disk.device, part.number)}" if disk.device else ""
+        where = f"{fs.type.value} on {fs.partition}{node}"
+        mp = mountpoint_of(d, fs.key)
+        what = f"{mp} ({where})" if mp else f"{fs.key} ({where}, not in /etc/fstab)"
+        hint = f" (--include-mount {mp} backs it up)" if mp else ""
+        out.append(f"{what} is on {disk.key}, which a restore wipes, but it is not backed up: a restore re-creates "
+                   f"it EMPTY{hint}")
+    return tuple(out)
 
 
 def mountpoint_of(d: Descriptor, fs_key: str) -> str:
@@ -209,13 +231,18 @@ def capture(
 ) -> CaptureResult:
     started = time.monotonic()
     check_root(euid)
+    # '..' and '.' are resolved (the path recorded in [BACKUP] is the real one); a NUL or control character in the
+    # directory's name is refused: the restore's validator refuses such a path, so the set could never be restored
+    problem = path_problem(os.path.normpath(os.path.abspath(req.dest)))
+    if problem:
+        raise DestinationError(f"--to {problem}: give a directory whose path has no control characters")
     sif = renderer or load_renderer()
     root = req.root.resolve()
     if not root.is_dir():
         raise LayoutError(f"--root {req.root}: not a directory")
     layout, firmware, facts = read_layout(root, req.disks, include_mounts=req.include_mounts, firmware=req.firmware)
     sources = find_sources(layout, root)
-    dest = req.dest.absolute()
+    dest = req.dest.resolve()
     check_destination(dest, layout, facts)
     check_space(dest, sources)
     system = read_system_info(root, firmware, f"asr {__version__}")
@@ -278,7 +305,8 @@ def capture(
     )
     if not live:
         notes += (f"ASRPNP.SIF lists no devices: --root {root} is another system than this machine's hardware",)
-    return CaptureResult(dest, descriptor, inventory, result, notes, files, time.monotonic() - started)
+    return CaptureResult(dest, descriptor, inventory, result, notes, files, time.monotonic() - started,
+                         find_empty_after_restore(descriptor))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -546,6 +574,8 @@ def run_offline_capture(
             live_hardware=True,
         )
         result = capture(req, euid=os.geteuid(), progress=progress, renderer=sif)
+        for w in result.warnings:
+            log(f"warning: {w}")
         sif_files = [dest / ASR_SIF, dest / ASRPNP_SIF]
         on_floppy = write_floppy(floppy, sif_files, log)
         where = f"the floppy {floppy} and {dest}" if on_floppy else f"{dest} (beside the backup set)"

@@ -364,3 +364,18 @@ class DeviceInventory:
             for m in d.modules or ((d.driver,) if d.driver else ()):
                 seen.setdefault(m, None)
         return tuple(seen)
+
+
+def path_problem(p: str) -> str:
+    """Why ``p`` may not be a mount point, device path or backup path in a descriptor (``""``: it may): a ``..``
+    or ``.`` component (it would walk out of, or around, the place it names) or a NUL or control character (it
+    would cut the path or reach a terminal raw).  Shared by the validator and the capture, which refuses to record
+    such a path."""
+    bad = next((ch for ch in p if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0), None)
+    if bad is not None:
+        what = "a NUL character" if bad == "\0" else f"the control character {bad!r}"
+        return f"{p!r} has {what}"
+    for part in p.split("/"):
+        if part in ("..", "."):
+            return f"{p!r} has a {part!r} component"
+    return ""

@@ -94,6 +94,7 @@ from recovery_env.model.descriptor import (
     Partition,
     SystemInfo,
     TableType,
+    path_problem,
 )
 
 PNP_SIGNATURE = "$ASR-LINUX-PNP$"
@@ -776,6 +777,11 @@ def _is_abs_path(p: str) -> bool:
     return p.startswith("/") and "//" not in p and (p == "/" or not p.endswith("/")) and "\n" not in p
 
 
+def _check_path(p: str, c: _Checker, section: str, record: int | None, field: str) -> None:
+    problem = path_problem(p)
+    c.need(not problem, section, record, field, problem)
+
+
 def _is_file_name(name: str) -> bool:
     return bool(name) and "/" not in name and name not in (".", "..") and name.isprintable()
 
@@ -825,6 +831,7 @@ def _check_fields(d: Descriptor, c: _Checker) -> None:
         "esp_mountpoint",
         f"{b.esp_mountpoint!r} is not an absolute path",
     )
+    _check_path(b.esp_mountpoint, c, "BOOTLOADER", None, "esp_mountpoint")
     c.need(
         b.efi_directory == "" or bool(_TOKEN_RE.match(b.efi_directory)),
         "BOOTLOADER",
@@ -905,6 +912,7 @@ def _check_disk(disk: Disk, i: int, c: _Checker) -> None:
             "disk_id",
             f"{disk.disk_id!r} is not an MBR disk signature like 0x1234abcd",
         )
+    _check_path(disk.device, c, sec, i, "device")
     c.need(disk.device == "" or _is_abs_path(disk.device), sec, i, "device", f"{disk.device!r} is not a device path")
     for name in disk.by_id:
         c.need(_is_file_name(name), sec, i, "by_id", f"{name!r} is not a /dev/disk/by-id name")
@@ -1035,6 +1043,7 @@ def _check_filesystem(f: Filesystem, i: int, c: _Checker) -> None:
 
 def _check_mount(m: Mount, i: int, c: _Checker) -> None:
     sec = "MOUNTS"
+    _check_path(m.mountpoint, c, sec, i, "mountpoint")
     c.need(
         m.mountpoint == "swap" or _is_abs_path(m.mountpoint),
         sec,
@@ -1050,6 +1059,7 @@ def _check_mount(m: Mount, i: int, c: _Checker) -> None:
         "options",
         f"options {m.options!r} must be non-empty, without blanks",
     )
+    _check_path(m.device, c, sec, i, "device")
     c.need(not any(ch.isspace() for ch in m.device), sec, i, "device", f"device {m.device!r} has blanks")
     c.need(m.dump in (0, 1), sec, i, "dump", f"dump {m.dump} is not 0 or 1")
     c.need(0 <= m.passno <= 9, sec, i, "passno", f"passno {m.passno} is not 0 to 9")
@@ -1057,6 +1067,7 @@ def _check_mount(m: Mount, i: int, c: _Checker) -> None:
 
 def _check_backup(b: BackupSet, c: _Checker) -> None:
     sec = "BACKUP"
+    _check_path(b.path, c, sec, None, "path")
     c.need(_is_abs_path(b.path), sec, None, "path", f"{b.path!r} is not an absolute path")
     c.need(
         b.media_uuid == "" or bool(UUID_RE.match(b.media_uuid) or FAT_VOLID_RE.match(b.media_uuid)),

@@ -6,14 +6,15 @@ type and disk id).  Every parser here is a pure function of text, tested with ou
 the thin readers (``read_*``, ``find_*``) only gather that text.
 
 The disks that hold the boot medium (the device under /run/asr/media) and the backup medium are never restore
-targets: :func:`find_media_disks` names them from /proc/self/mountinfo and sysfs, following loop devices to the
-disk their backing file lives on.
+targets: :func:`find_media_disks` names them from /proc/self/mountinfo and sysfs, whatever the filesystem and
+whatever lies between it and the disks: every member of a btrfs, the devices under device-mapper and MD, the disk
+holding a loop device's backing file (nested loops too), a partition's disk.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -233,38 +234,104 @@ def find_mount_of(path: str, mounts: Iterable[MountInfo]) -> MountInfo | None:
     return best
 
 
-@dataclass(frozen=True)
-class BlockNode:
-    """One entry of /sys/class/block: a disk or a partition, with its device number."""
+MAX_NESTING = 16  # loop on a file on a loop-mounted filesystem on ...: the kernel itself stops far earlier
 
-    name: str
-    devno: str
-    disk: str  # the whole disk it belongs to (itself for a disk)
-    backing_file: str = ""  # for a loop device: the file behind it
+
+class _HoldingWalk:
+    """The walk behind :func:`find_holding_disks`: from a path to the mount holding it, from a mount to its block
+    device, from a block device down to the whole disks under it, through sysfs alone:
+
+    - a partition (``partition`` file) → its disk, the directory above it;
+    - device-mapper and MD (``slaves/*``, links to the devices under them) → each of them, recursively;
+    - a loop device (``loop/backing_file``) → the filesystem holding that file → its devices, recursively;
+    - a btrfs member (``fs/btrfs/<fsuuid>/devices/*``) → every member of that filesystem.
+
+    btrfs shows an anonymous device number (0:NN) in mountinfo, so a mount whose number is not a block device is
+    found by its source (``/dev/vdb1``, ``/dev/mapper/NAME``)."""
+
+    def __init__(self, mounts: Sequence[MountInfo], sys_root: Path) -> None:
+        self.mounts = mounts
+        self.sys = sys_root
+        self.held: dict[str, str] = {}  # whole disk name → why
+        self.devices: dict[str, str] = {}  # "major:minor" of every block device met on the way → why
+        self.seen: set[Path] = set()
+        self.btrfs = [
+            [e.resolve() for e in sorted((fs / "devices").iterdir())]
+            for fs in (sorted((sys_root / "fs" / "btrfs").iterdir()) if (sys_root / "fs" / "btrfs").is_dir() else ())
+            if (fs / "devices").is_dir()
+        ]
+
+    def node_of_devno(self, devno: str) -> Path | None:
+        link = self.sys / "dev" / "block" / devno
+        return link.resolve() if devno and link.exists() else None
+
+    def node_of_device(self, device: str) -> Path | None:
+        """The sysfs directory of ``/dev/NAME`` or ``/dev/mapper/NAME`` (None when there is none)."""
+        if not device.startswith("/dev/"):
+            return None
+        name = os.path.basename(device)
+        block = self.sys / "class" / "block"
+        if device.startswith("/dev/mapper/"):
+            for entry in sorted(block.iterdir()) if block.is_dir() else ():
+                if _read_text(entry / "dm" / "name").strip() == name:
+                    return entry.resolve()
+            return None
+        return (block / name).resolve() if (block / name).exists() else None
+
+    def add_path(self, path: str, why: str, depth: int) -> None:
+        m = find_mount_of(path, self.mounts)
+        if m is None:
+            return
+        node = self.node_of_devno(m.devno) or self.node_of_device(m.source)
+        if node is not None:
+            self.add_node(node, why, depth)
+
+    def add_node(self, node: Path, why: str, depth: int) -> None:
+        if node in self.seen:
+            return
+        self.seen.add(node)
+        self.devices.setdefault(_read_text(node / "dev").strip(), why)
+        disk = node.parent if (node / "partition").is_file() else node
+        self.held.setdefault(disk.name, why)
+        for members in self.btrfs:
+            if node in members:
+                for member in members:
+                    self.add_node(member, f"{why} (btrfs with {node.name})", depth)
+        slaves = disk / "slaves"
+        for below in sorted(slaves.iterdir()) if slaves.is_dir() else ():
+            self.add_node(below.resolve(), f"{why} (under {disk.name})", depth)
+        backing = _read_text(disk / "loop" / "backing_file").strip().removesuffix(" (deleted)")
+        if backing and depth < MAX_NESTING:
+            self.add_path(backing, f"holds {backing} (behind {why.removeprefix('holds ')})", depth + 1)
 
 
 def find_holding_disks(
-    paths: Iterable[str], mounts: Iterable[MountInfo], nodes: Iterable[BlockNode], *, depth: int = 0
+    paths: Iterable[str], mounts: Iterable[MountInfo], sys_root: Path = Path("/sys"), *, devices: Iterable[str] = ()
 ) -> dict[str, str]:
-    """Which whole disks hold the given paths: ``{disk name: "holds PATH"}``.  Pure.  A path on a loop device is
-    followed to the disk holding the loop's backing file."""
-    mount_list = list(mounts)
-    node_list = list(nodes)
-    by_devno = {n.devno: n for n in node_list}
-    held: dict[str, str] = {}
+    """Which block devices hold the given paths and devices, down to the whole disks: ``{kernel name: why}``
+    (``vdb``, and for a loop, MD or device-mapper device the device itself and every disk under it).  Reads only
+    the sysfs tree at ``sys_root`` (a copy of a real kernel's in tests); ``devices`` are ``/dev`` paths, e.g. the
+    device the agent itself mounted."""
+    walk = _HoldingWalk(list(mounts), sys_root)
     for path in paths:
-        m = find_mount_of(path, mount_list)
-        if m is None or m.devno not in by_devno:
-            continue
-        node = by_devno[m.devno]
-        held.setdefault(node.disk, f"holds {path}")
-        disk_node = next((n for n in node_list if n.name == node.disk), node)
-        if disk_node.backing_file and depth < 8:
-            for disk, why in find_holding_disks(
-                [disk_node.backing_file], mount_list, node_list, depth=depth + 1
-            ).items():
-                held.setdefault(disk, f"{why} (behind {path})")
-    return held
+        walk.add_path(path, f"holds {path}", 0)
+    for device in devices:
+        node = walk.node_of_device(device)
+        if node is not None:
+            walk.add_node(node, f"holds {device}", 0)
+    return walk.held
+
+
+def find_holding_devices(
+    path: str, *, sys_root: Path = Path("/sys"), proc_root: Path = Path("/proc")
+) -> dict[str, str]:
+    """Every block device a path depends on, by device number: ``{"7:1": "holds /mnt/x", "259:2": "holds
+    /srv/a.img (behind /mnt/x)"}``: the device of its filesystem, and through loop devices (nested too), MD,
+    device-mapper and btrfs the devices under it.  ``asr backup`` refuses a destination that depends on a
+    filesystem it captures."""
+    walk = _HoldingWalk(parse_mountinfo(_read_text(proc_root / "self" / "mountinfo")), sys_root)
+    walk.add_path(path, f"holds {path}", 0)
+    return walk.devices
 
 
 # ----------------------------------------------------------------------------------------------------- readers
@@ -285,26 +352,6 @@ def read_sysfs_files(sys_block_dir: Path) -> dict[str, str]:
         if text:
             files[rel] = text
     return files
-
-
-def read_block_nodes(sys_root: Path = Path("/sys")) -> list[BlockNode]:
-    """Every disk and partition the kernel knows, from /sys/block."""
-    nodes: list[BlockNode] = []
-    block = sys_root / "block"
-    for disk_dir in sorted(block.iterdir()) if block.is_dir() else []:
-        name = disk_dir.name
-        nodes.append(
-            BlockNode(
-                name=name,
-                devno=_read_text(disk_dir / "dev").strip(),
-                disk=name,
-                backing_file=_read_text(disk_dir / "loop" / "backing_file").strip(),
-            )
-        )
-        for sub in sorted(disk_dir.iterdir()):
-            if (sub / "partition").is_file():
-                nodes.append(BlockNode(name=sub.name, devno=_read_text(sub / "dev").strip(), disk=name))
-    return nodes
 
 
 def find_disks(
@@ -336,10 +383,16 @@ def find_disks(
 
 
 def find_media_disks(
-    paths: Iterable[str], *, sys_root: Path = Path("/sys"), proc_root: Path = Path("/proc")
+    paths: Iterable[str],
+    *,
+    devices: Iterable[str] = (),
+    sys_root: Path = Path("/sys"),
+    proc_root: Path = Path("/proc"),
 ) -> dict[str, str]:
-    """The disks holding the given paths (the boot medium's mount point, the backup set's directory): ``{"/dev/vdb":
-    "holds /run/asr/backup"}``.  These are never restore targets."""
+    """The disks holding the given paths (the boot medium's mount point, the backup set's directory) and devices
+    (the ones the agent mounted): ``{"/dev/vdb": "holds /run/asr/backup"}``.  These are never restore targets.
+    Device paths are resolved first (``/dev/disk/by-label/X`` → ``/dev/vdb1``)."""
     mounts = parse_mountinfo(_read_text(proc_root / "self" / "mountinfo"))
-    held = find_holding_disks(paths, mounts, read_block_nodes(sys_root))
+    real = [os.path.realpath(d) if d.startswith("/dev/") else d for d in devices]
+    held = find_holding_disks(paths, mounts, sys_root, devices=real)
     return {f"/dev/{disk}": why for disk, why in held.items()}

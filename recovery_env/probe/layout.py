@@ -57,6 +57,7 @@ from recovery_env.model.descriptor import (
     Partition,
     SystemInfo,
     TableType,
+    path_problem,
 )
 from recovery_env.run import run
 
@@ -578,6 +579,9 @@ def plan_layout(
             continue
         fs_key = _resolve_fstab(e, fs_candidates, by_part, node_of)
         mp = e.mountpoint if e.vfstype == "swap" else _norm_mountpoint(e.mountpoint)
+        problem = path_problem(mp) or path_problem(e.spec) or path_problem(e.value)
+        if problem:
+            raise LayoutError(f"/etc/fstab line {e.line}: {problem}: such a path is not recorded")
         if fs_key is None:
             if mp in CRITICAL_MOUNTS:
                 raise LayoutError(
@@ -761,6 +765,9 @@ def read_by_id(device: str, by_id_dir: Path = Path("/dev/disk/by-id")) -> tuple[
 
 def read_disk_facts(device: str) -> DiskFacts:
     """Run lsblk, sfdisk, blkid and dumpe2fs on one disk."""
+    problem = path_problem(device)
+    if problem:
+        raise LayoutError(f"--disk {problem}: such a device path is not recorded")
     rows = read_block_devices([device])
     if not rows:
         raise InputError(f"--disk {device}: lsblk does not list it")

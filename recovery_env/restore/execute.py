@@ -14,19 +14,30 @@ can offer retry (``execute_plan(..., from_step=e.index)``), a rescue shell, or q
 
 from __future__ import annotations
 
+import hmac
 import os
 import re
+import shlex
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
 from recovery_env.backupset import verify_manifest
-from recovery_env.errors import AsrError, PlanViolationError, StepFailed, ToolError, ToolMissingError
+from recovery_env.errors import (
+    AsrError,
+    PlanViolationError,
+    StepFailed,
+    TargetPathError,
+    ToolError,
+    ToolMissingError,
+    UnconfirmedPlanError,
+)
 from recovery_env.model.descriptor import TableType
 from recovery_env.probe.disks import format_size
 from recovery_env.probe.layout import SfdiskTable, parse_sfdisk_json, read_blkid
+from recovery_env.restore.inroot import read_in_root, resolve_in_root, write_in_root
 from recovery_env.restore.plan import (
     CheckFilesystem,
     CheckManifest,
@@ -123,14 +134,91 @@ def _under(root: str, path: str) -> bool:
     return p == root or p.startswith(root.rstrip("/") + "/")
 
 
-def _dev_words(argv: Sequence[str]) -> list[str]:
-    """Every argv word (or ``--opt=VALUE`` value) that names something under /dev."""
-    out = []
-    for a in argv:
-        for w in (a, a.split("=", 1)[1] if "=" in a else ""):
-            if w == "/dev" or w.startswith("/dev/"):
-                out.append(os.path.normpath(w))
-    return out
+# Device nodes a command may name without reaching a disk: the kernel's sources and sinks of bytes, terminals.
+# Every other /dev path must be a disk or partition of the plan, or a link that resolves to one.
+HARMLESS_DEVICES = frozenset({
+    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/console", "/dev/stdin",
+    "/dev/stdout", "/dev/stderr", "/dev/ptmx", "/dev/kmsg",
+})
+HARMLESS_DEVICE_DIRS = ("/dev/fd/", "/dev/pts/", "/dev/shm/")
+SHELLS = frozenset({"sh", "bash", "dash", "ash", "busybox"})
+_CHARS = r"[^\s'\"`;|&<>(){}=,$\\]"  # what a path in a command line can be made of
+_START = r"(?<![\w.~/+-])"  # a path starts a word, or follows "=", ">", a quote...
+_DEV_PATH = re.compile(_START + r"/dev(?:/" + _CHARS + r"*)?(?!" + _CHARS + ")")
+_SYS_PATH = re.compile(_START + r"/sys/" + _CHARS + "*")
+_MAJMIN = re.compile(r"(?<![\w:.])(\d+):(\d+)(?![\w:.])")
+
+
+def _command_words(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Every word to look at: argv's own words, and the shell words of a ``sh -c SCRIPT`` (quotes removed, so
+    ``/de""v/sdb`` is seen as ``/dev/sdb``); and the problems found reading them."""
+    words, problems = list(argv), []
+    for i, w in enumerate(argv[:-2]):
+        if os.path.basename(w) in SHELLS and argv[i + 1] == "-c":
+            try:
+                words += shlex.split(argv[i + 2], comments=True)
+            except ValueError as e:
+                problems.append(f"its shell command cannot be read to check it ({e})")
+    return words, problems
+
+
+def _block_name_of(majmin: str, fs_root: str) -> str | None:
+    """The block device ``MAJ:MIN`` is on this machine (sda1), None when there is none."""
+    try:
+        real = resolve_in_root(fs_root, f"{fs_root.rstrip('/')}/sys/dev/block/{majmin}")
+    except (OSError, TargetPathError):
+        return None
+    return os.path.basename(real) if os.path.exists(real) else None
+
+
+def find_foreign_devices(argv: Sequence[str], allowed: Collection[str], *, fs_root: str = "/") -> list[str]:
+    """What a command names that is (or may be) a block device outside ``allowed``, one line each ([] when
+    nothing).  The one device guard of every step, post-restore commands included.  Looked at: every word and,
+    for ``sh -c SCRIPT``, the script's shell words; in each, every ``/dev/...`` path (also after ``of=``,
+    ``--device=``, ``>``), resolved on this machine (``/dev/disk/by-id/...`` must lead to a device of the plan);
+    ``/sys/block/NAME``, ``/sys/class/block/NAME``, ``/sys/devices/.../block/NAME[/PART]``,
+    ``/sys/dev/block/MAJ:MIN`` and a ``MAJ:MIN`` word of a block device of this machine; ``mknod ... b``.  A
+    command that builds a device name at run time (variables, command substitution) is not seen through.
+    ``fs_root``: where /dev and /sys are (tests give a directory)."""
+    words, problems = _command_words(argv)
+    ok = set(allowed)
+
+    def device_ok(name: str) -> bool:
+        return f"/dev/{name}" in ok
+
+    for word in words:
+        for m in _DEV_PATH.finditer(word):
+            path = os.path.normpath(m.group(0))
+            if path == "/dev" or path in ok or path in HARMLESS_DEVICES or path.startswith(HARMLESS_DEVICE_DIRS):
+                continue
+            try:
+                real = resolve_in_root(fs_root, f"{fs_root.rstrip('/')}{path}")[len(fs_root.rstrip("/")):]
+            except (OSError, TargetPathError):
+                real = path
+            if real in ok:
+                continue
+            via = f" (a link to {real})" if real != path else ""
+            problems.append(f"names {path}{via}, which is not a disk or partition of the plan")
+        for m in _SYS_PATH.finditer(word):
+            parts = m.group(0).split("/")
+            for i, part in enumerate(parts[:-1]):
+                if part != "block":
+                    continue
+                name = parts[i + 1]
+                if _MAJMIN.fullmatch(name):
+                    name = _block_name_of(name, fs_root) or name
+                sub = parts[i + 2] if i + 2 < len(parts) and parts[i + 2].startswith(name) else ""
+                for n in (name, sub):
+                    if n and not device_ok(n):
+                        problems.append(f"names {m.group(0)} (block device {n}), which is not in the plan")
+        for m in _MAJMIN.finditer(word):
+            dev = _block_name_of(m.group(0), fs_root)
+            if dev is not None and not device_ok(dev):
+                problems.append(f"names {m.group(0)}, the block device {dev} of this machine, not in the plan")
+    names = [os.path.basename(w) for w in words]
+    if "mknod" in names and "b" in words[names.index("mknod"):]:
+        problems.append("makes a block device node (mknod ... b)")
+    return list(dict.fromkeys(problems))
 
 
 def check_step(step: Step, plan: RestorePlan) -> None:
@@ -148,9 +236,8 @@ def check_step(step: Step, plan: RestorePlan) -> None:
             for w in writes:
                 if w not in allowed:
                     raise refuse(f"writes to {w}, which is not a disk or partition of the plan")
-            for w in _dev_words(argv):
-                if w != "/dev" and w not in allowed:
-                    raise refuse(f"names {w}, which is not a disk or partition of the plan")
+            for problem in find_foreign_devices(argv, allowed):
+                raise refuse(problem)
             tool = os.path.basename(argv[0])
             if tool == "chroot" and (len(argv) < 3 or os.path.normpath(argv[1]) != root):
                 raise refuse(f"chroot into {argv[1] if len(argv) > 1 else '?'} instead of {root}")
@@ -180,8 +267,8 @@ def check_step(step: Step, plan: RestorePlan) -> None:
             if not _under(root, e.directory):
                 raise refuse(f"extracts into {e.directory}, outside the target root {root}")
             for argv in e.pipeline:
-                for w in _dev_words(argv):
-                    raise refuse(f"names {w} in the extraction pipeline")
+                for problem in find_foreign_devices(argv, ()):
+                    raise refuse(f"the extraction pipeline {problem}")
         case CheckManifest(root=r):
             if os.path.normpath(r) != root:
                 raise refuse(f"verifies {r} instead of {root}")
@@ -292,6 +379,35 @@ def check_targets_unchanged(plan: RestorePlan, sys_root: Path = Path("/sys")) ->
             )
 
 
+# ------------------------------------------------------------------------------------------------ confirmation
+
+_confirm_key: bytes = b""  # made at the first confirmation of this process, never stored or shown
+
+
+def _sign(plan: RestorePlan) -> str:
+    return hmac.new(_confirm_key, plan.digest.encode(), "sha256").hexdigest()
+
+
+def confirm_plan(plan: RestorePlan) -> str:
+    """The confirmation token of ``plan``: called only where a person pressed C at the plan screen (or unattended
+    mode accepted the plan).  An HMAC of the plan's digest (every step and every line the plan screen showed) with
+    a key this process made at its first confirmation: nothing can compute it from the plan alone, and it fits
+    this plan only (another plan, an edited one, a token of an earlier boot are refused by :func:`execute_plan`)."""
+    global _confirm_key
+    if not _confirm_key:
+        _confirm_key = os.urandom(32)
+    return _sign(plan)
+
+
+def check_confirmation(plan: RestorePlan, token: str) -> None:
+    """UnconfirmedPlanError unless ``token`` is what :func:`confirm_plan` made for this very plan."""
+    if not _confirm_key or not hmac.compare_digest(token.encode(), _sign(plan).encode()):
+        raise UnconfirmedPlanError(
+            f"the plan {plan.digest[:16]} was not confirmed (its confirmation token is not the one the plan screen "
+            "made for it); nothing written"
+        )
+
+
 def execute_plan(
     plan: RestorePlan,
     *,
@@ -304,9 +420,9 @@ def execute_plan(
 ) -> ExecutionReport:
     """Run the plan's steps in order (only those of ``phases``, from index ``from_step``).  Raise StepFailed on
     the first failing step that is not optional; PlanViolationError before anything runs if the plan names a
-    device or path it must not, or was not the one confirmed."""
-    if confirm_token != plan.confirm_token:
-        raise PlanViolationError("this plan was not the one confirmed (confirmation token differs); nothing written")
+    device or path it must not; UnconfirmedPlanError unless ``confirm_token`` is :func:`confirm_plan`'s token
+    for this plan."""
+    check_confirmation(plan, confirm_token)
     check_plan(plan)
     steps = plan.steps()
     if Phase.PARTITION in phases or Phase.FORMAT in phases:
@@ -321,11 +437,14 @@ def execute_plan(
         log(f"[{i + 1}/{len(steps)}] {step.name}")
         t0 = time.monotonic()
         try:
-            outcome, detail = _run_step(step, log=log, progress=progress)
+            outcome, detail = _run_step(step, plan.target_root, log=log, progress=progress)
         except StepFailed as e:
             e.index = i
             log(f"FAILED: {e}")
             raise
+        except TargetPathError as e:
+            log(f"FAILED: {e}")
+            raise StepFailed(step.name, (), str(e), "a path does not resolve inside the target root", i) from e
         if isinstance(step, CheckManifest):
             manifest_checked = True
             differences = tuple(detail.splitlines()) if detail else ()
@@ -335,14 +454,90 @@ def execute_plan(
     return ExecutionReport(tuple(results), differences, manifest_checked)
 
 
+def _in_root(word: str, root: str) -> str:
+    """An argv word (or the value of ``--opt=VALUE``) naming a path below the target root, resolved inside it."""
+    opt, eq, value = word.partition("=") if word.startswith("-") else ("", "", word)
+    if not eq:
+        value = word
+    if not value.startswith("/") or os.path.normpath(value) == root or not _under(root, value):
+        return word
+    resolved = resolve_in_root(root, value)
+    return f"{opt}={resolved}" if eq else resolved
+
+
+def _exists_in_root(path: str, root: str) -> bool:
+    if not _under(root, path) or os.path.normpath(path) == root:
+        return os.path.lexists(path)
+    try:
+        return os.path.lexists(resolve_in_root(root, path))
+    except TargetPathError:
+        return False
+
+
+# What grub-install (the rescue system's, run outside the restored system) writes below its --boot-directory.
+GRUB_WRITES = ("grub", "grub/i386-pc", "grub/x86_64-efi", "grub/fonts", "grub/locale", "grub/grubenv",
+               "grub/grub.cfg")
+
+
+def check_no_links(root: str, directory: str, below: Sequence[str]) -> None:
+    """A tool that runs outside the restored system and writes ``below`` a (resolved) ``directory`` follows the
+    restored files' symlinks there as the rescue system sees them: refuse (TargetPathError) any that leads it out
+    of the root (an absolute link, a ``..`` chain past the root)."""
+    for sub in below:
+        lexical = os.path.join(directory, sub)
+        followed = os.path.realpath(lexical)  # where a tool of the rescue system ends up
+        if not _under(os.path.realpath(root), followed):
+            raise TargetPathError(
+                f"{lexical} leads to {followed} for a tool of the rescue system, outside the target root {root} (a "
+                "symlink in the restored files); refused",
+                path=lexical,
+            )
+
+
+def resolve_step(step: Step, root: str, log: Log) -> Step:
+    """The step as it runs: every path below the target root (mount points, ``tar --directory``, grub's
+    directories, the paths a step's condition looks at) resolved inside the root, whatever symlinks the restored
+    files hold (recovery_env.restore.inroot); the paths a step's condition looks at are resolved when it runs
+    (:func:`_exists_in_root`).  A mount point of another filesystem that resolves to the root itself is
+    refused (TargetPathError): it would hide the restored system."""
+
+    def words(argv: Sequence[str]) -> tuple[str, ...]:
+        out = tuple(_in_root(w, root) for w in argv)
+        for before, after in zip(argv, out, strict=True):
+            if before != after:
+                log(f"  {before} resolves to {after} (symlinks in the restored files, resolved inside {root})")
+        return out
+
+    match step:
+        case RunStep(argv=argv):
+            new = words(argv)
+            if os.path.basename(argv[0]) == "mount" and os.path.normpath(argv[-1]) != root and new[-1] == root:
+                raise TargetPathError(
+                    f"step {step.name!r}: the mount point {argv[-1]} resolves to the target root {root} itself "
+                    "(a symlink in the restored files); refused",
+                    path=argv[-1],
+                )
+            if os.path.basename(argv[0]) == "grub-install":
+                for w in new:
+                    if w.startswith("--boot-directory="):
+                        check_no_links(root, w.split("=", 1)[1], GRUB_WRITES)
+            return replace(step, argv=new)
+        case Extract(extraction=e):
+            return replace(step, extraction=replace(e, directory=_in_root(e.directory, root),
+                                                    tar_argv=words(e.tar_argv)))
+    return step
+
+
 def _fail(step: Step, argv: Sequence[str], output: str, reason: str) -> StepFailed:
     return StepFailed(step.name, argv, output, reason)
 
 
-def _run_step(step: Step, *, log: Log, progress: OnProgress) -> tuple[Outcome, str]:
+def _run_step(step: Step, root: str, *, log: Log, progress: OnProgress) -> tuple[Outcome, str]:
+    """Run one step; every path under the target root ``root`` is resolved inside it first (resolve_step)."""
+    step = resolve_step(step, root, log)
     match step:
         case RunStep():
-            return _run_command(step, log)
+            return _run_command(step, root, log)
         case WaitPartitions():
             _wait_partitions(step)
         case CheckTable(disk=dp):
@@ -369,18 +564,17 @@ def _run_step(step: Step, *, log: Log, progress: OnProgress) -> tuple[Outcome, s
                 raise _fail(step, argv, seen + "\n".join(problems), "not what mkfs was asked")
         case MakeDir(path=path):
             try:
-                os.makedirs(path, exist_ok=True)
+                made = resolve_in_root(root, path, create=True)
             except OSError as e:
                 raise _fail(step, [], str(e), f"cannot make {path}") from e
+            if made != os.path.normpath(path):
+                log(f"  {path} resolves to {made} (symlinks in the restored files, resolved inside {root})")
         case Extract(extraction=e):
             _extract(step, e.archive, e.pipeline, e.size, progress)
         case EditFstab(path=path, changes=changes):
             try:
-                text = Path(path).read_text()
-                tmp = Path(path + ".asr-new")
-                tmp.write_text(rewrite_fstab(text, changes))
-                os.replace(tmp, path)
-            except OSError as err:
+                write_in_root(root, path, rewrite_fstab(read_in_root(root, path), changes))
+            except (OSError, TargetPathError) as err:
                 raise _fail(step, [], str(err), f"cannot rewrite {path}") from err
             for c in changes:
                 log(f"  {c.mountpoint}: {c.old} -> {c.new}")
@@ -405,10 +599,10 @@ def _run_checked(step: Step, argv: Sequence[str]) -> str:
         raise _fail(step, argv, str(e), "tool missing") from e
 
 
-def _run_command(step: RunStep, log: Log) -> tuple[Outcome, str]:
-    if step.only_if_any and not any(os.path.lexists(p) for p in step.only_if_any):
+def _run_command(step: RunStep, root: str, log: Log) -> tuple[Outcome, str]:
+    if step.only_if_any and not any(_exists_in_root(p, root) for p in step.only_if_any):
         return Outcome.SKIPPED, f"none of {', '.join(step.only_if_any)} exists"
-    present = [p for p in step.unless_any if os.path.lexists(p)]
+    present = [p for p in step.unless_any if _exists_in_root(p, root)]
     if present:
         return Outcome.SKIPPED, f"{present[0]} exists"
     try:

@@ -41,6 +41,7 @@ from recovery_env.probe.disks import (
 )
 from recovery_env.probe.layout import read_blkid
 from recovery_env.restore.execute import Progress
+from recovery_env.restore.inroot import write_in_root
 from recovery_env.restore.plan import DiskMatch, RestorePlan, match_disks, plan_restore
 from recovery_env.run import run
 
@@ -306,10 +307,12 @@ def verify_backup(location: BackupLocation, backup: BackupSet) -> None:
     check_backup_set(Path(location.directory), backup)
 
 
-def find_targets(floppy: str = "") -> tuple[list[TargetDisk], dict[str, str]]:
+def find_targets(floppy: str = "", media: Sequence[str] = ()) -> tuple[list[TargetDisk], dict[str, str]]:
     """The disks of this machine and the ones that must never be written: those holding the boot medium, the
-    backup medium and the floppy."""
-    exclude = find_media_disks([p for p in (MEDIA_MOUNT, BACKUP_MOUNT) if read_mounted(p) is not None])
+    backup medium (``media``: the devices the agent mounted, e.g. the backup set's; and whatever is mounted at
+    /run/asr/media and /run/asr/backup) and the floppy."""
+    exclude = find_media_disks([p for p in (MEDIA_MOUNT, BACKUP_MOUNT) if read_mounted(p) is not None],
+                               devices=media)
     if floppy.startswith("/dev/"):
         exclude.setdefault(floppy, "the ASR floppy")
     return find_disks(), exclude
@@ -332,16 +335,13 @@ def make_plan(descriptor: Descriptor, match: DiskMatch, location: BackupLocation
 
 
 def write_run_log(plan: RestorePlan, agent_log: str, started: float) -> str:
-    """Copy the agent's log of this run into the restored system's /var/log/asr/; return the file written."""
-    directory = os.path.join(plan.target_root, LOG_DIR)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    path = os.path.join(directory, make_log_name(started))
+    """Copy the agent's log of this run into the restored system's /var/log/asr/; return the file written.  The
+    path is resolved inside the target root (symlinks of the restored files such as ``var -> /elsewhere`` never
+    lead out of it: recovery_env.restore.inroot); TargetPathError when it cannot be."""
+    path = os.path.join(plan.target_root, LOG_DIR, make_log_name(started))
     try:
         with open(agent_log, encoding="utf-8", errors="replace") as f:
             text = f.read()
     except OSError as e:
         text = f"(the agent log {agent_log} could not be read: {e})\n"
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
-    return path
+    return write_in_root(plan.target_root, path, text, mode=0o600, create_dirs=True)

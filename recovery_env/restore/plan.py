@@ -609,6 +609,8 @@ class RestorePlan:
     manifest: str = ""  # path of the backup set's MANIFEST ("" = no backup set)
     bootloader_kind: BootloaderKind = BootloaderKind.NONE
     chroot_mounts: tuple[str, ...] = field(default=())  # /target/dev, /target/proc, ... (unmounted at the end)
+    # filesystems made on a wiped disk that no archive fills: "/home (ext4 on /dev/vda4)"
+    empty_filesystems: tuple[str, ...] = ()
 
     @property
     def devices(self) -> frozenset[str]:
@@ -619,9 +621,10 @@ class RestorePlan:
         return tuple(_iter_steps(self))
 
     @property
-    def confirm_token(self) -> str:
-        """A short digest of every step: what the user confirms on the plan screen, checked by the executor."""
-        return hashlib.sha256(repr(self.steps()).encode()).hexdigest()[:16]
+    def digest(self) -> str:
+        """SHA-256 of every step and of the plan screen's lines: what a confirmation token is made for
+        (:func:`recovery_env.execute.confirm_plan`)."""
+        return hashlib.sha256(repr((self.steps(), render_plan(self))).encode()).hexdigest()
 
     @property
     def tools(self) -> tuple[str, ...]:
@@ -1004,7 +1007,30 @@ def plan_restore(
         manifest=manifest,
         bootloader_kind=descriptor.bootloader.kind,
         chroot_mounts=chroot_mounts,
+        empty_filesystems=plan_empty_notices(fs_plans, mounts, extractions, descriptor),
     )
+
+
+def plan_empty_notices(
+    fs_plans: Sequence[FilesystemPlan],
+    mounts: Sequence[MountPlan],
+    extractions: Sequence[ExtractionPlan],
+    descriptor: Descriptor,
+) -> tuple[str, ...]:
+    """Each filesystem with files that the restore makes anew (its disk is wiped) and no archive fills: it will be
+    EMPTY.  ``/home (ext4 on /dev/vda4)``; one not in /etc/fstab is named by its key."""
+    filled = {e.filesystem for e in extractions}
+    out = []
+    for f in fs_plans:
+        if f.key in filled or not f.type.has_files:
+            continue
+        mp = next((m.mountpoint for m in mounts if m.filesystem == f.key), None)
+        if mp is None:
+            m = descriptor.mount_of(f.key)
+            mp = m.mountpoint if m else None
+        out.append(f"{mp} ({f.type.value} on {f.device})" if mp else f"{f.key} ({f.type.value} on {f.device}, not in "
+                   "/etc/fstab)")
+    return tuple(out)
 
 
 def _wipe_notice(dp: DiskPlan, fs_plans: Sequence[FilesystemPlan], mounts: Sequence[MountPlan]) -> WipeNotice:
@@ -1095,6 +1121,10 @@ def render_plan(plan: RestorePlan) -> list[str]:
         lines.append(f"  {w.device} ({ident})  <- {w.disk_key}")
         lines += [f"      {m}" for m in w.makes]
     lines.append("")
+    if plan.empty_filesystems:
+        lines.append("WARNING: not in the backup set, so these will be re-created EMPTY (their files are lost):")
+        lines += [f"  {e}" for e in plan.empty_filesystems]
+        lines.append("")
     if plan.extractions:
         total = sum(e.size for e in plan.extractions)
         lines.append(f"Then restore {len(plan.extractions)} archive(s), {format_size(total)}, from {plan.backup_dir}:")
@@ -1104,5 +1134,35 @@ def render_plan(plan: RestorePlan) -> list[str]:
     if plan.bootloader_kind is not BootloaderKind.NONE:
         lines.append(f"Install the boot loader: {plan.bootloader_kind.value}.")
     if plan.post_commands:
-        lines.append(f"Run {len(plan.post_commands)} post-restore command(s).")
+        lines.append(f"Then run {len(plan.post_commands)} post-restore command(s) in the restored system, in order:")
+        for n, step in enumerate(plan.post_commands, 1):
+            head = f"  {n}. " + ("" if step.optional else "(critical) ")
+            lines += wrap_whole(step.argv[-1], head, " " * len(f"  {n}. "))
     return lines
+
+
+PLAN_WIDTH = 76  # the plan screen's text width (80 columns, its margin and the last column kept free)
+
+
+def wrap_whole(text: str, first: str, rest: str, width: int = PLAN_WIDTH) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, every character kept (nothing cut with "..."): broken
+    at spaces where it can, inside a long word where it must; ``first`` and ``rest`` start the lines."""
+    out: list[str] = []
+    line = first
+    for para in text.splitlines() or [""]:
+        for word in para.split(" "):
+            sep = " " if line not in (first, rest) else ""
+            if len(line) + len(sep) + len(word) <= width:
+                line += sep + word
+                continue
+            if line not in (first, rest):
+                out.append(line)
+                line = rest
+            while len(line) + len(word) > width:
+                cut = width - len(line)
+                out.append(line + word[:cut])
+                line, word = rest, word[cut:]
+            line += word
+        out.append(line)
+        line = rest
+    return out

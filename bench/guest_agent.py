@@ -16,8 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from recovery_env.backupset import extract_archive, sha256_file
 from recovery_env.model.descriptor import Compression
+from recovery_env.model.manifest import sha256_file
+from recovery_env.restore.verify import extract_archive
 from recovery_env.run import run
 
 SRC, DST = "/run/bench/src", "/run/bench/dst"

@@ -63,7 +63,7 @@ from builder.media.fatimage import make_esp, make_floppy
 from builder.media.iso import make_iso
 from builder.media.packages import cache_dir, fetch_packages, read_deb
 from builder.vm.qemu import F2_PROMPT, Accel, Firmware, QemuVM, VMError, VMSpec, find_accel, read_boot_files
-from recovery_env.backupset import make_backup_set, plan_archives
+from recovery_env.capture.archive import make_backup_set, plan_archives
 from recovery_env.errors import AsrError
 from recovery_env.run import run
 
@@ -589,7 +589,7 @@ def measure_capture(b: Bench) -> None:
     archive = dest_root / "set" / "fs1.tar.zst"
     kept = b.work / "fs1.tar.zst"
     archive.replace(kept)
-    from recovery_env.backupset import sha256_file
+    from recovery_env.model.manifest import sha256_file
 
     b.capture_archive, b.capture_sha256 = kept, sha256_file(kept)
     ours = Summary.of([throughput(plan.total, t) for t in t_ours])
@@ -625,7 +625,8 @@ def profile_capture_parser(root: Path) -> Profile:
     """cProfile of what the capture does in Python besides moving bytes: parsing the tar stream into MANIFEST
     entries with SHA-256 of every file (iter_tar_entries; in the capture it runs in a thread of its own, where
     cProfile would not see it, so here it reads the same tar stream from a file)."""
-    from recovery_env.backupset import TAR_ATTR_OPTIONS, iter_tar_entries
+    from recovery_env.capture.archive import iter_tar_entries
+    from recovery_env.model.manifest import TAR_ATTR_OPTIONS
 
     tar = root.with_name("profile.tar")
     run(["tar", "--create", f"--file={tar}", *TAR_ATTR_OPTIONS, f"--directory={root}", "."])

@@ -42,12 +42,13 @@ from builder.media.packages import (
 )
 from builder.media.rootfs import HOST_PYTHON_PACKAGES
 from builder.vm.sample import sample_descriptor, sample_inventory
-from recovery_env.backupset import check_backup_set, sha256_file
 from recovery_env.errors import BackupSetError, DescriptorMissingError, InputError
 from recovery_env.model.descriptor import Descriptor, DeviceInventory
+from recovery_env.model.manifest import sha256_file
 from recovery_env.model.sif import parse_asr_sif, parse_asrpnp_sif
 from recovery_env.model.sif_render import render_asr_sif, render_asrpnp_sif
 from recovery_env.restore.flow import EMBEDDED_DIR
+from recovery_env.restore.verify import check_backup_set
 
 log = logging.getLogger("asr.build")
 

@@ -18,7 +18,7 @@ An ordered list of steps over a request; every refusal is checked before anythin
 5. ``check_space``: free space of DIR's filesystem ≥ the estimate (used bytes of the archived filesystems ×
    ``COMPRESSION_ESTIMATE`` + ``SPACE_MARGIN``) → InsufficientSpaceError.
 6. ``validate_descriptor`` of the descriptor without its backup set (any invalid field stops here).
-7. write: the archives and MANIFEST (recovery_env.backupset), then ASR.SIF and ASRPNP.SIF; on any failure every
+7. write: the archives and MANIFEST (recovery_env.model.manifest), then ASR.SIF and ASRPNP.SIF; on any failure every
    file written is removed again (and DIR, if capture made it).
 
 The capture logic proper lives in recovery_env.capture.flow (standard library only at import time) so that the boot

@@ -26,7 +26,6 @@ from typing import Any
 from builder.media.fatimage import read_fat_image
 from recovery_env.agent.floppy import ASR_SIF, ASRPNP_SIF, check_fat_boot_sector
 from recovery_env.agent.screens import human_size
-from recovery_env.backupset import sha256_file
 from recovery_env.errors import (
     BackupSetError,
     DescriptorMissingError,
@@ -35,6 +34,7 @@ from recovery_env.errors import (
     NotFatError,
 )
 from recovery_env.model.descriptor import GPT_TYPES, MBR_TYPES, Descriptor, DeviceInventory, TableType
+from recovery_env.model.manifest import sha256_file
 from recovery_env.model.sif import PNP_SIGNATURE, format_string, parse_asr_sif_bytes, parse_asrpnp_sif_bytes
 from recovery_env.model.sif_render import reseal_file
 

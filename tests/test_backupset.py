@@ -15,29 +15,28 @@ from pathlib import Path
 
 import pytest
 
-from recovery_env.backupset import (
-    MANIFEST_NAME,
-    TAR_ATTR_OPTIONS,
-    TAR_TYPES,
-    EntryType,
-    ManifestEntry,
+from recovery_env.capture.archive import (
     ManifestLister,
-    check_backup_set,
-    extract_archive,
     make_backup_record,
     make_backup_set,
     member_path,
     plan_archives,
     plan_tar_argv,
-    read_manifest,
-    sha256_file,
-    verify_manifest,
 )
+from recovery_env.capture.tarstream import TarStreamParser
 from recovery_env.errors import BackupSetError, ToolError
 from recovery_env.model.descriptor import Compression
 from recovery_env.model.fileattrs import decode_posix_acl
+from recovery_env.model.manifest import (
+    MANIFEST_NAME,
+    TAR_ATTR_OPTIONS,
+    TAR_TYPES,
+    EntryType,
+    ManifestEntry,
+    sha256_file,
+)
+from recovery_env.restore.verify import check_backup_set, extract_archive, read_manifest, verify_manifest
 from recovery_env.run import run, run_bytes
-from recovery_env.tarstream import TarStreamParser
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown and mknod need root")
 

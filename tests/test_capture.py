@@ -27,7 +27,6 @@ from test_layout import (
 )
 
 from builder.capture import CaptureRequest, capture, render_progress
-from recovery_env.backupset import check_backup_set, verify_manifest
 from recovery_env.errors import (
     AsrError,
     DestinationError,
@@ -39,6 +38,7 @@ from recovery_env.errors import (
 from recovery_env.model.descriptor import GPT_BIOS_BOOT, BootloaderKind, Firmware, FsType
 from recovery_env.model.sif import parse_asr_sif, parse_asrpnp_sif, validate_inventory
 from recovery_env.probe.inventory import AliasTable, make_device, parse_modules_alias, read_inventory
+from recovery_env.restore.verify import check_backup_set, verify_manifest
 from recovery_env.run import run
 
 REPO = Path(__file__).resolve().parent.parent

@@ -30,10 +30,11 @@ from builder.media.fatimage import make_floppy
 from builder.vm.machine import Layout, MachineImage, MachineSpec, PartRole, make_machine_image, read_machine_inputs
 from builder.vm.qemu import QemuVM, VMSpec, find_accel, read_boot_files
 from builder.vm.rehearse import capture_disk_image
-from recovery_env.backupset import ManifestEntry, read_manifest, sha256_file
 from recovery_env.model.descriptor import Descriptor
 from recovery_env.model.descriptor import Firmware as DescFirmware
+from recovery_env.model.manifest import ManifestEntry, sha256_file
 from recovery_env.model.sif import parse_asr_sif, parse_asrpnp_sif
+from recovery_env.restore.verify import read_manifest
 from recovery_env.run import run, run_bytes
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from test_plan import gpt_descriptor, mbr_descriptor, target
 
-from recovery_env.backupset import make_backup_record, make_backup_set, plan_archives
+from recovery_env.capture.archive import make_backup_record, make_backup_set, plan_archives
 from recovery_env.errors import PlanViolationError, StepFailed, TargetPathError, UnconfirmedPlanError
 from recovery_env.model.descriptor import (
     GPT_BIOS_BOOT,
@@ -61,6 +61,7 @@ from recovery_env.restore.execute import (
     rewrite_fstab,
 )
 from recovery_env.restore.flow import write_run_log
+from recovery_env.restore.match import match_disks
 from recovery_env.restore.plan import (
     DiskPlan,
     Extract,
@@ -69,7 +70,6 @@ from recovery_env.restore.plan import (
     Phase,
     RestorePlan,
     RunStep,
-    match_disks,
     plan_restore,
 )
 from recovery_env.run import run

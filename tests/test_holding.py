@@ -21,7 +21,7 @@ from test_plan import MOUNTINFO, gpt_descriptor
 from recovery_env.errors import AsrError
 from recovery_env.model.descriptor import TableType
 from recovery_env.probe.disks import TargetDisk, find_holding_disks, find_media_disks, parse_mountinfo
-from recovery_env.restore.plan import match_disks
+from recovery_env.restore.match import match_disks
 from recovery_env.run import run
 
 GIB = 1 << 30

@@ -26,19 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from recovery_env.backupset import (
-    MANIFEST_NAME,
-    TAR_ATTR_OPTIONS,
-    TAR_EXTRACT_OPTIONS,
-    EntryType,
-    ManifestEntry,
-    ManifestLister,
-    make_backup_set,
-    plan_archives,
-    plan_extract,
-    read_manifest,
-    verify_manifest,
-)
+from recovery_env.capture.archive import ManifestLister, make_backup_set, plan_archives
+from recovery_env.capture.tarstream import TarStreamParser
 from recovery_env.errors import BackupSetError, ToolError
 from recovery_env.model.descriptor import Compression
 from recovery_env.model.fileattrs import (
@@ -51,8 +40,9 @@ from recovery_env.model.fileattrs import (
     pax_xattrs,
     whole_seconds,
 )
+from recovery_env.model.manifest import MANIFEST_NAME, TAR_ATTR_OPTIONS, TAR_EXTRACT_OPTIONS, EntryType, ManifestEntry
+from recovery_env.restore.verify import plan_extract, read_manifest, verify_manifest
 from recovery_env.run import run, run_bytes, run_feed
-from recovery_env.tarstream import TarStreamParser
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown, trusted.* xattrs and mknod need root")
 

@@ -51,16 +51,8 @@ from recovery_env.probe.disks import (
     partition_device,
 )
 from recovery_env.probe.layout import parse_blkid_export
-from recovery_env.restore.plan import (
-    CheckManifest,
-    Extract,
-    MatchReason,
-    Phase,
-    RunStep,
-    match_disks,
-    plan_restore,
-    render_plan,
-)
+from recovery_env.restore.match import MatchReason, match_disks
+from recovery_env.restore.plan import CheckManifest, Extract, Phase, RunStep, plan_restore, render_plan
 
 GIB = 1 << 30
 MIB = 1 << 20

@@ -28,10 +28,10 @@ from builder.vm.rehearse import (
     read_set_descriptor,
     rehearse,
 )
-from recovery_env.backupset import read_manifest
 from recovery_env.errors import InputError
 from recovery_env.model.descriptor import Firmware as DescFirmware
 from recovery_env.model.fileattrs import ACL_XATTRS
+from recovery_env.restore.verify import read_manifest
 from recovery_env.run import run
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,8 +12,8 @@ import pytest
 from test_plan import gpt_descriptor, target
 
 from builder.build import VOLUME_ID
-from recovery_env.backupset import Source as CaptureSource
-from recovery_env.backupset import SourceReader, plan_fat_view, stage_fat_source
+from recovery_env.capture.checks import Source as CaptureSource
+from recovery_env.capture.checks import SourceReader, plan_fat_view, stage_fat_source
 from recovery_env.errors import BackupSetError, TargetPathError
 from recovery_env.model.descriptor import BackupSet, Compression
 from recovery_env.restore.execute import Progress
@@ -31,7 +31,8 @@ from recovery_env.restore.flow import (
     render_progress_bar,
     write_run_log,
 )
-from recovery_env.restore.plan import match_disks, plan_restore
+from recovery_env.restore.match import match_disks
+from recovery_env.restore.plan import plan_restore
 from recovery_env.run import run
 
 

@@ -41,13 +41,14 @@ from builder.vm.machine import (
     read_machine_inputs,
 )
 from builder.vm.qemu import Firmware, QemuVM, VMSpec
-from recovery_env.backupset import check_backup_set, read_manifest, sha256_file
 from recovery_env.model.descriptor import BootloaderKind, Command, Descriptor
 from recovery_env.model.descriptor import Firmware as DescFirmware
 from recovery_env.model.fileattrs import ACL_XATTRS, decode_posix_acl
+from recovery_env.model.manifest import sha256_file
 from recovery_env.model.sif import parse_asr_sif
 from recovery_env.model.sif_render import render_asr_sif
 from recovery_env.restore.plan import wrap_whole
+from recovery_env.restore.verify import check_backup_set, read_manifest
 from recovery_env.run import run, run_bytes
 
 pytestmark = [pytest.mark.vm, pytest.mark.root]

@@ -35,8 +35,8 @@ from builder.media.packages import (
     resolution_path,
 )
 from builder.vm.qemu import F2_PROMPT, QemuVM, VMSpec, find_accel
-from recovery_env.backupset import sha256_file
 from recovery_env.errors import InputError
+from recovery_env.model.manifest import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "tests" / "artifacts" / "supply-chain"

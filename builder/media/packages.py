@@ -48,8 +48,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO
 
-from recovery_env.backupset import sha256_file
 from recovery_env.errors import InputError, InternalError, MediaError, ToolError
+from recovery_env.model.manifest import sha256_file
 from recovery_env.run import run
 
 log = logging.getLogger("asr.packages")

@@ -42,10 +42,10 @@ from builder.media.initramfs import make_cpio
 from builder.media.modules import plan_module_closure, read_module_index
 from builder.media.packages import DebMember, MemberKind, PackageSet, fetch_packages, read_deb
 from builder.media.rootfs import TreeBuilder
-from recovery_env.backupset import sha256_file
 from recovery_env.errors import InputError, InternalError, ToolError
 from recovery_env.model.descriptor import GPT_BIOS_BOOT, GPT_ESP, Firmware, FsType, TableType
 from recovery_env.model.fileattrs import NameResolver, encode_posix_acl
+from recovery_env.model.manifest import sha256_file
 from recovery_env.probe.layout import read_blkid
 from recovery_env.run import run
 from recovery_env.templating import render

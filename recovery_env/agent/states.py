@@ -58,7 +58,8 @@ if TYPE_CHECKING:
     from recovery_env.model.descriptor import Descriptor, DeviceInventory
     from recovery_env.restore.execute import Progress
     from recovery_env.restore.flow import BackupLocation
-    from recovery_env.restore.plan import DiskMatch, RestorePlan
+    from recovery_env.restore.match import DiskMatch
+    from recovery_env.restore.plan import RestorePlan
 
 #: What the states after the prompt need: the descriptor model, the floppy reader, the planner and the executor.
 #: They are imported in a background thread while the prompt waits for F2 (under TCG they take about two seconds,

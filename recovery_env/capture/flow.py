@@ -39,16 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from recovery_env import __version__
-from recovery_env.backupset import (
-    BackupResult,
+from recovery_env.capture.archive import BackupResult, make_backup_record, make_backup_set, plan_archives
+from recovery_env.capture.checks import (
     SourceReader,
     check_destination,
     check_root,
     check_space,
     find_sources,
-    make_backup_record,
-    make_backup_set,
-    plan_archives,
     stage_fat_source,
 )
 from recovery_env.errors import BackupMediaMissingError, DestinationError, LayoutError, ToolError

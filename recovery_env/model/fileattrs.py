@@ -104,7 +104,7 @@ def read_xattrs(path: Path | str) -> dict[str, bytes]:
 
 def pax_xattrs(pax: Mapping[str, str], where: str, *, resolve: NameResolver | None = None) -> dict[str, bytes]:
     """A member's pax records → its raw extended attributes (what GNU tar sets on extraction).  Values are the
-    records' bytes: :mod:`recovery_env.tarstream` decodes them with surrogate escapes, undone here."""
+    records' bytes: :mod:`recovery_env.capture.tarstream` decodes them with surrogate escapes, undone here."""
     out: dict[str, bytes] = {}
     for key, value in pax.items():
         if key.startswith(PAX_XATTR):

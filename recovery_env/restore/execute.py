@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-from recovery_env.backupset import verify_manifest
 from recovery_env.errors import (
     AsrError,
     PlanViolationError,
@@ -54,6 +53,7 @@ from recovery_env.restore.plan import (
     Step,
     WaitPartitions,
 )
+from recovery_env.restore.verify import verify_manifest
 from recovery_env.run import run, run_feed
 
 # Programs that write to the device named by their last argument: that argument must be a device of the plan.

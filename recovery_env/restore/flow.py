@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from recovery_env.backupset import check_backup_set
 from recovery_env.errors import BackupMediaMissingError, ToolError
 from recovery_env.model.descriptor import BackupSet, Descriptor
 from recovery_env.probe.disks import (
@@ -42,7 +41,9 @@ from recovery_env.probe.disks import (
 from recovery_env.probe.layout import read_blkid
 from recovery_env.restore.execute import Progress
 from recovery_env.restore.inroot import write_in_root
-from recovery_env.restore.plan import DiskMatch, RestorePlan, match_disks, plan_restore
+from recovery_env.restore.match import DiskMatch, match_disks
+from recovery_env.restore.plan import RestorePlan, plan_restore
+from recovery_env.restore.verify import check_backup_set
 from recovery_env.run import run
 
 BACKUP_MOUNT = "/run/asr/backup"

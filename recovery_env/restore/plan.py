@@ -1,35 +1,23 @@
-"""The restore planner: descriptor + the disks of this machine → a plan, as data.
+"""The restore planner: descriptor + the matched disks of this machine → a plan, as data.
 
-Pure: no I/O, no subprocess (the tests run it under ``ASR_FORBID_SUBPROCESS=1``).  Two steps:
-
-1. :func:`match_disks` pairs each critical disk of the descriptor with a disk of this machine: by serial or WWN,
-   then by disk GUID / MBR signature, then by size (at least as large as the original, smallest fitting first).
-   The disks holding the boot and the backup media (``exclude``) are never chosen.  A smaller disk is XP's
-   :class:`TargetTooSmallError`.  Several equal candidates: :class:`AmbiguousDiskMatchError` when unattended,
-   otherwise the result lists them (:attr:`DiskMatch.pending`) so the UI lets the user pick and matches again
-   with ``pinned``.
-2. :func:`plan_restore` turns the matched disks into a :class:`RestorePlan`: per disk the wipe argv, the sfdisk
-   script text and argv; per filesystem the mkfs argv (from :data:`MKFS_TABLE`); mounts in mount-point order under
-   the target root; archive extractions; fstab changes; boot loader commands; post-restore commands; and what the
-   plan screen shows (:attr:`RestorePlan.disks_to_wipe`, :func:`render_plan`).  :meth:`RestorePlan.steps` orders it
-   all into named steps, which :mod:`recovery_env.restore.execute` runs and nothing else.
+Pure: no I/O, no subprocess (the tests run it under ``ASR_FORBID_SUBPROCESS=1``).  The disks come matched
+(:mod:`recovery_env.restore.match`); :func:`plan_restore` turns them into a :class:`RestorePlan`: per disk the wipe
+argv, the sfdisk script text and argv; per filesystem the mkfs argv (from :data:`MKFS_TABLE`); mounts in
+mount-point order under the target root; archive extractions; fstab changes; boot loader commands; post-restore
+commands; and what the plan screen shows (:attr:`RestorePlan.disks_to_wipe`, :func:`render_plan`).
+:meth:`RestorePlan.steps` orders it all into named steps, which :mod:`recovery_env.restore.execute` runs and
+nothing else.
 """
-
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from recovery_env.backupset import DECOMPRESSORS, TAR_EXTRACT_OPTIONS
 from recovery_env.errors import (
-    AmbiguousDiskMatchError,
-    DiskMatchError,
-    NoTargetDiskError,
     PlanError,
-    TargetTooSmallError,
 )
 from recovery_env.model.descriptor import (
     GPT_TYPES,
@@ -46,228 +34,11 @@ from recovery_env.model.descriptor import (
     Partition,
     TableType,
 )
+from recovery_env.model.manifest import DECOMPRESSORS, TAR_EXTRACT_OPTIONS
 from recovery_env.probe.disks import TargetDisk, format_size, partition_device
+from recovery_env.restore.match import describe_disk, no_target_error
 
 # ------------------------------------------------------------------------------------------------ disk matching
-
-
-class MatchReason(StrEnum):
-    """Why a disk of this machine was matched to an original disk, strongest first."""
-
-    CHOSEN = "chosen"  # the user picked it
-    SERIAL = "serial"
-    WWN = "wwn"
-    DISK_ID = "disk-id"
-    SIZE = "size"
-
-    @property
-    def describe(self) -> str:
-        return {
-            "chosen": "chosen by you",
-            "serial": "same serial number",
-            "wwn": "same World Wide Name",
-            "disk-id": "same disk GUID / signature",
-            "size": "large enough",
-        }[self.value]
-
-
-@dataclass(frozen=True)
-class DiskChoice:
-    """An original disk that several disks of this machine fit equally: the user picks one (interactive)."""
-
-    disk: Disk
-    candidates: tuple[TargetDisk, ...]  # every disk that fits, smallest first
-    reason: MatchReason  # the tier at which they tied
-
-    def describe(self) -> str:
-        names = ", ".join(t.describe() for t in self.candidates)
-        return f"{describe_disk(self.disk)} fits {len(self.candidates)} disks equally ({self.reason.describe}): {names}"
-
-
-@dataclass(frozen=True)
-class DiskMatch(Mapping[str, TargetDisk]):
-    """The result of :func:`match_disks`: a mapping disk key → target disk, plus the disks still to be chosen."""
-
-    assigned: tuple[tuple[str, TargetDisk, MatchReason], ...] = ()
-    pending: tuple[DiskChoice, ...] = ()
-
-    def __getitem__(self, key: str) -> TargetDisk:
-        for k, t, _ in self.assigned:
-            if k == key:
-                return t
-        raise KeyError(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(k for k, _, _ in self.assigned)
-
-    def __len__(self) -> int:
-        return len(self.assigned)
-
-    @property
-    def complete(self) -> bool:
-        return not self.pending
-
-    def reason(self, key: str) -> MatchReason:
-        for k, _, r in self.assigned:
-            if k == key:
-                return r
-        raise KeyError(key)
-
-
-def describe_disk(disk: Disk) -> str:
-    """``disk1 (was /dev/sda, QEMU HARDDISK, 2.0 GiB)``."""
-    parts = (f"was {disk.device}" if disk.device else "", disk.model, format_size(disk.size_bytes))
-    what = ", ".join(x for x in parts if x)
-    return f"{disk.key} ({what})"
-
-
-def _norm_serial(s: str) -> str:
-    return s.strip()
-
-
-def _norm_wwn(s: str) -> str:
-    t = s.strip().lower()
-    for prefix in ("naa.", "eui.", "0x"):
-        t = t.removeprefix(prefix)
-    return t
-
-
-def _fits(disk: Disk, target: TargetDisk) -> bool:
-    return target.logical_sector_size == disk.logical_sector_size and target.size_bytes >= disk.size_bytes
-
-
-def _identity(disk: Disk, target: TargetDisk) -> MatchReason | None:
-    if disk.serial and _norm_serial(disk.serial) == _norm_serial(target.serial):
-        return MatchReason.SERIAL
-    if disk.wwn and _norm_wwn(disk.wwn) == _norm_wwn(target.wwn):
-        return MatchReason.WWN
-    if disk.disk_id and target.table is disk.table and disk.disk_id.lower() == target.disk_id.lower():
-        return MatchReason.DISK_ID
-    return None
-
-
-def _exclusion_reasons(exclude: Collection[str]) -> dict[str, str]:
-    """Excluded names → why (a Mapping gives reasons; a plain collection says "boot or backup medium")."""
-    out: dict[str, str] = {}
-    for x in exclude:
-        why = exclude[x] if isinstance(exclude, Mapping) else "boot or backup medium"
-        out[os.path.basename(x)] = str(why)
-    return out
-
-
-def _no_target_error(
-    disk: Disk, targets: Sequence[TargetDisk], excluded: Mapping[str, str], taken: set[str]
-) -> DiskMatchError:
-    """The named error for an original disk nothing fits: too small (XP's rule) or nothing left at all."""
-    free = [t for t in targets if t.name not in excluded and not t.read_only and t.name not in taken]
-    same_sector = [t for t in free if t.logical_sector_size == disk.logical_sector_size]
-    if same_sector:
-        has = "; ".join(f"{t.describe()} has {format_size(t.size_bytes)} ({t.size_bytes} bytes)" for t in same_sector)
-        return TargetTooSmallError(
-            "the replacement disk must be at least as large as the original: "
-            f"{describe_disk(disk)} needs {format_size(disk.size_bytes)} ({disk.size_bytes} bytes), {has}"
-        )
-    notes = []
-    for t in targets:
-        if t.name in excluded:
-            notes.append(f"{t.device} is excluded ({excluded[t.name]})")
-        elif t.read_only:
-            notes.append(f"{t.device} is read-only")
-        elif t.name in taken:
-            notes.append(f"{t.device} is already used for another disk")
-        else:
-            notes.append(
-                f"{t.describe()} has {t.logical_sector_size}-byte sectors, "
-                f"{disk.key} had {disk.logical_sector_size}-byte sectors"
-            )
-    detail = "; ".join(notes) if notes else "this machine shows no disks at all"
-    return NoTargetDiskError(f"no disk to restore {describe_disk(disk)} onto: {detail}")
-
-
-def match_disks(
-    descriptor: Descriptor,
-    targets: Sequence[TargetDisk],
-    *,
-    exclude: Collection[str] = (),
-    unattended: bool,
-    pinned: Mapping[str, str] | None = None,
-) -> DiskMatch:
-    """Match every critical disk of the descriptor to a disk of this machine.
-
-    ``exclude``: names or /dev paths never chosen (the boot and backup media; a Mapping may say why).  ``pinned``:
-    disk key → device name or path the user picked for it.  Raises TargetTooSmallError / NoTargetDiskError when an
-    original disk has no candidate, AmbiguousDiskMatchError on a tie when unattended."""
-    excluded = _exclusion_reasons(exclude)
-    usable = [t for t in targets if t.name not in excluded and not t.read_only]
-    wanted = [d for d in descriptor.disks if d.critical]
-    assigned: dict[str, tuple[TargetDisk, MatchReason]] = {}
-
-    def taken() -> set[str]:
-        return {t.name for t, _ in assigned.values()}
-
-    def free_fitting(disk: Disk) -> list[TargetDisk]:
-        return sorted((t for t in usable if t.name not in taken() and _fits(disk, t)), key=lambda t: t.size_bytes)
-
-    # 0. the user's choices
-    for key, dev in (pinned or {}).items():
-        disk = next((d for d in wanted if d.key == key), None)
-        if disk is None:
-            raise DiskMatchError(f"cannot choose a disk for {key!r}: the descriptor has no critical disk of that name")
-        name = os.path.basename(dev)
-        target = next((t for t in usable if t.name == name), None)
-        if target is None or name in taken():
-            raise DiskMatchError(f"cannot use /dev/{name} for {describe_disk(disk)}: not a free disk of this machine")
-        if not _fits(disk, target):
-            raise _no_target_error(disk, [target], excluded, taken())
-        assigned[key] = (target, MatchReason.CHOSEN)
-
-    # 1. identity: serial / WWN, then disk GUID / signature
-    for tier in ((MatchReason.SERIAL, MatchReason.WWN), (MatchReason.DISK_ID,)):
-        for disk in wanted:
-            if disk.key in assigned:
-                continue
-            hits = [t for t in free_fitting(disk) if _identity(disk, t) in tier]
-            if len(hits) == 1:
-                reason = _identity(disk, hits[0])
-                assert reason is not None
-                assigned[disk.key] = (hits[0], reason)
-            elif len(hits) > 1 and unattended:
-                raise AmbiguousDiskMatchError(
-                    DiskChoice(disk, tuple(hits), tier[0]).describe() + "; unattended restore stops here"
-                )
-
-    # 2. size: originals smallest first, each onto the smallest disk that fits
-    ties: list[tuple[Disk, MatchReason]] = []
-    for disk in sorted((d for d in wanted if d.key not in assigned), key=lambda d: (d.size_bytes, d.key)):
-        fitting = free_fitting(disk)
-        if not fitting:
-            raise _no_target_error(disk, targets, excluded, taken())
-        same_id = [t for t in fitting if _identity(disk, t) is not None]
-        if len(same_id) > 1:  # an identity tie (interactive): the user picks among them
-            ties.append((disk, MatchReason.DISK_ID))
-            continue
-        smallest = [t for t in fitting if t.size_bytes == fitting[0].size_bytes]
-        if len(smallest) == 1:
-            assigned[disk.key] = (smallest[0], MatchReason.SIZE)
-        elif unattended:
-            raise AmbiguousDiskMatchError(
-                DiskChoice(disk, tuple(smallest), MatchReason.SIZE).describe() + "; unattended restore stops here"
-            )
-        else:
-            ties.append((disk, MatchReason.SIZE))
-
-    pending: list[DiskChoice] = []
-    for disk, reason in ties:
-        fitting = free_fitting(disk)
-        if not fitting:
-            raise _no_target_error(disk, targets, excluded, taken())
-        pending.append(DiskChoice(disk, tuple(fitting), reason))
-
-    order = {d.key: i for i, d in enumerate(descriptor.disks)}
-    return DiskMatch(
-        assigned=tuple(sorted(((k, t, r) for k, (t, r) in assigned.items()), key=lambda x: order[x[0]])),
-        pending=tuple(pending),
-    )
 
 
 # ------------------------------------------------------------------------------------------------ tool tables
@@ -727,7 +498,7 @@ def plan_disk(disk: Disk, parts: Sequence[Partition], target: TargetDisk) -> Dis
             f"{target.logical_sector_size}-byte sectors"
         )
     if target.size_bytes < disk.size_bytes:
-        raise _no_target_error(disk, [target], {}, set())
+        raise no_target_error(disk, [target], {}, set())
     if not disk.disk_id:
         raise PlanError(f"{disk.key}: no disk GUID / signature recorded")
     planned = plan_partitions(disk, parts, target)

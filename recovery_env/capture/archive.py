@@ -1,0 +1,263 @@
+"""Writing the backup set: one archive per backed-up filesystem and the MANIFEST (the format:
+:mod:`recovery_env.model.manifest`).
+
+Python sits between tar and zstd: it counts the bytes (progress) and parses the tar stream as it passes
+(:mod:`recovery_env.capture.tarstream`, in a thread of its own), so the MANIFEST lists exactly what the archive
+holds; zstd writes the archive file itself and a thread hashes it (SHA-256) as it grows.  The plans
+(:func:`plan_tar_argv`, :func:`plan_archives`) are pure; :func:`make_backup_set` runs them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+from recovery_env.capture.tarstream import TarMember, TarStreamParser
+from recovery_env.errors import (
+    BackupSetError,
+)
+from recovery_env.model.descriptor import Archive, BackupSet, Compression
+from recovery_env.model.fileattrs import (
+    describe_xattrs,
+    pax_xattrs,
+    whole_seconds,
+)
+from recovery_env.model.manifest import (
+    COMPRESSORS,
+    MANIFEST_HEADER,
+    MANIFEST_NAME,
+    TAR_ATTR_OPTIONS,
+    TAR_OK_CODES,
+    EntryType,
+    ManifestEntry,
+    Progress,
+    plan_archive_name,
+    sha256_file,
+)
+from recovery_env.run import run_pipe
+
+
+@dataclass(frozen=True)
+class ArchiveJob:
+    """One archive to make: tar of ``source`` (the filesystem mounted at ``mountpoint`` of the captured system)."""
+
+    fs: str  # Filesystem.key
+    mountpoint: str  # in the captured system, e.g. "/boot/efi"
+    source: str  # directory on this machine, e.g. "/mnt/sys/boot/efi"
+    file: str  # archive file name in the set
+    tar_argv: tuple[str, ...]
+    filter_argv: tuple[str, ...] | None
+    estimate: int  # bytes of data expected (for progress)
+
+
+def plan_tar_argv(source: str, mountpoint: str, excludes: Sequence[str], exclude_dirs: Sequence[str] = ()) -> tuple[
+        str, ...]:
+    """tar argv for one filesystem.  Members are named ``./rel/path``.  A pattern starting with "/" is a path in
+    the captured system: it applies (anchored) only to the filesystem that holds it.  Other patterns are tar's
+    unanchored wildcards (e.g. ``*.cache``).  ``exclude_dirs`` are absolute directories in the captured system
+    left out as they are (the backup destination)."""
+    argv = ["tar", "--create", "--file=-", *TAR_ATTR_OPTIONS, "--one-file-system", f"--directory={source}"]
+    anchored: list[str] = []
+    loose: list[str] = []
+    for pat in [*excludes, *exclude_dirs]:
+        if pat.startswith("/"):
+            rel = _relative_to_mount(pat.rstrip("/") or "/", mountpoint)
+            if rel is not None and rel != ".":
+                anchored.append("./" + rel)
+        else:
+            loose.append(pat)
+    if anchored:
+        argv += ["--anchored", *(f"--exclude={p}" for p in anchored), "--no-anchored"]
+    argv += [f"--exclude={p}" for p in loose]
+    argv.append(".")
+    return tuple(argv)
+
+
+def _relative_to_mount(path: str, mountpoint: str) -> str | None:
+    if mountpoint == "/":
+        return path.lstrip("/") or "."
+    if path == mountpoint:
+        return "."
+    if path.startswith(mountpoint + "/"):
+        return path[len(mountpoint) + 1:]
+    return None
+
+
+def plan_archives(
+    sources: Sequence[tuple[str, str, str, int]],
+    *,
+    excludes: Sequence[str] = (),
+    exclude_dirs: Sequence[str] = (),
+    compression: Compression = Compression.ZSTD,
+) -> tuple[ArchiveJob, ...]:
+    """``sources``: (fs key, mount point, source directory, estimated bytes), in mount order → archive jobs."""
+    jobs = []
+    for fs_key, mountpoint, source, estimate in sources:
+        jobs.append(ArchiveJob(
+            fs=fs_key,
+            mountpoint=mountpoint,
+            source=source,
+            file=plan_archive_name(fs_key, compression),
+            tar_argv=plan_tar_argv(source, mountpoint, excludes, exclude_dirs),
+            filter_argv=COMPRESSORS[compression],
+            estimate=estimate,
+        ))
+    return tuple(jobs)
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    archives: tuple[Archive, ...]
+    manifest: str  # file name
+    manifest_sha256: str
+    file_count: int
+    raw_bytes: int  # tar bytes before compression
+    warnings: tuple[str, ...] = ()
+
+
+def make_backup_set(
+    jobs: Sequence[ArchiveJob],
+    dest: Path,
+    *,
+    progress: Progress | None = None,
+) -> BackupResult:
+    """Make every archive of ``jobs`` in ``dest`` and the MANIFEST; return the records for the descriptor."""
+    total = sum(j.estimate for j in jobs) or 1
+    done = 0
+    archives = []
+    warnings: list[str] = []
+    count = 0
+    manifest_path = dest / MANIFEST_NAME
+    # names and xattr names that are not UTF-8 are kept as their bytes (surrogate escapes), as read_manifest reads
+    with open(manifest_path, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as manifest:
+        manifest.write(json.dumps(MANIFEST_HEADER) + "\n")
+        for job in jobs:
+            base = done
+
+            def tick(n: int, base: int = base) -> None:
+                if progress is not None:
+                    progress(base + n, max(total, base + n))
+
+            archive, raw, n_entries, warn = make_archive(job, dest, manifest, tick)
+            archives.append(archive)
+            done = base + raw
+            count += n_entries
+            warnings += warn
+    if progress is not None:
+        progress(done, max(done, 1))
+    return BackupResult(tuple(archives), MANIFEST_NAME, sha256_file(manifest_path), count, done, tuple(warnings))
+
+
+def make_archive(
+    job: ArchiveJob, dest: Path, manifest: TextIO, tick: Callable[[int], None]
+) -> tuple[Archive, int, int, list[str]]:
+    """tar | zstd into dest/job.file; the tar stream is parsed on the way into MANIFEST lines."""
+    lister = ManifestLister(job.fs, job.mountpoint, lambda e: manifest.write(e.to_json() + "\n"))
+    parser = TarStreamParser(lister.add)
+    raw = 0
+
+    def on_data(chunk: memoryview) -> None:
+        nonlocal raw
+        parser.feed(chunk)
+        raw += len(chunk)
+        tick(raw)
+
+    try:
+        res = run_pipe(job.tar_argv, job.filter_argv, dest / job.file, on_data=on_data, ok_codes=TAR_OK_CODES)
+        parser.close()
+    except BackupSetError as e:
+        raise BackupSetError(f"{job.file}: could not list the archive of {job.mountpoint}: {e}") from None
+    warnings = []
+    if res.returncode != 0:
+        tail = " / ".join(res.stderr.strip().splitlines()[-3:])
+        warnings.append(f"{job.mountpoint}: tar exit {res.returncode} (files changed while read): {tail}")
+    return Archive(job.fs, job.file, res.out_bytes, res.sha256, lister.count), raw, lister.count, warnings
+
+
+class ManifestLister:
+    """Tar members → MANIFEST entries of one archive (``add`` is a TarStreamParser's ``emit``)."""
+
+    def __init__(self, fs: str, mountpoint: str, emit: Callable[[ManifestEntry], object]) -> None:
+        self.fs = fs
+        self.mountpoint = mountpoint
+        self.emit = emit
+        self.count = 0
+        self.contents: dict[str, tuple[int, str]] = {}  # member name → (size, sha256) of files, for hard links
+        # member name → (xattrs, acl) of the members that have any: a hard link's member carries none of its own
+        self.attrs: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
+
+    def add(self, m: TarMember) -> None:
+        etype = EntryType.from_tar_type(m.type, m.name)
+        size, sha, link = m.size, m.sha256, ""
+        where = f"archive entry {m.name!r}"
+        if etype is EntryType.HARDLINK:
+            size, sha = self.contents.get(m.linkname, (0, ""))
+            link = member_path(self.mountpoint, m.linkname)
+            xattrs, acl = self.attrs.get(m.linkname, ({}, {}))
+        else:
+            xattrs, acl = describe_xattrs(pax_xattrs(m.pax, where), where)
+            if xattrs or acl:
+                self.attrs[m.name] = (xattrs, acl)
+            if etype is EntryType.FILE:
+                self.contents[m.name] = (size, sha)
+            elif etype is EntryType.SYMLINK:
+                link = m.linkname
+        mtime = whole_seconds(m.mtime, where)
+        self.count += 1
+        self.emit(ManifestEntry(
+            path=member_path(self.mountpoint, m.name),
+            fs=self.fs,
+            type=etype,
+            mode=m.mode & 0o7777,
+            uid=m.uid,
+            gid=m.gid,
+            mtime=mtime,
+            size=size if etype.has_content else 0,
+            sha256=sha,
+            link=link,
+            major=m.devmajor,
+            minor=m.devminor,
+            sparse=m.sparse,
+            xattrs=xattrs,
+            acl=acl,
+        ))
+
+
+def iter_tar_entries(stream: BinaryIO, fs: str, mountpoint: str) -> Iterator[ManifestEntry]:
+    """Parse a tar stream (pax, as made by plan_tar_argv) into manifest entries with content digests."""
+    entries: list[ManifestEntry] = []
+    parser = TarStreamParser(ManifestLister(fs, mountpoint, entries.append).add)
+    while chunk := stream.read(1 << 20):
+        parser.feed(chunk)
+        yield from entries
+        entries.clear()
+    parser.close()
+    yield from entries
+
+
+def member_path(mountpoint: str, name: str) -> str:
+    """Archive member name ("./etc/x", ".") → absolute path in the captured system."""
+    rel = name[2:] if name.startswith("./") else ("" if name == "." else name.lstrip("/"))
+    rel = rel.rstrip("/")
+    if not rel:
+        return mountpoint
+    return ("" if mountpoint == "/" else mountpoint) + "/" + rel
+
+
+def make_backup_record(
+    result: BackupResult, *, path: str, media_label: str = "", media_uuid: str = "",
+    compression: Compression = Compression.ZSTD,
+) -> BackupSet:
+    return BackupSet(
+        media_label=media_label,
+        media_uuid=media_uuid,
+        path=path,
+        compression=compression,
+        manifest=result.manifest,
+        manifest_sha256=result.manifest_sha256,
+        file_count=result.file_count,
+        archives=result.archives,
+    )

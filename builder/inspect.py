@@ -31,7 +31,6 @@ from recovery_env.errors import (
     BackupSetError,
     DescriptorMissingError,
     InputError,
-    MediaError,
     NotFatError,
 )
 from recovery_env.floppy import ASR_SIF, ASRPNP_SIF, check_fat_boot_sector
@@ -85,6 +84,7 @@ class Inspection:
     descriptor: Descriptor | None = None
     inventory: DeviceInventory | None = None
     checks: tuple[Check, ...] = ()
+    notes: tuple[str, ...] = ()  # what the reader noticed that does not stop it (pyfatfs' warnings)
 
     @property
     def ok(self) -> bool:
@@ -133,10 +133,7 @@ def inspect_path(path: Path) -> Inspection:
 
 def inspect_floppy(path: Path) -> Inspection:
     """ASR.SIF (required) and ASRPNP.SIF (reported MISSING when absent) from the root of a FAT image."""
-    try:
-        image = read_fat_image(path.read_bytes())
-    except MediaError as e:
-        raise NotFatError(f"{path}: {e}") from None
+    image = read_fat_image(path.read_bytes(), what=str(path))
     files = {name.upper(): data for name, data in image.files.items() if "/" not in name}  # the root directory
     if ASR_SIF not in files:
         raise DescriptorMissingError(
@@ -150,7 +147,7 @@ def inspect_floppy(path: Path) -> Inspection:
         checks.append(Check(ASRPNP_SIF, CheckStatus.OK, f"{len(files[ASRPNP_SIF])} bytes, integrity line matches"))
     else:
         checks.append(Check(ASRPNP_SIF, CheckStatus.MISSING, "not on the floppy"))
-    return Inspection(str(path), InspectKind.FLOPPY, descriptor, inventory, tuple(checks))
+    return Inspection(str(path), InspectKind.FLOPPY, descriptor, inventory, tuple(checks), image.warnings)
 
 
 def inspect_backup_set(directory: Path) -> Inspection:
@@ -279,6 +276,8 @@ def render_text(r: Inspection) -> str:
     if r.checks:
         lines += ["", "Checks"]
         lines += [f"  {c.status.value:<8} {c.item:<20} {c.detail}" for c in r.checks]
+    if r.notes:
+        lines += ["", "Notes", *(f"  {n}" for n in r.notes)]
     return "\n".join(lines) + "\n"
 
 
@@ -291,6 +290,7 @@ def render_json(r: Inspection) -> str:
         "descriptor": dataclasses.asdict(r.descriptor) if r.descriptor is not None else None,
         "inventory": dataclasses.asdict(r.inventory) if r.inventory is not None else None,
         "checks": [dataclasses.asdict(c) | {"ok": c.ok} for c in r.checks],
+        "notes": list(r.notes),
     }
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 

@@ -35,7 +35,7 @@ from builder.sif_render import render_asr_sif, render_asrpnp_sif
 from recovery_env.descriptor import Descriptor
 from recovery_env.errors import DamagedFatError
 from recovery_env.execute import _run_step
-from recovery_env.plan import EditFstab, FstabChange, Phase, render_plan
+from recovery_env.plan import PLAN_WIDTH, EditFstab, FstabChange, Phase, render_plan
 from recovery_env.screens import (
     BODY,
     BRIGHT,
@@ -43,7 +43,9 @@ from recovery_env.screens import (
     ERROR,
     STATUS,
     Screen,
+    plan_pages,
     render_log_line,
+    render_plan_page,
     render_screen,
     render_status,
     render_summary,
@@ -247,11 +249,13 @@ def test_json_text_is_valid_utf8_json_and_round_trips() -> None:
 
 
 def test_restore_rewrites_a_non_utf8_fstab_keeping_its_bytes(tmp_path: Path) -> None:
-    fstab = tmp_path / "fstab"
+    root = tmp_path / "target"
+    (root / "etc").mkdir(parents=True)
+    fstab = root / "etc/fstab"
     fstab.write_bytes(b"# disque syst\xe8me\nUUID=abc / ext4 defaults 0 1\n/dev/sda2 none swap sw 0 0\n"
                       b"tmpfs /mnt/caf\xe9 tmpfs defaults 0 0\n")
     step = EditFstab("rewrite /etc/fstab", Phase.RESTORE, str(fstab), (FstabChange("swap", "/dev/sda2", "/dev/vda2"),))
-    _run_step(step, log=lambda line: None, progress=lambda p: None)
+    _run_step(step, str(root), log=lambda line: None, progress=lambda p: None)
     assert fstab.read_bytes() == (b"# disque syst\xe8me\nUUID=abc / ext4 defaults 0 1\n/dev/vda2 none swap sw 0 0\n"
                                   b"tmpfs /mnt/caf\xe9 tmpfs defaults 0 0\n")
 
@@ -421,10 +425,16 @@ def _renderer_sequences(text: str) -> str:
 def test_agent_screens_never_write_raw_controls() -> None:
     summary = render_summary(_with_text(HOSTILE), INV)
     t = target("vda", 3 * 1024**3, serial="QM00001", model="EVIL" + HOSTILE)
-    plan = render_plan(_plan(gpt_descriptor(), t))
+    command = "echo " + HOSTILE * 6  # longer than a row: wrapped, never cut
+    plan = render_plan(_plan(dataclasses.replace(gpt_descriptor(), commands=(
+        dataclasses.replace(D.commands[0], command=command),)), t))
+    shown = plan[next(i for i, line in enumerate(plan) if "post-restore command(s)" in line) + 1 :]
+    assert all(len(line) <= PLAN_WIDTH for line in shown)  # wrapped as shown, so fit() cuts nothing
+    assert re.sub(r"\s", "", "".join(shown)) == "1.(critical)" + visible(command).replace(" ", "")
+    pages = plan_pages(plan)
     painted = [
         render_screen(Screen(("The Automated System Recovery Disk describes this system:", "", *summary), "F3")),
-        render_screen(Screen(tuple(plan), "C=Continue   F3=Quit")),
+        *(render_screen(render_plan_page(pages, i, confirmable=True)) for i in range(len(pages))),
         render_screen(Screen((f"Error: {HOSTILE}", "model " + HOSTILE), "status " + HOSTILE, error=True)),
         render_status("Reading " + HOSTILE),
         render_log_line("ASR: summary: " + HOSTILE),
@@ -433,4 +443,4 @@ def test_agent_screens_never_write_raw_controls() -> None:
         rest = _renderer_sequences(text)
         assert "\x1b" not in rest and not RAW.findall(rest), RAW.findall(rest)
     assert "\\x1b]0;pwned\\x07" in _renderer_sequences(painted[0])  # the model and the OS, shown as text
-    assert "EVIL\\x1b]0;pwned" in _renderer_sequences(painted[1])  # a target disk's model, from sysfs
+    assert "EVIL\\x1b]0;pwned" in "".join(map(_renderer_sequences, painted[1:-3]))  # a disk's model, from sysfs

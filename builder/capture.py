@@ -28,7 +28,6 @@ media run the same code (the offline capture); this module is the host CLI aroun
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -48,6 +47,7 @@ from recovery_env.capture import (
 )
 from recovery_env.capture import capture as capture_with
 from recovery_env.descriptor import Firmware
+from recovery_env.text import json_text
 
 __all__ = ["ASRPNP_SIF", "ASR_SIF", "CaptureRequest", "CaptureResult", "capture", "cli_backup", "find_media"]
 
@@ -148,7 +148,7 @@ def cli_backup(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        print(json_text(result.to_json()))
     else:
         print(render_summary(result))
     return 0

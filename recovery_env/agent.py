@@ -52,6 +52,7 @@ from recovery_env.screens import (
     render_status,
     wrap,
 )
+from recovery_env.text import visible_lines
 
 if TYPE_CHECKING:
     from recovery_env.descriptor import Descriptor, DeviceInventory
@@ -275,7 +276,8 @@ class Agent:
 
     # -- output -------------------------------------------------------------------------------------------
     def log(self, line: str) -> None:
-        """A plain line on the serial console (and in the agent's log file)."""
+        """A plain line on the serial console (and in the agent's log file), its control characters escaped."""
+        line = visible_lines(line)
         # on the row above the status line, so a person on the serial console keeps the screen readable
         self.consoles.write_sized(
             lambda rows, cols: render_log_line(f"ASR: {line}", Size.of(rows, cols)), serial_only=True

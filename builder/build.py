@@ -49,6 +49,7 @@ from recovery_env.model.sif import parse_asr_sif, parse_asrpnp_sif
 from recovery_env.model.sif_render import render_asr_sif, render_asrpnp_sif
 from recovery_env.restore.flow import EMBEDDED_DIR
 from recovery_env.restore.verify import check_backup_set
+from recovery_env.text import json_text
 
 log = logging.getLogger("asr.build")
 
@@ -504,7 +505,7 @@ def cli_build(args: argparse.Namespace) -> int:
         locked=True if args.locked else None,
     )
     if args.json:
-        print(json.dumps(result.to_json(), indent=2, sort_keys=True))
+        print(json_text(result.to_json(), sort_keys=True))
         return 0
     print(f"ISO:    {result.iso}  {_human(result.iso_size)}  sha256 {result.iso_sha256}")
     print(f"floppy: {result.floppy}  {result.floppy_size} bytes  sha256 {result.floppy_sha256}")

@@ -28,7 +28,6 @@ media run the same code (the offline capture); this module is the host CLI aroun
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -49,6 +48,7 @@ from recovery_env.capture.flow import capture as capture_with
 from recovery_env.model.descriptor import Firmware
 from recovery_env.model.sif_render import render_asr_sif, render_asrpnp_sif
 from recovery_env.probe.disks import format_size
+from recovery_env.text import json_text
 
 __all__ = ["ASRPNP_SIF", "ASR_SIF", "CaptureRequest", "CaptureResult", "capture", "cli_backup", "find_media"]
 
@@ -140,7 +140,7 @@ def cli_backup(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        print(json_text(result.to_json()))
     else:
         print(render_summary(result))
     return 0

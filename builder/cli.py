@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from recovery_env.errors import AsrError
+from recovery_env.text import visible_lines
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # text with undecodable bytes (surrogates) never stops the output
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     except AsrError as e:
         if args.debug:
             raise
-        print(f"asr: error: {e}", file=sys.stderr)
+        print(f"asr: error: {visible_lines(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("asr: interrupted", file=sys.stderr)

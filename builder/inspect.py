@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -30,13 +29,13 @@ from recovery_env.errors import (
     BackupSetError,
     DescriptorMissingError,
     InputError,
-    MediaError,
     NotFatError,
 )
 from recovery_env.model.descriptor import GPT_TYPES, MBR_TYPES, Descriptor, DeviceInventory, TableType
 from recovery_env.model.manifest import sha256_file
-from recovery_env.model.sif import PNP_SIGNATURE, format_string, parse_asr_sif_bytes, parse_asrpnp_sif_bytes
+from recovery_env.model.sif import PNP_SIGNATURE, parse_asr_sif_bytes, parse_asrpnp_sif_bytes
 from recovery_env.model.sif_render import reseal_file
+from recovery_env.text import json_text, visible
 
 MAX_SIF = 1_474_560  # nothing larger fits on the floppy: larger files are not descriptors
 
@@ -85,6 +84,7 @@ class Inspection:
     descriptor: Descriptor | None = None
     inventory: DeviceInventory | None = None
     checks: tuple[Check, ...] = ()
+    notes: tuple[str, ...] = ()  # what the reader noticed that does not stop it (pyfatfs' warnings)
 
     @property
     def ok(self) -> bool:
@@ -133,10 +133,7 @@ def inspect_path(path: Path) -> Inspection:
 
 def inspect_floppy(path: Path) -> Inspection:
     """ASR.SIF (required) and ASRPNP.SIF (reported MISSING when absent) from the root of a FAT image."""
-    try:
-        image = read_fat_image(path.read_bytes())
-    except MediaError as e:
-        raise NotFatError(f"{path}: {e}") from None
+    image = read_fat_image(path.read_bytes(), what=str(path))
     files = {name.upper(): data for name, data in image.files.items() if "/" not in name}  # the root directory
     if ASR_SIF not in files:
         raise DescriptorMissingError(
@@ -150,7 +147,7 @@ def inspect_floppy(path: Path) -> Inspection:
         checks.append(Check(ASRPNP_SIF, CheckStatus.OK, f"{len(files[ASRPNP_SIF])} bytes, integrity line matches"))
     else:
         checks.append(Check(ASRPNP_SIF, CheckStatus.MISSING, "not on the floppy"))
-    return Inspection(str(path), InspectKind.FLOPPY, descriptor, inventory, tuple(checks))
+    return Inspection(str(path), InspectKind.FLOPPY, descriptor, inventory, tuple(checks), image.warnings)
 
 
 def inspect_backup_set(directory: Path) -> Inspection:
@@ -187,11 +184,6 @@ def check_file(path: Path, size: int | None, sha256: str) -> Check:
 # --- formatting --------------------------------------------------------------------------------------------------
 
 
-def _show(text: str) -> str:
-    """A recorded string as a terminal may print it: escaped if it holds controls."""
-    return text if text.isprintable() else format_string(text)
-
-
 def _type_name(disk_table: TableType, type_: str) -> str:
     table = GPT_TYPES if disk_table is TableType.GPT else MBR_TYPES
     return table.get(type_, type_)
@@ -200,15 +192,15 @@ def _type_name(disk_table: TableType, type_: str) -> str:
 def render_descriptor(d: Descriptor) -> list[str]:
     s = d.system
     lines = [
-        f"System      {_show(s.hostname)}  {s.architecture}  {s.firmware.value} firmware  kernel {_show(s.kernel)}",
-        f"            {_show(s.os_release)}",
-        f"            captured {s.captured_at} by {_show(s.tool_version)}"
+        f"System      {visible(s.hostname)}  {s.architecture}  {s.firmware.value} firmware  kernel {visible(s.kernel)}",
+        f"            {visible(s.os_release)}",
+        f"            captured {s.captured_at} by {visible(s.tool_version)}"
         + (f", machine-id {s.machine_id}" if s.machine_id else ""),
         "",
         f"Disks ({len(d.disks)})",
     ]
     for k in d.disks:
-        was = " ".join(_show(x) for x in (k.device, k.model, f"({k.serial})" if k.serial else "") if x)
+        was = " ".join(visible(x) for x in (k.device, k.model, f"({k.serial})" if k.serial else "") if x)
         lines.append(
             f"  {k.key:<8} {human_size(k.size_bytes):>10}  {k.table.value:<3} {k.disk_id:<36}  "
             f"{k.logical_sector_size}/{k.physical_sector_size} B sectors"
@@ -222,20 +214,20 @@ def render_descriptor(d: Descriptor) -> list[str]:
             flags = ",".join(f.value for f in p.flags)
             lines.append(
                 f"  {p.key:<10} {p.start:>12} {human_size(p.size * k.logical_sector_size):>10}  "
-                f"{_type_name(k.table, p.type):<22} {flags or '-':<10} {_show(p.name)}".rstrip()
+                f"{_type_name(k.table, p.type):<22} {flags or '-':<10} {visible(p.name)}".rstrip()
             )
     lines += ["", f"Filesystems ({len(d.filesystems)})"]
     for f in d.filesystems:
         extra = f" FAT{f.fat_size}" if f.fat_size else ""
         lines.append(
             f"  {f.key:<6} {f.partition:<10} {f.type.value + extra:<10} {f.uuid or '-':<36} "
-            f"{_show(f.label) or '-':<16} {'backup' if f.backup else 'no backup'}"
+            f"{visible(f.label) or '-':<16} {'backup' if f.backup else 'no backup'}"
         )
     lines += ["", f"Mounts ({len(d.mounts)})"]
     for m in d.mounts:
         lines.append(
-            f"  {_show(m.mountpoint):<20} {m.filesystem:<6} {m.spec.value:<9} {_show(m.device) or '-':<44} "
-            f"{_show(m.options)} {m.dump} {m.passno}"
+            f"  {visible(m.mountpoint):<20} {m.filesystem:<6} {m.spec.value:<9} {visible(m.device) or '-':<44} "
+            f"{visible(m.options)} {m.dump} {m.passno}"
         )
     b = d.bootloader
     lines += [
@@ -250,22 +242,22 @@ def render_descriptor(d: Descriptor) -> list[str]:
         lines.append("Backup set  none recorded")
     else:
         bs = d.backup
-        medium = " ".join(x for x in (_show(bs.media_label), bs.media_uuid) if x) or "any medium"
-        lines.append(f"Backup set  {_show(bs.path)} on {medium}, {bs.compression.value}, {bs.file_count} files")
+        medium = " ".join(x for x in (visible(bs.media_label), bs.media_uuid) if x) or "any medium"
+        lines.append(f"Backup set  {visible(bs.path)} on {medium}, {bs.compression.value}, {bs.file_count} files")
         lines.append(f"  {bs.manifest:<20} {'':>10}  sha256 {bs.manifest_sha256}")
         for a in bs.archives:
-            lines.append(f"  {_show(a.file):<20} {human_size(a.size):>10}  sha256 {a.sha256}  ({a.filesystem})")
+            lines.append(f"  {visible(a.file):<20} {human_size(a.size):>10}  sha256 {a.sha256}  ({a.filesystem})")
     lines += ["", f"Commands ({len(d.commands)})"]
     for c in sorted(d.commands, key=lambda c: c.order):
-        lines.append(f"  {c.order:>3}  {_show(c.command)}" + ("  (critical)" if c.critical else ""))
+        lines.append(f"  {c.order:>3}  {visible(c.command)}" + ("  (critical)" if c.critical else ""))
     return lines
 
 
 def render_inventory(inv: DeviceInventory) -> list[str]:
-    lines = [f"Devices of {_show(inv.hostname)} ({len(inv.devices)})"]
+    lines = [f"Devices of {visible(inv.hostname)} ({len(inv.devices)})"]
     for x in inv.devices:
         ids = f"{x.vendor}:{x.device}" if x.vendor or x.device else "-"
-        lines.append(f"  {x.bus:<7} {_show(x.address):<14} {ids:<10} {x.driver or '-':<12} {_show(x.description)}")
+        lines.append(f"  {x.bus:<7} {visible(x.address):<14} {ids:<10} {x.driver or '-':<12} {visible(x.description)}")
     lines.append(f"Drivers     {', '.join(inv.modules()) or 'none'}")
     return lines
 
@@ -279,11 +271,14 @@ def render_text(r: Inspection) -> str:
     if r.checks:
         lines += ["", "Checks"]
         lines += [f"  {c.status.value:<8} {c.item:<20} {c.detail}" for c in r.checks]
-    return "\n".join(lines) + "\n"
+    if r.notes:
+        lines += ["", "Notes", *(f"  {n}" for n in r.notes)]
+    return "".join(visible(line) + "\n" for line in lines)  # every line: paths and check details too
 
 
 def render_json(r: Inspection) -> str:
-    """The inspection as JSON: the model with ``dataclasses.asdict`` (enums as their strings), the checks."""
+    """The inspection as JSON: the model with ``dataclasses.asdict`` (enums as their strings), the checks; strings
+    as :func:`recovery_env.text.json_text` writes them (a lone surrogate as ``\\udcXX``)."""
     doc: dict[str, Any] = {
         "path": r.path,
         "kind": r.kind.value,
@@ -291,8 +286,9 @@ def render_json(r: Inspection) -> str:
         "descriptor": dataclasses.asdict(r.descriptor) if r.descriptor is not None else None,
         "inventory": dataclasses.asdict(r.inventory) if r.inventory is not None else None,
         "checks": [dataclasses.asdict(c) | {"ok": c.ok} for c in r.checks],
+        "notes": list(r.notes),
     }
-    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    return json_text(doc) + "\n"
 
 
 # --- CLI ---------------------------------------------------------------------------------------------------------

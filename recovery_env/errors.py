@@ -99,6 +99,11 @@ class DescriptorMissingError(MediaError):
     pass
 
 
+class DamagedFatError(MediaError):
+    """A FAT file system whose structures are damaged: a cluster chain that loops, or breaks (a free, bad, reserved
+    or out-of-range cluster), a directory entry whose size the volume cannot hold.  Names the file and the fault."""
+
+
 class BackupSetError(MediaError):
     """A backup set is missing, incomplete, or fails its checksums."""
 

@@ -25,7 +25,9 @@ import errno
 import io
 import posixpath
 import re
+import struct
 import tempfile
+import warnings
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +40,7 @@ from pyfatfs.EightDotThree import EightDotThree
 from pyfatfs.FATDirectoryEntry import FATDirectoryEntry, make_lfn_entry
 from pyfatfs.PyFat import PyFat
 
-from recovery_env.errors import BudgetError, ImageFullError, InputError, MediaError
+from recovery_env.errors import BudgetError, DamagedFatError, ImageFullError, InputError, MediaError, NotFatError
 
 SECTOR = 512
 FLOPPY_SIZE = 1_474_560
@@ -50,6 +52,8 @@ _LABEL_RE = re.compile(r"[A-Z0-9_\-][A-Z0-9 _\-!#$%&'()@^`{}~]{0,10}")
 _NAME_BAD = set('"*/:<>?\\|') | {chr(c) for c in range(32)}
 _DOS_EPOCH = dt.datetime(1980, 1, 1, tzinfo=dt.UTC)
 _DOS_LAST = dt.datetime(2107, 12, 31, 23, 59, 58, tzinfo=dt.UTC)
+# what pyfatfs lets escape from damaged on-disk structures besides its own exception
+_PYFATFS_ERRORS = (PyFATException, ValueError, KeyError, IndexError, struct.error, ZeroDivisionError, RecursionError)
 
 
 class FatType(StrEnum):
@@ -117,6 +121,7 @@ class FatImage:
     volume_label: str | None
     volume_label_written: dt.datetime | None
     entries: tuple[FatEntry, ...] = field(default=())
+    warnings: tuple[str, ...] = ()  # what pyfatfs warned about (FAT copies differ, not cleanly unmounted...)
 
     @property
     def files(self) -> dict[str, bytes]:
@@ -292,31 +297,42 @@ def make_esp(files: Mapping[str, bytes], *, epoch: int, label: str = "ASR EFI") 
     )
 
 
-def read_fat_image(image: bytes) -> FatImage:
-    """Read a FAT12/16 image back with pyfatfs (read-only): boot sector facts, label, every file and directory."""
+def read_fat_image(image: bytes, *, what: str = "FAT image") -> FatImage:
+    """Read a FAT12/16 image back with pyfatfs (read-only): boot sector facts, label, every file and directory.
+
+    A damaged image is a named error, read in bounded memory: NotFatError when it is no FAT image at all,
+    DamagedFatError (naming ``what``, the file and the fault) for a cluster chain that loops or breaks, an entry
+    whose size the volume cannot hold, or anything else pyfatfs trips over.  Chains are followed by
+    :func:`_cluster_chain`, never by pyfatfs; its warnings are returned in ``warnings``, not printed.
+    """
     fs = PyFat()
-    try:
-        fs.set_fp(io.BufferedReader(io.BytesIO(image)))
-    except (PyFATException, ValueError, KeyError) as e:
-        raise MediaError(f"not a FAT image: {e}") from None
-    try:
-        bpb = fs.bpb_header
-        label_entry = next((e for e in fs.root_dir.get_entries()[2] if e.is_volume_id()), None)
-        entries = tuple(_walk(fs, fs.root_dir, ""))
-        return FatImage(
-            size=len(image),
-            fat_type=FatType.from_bits(fs.fat_type),
-            media=bpb["BPB_Media"],
-            sectors_per_track=bpb["BPB_SecPerTrk"],
-            heads=bpb["BPB_NumHeads"],
-            volume_id=bpb["BS_VolID"],
-            bpb_label=bytes(bpb["BS_VolLab"]).decode("ascii", "replace").rstrip(),
-            volume_label=bytes(label_entry.name.name).decode("ascii", "replace").rstrip() if label_entry else None,
-            volume_label_written=_utc(label_entry.get_mtime()) if label_entry else None,
-            entries=entries,
-        )
-    finally:
-        fs.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            fs.set_fp(io.BufferedReader(io.BytesIO(image)))
+        except _PYFATFS_ERRORS as e:
+            raise NotFatError(f"{what}: not a FAT image: {e}") from None
+        try:
+            bpb = fs.bpb_header
+            label_entry = next((e for e in fs.root_dir.get_entries()[2] if e.is_volume_id()), None)
+            entries = tuple(_walk(fs, fs.root_dir, "", what, set()))
+            return FatImage(
+                size=len(image),
+                fat_type=FatType.from_bits(fs.fat_type),
+                media=bpb["BPB_Media"],
+                sectors_per_track=bpb["BPB_SecPerTrk"],
+                heads=bpb["BPB_NumHeads"],
+                volume_id=bpb["BS_VolID"],
+                bpb_label=bytes(bpb["BS_VolLab"]).decode("ascii", "replace").rstrip(),
+                volume_label=bytes(label_entry.name.name).decode("ascii", "replace").rstrip() if label_entry else None,
+                volume_label_written=_utc(label_entry.get_mtime()) if label_entry else None,
+                entries=entries,
+                warnings=tuple(dict.fromkeys(str(w.message) for w in caught)),
+            )
+        except _PYFATFS_ERRORS as e:
+            raise DamagedFatError(f"{what}: damaged FAT file system ({type(e).__name__}: {e})") from None
+        finally:
+            fs.close()
 
 
 # --- internals -------------------------------------------------------------------------------------------------
@@ -337,9 +353,7 @@ def _fix_boot_sector(fs: PyFat, *, media: int, sectors_per_track: int, heads: in
     ones = (1 << fs.fat_type) - 1
     fs.fat[0] = (ones & ~0xFF) | media
     fs.fat[1] = ones
-    total = fs._get_total_sectors()  # pyfatfs has no public accessor
-    clusters = (total - fs.first_data_sector) // fs.bpb_header["BPB_SecPerClus"]
-    del fs.fat[clusters + 2 :]
+    del fs.fat[_data_clusters(fs) + 2 :]
 
 
 def _fix_label_entry(fs: PyFat, label: str, date: int, time: int) -> None:
@@ -431,7 +445,9 @@ class _Writer:
                 self.fs.update_directory_entry(directory)
 
 
-def _walk(fs: PyFat, directory: Any, prefix: str) -> Iterator[FatEntry]:
+def _walk(fs: PyFat, directory: Any, prefix: str, what: str, seen: set[int]) -> Iterator[FatEntry]:
+    """Every entry below ``directory``; each subdirectory's chain is checked before pyfatfs reads it, and a
+    directory met twice (a cycle or a cross-link) is an error, so the walk ends on any image."""
     dirs, files, _ = directory.get_entries()
     for entry in sorted(dirs + files, key=lambda e: e.get_short_name()):
         name = _name_of(entry)
@@ -444,10 +460,16 @@ def _walk(fs: PyFat, directory: Any, prefix: str) -> Iterator[FatEntry]:
             "accessed": entry.get_atime().date(),
         }
         if entry.is_directory():
+            first = entry.get_cluster()
+            if first in seen:
+                raise DamagedFatError(f"{what}: directory {path} starts at cluster {first}, which another "
+                                      "directory already uses (a directory loop or a cross-link)")
+            seen.add(first)
+            _cluster_chain(fs, first, f"{what}: directory {path}")
             yield FatEntry(data=None, **common)
-            yield from _walk(fs, entry, path)
+            yield from _walk(fs, entry, path, what, seen)
         else:
-            yield FatEntry(data=_read_data(fs, entry), **common)
+            yield FatEntry(data=_read_data(fs, entry, f"{what}: {path}"), **common)
 
 
 def _name_of(entry: Any) -> str:
@@ -457,14 +479,63 @@ def _name_of(entry: Any) -> str:
         return str(entry.get_short_name())
 
 
-def _read_data(fs: PyFat, entry: Any) -> bytes:
+def _data_clusters(fs: PyFat) -> int:
+    """How many data clusters the volume really has (its FAT may have room for more)."""
+    total: int = fs._get_total_sectors()  # pyfatfs has no public accessor
+    per_cluster: int = fs.bpb_header["BPB_SecPerClus"]
+    first: int = fs.first_data_sector
+    return max(0, (total - first) // per_cluster)
+
+
+def _cluster_chain(fs: PyFat, first: int, name: str) -> list[int]:
+    """The clusters of the chain starting at ``first``, read from the FAT up to its end-of-chain mark.
+
+    Bounded whatever the FAT holds: a cluster met twice is a loop (reported, not followed), and a link to a free,
+    bad, reserved or out-of-range cluster is a broken chain; both are DamagedFatError naming ``name``."""
+    values = fs.FAT_CLUSTER_VALUES[fs.fat_type]
+    last = _data_clusters(fs) + 1  # clusters 2..last hold data
+    chain: list[int] = []
+    seen: set[int] = set()
+    cluster = first
+    while True:
+        if not 2 <= cluster <= last or cluster >= len(fs.fat):
+            where = f"cluster {chain[-1]} links to" if chain else "its entry starts at"
+            raise DamagedFatError(f"{name}: broken cluster chain: {where} cluster {cluster}, outside the "
+                                  f"volume's data clusters 2..{last}")
+        if cluster in seen:
+            raise DamagedFatError(f"{name}: cluster chain loops: cluster {chain[-1]} links back to cluster "
+                                  f"{cluster} after {len(chain)} clusters")
+        seen.add(cluster)
+        chain.append(cluster)
+        link = fs.fat[cluster]
+        if link >= values["END_OF_CLUSTER_MIN"] or (fs.fat_type == PyFat.FAT_TYPE_FAT12 and
+                                                    link == PyFat.FAT12_SPECIAL_EOC):
+            return chain
+        if link == values["FREE_CLUSTER"]:
+            raise DamagedFatError(f"{name}: broken cluster chain: cluster {cluster} links to cluster 0 (free) "
+                                  f"after {len(chain)} clusters")
+        if link == values["BAD_CLUSTER"]:
+            raise DamagedFatError(f"{name}: broken cluster chain: cluster {cluster} links to a cluster marked "
+                                  f"bad ({link:#x}) after {len(chain)} clusters")
+        if link > values["MAX_DATA_CLUSTER"]:
+            raise DamagedFatError(f"{name}: broken cluster chain: cluster {cluster} holds the reserved value "
+                                  f"{link:#x}")
+        cluster = link
+
+
+def _read_data(fs: PyFat, entry: Any, name: str) -> bytes:
+    """A file's content: its size checked against the volume first, then against its whole cluster chain."""
     size = entry.filesize
     if size == 0:
         return b""
-    chunks = []
-    for cluster in fs.get_cluster_chain(entry.get_cluster()):
-        chunks.append(fs.read_cluster_contents(cluster))
-    data = b"".join(chunks)
-    if len(data) < size:
-        raise MediaError(f"FAT image: {entry.get_short_name()} is {size} bytes but its clusters hold {len(data)}")
-    return data[:size]
+    per_cluster = fs.bytes_per_cluster
+    capacity = _data_clusters(fs) * per_cluster
+    if size > capacity:
+        raise DamagedFatError(f"{name}: its directory entry says {size} bytes, more than the whole volume holds "
+                              f"({capacity} bytes of data clusters)")
+    need = -(-size // per_cluster)
+    chain = _cluster_chain(fs, entry.get_cluster(), name)
+    if len(chain) != need:
+        raise DamagedFatError(f"{name}: its directory entry says {size} bytes ({need} clusters) but its cluster "
+                              f"chain has {len(chain)} clusters ({len(chain) * per_cluster} bytes)")
+    return b"".join(fs.read_cluster_contents(c) for c in chain)[:size]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -37,6 +36,7 @@ from recovery_env.model.descriptor import Firmware as SystemFirmware
 from recovery_env.model.sif import parse_asr_sif
 from recovery_env.run import run
 from recovery_env.templating import render
+from recovery_env.text import json_text
 
 MiB = 1 << 20
 #: What says a restored system came up (serial console): a login prompt, the kernel starting the real init, or
@@ -498,7 +498,7 @@ def render_report(report: RehearsalReport) -> str:
 
 def write_report(report: RehearsalReport) -> None:
     Path(report.report_md).write_text(render_report(report))
-    Path(report.report_json).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    Path(report.report_json).write_text(json_text(report.to_json()) + "\n", encoding="utf-8")
 
 
 def cli_rehearse(args: argparse.Namespace) -> int:
@@ -510,7 +510,7 @@ def cli_rehearse(args: argparse.Namespace) -> int:
                       expect=args.expect, keep=args.keep, workdir=workdir, progress=progress,
                       memory=args.memory)  # fmt: skip
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        print(json_text(report.to_json()))
     else:
         print(f"asr rehearse: {report.verdict}")
         print(f"asr rehearse: report: {report.report_md} and {report.report_json}")

@@ -2,7 +2,9 @@
 
 Pure: a :class:`Screen` is data and :func:`render_screen` turns it into the bytes (ANSI) written to every
 console; :func:`render_summary` turns a descriptor into the lines of the F2 summary.  Rows are painted top to
-bottom and end with CR LF, so the serial log, stripped of its escape sequences, reads as plain lines.
+bottom and end with CR LF, so the serial log, stripped of its escape sequences, reads as plain lines.  Every text
+painted (body, title, status, log line) goes through :func:`recovery_env.text.visible` first: a descriptor's
+escape or control characters show as ``\x1b`` instead of acting on the terminal.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from recovery_env.text import visible
 
 if TYPE_CHECKING:  # the descriptor model is imported by render_summary: the first screens do without it
     from recovery_env.model.descriptor import Descriptor, DeviceInventory
@@ -78,12 +82,12 @@ def wrap(text: str, width: int = WIDTH - 6) -> list[str]:
 
 def render_status(text: str, size: Size = DEFAULT_SIZE) -> str:
     """Only the status line (for a countdown): move there, paint it, come back to the top."""
-    return f"{CSI}{size.rows};1H{STATUS}{fit(' ' + text, size.cols - 1)}{BODY}{CSI}1;1H"
+    return f"{CSI}{size.rows};1H{STATUS}{fit(' ' + visible(text), size.cols - 1)}{BODY}{CSI}1;1H"
 
 
 def render_log_line(line: str, size: Size = DEFAULT_SIZE) -> str:
     """A plain log line on the row above the status line, so the screen stays readable on a terminal."""
-    return f"{CSI}{size.rows - 1};1H{BODY}{CSI}K{line}\r\n"
+    return f"{CSI}{size.rows - 1};1H{BODY}{CSI}K{visible(line)}\r\n"
 
 
 def render_screen(screen: Screen, size: Size = DEFAULT_SIZE) -> str:
@@ -93,10 +97,11 @@ def render_screen(screen: Screen, size: Size = DEFAULT_SIZE) -> str:
     if len(body) > room:
         hidden = len(body) - room + 1
         body = [*body[: room - 1], f"  ... {hidden} more lines (the serial console has them all)"]
-    rows = [f"{BRIGHT}{fit(' ' + screen.title, w)}", f"{BODY}{fit(' ' + '=' * (len(screen.title) + 2), w)}"]
+    title = visible(screen.title)
+    rows = [f"{BRIGHT}{fit(' ' + title, w)}", f"{BODY}{fit(' ' + '=' * (len(title) + 2), w)}"]
     for i, line in enumerate(body):
         colour = ERROR if screen.error and i == 0 else BODY
-        rows.append(f"{colour}{fit('  ' + line).ljust(w)}{BODY}")
+        rows.append(f"{colour}{fit('  ' + visible(line)).ljust(w)}{BODY}")
     out = [f"{CSI}?25l{BODY}{CSI}2J{CSI}1;1H"]  # hide the cursor, clear to blue
     out.extend(f"{CSI}{n};1H{row}\r\n" for n, row in enumerate(rows, start=1))
     out.append(render_status(screen.status, size))

@@ -52,6 +52,7 @@ from recovery_env.errors import (
     NotFatError,
     StepFailed,
 )
+from recovery_env.text import visible_lines
 
 if TYPE_CHECKING:
     from recovery_env.agent.floppy import FloppyContents
@@ -281,7 +282,8 @@ class Agent:
 
     # -- output -------------------------------------------------------------------------------------------
     def log(self, line: str) -> None:
-        """A plain line on the serial console (and in the agent's log file)."""
+        """A plain line on the serial console (and in the agent's log file), its control characters escaped."""
+        line = visible_lines(line)
         # on the row above the status line, so a person on the serial console keeps the screen readable
         self.consoles.write_sized(
             lambda rows, cols: render_log_line(f"ASR: {line}", Size.of(rows, cols)), serial_only=True

@@ -552,7 +552,7 @@ def run_offline_capture(
         root_fs = find_source_root(on_sources, log)
         mounted.append(SOURCE_ROOT)
         fstab = parse_fstab(
-            Path(SOURCE_ROOT, "etc", "fstab").read_text(encoding="utf-8", errors="replace"),
+            Path(SOURCE_ROOT, "etc", "fstab").read_bytes().decode("utf-8", "surrogateescape"),
             where=f"{root_fs.device}:/etc/fstab",
         )
         for m in plan_source_mounts(fstab, on_sources, root_fs.device):

@@ -34,6 +34,8 @@ DIRTYPE = b"5"
 REGULAR = frozenset({b"0", b"\0", b"7", GNU_SPARSE})  # the types whose content follows the header
 KNOWN = REGULAR | {b"1", b"2", b"3", b"4", DIRTYPE, b"6"}
 DEVICES = frozenset({b"3", b"4"})
+MAX_SIZE = (1 << 63) - 1  # off_t: no file is larger, so no member's size is either
+MAX_EXTENSION = 64 << 20  # a pax header or GNU long name is held in memory: larger is damage, not metadata
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,8 +281,11 @@ class TarStreamParser:
         if not _checksum_ok(block):
             raise BackupSetError(f"tar header after {self.members} members: bad checksum (a damaged archive)")
         typ = block[156:157]
-        size = nti(block[124:136])
+        size = _checked_size(nti(block[124:136]), f"tar header after {self.members} members")
         if typ in PAX_TYPES or typ == PAX_GLOBAL or typ == GNU_LONGNAME or typ == GNU_LONGLINK:
+            if size > MAX_EXTENSION:
+                raise BackupSetError(f"tar header after {self.members} members: a {size}-byte extended header "
+                                     f"(more than {MAX_EXTENSION}; a damaged archive)")
             self.ext_type, self.ext_size = typ, size
             self.want = size + (-size % BLOCK)
             self.ext.clear()
@@ -301,6 +306,7 @@ class TarStreamParser:
         extended = False
         if typ == GNU_SPARSE:
             sparse, realsize, extended = _gnu_sparse_header(block)
+            realsize = _checked_size(realsize, f"tar header after {self.members} members (sparse real size)")
         elif prefix and block[257:263] == b"ustar\0":  # POSIX ustar: a long name split into prefix/name
             name = decode_name(prefix) + "/" + name
         if self.longname is not None:
@@ -328,7 +334,7 @@ class TarStreamParser:
             uid = _pax_int(pax, "uid", uid)
             gid = _pax_int(pax, "gid", gid)
             if "size" in pax:
-                size = realsize = _pax_int(pax, "size", size)
+                size = realsize = _pax_size(pax, "size", name)
             if "GNU.sparse.map" in pax:  # pax sparse 0.1
                 nums = _ints(pax["GNU.sparse.map"], name)
                 sparse = list(zip(nums[::2], nums[1::2], strict=False))
@@ -336,9 +342,9 @@ class TarStreamParser:
                 sparse = list(zip(_ints(pax["GNU.sparse.offset"], name), _ints(pax.get("GNU.sparse.numbytes", ""),
                                                                                   name), strict=False))
             if "GNU.sparse.size" in pax:
-                realsize = _pax_int(pax, "GNU.sparse.size", realsize)
+                realsize = _pax_size(pax, "GNU.sparse.size", name)
             if "GNU.sparse.realsize" in pax:
-                realsize = _pax_int(pax, "GNU.sparse.realsize", realsize)
+                realsize = _pax_size(pax, "GNU.sparse.realsize", name)
         if typ not in KNOWN:
             raise BackupSetError(f"archive entry {name!r}: unsupported tar type {typ!r}")
         dev = typ in DEVICES
@@ -468,6 +474,25 @@ def _pax_int(pax: dict[str, str], key: str, default: int) -> int:
         return int(value)
     except ValueError:
         return 0
+
+
+def _checked_size(n: int, what: str) -> int:
+    """A size from a header: never negative (base-256 allows it) nor beyond any file, which would make the parser
+    step backwards or wait for ever."""
+    if not 0 <= n <= MAX_SIZE:
+        raise BackupSetError(f"{what}: size {n} is " + ("negative" if n < 0 else "larger than any file")
+                             + " (a damaged archive)")
+    return n
+
+
+def _pax_size(pax: dict[str, str], key: str, name: str) -> int:
+    """A size record of a pax header: decimal digits only (unlike uid/gid, a wrong one cannot be read as 0: the
+    stream's framing depends on it)."""
+    value = pax[key]
+    if not (value.isascii() and value.isdigit()):
+        raise BackupSetError(f"archive entry {name!r}: pax record {key}={value[:40]!r} is not a size "
+                             "(a damaged archive)")
+    return _checked_size(int(value), f"archive entry {name!r}, pax record {key}")
 
 
 def _ints(text: str, name: str) -> list[int]:

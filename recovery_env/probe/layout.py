@@ -810,7 +810,7 @@ def read_disk_facts(device: str) -> DiskFacts:
 def read_fstab(root: Path) -> tuple[FstabEntry, ...]:
     path = root / "etc/fstab"
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8", "surrogateescape")  # paths as they are, whatever their bytes
     except FileNotFoundError as e:
         raise LayoutError(f"{path}: no fstab in the captured root") from e
     return parse_fstab(text, str(path))
@@ -854,7 +854,7 @@ def _version_key(s: str) -> list[tuple[int, str]]:
 def read_system_info(root: Path, firmware: Firmware, tool_version: str) -> SystemInfo:
     def text(rel: str) -> str:
         try:
-            return (root / rel).read_text().strip()
+            return (root / rel).read_bytes().decode("utf-8", "surrogateescape").strip()
         except (FileNotFoundError, NotADirectoryError):
             return ""
 

@@ -37,6 +37,7 @@ from recovery_env.model.descriptor import (
 from recovery_env.model.manifest import DECOMPRESSORS, TAR_EXTRACT_OPTIONS
 from recovery_env.probe.disks import TargetDisk, format_size, partition_device
 from recovery_env.restore.match import describe_disk, no_target_error
+from recovery_env.text import visible_lines
 
 # ------------------------------------------------------------------------------------------------ disk matching
 
@@ -908,7 +909,7 @@ def render_plan(plan: RestorePlan) -> list[str]:
         lines.append(f"Then run {len(plan.post_commands)} post-restore command(s) in the restored system, in order:")
         for n, step in enumerate(plan.post_commands, 1):
             head = f"  {n}. " + ("" if step.optional else "(critical) ")
-            lines += wrap_whole(step.argv[-1], head, " " * len(f"  {n}. "))
+            lines += wrap_whole(visible_lines(step.argv[-1]), head, " " * len(f"  {n}. "))  # wrapped as shown
     return lines
 
 

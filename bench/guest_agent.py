@@ -3,7 +3,7 @@ throughput harness.  Not imported on the host; bench/guest.py reads this file's 
 
 /dev/vda: ext4 holding bench.json and the archive (read-only).  /dev/vdb: scratch disk, a fresh ext4 for each
 round.  Each round extracts the same archive into the fresh ext4, either with the agent's extraction
-(recovery_env.backupset.extract_archive: recovery_env.run.run_feed as the executor's extraction step calls it,
+(recovery_env.restore.verify.extract_archive: recovery_env.run.run_feed as the executor's extraction step calls it,
 zstd -d reading the archive file itself | tar -x with the restore's options, progress polled every 0.5 s; the
 archive's SHA-256 is checked once before the rounds, as check_backup_set does in a restore, and not timed) or plain
 ``tar -x --zstd``; caches are dropped before and the time includes the final sync.

@@ -349,7 +349,7 @@ TAR_DAMAGE: dict[str, tuple[Callable[[], bytearray], str]] = {
 }
 
 PARSE = ("import sys\n"
-         "from recovery_env.model.manifest import iter_tar_entries\n"
+         "from recovery_env.capture.archive import iter_tar_entries\n"
          "from recovery_env.errors import AsrError\n"
          "try:\n"
          "    print(len(list(iter_tar_entries(open(sys.argv[1], 'rb'), 'fs1', '/'))))\n"

@@ -1,4 +1,4 @@
-"""The restore flow's own parts (recovery_env/restore/flow.py) and the capture's FAT fallback (backupset.py): pure
+"""The restore flow's own parts (recovery_env/restore/flow.py) and the capture's FAT fallback (capture/checks.py): pure
 functions by comparison; the block-device reader with real blkid on real images; the FAT fallback with real
 mtools on a real FAT image.  The whole flow runs in QEMU in test_restore_vm.py."""
 

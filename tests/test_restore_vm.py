@@ -102,7 +102,7 @@ class Captured:
 
 
 def capture_machine(machine: MachineImage, firmware: DescFirmware, work: Path) -> Captured:
-    """`asr backup` of the machine image (builder.rehearse.capture_disk_image: loop device + partx, root mounted
+    """`asr backup` of the machine image (builder.vm.rehearse.capture_disk_image: loop device + partx, root mounted
     read-only, an ext4 image labelled ASRBACKUP as the destination)."""
     root_no = next(p.number for p in machine.partitions if p.role is PartRole.ROOT)
     backup_image, set_dir = rehearse.capture_disk_image(machine.path, root_no, machine.plan.spec.hostname,

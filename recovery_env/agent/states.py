@@ -253,7 +253,7 @@ class Agent:
         self.match: DiskMatch | None = None
         self.pinned: dict[str, str] = {}
         self.plan: RestorePlan | None = None
-        self.confirmation = ""  # recovery_env.execute.confirm_plan's token, made when the plan is confirmed
+        self.confirmation = ""  # recovery_env.restore.execute.confirm_plan's token, made when the plan is confirmed
         self.from_step = 0
         self.failure: StepFailed | None = None
         self.restore_error: Exception | None = None

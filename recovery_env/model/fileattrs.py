@@ -21,7 +21,7 @@ How GNU tar (``--format=pax --xattrs --xattrs-include='*' --acls --selinux``) ca
 - ``RHT.security.selinux``: the SELinux label without its trailing NUL (security.selinux holds it with one),
   unless ``SCHILY.xattr.security.selinux`` carries the exact bytes;
 - a hard link's member carries none of them: the attributes are the inode's, recorded with the first name
-  (:class:`recovery_env.backupset.ManifestLister` copies them to the link's entry).
+  (:class:`recovery_env.capture.archive.ManifestLister` copies them to the link's entry).
 
 Standard library only (this runs in the boot media too).
 """

@@ -2,7 +2,7 @@
 integrity line.
 
 The templates (``templates/asr.sif.j2``, ``templates/asrpnp.sif.j2``) lay the sections out; values are written by
-``recovery_env.sif.format_value``, the same module that parses them, so the escaping has one definition.  A
+``recovery_env.model.sif.format_value``, the same module that parses them, so the escaping has one definition.  A
 descriptor is validated before it is rendered and the rendered text is parsed back before it is returned: an
 invalid or unreadable descriptor is never written.
 """

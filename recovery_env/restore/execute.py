@@ -1,4 +1,4 @@
-"""The restore executor: runs a confirmed :class:`~recovery_env.plan.RestorePlan`, step by step, and nothing else.
+"""The restore executor: runs a confirmed :class:`~recovery_env.restore.plan.RestorePlan`, step by step, and nothing else.
 
 Every step is named and logged; every command goes through :mod:`recovery_env.run`.  Defence in depth: before
 the first step (and again before each one) every device and path a step names is checked against the plan's own

@@ -15,9 +15,9 @@ Where the backup set comes from, in order:
    read-only at ``/run/asr/media``;
 3. when the descriptor names no medium at all, any filesystem holding [BACKUP] path with its MANIFEST.
 
-Whatever is found is checked (:func:`recovery_env.backupset.check_backup_set`: every archive's size and SHA-256,
+Whatever is found is checked (:func:`recovery_env.restore.verify.check_backup_set`: every archive's size and SHA-256,
 the MANIFEST's SHA-256) before any disk is touched.  The disks holding the boot medium and the backup medium are
-never restore targets (:func:`recovery_env.discover.find_media_disks`).
+never restore targets (:func:`recovery_env.probe.disks.find_media_disks`).
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def plan_mount_options(fstype: FsType, original: str) -> str:
     extra = [o for o in original.split(",") if o.split("=", 1)[0] in kept]
     return ",".join((*MOUNT_OPTIONS.get(fstype, ()), *extra))
 
-# GNU tar options per filesystem kind: POSIX filesystems take backupset's extraction options (the same set the
+# GNU tar options per filesystem kind: POSIX filesystems take the manifest model's extraction options (the same set the
 # archives were made with: numeric owners, xattrs, ACLs, SELinux labels, sparse); FAT has no owners, modes or
 # xattrs, and its root directory (a mount point) must not be touched.
 TAR_FAT = ("--no-same-owner", "--no-same-permissions", "--no-overwrite-dir")
@@ -395,7 +395,7 @@ class RestorePlan:
     @property
     def digest(self) -> str:
         """SHA-256 of every step and of the plan screen's lines: what a confirmation token is made for
-        (:func:`recovery_env.execute.confirm_plan`)."""
+        (:func:`recovery_env.restore.execute.confirm_plan`)."""
         return hashlib.sha256(repr((self.steps(), render_plan(self))).encode()).hexdigest()
 
     @property

@@ -303,6 +303,16 @@ def locate_backup(backup: BackupSet, log: Log, *, modules_timeout: float = 60.0)
     )
 
 
+def release_backup(location: BackupLocation, log: Log) -> None:
+    """Unmount the backup medium of an earlier attempt before it is looked for again: a filesystem whose disk was
+    unplugged stays mounted on a dead device and would hide the medium plugged back in (lazily if it is busy)."""
+    if read_mounted(location.mountpoint) is None:
+        return
+    if run(["umount", location.mountpoint], check=False).returncode != 0:
+        run(["umount", "-l", location.mountpoint], check=False)
+    log(f"backup medium released: {location.mountpoint} ({location.device})")
+
+
 def verify_backup(location: BackupLocation, backup: BackupSet) -> None:
     """Every archive and the MANIFEST with their recorded size and SHA-256 (BackupSetError otherwise)."""
     check_backup_set(Path(location.directory), backup)

@@ -495,7 +495,10 @@ class Agent:
 
     # -- the restore ----------------------------------------------------------------------------------------
     def on_restore(self) -> Next:
-        """The restore starts: forget what an earlier attempt chose."""
+        """The restore starts: forget what an earlier attempt chose and unmount what it left under the target."""
+        from recovery_env.restore import release_target
+
+        release_target(self.log)
         self.location = self.match = self.plan = None
         self.confirmation = ""
         self.pinned = {}

@@ -123,6 +123,21 @@ class TargetPathError(MediaError):
         super().__init__(message)
 
 
+class BackupMediaLostError(BackupMediaMissingError):
+    """The backup medium went away during the restore (unplugged, a loose cable, a failing stick).  ``index``: the
+    plan step that read it, where the restore resumes once the medium is back (the disks are partly restored)."""
+
+    def __init__(self, device: str, holding: str, step: str, index: int) -> None:
+        self.device = device
+        self.step = step
+        self.index = index
+        super().__init__(
+            f"the backup medium {device} (holding {holding}) disappeared during step {index + 1} ({step}); the "
+            f"disks are partly restored. Attach the backup medium again and retry: the restore resumes at step "
+            f"{index + 1}."
+        )
+
+
 class UnusableImageError(MediaError):
     """An image another machine cannot use as it is (`asr vbox`: a floppy not of 1,474,560 bytes, an ISO without
     an El Torito boot record or without an entry for the VM's firmware)."""

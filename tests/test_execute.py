@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -27,7 +28,13 @@ import pytest
 from test_plan import gpt_descriptor, mbr_descriptor, target
 
 from recovery_env.capture.archive import make_backup_record, make_backup_set, plan_archives
-from recovery_env.errors import PlanViolationError, StepFailed, TargetPathError, UnconfirmedPlanError
+from recovery_env.errors import (
+    BackupMediaLostError,
+    PlanViolationError,
+    StepFailed,
+    TargetPathError,
+    UnconfirmedPlanError,
+)
 from recovery_env.model.descriptor import (
     GPT_BIOS_BOOT,
     GPT_ESP,
@@ -48,7 +55,9 @@ from recovery_env.model.descriptor import (
 )
 from recovery_env.probe.disks import TargetDisk, find_disks, find_media_disks
 from recovery_env.probe.layout import parse_blkid_export, parse_sfdisk_json
+from recovery_env.restore import execute
 from recovery_env.restore.execute import (
+    Outcome,
     Progress,
     _exists_in_root,
     check_filesystem,
@@ -70,6 +79,7 @@ from recovery_env.restore.plan import (
     Phase,
     RestorePlan,
     RunStep,
+    Step,
     plan_restore,
 )
 from recovery_env.run import run
@@ -162,6 +172,48 @@ def test_executor_refuses_a_disk_that_changed_since_the_plan(tmp_path: Path, mon
     (tmp_path / "class/block/vda/size").write_text(f"{4 * GIB // 512}\n")  # someone swapped the disk
     with pytest.raises(PlanViolationError, match="/dev/vda: 4294967296 bytes now, 3221225472 when the plan"):
         execute_plan(plan, log=print, progress=lambda _: None, confirm_token=confirm_plan(plan), sys_root=tmp_path)
+
+
+@pytest.mark.parametrize("how", ["the step succeeds (from the page cache)", "the step fails"])
+def test_a_backup_medium_lost_during_a_step_that_reads_it_is_named(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The medium unplugged during an extraction: BackupMediaLostError naming it and the step where the restore
+    resumes, whatever the step did; gone before a step that reads it: refused before it runs."""
+    monkeypatch.setenv("ASR_FORBID_SUBPROCESS", "1")
+    plan = _plan(gpt_descriptor(), target("vda", 3 * GIB))
+    steps = plan.steps()
+    first = next(i for i, s in enumerate(steps) if isinstance(s, Extract))
+    medium = tmp_path / "class/block/vdb"
+    medium.mkdir(parents=True)
+    (medium / "size").write_text("786432\n")
+    ran: list[str] = []
+
+    def unplugged_during(step: Step, *_: object, **__: object) -> tuple[Outcome, str]:
+        ran.append(step.name)
+        shutil.rmtree(medium, ignore_errors=True)
+        if how == "the step fails":
+            raise StepFailed(step.name, ["zstd"], "Input/output error", "exit code 1")
+        return Outcome.DONE, ""
+
+    monkeypatch.setattr(execute, "_run_step", unplugged_during)
+
+    def resume() -> None:
+        execute_plan(plan, log=lambda _: None, progress=lambda _: None, confirm_token=confirm_plan(plan),
+                     phases=(Phase.RESTORE,), from_step=first, sys_root=tmp_path, backup_device="/dev/vdb")  # fmt: skip
+
+    lost = (rf"the backup medium /dev/vdb \(holding /b\) disappeared during step {first + 1} \(restore / from "
+            rf"\S+\); the disks are partly restored\. .* the restore resumes at step {first + 1}\.")  # fmt: skip
+    with pytest.raises(BackupMediaLostError, match=lost) as e:
+        resume()
+    assert (e.value.index, e.value.device, ran) == (first, "/dev/vdb", [steps[first].name])
+    with pytest.raises(BackupMediaLostError, match=lost):
+        resume()
+    assert ran == [steps[first].name]  # gone before the step: it did not run again
+    (medium.parent / "vdb").mkdir()
+    (medium / "size").write_text("0\n")  # an ejected CD: the drive is there, the medium is not
+    with pytest.raises(BackupMediaLostError):
+        resume()
 
 
 # ------------------------------------------------------------------------------------------------ pure checks

@@ -19,6 +19,7 @@ from builder.vm.qemu import (
     VMExited,
     VMSpec,
     check_spec,
+    disk_device_id,
     find_accel,
     qemu_argv,
     strip_ansi,
@@ -80,10 +81,28 @@ def test_iso_as_disk_empty_floppy_extra_disks(files: dict[str, Path]) -> None:
     assert f"if=none,id=disk1,format=raw,file={files['disk2.img']}" in drives
     devices = option_values(argv, "-device")
     assert "ide-hd,drive=usb0,bootindex=0" in devices
-    assert ["ide-hd,drive=disk0", "ide-hd,drive=disk1"] == [d for d in devices if "drive=disk" in d]
+    assert ["ide-hd,drive=disk0,id=vdisk0", "ide-hd,drive=disk1,id=vdisk1"] == [
+        d for d in devices if "drive=disk" in d
+    ]
     assert "-display" not in argv
     assert "-monitor" not in argv  # mon:stdio multiplexes the monitor onto the terminal
     assert option_values(argv, "-accel") == ["kvm"]
+
+
+def test_read_only_disks_are_write_protected_and_every_disk_has_an_id(files: dict[str, Path]) -> None:
+    """The fault tests attach the backup medium read-only and unplug it by its device id (QMP device_del)."""
+    disks = (files["disk1.img"], files["disk2.img"])
+    spec = VMSpec(iso=files["asr.iso"], disks=disks, read_only_disks=frozenset({files["disk2.img"]}))
+    argv = qemu_argv(spec, serial="mon:stdio", qmp=None)
+    drives = option_values(argv, "-drive")
+    assert f"if=none,id=disk0,format=raw,file={files['disk1.img']}" in drives
+    assert f"if=none,id=disk1,format=raw,readonly=on,file={files['disk2.img']}" in drives
+    devices = option_values(argv, "-device")
+    assert [f"virtio-blk-pci,drive=disk{n},id={disk_device_id(n)}" for n in (0, 1)] == [
+        d for d in devices if "drive=disk" in d
+    ]
+    with pytest.raises(InputError, match=r"read-only disk .*asr\.iso is not one of the VM's disks"):
+        check_spec(VMSpec(iso=files["asr.iso"], disks=disks, read_only_disks=frozenset({files["asr.iso"]})))
 
 
 def test_direct_kernel_boot(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from recovery_env.restore.flow import (
     find_boot_media,
     make_log_name,
     plan_backup_search,
+    plan_leftover_unmounts,
     read_block_filesystems,
     render_progress_bar,
     write_run_log,
@@ -72,6 +73,21 @@ def test_backup_search_without_a_named_medium_tries_every_filesystem_with_files(
     found = plan_backup_search(backup_set(label=""), [OTHER, BK, SWAP], [])
     assert [(c.fs.device, c.source) for c in found] == [("/dev/vdc1", Source.SEARCH), ("/dev/vdb", Source.SEARCH)]
     assert plan_backup_search(backup_set(label="NOPE"), [OTHER, BK, SWAP], []) == []
+
+
+def test_an_earlier_attempts_mounts_under_the_target_are_unmounted_children_first() -> None:
+    """After a failed step or a lost backup medium, F3 and a new restore: /target and what is under it (left
+    mounted by the first attempt) are unmounted before the disks are erased again."""
+    mountinfo = "\n".join([
+        "22 1 0:5 / / rw - rootfs rootfs rw",
+        "30 22 254:16 / /run/asr/backup ro - ext4 /dev/vdb ro",
+        "31 22 254:3 / /target rw - ext4 /dev/vda3 rw",
+        "32 31 254:2 / /target/boot/efi rw - vfat /dev/vda2 rw",
+        "33 31 0:5 / /target/dev rw - devtmpfs devtmpfs rw",
+        "34 22 0:40 / /target2 rw - tmpfs tmpfs rw",
+    ])  # fmt: skip
+    assert plan_leftover_unmounts(mountinfo) == ["/target/dev", "/target/boot/efi", "/target"]
+    assert plan_leftover_unmounts(mountinfo, "/mnt") == []
 
 
 def test_describe_wanted() -> None:

@@ -169,7 +169,7 @@ def mbr_bios(machines: dict[Layout, MachineImage]) -> Source:
 def workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
     # short: QEMU's QMP socket path must stay under 108 bytes
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name.removeprefix("test_"))[:20]
-    path = ARTIFACTS / name
+    path = getattr(request.module, "ARTIFACTS", ARTIFACTS) / name  # the test module's own artifacts folder
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     yield path

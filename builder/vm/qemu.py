@@ -99,6 +99,7 @@ class VMSpec:
     floppy_writable: bool = False  # the offline capture writes ASR.SIF onto the floppy
     disks: tuple[Path, ...] = ()
     disk_bus: DiskBus = DiskBus.VIRTIO
+    read_only_disks: frozenset[Path] = frozenset()  # of ``disks``: attached write-protected (QEMU readonly=on)
     memory: str = "512M"
     accel: Accel = Accel.TCG
     headless: bool = True
@@ -106,6 +107,11 @@ class VMSpec:
     initrd: Path | None = None
     append: str = ""
     name: str = "asr"
+
+
+def disk_device_id(n: int) -> str:
+    """The QEMU device id of ``VMSpec.disks[n]`` (what QMP ``device_del`` names to unplug it)."""
+    return f"vdisk{n}"
 
 
 def check_spec(spec: VMSpec) -> None:
@@ -117,6 +123,9 @@ def check_spec(spec: VMSpec) -> None:
             raise InputError(f"{what} {path} does not exist (build the media first with `asr build`)")
     if spec.iso is None and spec.kernel is None and not spec.disks:
         raise InputError("nothing to boot: give an ISO, a kernel or a disk")
+    stray = spec.read_only_disks - set(spec.disks)
+    if stray:
+        raise InputError(f"read-only disk {sorted(stray)[0]} is not one of the VM's disks")
     if not re.fullmatch(r"\d+[MG]?", spec.memory):
         raise InputError(f"memory {spec.memory!r}: expected a size like 512M or 1G")
 
@@ -153,8 +162,9 @@ def qemu_argv(
     else:
         argv += ["-drive", "if=floppy,index=0"]
     for n, disk in enumerate(spec.disks):
-        argv += ["-drive", f"if=none,id=disk{n},format=raw,file={disk}",
-                 "-device", f"{spec.disk_bus.device},drive=disk{n}"]  # fmt: skip
+        ro = "readonly=on," if disk in spec.read_only_disks else ""
+        argv += ["-drive", f"if=none,id=disk{n},format=raw,{ro}file={disk}",
+                 "-device", f"{spec.disk_bus.device},drive=disk{n},id={disk_device_id(n)}"]  # fmt: skip
     if spec.kernel is not None:
         argv += ["-kernel", str(spec.kernel)]
         if spec.initrd is not None:
@@ -414,6 +424,39 @@ class QemuVM:
         """Insert a floppy image into drive A: (as a person would)."""
         self.qmp("blockdev-change-medium", device="floppy0", filename=str(image.resolve()), format="raw",
                  **{"read-only-mode": "read-only"})  # fmt: skip
+
+    def unplug_disk(self, n: int, timeout: float = 120.0) -> None:
+        """Pull ``spec.disks[n]`` out of the running machine (QMP ``device_del``: a PCI hot-unplug the guest
+        acknowledges); returns once QEMU reports the device deleted.  Only virtio disks can be unplugged."""
+        if self.spec.disk_bus is not DiskBus.VIRTIO:
+            raise InputError(f"{self.spec.disk_bus.value} disks cannot be hot-unplugged; use virtio")
+        device = disk_device_id(n)
+        self.qmp("device_del", id=device)
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self._qmp.pull_event(wait=max(deadline - time.monotonic(), 0.1))
+            if event and event.get("event") == "DEVICE_DELETED" and event.get("data", {}).get("device") == device:
+                return
+            if time.monotonic() > deadline:
+                raise VMError(f"the guest did not release disk {device} within {timeout:g} s", self.serial_text[-4000:])
+
+    def plug_disk(self, n: int, image: Path, *, read_only: bool = False) -> None:
+        """Attach ``image`` as a virtio disk again after :meth:`unplug_disk` (a new drive node, the same device
+        id): as a person plugs the backup disk back in."""
+        node = f"replug{n}-{int(time.monotonic() * 1000)}"
+        self.qmp("blockdev-add", driver="raw", **{"node-name": node, "read-only": read_only},
+                 file={"driver": "file", "filename": str(image.resolve()), "read-only": read_only})  # fmt: skip
+        self.qmp("device_add", driver=DiskBus.VIRTIO.device, drive=node, id=disk_device_id(n))
+
+    def power_cut(self) -> int:
+        """Pull the plug: SIGKILL to QEMU (nothing flushed, no shutdown); QEMU's exit status."""
+        if self._proc is None:
+            raise VMError("QEMU was not started")
+        self._proc.kill()
+        code = self._proc.wait(30)
+        if self._reader is not None:
+            self._reader.join(5)
+        return code
 
     def eject_floppy(self) -> None:
         self.qmp("eject", device="floppy0", force=True)

@@ -43,6 +43,7 @@ from recovery_env.agent.screens import (
 )
 from recovery_env.errors import (
     AsrError,
+    BackupMediaLostError,
     BackupSetError,
     DescriptorError,
     DescriptorMissingError,
@@ -502,7 +503,10 @@ class Agent:
 
     # -- the restore ----------------------------------------------------------------------------------------
     def on_restore(self) -> Next:
-        """The restore starts: forget what an earlier attempt chose."""
+        """The restore starts: forget what an earlier attempt chose and unmount what it left under the target."""
+        from recovery_env.restore.flow import release_target
+
+        release_target(self.log)
         self.location = self.match = self.plan = None
         self.confirmation = ""
         self.pinned = {}
@@ -546,11 +550,14 @@ class Agent:
 
     def on_find_backup(self) -> Next:
         assert self.reading is not None
-        from recovery_env.restore.flow import describe_wanted, locate_backup, verify_backup
+        from recovery_env.restore.flow import describe_wanted, locate_backup, release_backup, verify_backup
 
         backup = self.reading.descriptor.backup
         if backup is None:
             return self.fail_restore(BackupSetError("the ASR floppy records no backup set to restore"), State.MENU)
+        if self.location is not None:  # an earlier attempt's medium (gone, or to be checked again): probe afresh
+            release_backup(self.location, self.log)
+            self.location = None
         self.show(Screen(("Looking for the backup set on " + describe_wanted(backup) + " ...",), "Please wait..."))
         try:
             self.location = locate_backup(backup, self.log)
@@ -575,7 +582,24 @@ class Agent:
             f"backup set verified: {len(backup.archives)} archive(s), {total} bytes, MANIFEST "
             f"({backup.file_count} entries) in {self.location.describe()}"
         )
+        if self.plan is not None:  # the medium was lost during the restore and is back: resume the confirmed plan
+            return self.resume_plan(self.plan, self.location)
         return State.PLAN
+
+    def resume_plan(self, plan: RestorePlan, location: BackupLocation) -> Next:
+        """After BackupMediaLostError: the plan confirmed before goes on from the step that lost the medium, if the
+        set is where the plan reads it and its medium is not on a disk the plan writes."""
+        from recovery_env.restore.flow import find_targets
+
+        _, exclude = find_targets(self.floppy)
+        written = sorted(set(exclude) & {d.device for d in plan.disks})
+        if location.directory != plan.backup_dir or written:
+            why = f"on {written[0]}, a disk the plan erases" if written else f"not at {plan.backup_dir}"
+            return self.fail_restore(
+                BackupSetError(f"the backup set found again ({location.describe()}) is {why}; the confirmed plan "
+                               "cannot resume: quit (F3) and start the restore again"), State.FIND_BACKUP)  # fmt: skip
+        self.log(f"resuming the restore at step {self.from_step + 1}, token {self.confirmation[:16]}")
+        return State.EXECUTE
 
     def on_plan(self) -> Next:
         assert self.reading is not None and self.location is not None
@@ -707,6 +731,7 @@ class Agent:
                 confirm_token=token,
                 phases=before_unmount,
                 from_step=self.from_step,
+                backup_device=self.location.device if self.location else "",
             )
             if report.manifest_checked:
                 entries = self.reading.descriptor.backup.file_count if self.reading.descriptor.backup else 0
@@ -727,6 +752,9 @@ class Agent:
         except StepFailed as e:
             self.failure = e
             return State.STEP_FAILED
+        except BackupMediaLostError as e:  # R: find the medium again, then resume at the step that lost it
+            self.from_step = e.index
+            return self.fail_restore(e, State.FIND_BACKUP)
         except (AsrError, OSError) as e:
             return self.fail_restore(e, State.EXECUTE)
         self.log(

@@ -1,4 +1,5 @@
-"""The restore executor: runs a confirmed :class:`~recovery_env.restore.plan.RestorePlan`, step by step, and nothing else.
+"""The restore executor: runs a confirmed :class:`~recovery_env.restore.plan.RestorePlan`, step by step, and
+nothing else.
 
 Every step is named and logged; every command goes through :mod:`recovery_env.run`.  Defence in depth: before
 the first step (and again before each one) every device and path a step names is checked against the plan's own
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from recovery_env.errors import (
     AsrError,
+    BackupMediaLostError,
     PlanViolationError,
     StepFailed,
     TargetPathError,
@@ -408,6 +410,22 @@ def check_confirmation(plan: RestorePlan, token: str) -> None:
         )
 
 
+def is_present(device: str, sys_root: Path = Path("/sys")) -> bool:
+    """Whether the block device (a disk or a partition) is still attached and has a medium: an unplugged disk
+    leaves /sys/class/block, an ejected CD keeps its drive with size 0."""
+    try:
+        return int((sys_root / "class" / "block" / os.path.basename(device) / "size").read_text()) > 0
+    except (OSError, ValueError):
+        return False
+
+
+def check_backup_medium(device: str, plan: RestorePlan, step: Step, index: int, sys_root: Path) -> None:
+    """BackupMediaLostError if ``step`` reads the backup set (an extraction, the MANIFEST comparison) and its
+    medium ``device`` is gone ("" = not watched)."""
+    if device and isinstance(step, Extract | CheckManifest) and not is_present(device, sys_root):
+        raise BackupMediaLostError(device, plan.backup_dir, step.name, index)
+
+
 def execute_plan(
     plan: RestorePlan,
     *,
@@ -417,11 +435,16 @@ def execute_plan(
     phases: Collection[Phase] = tuple(Phase),
     from_step: int = 0,
     sys_root: Path = Path("/sys"),
+    backup_device: str = "",
 ) -> ExecutionReport:
     """Run the plan's steps in order (only those of ``phases``, from index ``from_step``).  Raise StepFailed on
     the first failing step that is not optional; PlanViolationError before anything runs if the plan names a
     device or path it must not; UnconfirmedPlanError unless ``confirm_token`` is :func:`confirm_plan`'s token
-    for this plan."""
+    for this plan.
+
+    ``backup_device`` (the block device holding the backup set): it must be there before and after every step
+    that reads the set, else BackupMediaLostError naming the step -- whatever the step's own outcome, since reads
+    after the medium went may have failed or come from the page cache, not from the checked medium."""
     check_confirmation(plan, confirm_token)
     check_plan(plan)
     steps = plan.steps()
@@ -434,6 +457,7 @@ def execute_plan(
         if i < from_step or step.phase not in phases:
             continue
         check_step(step, plan)
+        check_backup_medium(backup_device, plan, step, i, sys_root)
         log(f"[{i + 1}/{len(steps)}] {step.name}")
         t0 = time.monotonic()
         try:
@@ -441,10 +465,12 @@ def execute_plan(
         except StepFailed as e:
             e.index = i
             log(f"FAILED: {e}")
+            check_backup_medium(backup_device, plan, step, i, sys_root)  # a failure of the medium, not the step
             raise
         except TargetPathError as e:
             log(f"FAILED: {e}")
             raise StepFailed(step.name, (), str(e), "a path does not resolve inside the target root", i) from e
+        check_backup_medium(backup_device, plan, step, i, sys_root)
         if isinstance(step, CheckManifest):
             manifest_checked = True
             differences = tuple(detail.splitlines()) if detail else ()

@@ -303,6 +303,37 @@ def locate_backup(backup: BackupSet, log: Log, *, modules_timeout: float = 60.0)
     )
 
 
+def plan_leftover_unmounts(mountinfo: str, root: str = TARGET_ROOT) -> list[str]:
+    """The mount points at or under ``root`` in /proc/self/mountinfo text, last mounted first (children before
+    their parents): what an earlier attempt left mounted.  Pure."""
+    root = os.path.normpath(root)
+    points = [m.mountpoint for m in parse_mountinfo(mountinfo)]
+    return [p for p in reversed(points) if p == root or p.startswith(root + "/")]
+
+
+def release_target(log: Log, proc_root: Path = Path("/proc")) -> None:
+    """Unmount what an earlier attempt of this session left mounted under the target root (a failed step, a lost
+    backup medium, then F3 and a new restore): the new attempt starts by erasing those disks."""
+    try:
+        text = (proc_root / "self" / "mountinfo").read_text()
+    except OSError:
+        return
+    for mountpoint in plan_leftover_unmounts(text):
+        if run(["umount", mountpoint], check=False).returncode != 0:
+            run(["umount", "-l", mountpoint], check=False)
+        log(f"unmounted {mountpoint}, left mounted by an earlier attempt")
+
+
+def release_backup(location: BackupLocation, log: Log) -> None:
+    """Unmount the backup medium of an earlier attempt before it is looked for again: a filesystem whose disk was
+    unplugged stays mounted on a dead device and would hide the medium plugged back in (lazily if it is busy)."""
+    if read_mounted(location.mountpoint) is None:
+        return
+    if run(["umount", location.mountpoint], check=False).returncode != 0:
+        run(["umount", "-l", location.mountpoint], check=False)
+    log(f"backup medium released: {location.mountpoint} ({location.device})")
+
+
 def verify_backup(location: BackupLocation, backup: BackupSet) -> None:
     """Every archive and the MANIFEST with their recorded size and SHA-256 (BackupSetError otherwise)."""
     check_backup_set(Path(location.directory), backup)

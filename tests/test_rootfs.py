@@ -227,7 +227,7 @@ def test_every_module_the_agent_imports_is_shipped(rootfs: Rootfs, package_set: 
     builtins = read_python_stdlib(PackageFiles(package_set)).builtins
     entries = rootfs.tree.entries
     wanted: set[str] = set()
-    for path in (REPO / "recovery_env").glob("*.py"):
+    for path in (REPO / "recovery_env").rglob("*.py"):  # subpackages too
         wanted |= {m for m in _imports_of(path.read_text()) if not m.startswith("recovery_env")}
     assert {"os", "select", "dataclasses", "enum"} <= wanted
     for module in sorted(wanted):

@@ -47,7 +47,7 @@ from recovery_env.model.descriptor import Descriptor, DeviceInventory
 from recovery_env.model.manifest import sha256_file
 from recovery_env.model.sif import parse_asr_sif, parse_asrpnp_sif
 from recovery_env.model.sif_render import render_asr_sif, render_asrpnp_sif
-from recovery_env.restore.flow import EMBEDDED_DIR
+from recovery_env.probe.media import EMBEDDED_DIR
 from recovery_env.restore.verify import check_backup_set
 from recovery_env.text import json_text
 

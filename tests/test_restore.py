@@ -16,19 +16,21 @@ from recovery_env.capture.checks import Source as CaptureSource
 from recovery_env.capture.checks import SourceReader, plan_fat_view, stage_fat_source
 from recovery_env.errors import BackupSetError, TargetPathError
 from recovery_env.model.descriptor import BackupSet, Compression
-from recovery_env.restore.execute import Progress
-from recovery_env.restore.flow import (
+from recovery_env.probe.media import (
     BACKUP_MOUNT,
     MEDIA_LABEL,
     MEDIA_MOUNT,
     BlockFs,
+    find_boot_media,
+    read_block_filesystems,
+)
+from recovery_env.restore.execute import Progress
+from recovery_env.restore.flow import (
     Source,
     describe_wanted,
-    find_boot_media,
     make_log_name,
     plan_backup_search,
     plan_leftover_unmounts,
-    read_block_filesystems,
     render_progress_bar,
     write_run_log,
 )

@@ -450,7 +450,7 @@ class Agent:
     def wait_modules(self) -> None:
         """In the rescue system, wait until /init has loaded the kernel modules (the floppy driver and vfat among
         them): it loads them in the background while the first screens show."""
-        from recovery_env.restore.flow import MODULES_LOADED, wait_for_file
+        from recovery_env.probe.media import MODULES_LOADED, wait_for_file
 
         if not os.path.isdir(os.path.dirname(MODULES_LOADED)) or os.path.exists(MODULES_LOADED):
             return

@@ -61,7 +61,8 @@ from recovery_env.probe.layout import (
     read_layout,
     read_system_info,
 )
-from recovery_env.restore.flow import (
+from recovery_env.probe.media import (
+    BACKUP_MOUNT,
     MEDIA_MOUNT,
     MODULES_LOADED,
     BlockFs,
@@ -311,7 +312,6 @@ def capture(
 # --------------------------------------------------------------------------------------------------------------
 
 SOURCE_ROOT = "/run/asr/source"
-BACKUP_MOUNT = "/run/asr/backup"  # recovery_env.restore.flow.BACKUP_MOUNT: the backup disk is never a source
 FLOPPY_MOUNT = "/run/asr/floppy"
 DEFAULT_BACKUP = "LABEL=ASRBACKUP"
 SET_PARENT = "asr"  # the set goes to /asr/<hostname>-<time> on the backup medium

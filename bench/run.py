@@ -62,7 +62,7 @@ from builder.media import bootloader
 from builder.media.fatimage import make_esp, make_floppy
 from builder.media.iso import make_iso
 from builder.media.packages import cache_dir, fetch_packages, read_deb
-from builder.vm.qemu import F2_PROMPT, Accel, Firmware, QemuVM, VMError, VMSpec, find_accel, read_boot_files
+from builder.vm.qemu import F2_PROMPT, Accel, QemuVM, VMError, VMFirmware, VMSpec, find_accel, read_boot_files
 from recovery_env.capture.archive import make_backup_set, plan_archives
 from recovery_env.errors import AsrError
 from recovery_env.run import run
@@ -313,7 +313,7 @@ def read_media_inputs(cache_root: Path) -> MediaInputs:
     env = make_rescue_image(pkgs, epoch=epoch, agent_override=None, optional_modules=desc.inventory.modules(),
                             cache_root=cache_root)  # fmt: skip
     loaders = bootloader.make_boot_loaders(pkgs.deb)
-    options = bootloader.BootOptions()
+    options = bootloader.BootConfig()
     esp = make_esp({bootloader.ESP_LOADER_PATH: loaders.grub_efi}, epoch=epoch)
     return MediaInputs(env.kernel, env.initramfs, loaders, bootloader.render_isolinux_cfg(options),
                        bootloader.render_grub_cfg(options), esp, desc.asr_sif.encode(), desc.asrpnp_sif.encode(),
@@ -429,7 +429,7 @@ def measure_initramfs(b: Bench) -> None:
 # ------------------------------------------------------------------------------------------------------- boot
 
 
-def boot_once(iso: Path, floppy: Path | None, firmware: Firmware, memory: str, timeout: float,
+def boot_once(iso: Path, floppy: Path | None, firmware: VMFirmware, memory: str, timeout: float,
               log: Path | None = None) -> dict[str, float]:  # fmt: skip
     """Seconds from QEMU start to each boot mark on serial, each stamped when its line arrives (a mark that
     never shows is left out); VMError if the F2 prompt does not come within ``timeout``."""
@@ -457,7 +457,7 @@ def measure_boot(b: Bench) -> None:
         b.figures.append(Figure("Boot", "QEMU start → F2 prompt", Unit.SECONDS, note="needs the build section"))
         return
     label = accel_label()
-    for firmware in (Firmware.BIOS, Firmware.UEFI):
+    for firmware in (VMFirmware.BIOS, VMFirmware.UEFI):
         runs: list[dict[str, float]] = []
         for i in range(s.boots):
             b.say(f"boot {firmware.value.upper()} CD {i + 1}/{s.boots} ...")
@@ -467,7 +467,7 @@ def measure_boot(b: Bench) -> None:
         goal = GOAL_F2_TCG if label == "TCG" else None
         b.figures.append(Figure("Boot", f"QEMU start → F2 prompt, {firmware.value.upper()} CD, {label}, 512 MiB",
                                 Unit.SECONDS, f2, goal, f"{PY} --only build,boot -n 0 (or: asr boot"
-                                f"{' --uefi' if firmware is Firmware.UEFI else ''} out/asr.iso)"))  # fmt: skip
+                                f"{' --uefi' if firmware is VMFirmware.UEFI else ''} out/asr.iso)"))  # fmt: skip
         names = [n for n, _ in BOOT_MARKS if all(n in r for r in runs)]
         b.boot_marks[f"{firmware.value.upper()} CD ({label})"] = {n: Summary.of([r[n] for r in runs]) for n in names}
 
@@ -490,7 +490,7 @@ def measure_memory(b: Bench) -> None:
             break
         b.say(f"memory: boot with -m {nxt}M ...")
         try:
-            boot_once(b.iso, b.floppy, Firmware.BIOS, f"{nxt}M", s.boot_timeout, b.work / f"mem-{nxt}.log")
+            boot_once(b.iso, b.floppy, VMFirmware.BIOS, f"{nxt}M", s.boot_timeout, b.work / f"mem-{nxt}.log")
             tried[nxt] = True
         except VMError:
             tried[nxt] = False

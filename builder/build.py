@@ -132,7 +132,7 @@ class BuildContext:
 
     out: Path
     epoch: int
-    options: bootloader.BootOptions
+    options: bootloader.BootConfig
     budget_bytes: int
     cache: Path | None = None
     descriptor_path: Path | None = None
@@ -371,7 +371,7 @@ def build_media(
     ctx = BuildContext(
         out=out,
         epoch=source_date_epoch() if epoch is None else epoch,
-        options=bootloader.BootOptions(timeout=timeout, unattended=unattended, dryrun=dryrun, append=append),
+        options=bootloader.BootConfig(timeout=timeout, unattended=unattended, dryrun=dryrun, append=append),
         budget_bytes=int((DEFAULT_BUDGET_MB if budget_mb is None else budget_mb) * MB),
         cache=cache,
         descriptor_path=descriptor,

@@ -19,7 +19,7 @@ import pytest
 
 from builder.build import BuildResult, build_media
 from builder.media.fatimage import make_floppy
-from builder.vm.qemu import F2_PROMPT, BootMedium, Firmware, QemuVM, VMSpec, find_accel, strip_ansi
+from builder.vm.qemu import F2_PROMPT, BootMedium, QemuVM, VMFirmware, VMSpec, find_accel, strip_ansi
 from recovery_env.model.sif import parse_asr_sif, reseal
 from recovery_env.run import run_bytes
 
@@ -135,10 +135,10 @@ def test_bios_cd_f2_as_serial_bytes(media: BuildResult, sample_sif: str) -> None
 
 @pytest.mark.parametrize(
     ("firmware", "medium"),
-    [(Firmware.UEFI, BootMedium.CDROM), (Firmware.BIOS, BootMedium.DISK), (Firmware.UEFI, BootMedium.DISK)],
+    [(VMFirmware.UEFI, BootMedium.CDROM), (VMFirmware.BIOS, BootMedium.DISK), (VMFirmware.UEFI, BootMedium.DISK)],
     ids=["uefi-cd", "bios-disk", "uefi-disk"],
 )
-def test_reaches_the_f2_prompt(media: BuildResult, firmware: Firmware, medium: BootMedium) -> None:
+def test_reaches_the_f2_prompt(media: BuildResult, firmware: VMFirmware, medium: BootMedium) -> None:
     name = f"{firmware.value}-{medium.value}"
     with boot(name, iso=media.iso, floppy=media.floppy, firmware=firmware, medium=medium) as vm:
         reach_f2(vm, f"{firmware.value.upper()}, ISO as {medium.value}")

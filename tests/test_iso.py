@@ -16,8 +16,8 @@ import pytest
 from builder.media.bootloader import (
     ESP_LOADER_PATH,
     MEDIA_LAYOUT,
+    BootConfig,
     BootLoaders,
-    BootOptions,
     make_boot_loaders,
     plan_boot_entries,
     render_grub_cfg,
@@ -36,7 +36,7 @@ EPOCH = 1_700_000_000
 KERNEL = b"MZ-dummy-kernel" + bytes(range(256)) * 40
 INITRAMFS = b"070701-dummy-initramfs" + bytes(range(255, -1, -1)) * 60
 EXTRA = {"backup/set 1/disk0.tar.zst": b"\x28\xb5\x2f\xfd" + b"z" * 5000, "backup/README.txt": b"backup set\n"}
-OPTIONS = BootOptions(timeout=5, unattended=False, dryrun=False, append=("random.trust_cpu=on",))
+OPTIONS = BootConfig(timeout=5, unattended=False, dryrun=False, append=("random.trust_cpu=on",))
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +81,7 @@ def iso(build: Callable[..., Path]) -> Path:
 
 
 def test_kernel_command_line_carries_consoles_panic_and_agent_options() -> None:
-    args = BootOptions(timeout=3, unattended=True, dryrun=True, append=("asr.debug=1",)).kernel_args()
+    args = BootConfig(timeout=3, unattended=True, dryrun=True, append=("asr.debug=1",)).kernel_args()
     assert args == (
         "console=tty0",
         "console=ttyS0,115200",
@@ -97,7 +97,7 @@ def test_kernel_command_line_carries_consoles_panic_and_agent_options() -> None:
 def test_bad_boot_options_are_refused() -> None:
     for kwargs in ({"timeout": -1}, {"append": ("two words",)}, {"append": ("x;reboot",)}, {"title": 'a"b'}):
         with pytest.raises(InputError, match="boot options"):
-            BootOptions(**kwargs)  # type: ignore[arg-type]
+            BootConfig(**kwargs)  # type: ignore[arg-type]
 
 
 def test_isolinux_cfg_boots_the_default_entry_on_serial_and_vga() -> None:
@@ -111,7 +111,7 @@ def test_isolinux_cfg_boots_the_default_entry_on_serial_and_vga() -> None:
     assert "  initrd /live/initrd.img" in cfg
     assert [e.label for e in plan_boot_entries(OPTIONS)] == ["asr", "verbose", "dryrun"]
     assert cfg.count("\nlabel ") == 3
-    waiting = render_isolinux_cfg(BootOptions(prompt_timeout=30))
+    waiting = render_isolinux_cfg(BootConfig(prompt_timeout=30))
     assert "prompt 1\ntimeout 30\n" in waiting
 
 
@@ -120,7 +120,7 @@ def test_grub_cfg_has_serial_terminal_no_wait_and_the_same_command_line() -> Non
     assert "serial --unit=0 --speed=115200" in cfg
     assert "terminal_input serial console" in cfg and "terminal_output serial console" in cfg
     assert "set timeout=0\nset timeout_style=menu\n" in cfg  # no wait: the default entry boots at once
-    assert "set timeout=3\nset timeout_style=menu\n" in render_grub_cfg(BootOptions(menu_timeout=3))
+    assert "set timeout=3\nset timeout_style=menu\n" in render_grub_cfg(BootConfig(menu_timeout=3))
     assert f"  linux /live/vmlinuz {' '.join(OPTIONS.kernel_args())}\n" in cfg
     assert "  initrd /live/initrd.img\n" in cfg
     assert cfg.count("menuentry ") == 3

@@ -13,10 +13,10 @@ from builder.vm.qemu import (
     Accel,
     BootMedium,
     DiskBus,
-    Firmware,
     QemuVM,
     SerialTimeout,
     VMExited,
+    VMFirmware,
     VMSpec,
     check_spec,
     disk_device_id,
@@ -62,7 +62,7 @@ def test_bios_cd_with_floppy(files: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_uefi_uses_ovmf_code_and_a_vars_copy(files: dict[str, Path], tmp_path: Path) -> None:
-    spec = VMSpec(iso=files["asr.iso"], firmware=Firmware.UEFI)
+    spec = VMSpec(iso=files["asr.iso"], firmware=VMFirmware.UEFI)
     vars_copy = tmp_path / "vars.fd"
     drives = option_values(qemu_argv(spec, serial="mon:stdio", qmp=None, vars_copy=vars_copy), "-drive")
     assert f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}" in drives

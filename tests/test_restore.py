@@ -12,8 +12,7 @@ import pytest
 from test_plan import gpt_descriptor, target
 
 from builder.build import VOLUME_ID
-from recovery_env.capture.checks import Source as CaptureSource
-from recovery_env.capture.checks import SourceReader, plan_fat_view, stage_fat_source
+from recovery_env.capture.checks import ArchiveSource, SourceReader, plan_fat_view, stage_fat_source
 from recovery_env.errors import BackupSetError, TargetPathError
 from recovery_env.model.descriptor import BackupSet, Compression
 from recovery_env.probe.media import (
@@ -26,7 +25,7 @@ from recovery_env.probe.media import (
 )
 from recovery_env.restore.execute import Progress
 from recovery_env.restore.flow import (
-    Source,
+    BackupSource,
     describe_wanted,
     make_log_name,
     plan_backup_search,
@@ -58,22 +57,23 @@ def test_backup_search_by_uuid_then_label_then_the_embedded_set() -> None:
     wanted = backup_set(uuid=BK.uuid.upper())
     found = plan_backup_search(wanted, [ISO, OTHER, BK, SWAP], [ISO])
     assert [(c.fs.device, c.source, c.directory) for c in found] == [
-        ("/dev/vdb", Source.UUID, f"{BACKUP_MOUNT}/asr/host"),  # once, although the label matches too
-        ("/dev/sr0", Source.EMBEDDED, f"{MEDIA_MOUNT}/asr/backup"),
+        ("/dev/vdb", BackupSource.UUID, f"{BACKUP_MOUNT}/asr/host"),  # once, although the label matches too
+        ("/dev/sr0", BackupSource.EMBEDDED, f"{MEDIA_MOUNT}/asr/backup"),
     ]
     by_label = plan_backup_search(backup_set(), [OTHER, BK], [])
-    assert [(c.fs.device, c.source) for c in by_label] == [("/dev/vdb", Source.LABEL)]
+    assert [(c.fs.device, c.source) for c in by_label] == [("/dev/vdb", BackupSource.LABEL)]
 
 
 def test_backup_search_never_mounts_the_boot_medium_as_the_backup_medium() -> None:
     same_label = BlockFs("/dev/sr0", "iso9660", "ASRBACKUP")
     found = plan_backup_search(backup_set(), [same_label], [same_label])
-    assert [c.source for c in found] == [Source.EMBEDDED]
+    assert [c.source for c in found] == [BackupSource.EMBEDDED]
 
 
 def test_backup_search_without_a_named_medium_tries_every_filesystem_with_files() -> None:
     found = plan_backup_search(backup_set(label=""), [OTHER, BK, SWAP], [])
-    assert [(c.fs.device, c.source) for c in found] == [("/dev/vdc1", Source.SEARCH), ("/dev/vdb", Source.SEARCH)]
+    assert [(c.fs.device, c.source) for c in found] == [("/dev/vdc1", BackupSource.SEARCH),
+                                                        ("/dev/vdb", BackupSource.SEARCH)]
     assert plan_backup_search(backup_set(label="NOPE"), [OTHER, BK, SWAP], []) == []
 
 
@@ -188,7 +188,7 @@ def test_fat_source_staged_with_mtools(tmp_path: Path) -> None:
     run(["mcopy", "-m", "-i", str(img), str(tmp_path / "BOOTX64.EFI"), "::/EFI/BOOT/BOOTX64.EFI"], env=env)
     os.utime(tmp_path / "BOOTX64.EFI", (1700000000, 1700000000))
     run(["mcopy", "-m", "-o", "-i", str(img), str(tmp_path / "BOOTX64.EFI"), "::/EFI/BOOT/BOOTX64.EFI"], env=env)
-    src = CaptureSource("fs1", "/boot/efi", tmp_path / "mnt", str(img), 0, SourceReader.MTOOLS, "uid=7,umask=0027")
+    src = ArchiveSource("fs1", "/boot/efi", tmp_path / "mnt", str(img), 0, SourceReader.MTOOLS, "uid=7,umask=0027")
     staged = stage_fat_source(src, tmp_path / "staging")
     f = staged / "EFI" / "BOOT" / "BOOTX64.EFI"
     assert f.read_bytes() == b"MZ loader" * 100
@@ -198,12 +198,12 @@ def test_fat_source_staged_with_mtools(tmp_path: Path) -> None:
     assert (stat.S_IMODE(staged.stat().st_mode), int(staged.stat().st_mtime)) == (0o750, 0)
     empty = tmp_path / "empty.img"
     run(["mkfs.vfat", "-C", str(empty), "1024"])
-    src_empty = CaptureSource("fs1", "/boot/efi", tmp_path, str(empty), 0, SourceReader.MTOOLS, "")
+    src_empty = ArchiveSource("fs1", "/boot/efi", tmp_path, str(empty), 0, SourceReader.MTOOLS, "")
     assert list(stage_fat_source(src_empty, tmp_path / "staging2").iterdir()) == []
     broken = tmp_path / "broken.img"
     broken.write_bytes(bytes(1 << 20))
     with pytest.raises(BackupSetError, match=r"/boot/efi \(fs1\): mtools cannot read"):
-        stage_fat_source(CaptureSource("fs1", "/boot/efi", tmp_path, str(broken), 0, SourceReader.MTOOLS, ""),
+        stage_fat_source(ArchiveSource("fs1", "/boot/efi", tmp_path, str(broken), 0, SourceReader.MTOOLS, ""),
                          tmp_path / "staging3")
 
 

@@ -40,7 +40,7 @@ from builder.vm.machine import (
     read_disk_facts,
     read_machine_inputs,
 )
-from builder.vm.qemu import Firmware, QemuVM, VMSpec
+from builder.vm.qemu import QemuVM, VMFirmware, VMSpec
 from recovery_env.model.descriptor import BootloaderKind, Command, Descriptor
 from recovery_env.model.descriptor import Firmware as DescFirmware
 from recovery_env.model.fileattrs import ACL_XATTRS, decode_posix_acl
@@ -175,7 +175,7 @@ def workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
     yield path
 
 
-def rescue_spec(src: Source, disks: tuple[Path, ...], *, firmware: Firmware = Firmware.BIOS,
+def rescue_spec(src: Source, disks: tuple[Path, ...], *, firmware: VMFirmware = VMFirmware.BIOS,
                 append: str = "", workdir: Path | None = None) -> VMSpec:  # fmt: skip
     """The rescue media with the capture's floppy and ``disks`` (virtio, in order: vda, vdb, ...).  ``append``:
     boot the ISO's own kernel and initrd directly with these options added (the ISO stays attached)."""
@@ -189,7 +189,7 @@ def run_rescue(spec: VMSpec, workdir: Path, expect_exit: str) -> str:
     return rehearse.run_rescue(spec, workdir, expect_exit)
 
 
-def boot_restored(disk: Path, firmware: Firmware, workdir: Path) -> str:
+def boot_restored(disk: Path, firmware: VMFirmware, workdir: Path) -> str:
     """Boot the restored disk alone (IDE, no boot entry in a fresh OVMF store: the removable path); its verdict
     line (the machine's ASR-MACHINE-MARKER ... OK, or what stopped it)."""
     ev = rehearse.boot_restored((disk,), firmware, workdir, expect=r"ASR-MACHINE-MARKER[^\r\n]*",
@@ -287,7 +287,7 @@ def test_unattended_bios_restore_onto_a_larger_disk_boots(gpt_bios: Source, work
                  r"install grub for BIOS on /dev/vda \(rescue system's grub\)")  # fmt: skip
     assert sha256(extra) == extra_before
     assert sha256(gpt_bios.captured.backup_image) == backup_before
-    verdict = boot_restored(target, Firmware.BIOS, workdir)
+    verdict = boot_restored(target, VMFirmware.BIOS, workdir)
     assert verdict == gpt_bios.captured.machine.expected_line(DescFirmware.BIOS)
 
 
@@ -300,7 +300,7 @@ def test_unattended_mbr_restore_boots(mbr_bios: Source, workdir: Path) -> None:
         assert f"ASR: plan:   {line}" in serial  # unattended mode logs every command in full before it runs
     root = next(p for p in mbr_bios.captured.machine.partitions if p.role is PartRole.ROOT)
     assert debugfs_cat(target, root.offset, "/root/asr-post.txt") == "post-restore ran on asr-mbr\n"
-    verdict = boot_restored(target, Firmware.BIOS, workdir)
+    verdict = boot_restored(target, VMFirmware.BIOS, workdir)
     assert verdict == mbr_bios.captured.machine.expected_line(DescFirmware.BIOS)
 
 
@@ -327,7 +327,7 @@ def test_embedded_backup_set_restores_without_a_backup_disk(gpt_bios: Source, wo
 
 def test_unattended_uefi_restore_boots_through_the_removable_path(gpt_uefi: Source, workdir: Path) -> None:
     target = make_disk(workdir / "target.img", TARGET_MIB)
-    serial = run_rescue(rescue_spec(gpt_uefi, (target, gpt_uefi.captured.backup_image), firmware=Firmware.UEFI),
+    serial = run_rescue(rescue_spec(gpt_uefi, (target, gpt_uefi.captured.backup_image), firmware=VMFirmware.UEFI),
                         workdir, "reboot")  # fmt: skip
     check_restore(gpt_uefi, serial, target)
     assert_lines(serial, r"install grub for UEFI into /boot/efi \(rescue system's grub, \\EFI\\BOOT\\BOOTX64\.EFI\)")
@@ -336,7 +336,7 @@ def test_unattended_uefi_restore_boots_through_the_removable_path(gpt_uefi: Sour
     restored = run(["mdir", "-b", "-/", "-i", f"{target}@@{esp.offset}", "::/EFI/BOOT"],
                    env={"MTOOLS_SKIP_CHECK": "1"}).stdout  # fmt: skip
     assert "BOOTX64.EFI" in restored.upper()
-    verdict = boot_restored(target, Firmware.UEFI, workdir)
+    verdict = boot_restored(target, VMFirmware.UEFI, workdir)
     assert verdict == machine.expected_line(DescFirmware.UEFI)
 
 

@@ -10,7 +10,7 @@ Everything here takes bytes or directories, so it does not care where the Debian
   of grub-mkimage depends only on its inputs (no dates inside; measured: identical across runs and config
   paths), so the image is reproducible for a given module directory and host grub-mkimage.
 
-Both menus boot the same entries with the same kernel command line (:meth:`BootOptions.kernel_args`).
+Both menus boot the same entries with the same kernel command line (:meth:`BootConfig.kernel_args`).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ SERIAL_SPEED = 115200
 
 
 @dataclass(frozen=True)
-class BootOptions:
+class BootConfig:
     """What the boot menus pass to the kernel and to the agent (``asr.*`` options), and how long menus wait."""
 
     timeout: int = 8
@@ -133,7 +133,7 @@ class BootEntry:
     kernel_args: tuple[str, ...]
 
 
-def plan_boot_entries(options: BootOptions) -> tuple[BootEntry, ...]:
+def plan_boot_entries(options: BootConfig) -> tuple[BootEntry, ...]:
     """The menu entries, default first: ASR; ASR showing kernel messages; ASR as a dry run."""
     entries = [BootEntry("asr", options.title, options.kernel_args())]
     entries.append(BootEntry("verbose", f"{options.title} (kernel messages)", options.kernel_args(quiet=False)))
@@ -142,7 +142,7 @@ def plan_boot_entries(options: BootOptions) -> tuple[BootEntry, ...]:
     return tuple(entries)
 
 
-def render_isolinux_cfg(options: BootOptions, layout: MediaLayout = MEDIA_LAYOUT) -> str:
+def render_isolinux_cfg(options: BootConfig, layout: MediaLayout = MEDIA_LAYOUT) -> str:
     return render(
         "isolinux.cfg.j2",
         title=options.title,
@@ -153,7 +153,7 @@ def render_isolinux_cfg(options: BootOptions, layout: MediaLayout = MEDIA_LAYOUT
     )
 
 
-def render_grub_cfg(options: BootOptions, layout: MediaLayout = MEDIA_LAYOUT) -> str:
+def render_grub_cfg(options: BootConfig, layout: MediaLayout = MEDIA_LAYOUT) -> str:
     return render(
         "grub.cfg.j2",
         menu_timeout=options.menu_timeout,

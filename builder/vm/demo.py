@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.build import BuildResult, build_media
-from builder.vm.qemu import F2_PROMPT, BootMedium, Firmware, QemuVM, VMError, VMSpec, find_accel
+from builder.vm.qemu import F2_PROMPT, BootMedium, QemuVM, VMError, VMFirmware, VMSpec, find_accel
 from builder.vm.rehearse import RehearsalReport, capture_disk_image, rehearse
 from recovery_env.errors import InputError
 
@@ -64,7 +64,7 @@ def run_demo(out: Path = OUT, *, say: bool = True, media: BuildResult | None = N
     note(f"asr demo: built {media.iso} and {media.floppy} in {build_seconds:.1f} s")
     out.mkdir(parents=True, exist_ok=True)
 
-    spec = VMSpec(iso=media.iso, medium=BootMedium.CDROM, firmware=Firmware.BIOS, floppy=media.floppy,
+    spec = VMSpec(iso=media.iso, medium=BootMedium.CDROM, firmware=VMFirmware.BIOS, floppy=media.floppy,
                   accel=find_accel())  # fmt: skip
     workdir = out / "demo-vm"
     boot_png, summary_png = out / "boot-screen.png", out / "summary-screen.png"

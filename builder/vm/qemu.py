@@ -54,12 +54,12 @@ class VMExited(VMError):
     """QEMU ended while we still waited for the guest."""
 
 
-class Firmware(StrEnum):
+class VMFirmware(StrEnum):
     BIOS = "bios"
     UEFI = "uefi"
 
     def argv(self, vars_copy: Path | None) -> list[str]:
-        if self is Firmware.BIOS:
+        if self is VMFirmware.BIOS:
             return []
         if vars_copy is None:
             raise InputError("UEFI boot needs a writable copy of the OVMF variable store")
@@ -94,7 +94,7 @@ class BootMedium(StrEnum):
 class VMSpec:
     iso: Path | None = None
     medium: BootMedium = BootMedium.CDROM
-    firmware: Firmware = Firmware.BIOS
+    firmware: VMFirmware = VMFirmware.BIOS
     floppy: Path | None = None  # None: the floppy drive is there but empty
     floppy_writable: bool = False  # the offline capture writes ASR.SIF onto the floppy
     disks: tuple[Path, ...] = ()
@@ -242,7 +242,7 @@ class QemuVM:
     # -- life cycle ---------------------------------------------------------------------------------------
     def start(self) -> QemuVM:
         vars_copy = None
-        if self.spec.firmware is Firmware.UEFI:
+        if self.spec.firmware is VMFirmware.UEFI:
             vars_copy = self.workdir / "OVMF_VARS.fd"
             shutil.copyfile(OVMF_VARS, vars_copy)
         for suffix in (".in", ".out"):
@@ -537,7 +537,7 @@ def make_spec(args: argparse.Namespace, workdir: Path) -> VMSpec:
     spec = VMSpec(
         iso=Path(args.iso),
         medium=BootMedium.DISK if args.iso_as_disk else BootMedium.CDROM,
-        firmware=Firmware.UEFI if args.uefi else Firmware.BIOS,
+        firmware=VMFirmware.UEFI if args.uefi else VMFirmware.BIOS,
         floppy=floppy,
         disks=tuple(Path(d) for d in args.disk),
         memory=args.memory,

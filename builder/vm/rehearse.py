@@ -29,10 +29,9 @@ from enum import StrEnum
 from pathlib import Path
 
 from builder.build import build_media
-from builder.vm.qemu import DiskBus, Firmware, QemuVM, SerialTimeout, VMError, VMSpec, find_accel, read_boot_files
+from builder.vm.qemu import DiskBus, QemuVM, SerialTimeout, VMError, VMFirmware, VMSpec, find_accel, read_boot_files
 from recovery_env.errors import DescriptorError, InputError
-from recovery_env.model.descriptor import Descriptor
-from recovery_env.model.descriptor import Firmware as SystemFirmware
+from recovery_env.model.descriptor import Descriptor, Firmware
 from recovery_env.model.sif import parse_asr_sif
 from recovery_env.run import run
 from recovery_env.templating import render
@@ -61,12 +60,12 @@ class FirmwareChoice(StrEnum):
     UEFI = "uefi"
     BOTH = "both"
 
-    def firmwares(self, descriptor: Descriptor) -> tuple[Firmware, ...]:
+    def firmwares(self, descriptor: Descriptor) -> tuple[VMFirmware, ...]:
         if self is FirmwareChoice.AUTO:
-            return (Firmware(str(descriptor.system.firmware)),)
+            return (VMFirmware(str(descriptor.system.firmware)),)
         if self is FirmwareChoice.BOTH:
-            return (Firmware.BIOS, Firmware.UEFI)
-        return (Firmware(self.value),)
+            return (VMFirmware.BIOS, VMFirmware.UEFI)
+        return (VMFirmware(self.value),)
 
 
 # ------------------------------------------------------------------------------------------------ disks
@@ -172,7 +171,7 @@ def capture_disk_image(disk: Path, root_partition: int, hostname: str, firmware:
         run(["mount", "-t", "ext4", str(backup_image), str(backup_mnt)])
         mounted.append(backup_mnt)
         dest = backup_mnt / "asr" / hostname
-        capture(CaptureRequest(dest=dest, root=root_mnt, disks=(loop,), firmware=SystemFirmware(firmware)),
+        capture(CaptureRequest(dest=dest, root=root_mnt, disks=(loop,), firmware=Firmware(firmware)),
                 euid=os.geteuid())  # fmt: skip
         shutil.rmtree(set_dir, ignore_errors=True)
         shutil.copytree(dest, set_dir)
@@ -187,7 +186,7 @@ def capture_disk_image(disk: Path, root_partition: int, hostname: str, firmware:
 # ------------------------------------------------------------------------------------------------ VMs
 
 
-def make_rescue_spec(iso: Path, floppy: Path, disks: tuple[Path, ...], *, firmware: Firmware = Firmware.BIOS,
+def make_rescue_spec(iso: Path, floppy: Path, disks: tuple[Path, ...], *, firmware: VMFirmware = VMFirmware.BIOS,
                      append: str = "", workdir: Path | None = None, memory: str = "512M") -> VMSpec:  # fmt: skip
     """The rescue media with the floppy and ``disks`` (virtio, in order: vda, vdb, ...), ``memory`` of RAM.
     ``append``: boot the ISO's own kernel and initrd directly with these options added (the ISO stays
@@ -240,7 +239,7 @@ def _screendump(vm: QemuVM, png: Path) -> str:
         return ""
 
 
-def boot_restored(disks: tuple[Path, ...], firmware: Firmware, workdir: Path, *, expect: str = DEFAULT_EXPECT,
+def boot_restored(disks: tuple[Path, ...], firmware: VMFirmware, workdir: Path, *, expect: str = DEFAULT_EXPECT,
                   timeout: float = RESTORED_BOOT_TIMEOUT) -> BootEvidence:  # fmt: skip
     """Boot the restored disks alone (IDE, no boot entry in a fresh OVMF store: the removable path) until
     ``expect`` or a sign of failure shows on the serial console, QEMU ends, or ``timeout`` passes."""
@@ -302,7 +301,7 @@ def read_rescue_verdict(serial: str) -> RescueVerdict:
 
 
 @dataclass(frozen=True)
-class Phase:
+class RehearsalPhase:
     name: str
     seconds: float
     ok: bool
@@ -318,7 +317,7 @@ class RehearsalReport:
     grow_percent: int
     expect: str
     verdict: str  # "verified recoverable" or "not recoverable: <why>"
-    phases: tuple[Phase, ...]
+    phases: tuple[RehearsalPhase, ...]
     plan: tuple[str, ...]
     manifest: str
     boots: tuple[BootEvidence, ...]
@@ -357,7 +356,7 @@ def read_set_descriptor(set_dir: Path) -> Descriptor:
 
 class _Phases:
     def __init__(self, progress: Callable[[str], None]) -> None:
-        self.done: list[Phase] = []
+        self.done: list[RehearsalPhase] = []
         self.progress = progress
 
     @contextmanager
@@ -376,7 +375,7 @@ class _Phases:
             ok = ok and "FAILED" not in note
             detail = "; ".join(n for n in note if n != "FAILED")
             seconds = round(time.monotonic() - started, 1)
-            self.done.append(Phase(name, seconds, ok, detail))
+            self.done.append(RehearsalPhase(name, seconds, ok, detail))
             self.progress(
                 f"{name}: {'done' if ok else 'FAILED'} in {seconds:.1f} s" + (f" ({detail})" if detail else "")
             )
@@ -417,7 +416,7 @@ def rehearse(
     descriptor = read_set_descriptor(set_dir)
     scratch = plan_scratch_disks(descriptor, grow_percent)
     firmwares = choice.firmwares(descriptor)
-    rescue_fw = Firmware(str(descriptor.system.firmware))
+    rescue_fw = VMFirmware(str(descriptor.system.firmware))
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in ("report.md", "report.json"):

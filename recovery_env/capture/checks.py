@@ -45,7 +45,7 @@ class SourceReader(StrEnum):
 
 
 @dataclass(frozen=True)
-class Source:
+class ArchiveSource:
     fs: str
     mountpoint: str
     directory: Path
@@ -61,7 +61,7 @@ def check_root(euid: int) -> None:
                            "system and the disks' partition tables")
 
 
-def find_sources(layout: Layout, root: Path, *, fat_fallback: bool = True) -> tuple[Source, ...]:
+def find_sources(layout: Layout, root: Path, *, fat_fallback: bool = True) -> tuple[ArchiveSource, ...]:
     """The directory each backed-up filesystem is mounted at under ``root``; refuse one that is not mounted.
 
     The one exception (``fat_fallback``): a vfat filesystem that fstab lists but that is not mounted (a host
@@ -75,7 +75,7 @@ def find_sources(layout: Layout, root: Path, *, fat_fallback: bool = True) -> tu
         directory = root / m.mountpoint.lstrip("/")
         if not _is_mounted_from(directory, node):
             if fat_fallback and fs.type is FsType.VFAT and not os.path.ismount(directory):
-                out.append(Source(fs.key, m.mountpoint, directory, node, read_device_size(node),
+                out.append(ArchiveSource(fs.key, m.mountpoint, directory, node, read_device_size(node),
                                   SourceReader.MTOOLS, m.options))
                 continue
             raise LayoutError(
@@ -83,7 +83,7 @@ def find_sources(layout: Layout, root: Path, *, fat_fallback: bool = True) -> tu
                 "there before the capture"
             )
         st = os.statvfs(directory)
-        out.append(Source(fs.key, m.mountpoint, directory, node, (st.f_blocks - st.f_bfree) * st.f_frsize))
+        out.append(ArchiveSource(fs.key, m.mountpoint, directory, node, (st.f_blocks - st.f_bfree) * st.f_frsize))
     return tuple(out)
 
 
@@ -143,7 +143,7 @@ def plan_fat_view(options: str, default_umask: int = 0o022) -> FatView:
                    "showexec" in flags)
 
 
-def stage_fat_source(source: Source, staging: Path) -> Path:
+def stage_fat_source(source: ArchiveSource, staging: Path) -> Path:
     """Copy every file of an unmounted FAT filesystem into ``staging`` with mtools (``mcopy -s -m``: the real
     reader of the real filesystem, keeping mtimes), then give each entry the mode and owner a mount with the
     fstab options shows, and the root directory the time a FAT root shows (0: it has no directory entry).
@@ -221,11 +221,11 @@ def check_destination(dest: Path, layout: Layout, facts: Sequence[DiskFacts]) ->
     del facts  # the layout holds what is needed; facts kept in the signature for the offline capture
 
 
-def estimate_size(sources: Sequence[Source]) -> int:
+def estimate_size(sources: Sequence[ArchiveSource]) -> int:
     return int(sum(s.used_bytes for s in sources) * COMPRESSION_ESTIMATE) + SPACE_MARGIN
 
 
-def check_space(dest: Path, sources: Sequence[Source]) -> int:
+def check_space(dest: Path, sources: Sequence[ArchiveSource]) -> int:
     need = estimate_size(sources)
     st = os.statvfs(_existing_ancestor(dest))
     free = st.f_bavail * st.f_frsize

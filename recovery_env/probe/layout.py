@@ -731,7 +731,7 @@ def read_block_devices(devices: Sequence[str] = ()) -> tuple[BlockDevice, ...]:
     return parse_lsblk_json(run(["lsblk", "--json", "--bytes", "-o", LSBLK_COLUMNS, *devices]).stdout)
 
 
-def find_disks() -> tuple[str, ...]:
+def list_disk_paths() -> tuple[str, ...]:
     """The whole disks of this machine (lsblk TYPE disk), as device paths."""
     return tuple(b.path for b in read_block_devices() if b.type == "disk")
 
@@ -880,7 +880,7 @@ def read_layout(
     firmware: Firmware | None = None,
 ) -> tuple[Layout, Firmware, tuple[DiskFacts, ...]]:
     """Read and plan the layout of ``devices`` (default: every disk) for the system at ``root``."""
-    facts = tuple(read_disk_facts(d) for d in (devices or find_disks()))
+    facts = tuple(read_disk_facts(d) for d in (devices or list_disk_paths()))
     check_supported(facts)
     fstab = read_fstab(root)
     # the ESP as fstab mounts it, for the boot loader facts (read through the mounted directory when it is)

@@ -65,7 +65,7 @@ RESCUE_GRUB_DIR = "/usr/lib/grub"
 LOG_DIR = "var/log/asr"  # in the restored system
 
 
-class Source(StrEnum):
+class BackupSource(StrEnum):
     """Where a backup set was found."""
 
     UUID = "uuid"
@@ -90,7 +90,7 @@ class Candidate:
     fs: BlockFs
     mountpoint: str
     subdir: str
-    source: Source
+    source: BackupSource
 
     @property
     def directory(self) -> str:
@@ -102,7 +102,7 @@ class BackupLocation:
     directory: str  # where the archives and the MANIFEST are
     device: str
     mountpoint: str
-    source: Source
+    source: BackupSource
 
     def describe(self) -> str:
         return f"{self.directory} on {self.device} ({self.source.describe})"
@@ -120,7 +120,7 @@ def plan_backup_search(
     boot = {f.device for f in boot_media}
     seen: set[tuple[str, str]] = set()
 
-    def add(fs: BlockFs, mountpoint: str, subdir: str, source: Source) -> None:
+    def add(fs: BlockFs, mountpoint: str, subdir: str, source: BackupSource) -> None:
         if (fs.device, subdir) not in seen:
             seen.add((fs.device, subdir))
             out.append(Candidate(fs, mountpoint, subdir, source))
@@ -129,16 +129,16 @@ def plan_backup_search(
     if backup.media_uuid:
         for f in others:
             if f.uuid.lower() == backup.media_uuid.lower():
-                add(f, BACKUP_MOUNT, backup.path, Source.UUID)
+                add(f, BACKUP_MOUNT, backup.path, BackupSource.UUID)
     if backup.media_label:
         for f in others:
             if f.label == backup.media_label:
-                add(f, BACKUP_MOUNT, backup.path, Source.LABEL)
+                add(f, BACKUP_MOUNT, backup.path, BackupSource.LABEL)
     for f in boot_media:
-        add(f, MEDIA_MOUNT, EMBEDDED_DIR, Source.EMBEDDED)
+        add(f, MEDIA_MOUNT, EMBEDDED_DIR, BackupSource.EMBEDDED)
     if not backup.media_uuid and not backup.media_label:
         for f in others:
-            add(f, BACKUP_MOUNT, backup.path, Source.SEARCH)
+            add(f, BACKUP_MOUNT, backup.path, BackupSource.SEARCH)
     return out
 
 
@@ -181,7 +181,7 @@ def locate_backup(backup: BackupSet, log: Log, *, modules_timeout: float = 60.0)
     candidates = plan_backup_search(backup, filesystems, [boot] if boot else [])
     tried: list[str] = []
     for c in candidates:
-        if c.source is not Source.EMBEDDED:
+        if c.source is not BackupSource.EMBEDDED:
             try:
                 mount_readonly(c.fs, c.mountpoint)
             except ToolError as e:
@@ -193,7 +193,7 @@ def locate_backup(backup: BackupSet, log: Log, *, modules_timeout: float = 60.0)
             log(f"backup set found: {location.describe()}")
             return location
         tried.append(f"{c.fs.describe()}: no {c.subdir.rstrip('/')}/{backup.manifest}")
-        if c.source is not Source.EMBEDDED:
+        if c.source is not BackupSource.EMBEDDED:
             unmount(c.mountpoint)
     seen = "; ".join(f.describe() for f in filesystems) or "none"
     looked = ("; looked at: " + "; ".join(tried)) if tried else ""

@@ -7,7 +7,6 @@ import pytest
 
 from recovery_env.agent.cmdline import Mode, parse_cmdline
 from recovery_env.capture.flow import (
-    ProbedFs,
     plan_backup_medium,
     plan_mount_options,
     plan_set_dir,
@@ -15,11 +14,12 @@ from recovery_env.capture.flow import (
 )
 from recovery_env.errors import BackupMediaMissingError
 from recovery_env.probe.layout import parse_fstab
+from recovery_env.probe.media import BlockFs
 
-ROOT = ProbedFs("/dev/vda3", "ext4", "", "0b3f6a0e-8f6c-4c55-a2a4-0d3c5c6f3b11", "aa-3")
-ESP = ProbedFs("/dev/vda2", "vfat", "ESP", "ABCD-1234", "aa-2")
-DATA = ProbedFs("/dev/vda4", "ext4", "data", "5c1f8a3e-0000-4000-8000-000000000004", "aa-4")
-BACKUP = ProbedFs("/dev/vdb", "ext4", "ASRBACKUP", "7d1f8a3e-0000-4000-8000-000000000007")
+ROOT = BlockFs("/dev/vda3", "ext4", "", "0b3f6a0e-8f6c-4c55-a2a4-0d3c5c6f3b11", "aa-3")
+ESP = BlockFs("/dev/vda2", "vfat", "ESP", "ABCD-1234", "aa-2")
+DATA = BlockFs("/dev/vda4", "ext4", "data", "5c1f8a3e-0000-4000-8000-000000000004", "aa-4")
+BACKUP = BlockFs("/dev/vdb", "ext4", "ASRBACKUP", "7d1f8a3e-0000-4000-8000-000000000007")
 
 FSTAB = parse_fstab(
     "UUID=0b3f6a0e-8f6c-4c55-a2a4-0d3c5c6f3b11 / ext4 errors=remount-ro 0 1\n"
@@ -59,7 +59,7 @@ def test_backup_medium_by_label_or_uuid() -> None:
     with pytest.raises(BackupMediaMissingError, match=r"no filesystem with LABEL 'ASRBACKUP'.*/dev/vda3"):
         plan_backup_medium([ROOT, ESP])
     with pytest.raises(BackupMediaMissingError, match="2 filesystems"):
-        plan_backup_medium([BACKUP, ProbedFs("/dev/vdc", "ext4", "ASRBACKUP", "x")])
+        plan_backup_medium([BACKUP, BlockFs("/dev/vdc", "ext4", "ASRBACKUP", "x")])
     with pytest.raises(BackupMediaMissingError, match="expected LABEL=NAME or UUID=UUID"):
         plan_backup_medium([BACKUP], "PARTUUID=1")
 

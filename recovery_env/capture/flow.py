@@ -333,17 +333,6 @@ VFAT_CHARSET = "codepage=437,iocharset=iso8859-1"
 
 
 @dataclass(frozen=True)
-class ProbedFs:
-    """A filesystem on a block device, as ``blkid -p`` shows it."""
-
-    device: str
-    type: str
-    label: str = ""
-    uuid: str = ""
-    partuuid: str = ""
-
-
-@dataclass(frozen=True)
 class SourceMount:
     device: str
     type: str
@@ -369,7 +358,7 @@ def plan_mount_options(vfstype: str, fstab_options: str = "") -> str:
     return ",".join([base, VFAT_CHARSET, *kept])
 
 
-def _matches(entry: FstabEntry, fs: ProbedFs) -> bool:
+def _matches(entry: FstabEntry, fs: BlockFs) -> bool:
     kind, value = entry.kind, entry.value
     if kind is FstabSpec.UUID:
         return bool(fs.uuid) and fs.uuid.lower() == value.lower()
@@ -383,7 +372,7 @@ def _matches(entry: FstabEntry, fs: ProbedFs) -> bool:
 
 
 def plan_source_mounts(
-    fstab: Sequence[FstabEntry], filesystems: Sequence[ProbedFs], root_device: str, source_root: str = SOURCE_ROOT
+    fstab: Sequence[FstabEntry], filesystems: Sequence[BlockFs], root_device: str, source_root: str = SOURCE_ROOT
 ) -> tuple[SourceMount, ...]:
     """The mounts below the source root, parents first: every fstab entry (not swap, not "/") whose filesystem is
     among ``filesystems`` (the source disks').  Entries naming something else (tmpfs, network) are left out.
@@ -400,7 +389,7 @@ def plan_source_mounts(
     return tuple(sorted(out, key=lambda m: (m.mountpoint.count("/"), m.mountpoint)))
 
 
-def plan_backup_medium(filesystems: Sequence[ProbedFs], wanted: str = DEFAULT_BACKUP) -> ProbedFs:
+def plan_backup_medium(filesystems: Sequence[BlockFs], wanted: str = DEFAULT_BACKUP) -> BlockFs:
     """The filesystem ``LABEL=...`` / ``UUID=...`` names; BackupMediaMissingError naming what there is."""
     key, sep, value = wanted.partition("=")
     key = key.upper()
@@ -441,14 +430,6 @@ class OfflineResult:
     where_sif: str  # where ASR.SIF and ASRPNP.SIF went ("the floppy /dev/fd0" or the set's directory)
 
 
-def read_probed_filesystems() -> list[ProbedFs]:
-    out = []
-    for fs in read_block_filesystems():
-        probe = read_blkid(fs.device) if fs.type else {}
-        out.append(ProbedFs(fs.device, fs.type, fs.label, fs.uuid, probe.get("PART_ENTRY_UUID", "")))
-    return out
-
-
 def _mount(device: str, vfstype: str, options: str, directory: str) -> None:
     os.makedirs(directory, exist_ok=True)
     run(["mount", "-t", vfstype, "-o", options, device, directory])
@@ -469,7 +450,7 @@ def _disk_of(device: str) -> str:
     return os.path.basename(os.path.dirname(real)) if os.path.exists(f"{real}/partition") else name
 
 
-def find_source_root(candidates: Sequence[ProbedFs], log: Log) -> ProbedFs:
+def find_source_root(candidates: Sequence[BlockFs], log: Log) -> BlockFs:
     """Mount each candidate read-only at SOURCE_ROOT until one holds etc/fstab (it stays mounted)."""
     tried = []
     for fs in candidates:
@@ -527,7 +508,7 @@ def run_offline_capture(
     sif = renderer or load_renderer()  # fail before anything is mounted when the renderer is not shipped
     if os.path.isdir(os.path.dirname(MODULES_LOADED)) and not wait_for_file(MODULES_LOADED, modules_timeout):
         log(f"warning: {MODULES_LOADED} did not appear within {modules_timeout:g} s; probing anyway")
-    filesystems = read_probed_filesystems()
+    filesystems = read_block_filesystems()
     boot = mount_boot_media([BlockFs(f.device, f.type, f.label, f.uuid) for f in filesystems], log)
     mounted: list[str] = []
     try:

@@ -49,6 +49,7 @@ class BlockFs:
     type: str
     label: str = ""
     uuid: str = ""
+    partuuid: str = ""  # the partition's own UUID (GPT) or disk id + number (MBR), when it is a partition
 
     def describe(self) -> str:
         what = ", ".join(x for x in (self.type, f"label {self.label!r}" if self.label else "", self.uuid) if x)
@@ -78,7 +79,8 @@ def read_block_filesystems(sys_root: Path = Path("/sys"), dev_root: str = "/dev"
         device = f"{dev_root}/{name}"
         probe = read_blkid(device, strict=False)
         if probe.get("TYPE"):
-            out.append(BlockFs(device, probe["TYPE"], probe.get("LABEL", ""), probe.get("UUID", "")))
+            out.append(BlockFs(device, probe["TYPE"], probe.get("LABEL", ""), probe.get("UUID", ""),
+                               probe.get("PART_ENTRY_UUID", "")))  # fmt: skip
     return out
 
 

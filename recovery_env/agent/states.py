@@ -362,12 +362,16 @@ class Agent:
             self.log(f"key {key.label()} from {key.console}")
         return key
 
-    def wait_any_key(self) -> Key:
-        """Forget keys typed before now, then wait for the next one."""
-        self.consoles.drain()
+    def next_key(self) -> Key:
+        """The next key, however long it takes."""
         while (key := self.wait_key()) is None:
             pass
         return key
+
+    def wait_any_key(self) -> Key:
+        """Forget keys typed before now, then wait for the next one."""
+        self.consoles.drain()
+        return self.next_key()
 
     # -- states -------------------------------------------------------------------------------------------
     def on_prompt(self) -> Next:
@@ -410,9 +414,7 @@ class Agent:
         self.show(Screen(tuple(body), "1-5=Choose   F2=Restore from the ASR floppy"))
         self.log("menu: 1=restore 2=shell 3=reboot 4=power off 5=capture")
         while True:
-            key = self.wait_key()
-            if key is None:
-                continue
+            key = self.next_key()
             if key.name is KeyName.F2:
                 return State.INSERT_FLOPPY
             if key.name is KeyName.CHAR and key.char in choices:
@@ -426,9 +428,7 @@ class Agent:
         if self.options.unattended:
             return State.READ_FLOPPY
         while True:
-            key = self.wait_key()
-            if key is None:
-                continue
+            key = self.next_key()
             return State.MENU if key.name is KeyName.F3 else State.READ_FLOPPY
 
     def on_read_floppy(self) -> Next:
@@ -468,9 +468,7 @@ class Agent:
         body += ["", *wrap(kind.advice), "", "Press any key to try again, or F3 to quit to the main menu."]
         self.show(Screen(tuple(body), "Any key=Retry   F3=Quit", error=True))
         while True:
-            key = self.wait_key()
-            if key is None:
-                continue
+            key = self.next_key()
             self.error = None
             if key.name is KeyName.F3:
                 return State.MENU
@@ -493,9 +491,7 @@ class Agent:
             return State.RESTORE
         self.show(Screen(tuple(body), "ENTER=Continue   F3=Quit"))
         while True:
-            key = self.wait_key()
-            if key is None:
-                continue
+            key = self.next_key()
             if key.name is KeyName.ENTER:
                 return State.RESTORE
             if key.name is KeyName.F3:
@@ -537,9 +533,7 @@ class Agent:
         body += ["", "Press R to try again, or F3 to quit to the main menu."]
         self.show(Screen(tuple(body), "R=Retry   F3=Quit", error=True))
         while True:
-            key = self.wait_key()
-            if key is None:
-                continue
+            key = self.next_key()
             if key.name is KeyName.F3:
                 self.log("quit after the error: nothing more was written")
                 return State.MENU
@@ -644,9 +638,7 @@ class Agent:
         page, seen = 0, {0}
         while True:
             self.show(render_plan_page(pages, page, confirmable=len(seen) == len(pages)))
-            key = self.wait_key()
-            if key is None:
-                continue
+            key = self.next_key()
             ch = (key.char or "").lower() if key.name is KeyName.CHAR else ""
             if key.name is KeyName.F3:
                 self.log("quit at the plan: nothing written")
@@ -679,9 +671,7 @@ class Agent:
         self.consoles.drain()
         self.show(Screen(tuple(body), f"1-{len(choice.candidates)}=Choose   F3=Quit"))
         while True:
-            key = self.wait_key()
-            if key is None:
-                continue
+            key = self.next_key()
             if key.name is KeyName.F3:
                 self.log("quit at the disk choice: nothing written")
                 return State.MENU
@@ -781,9 +771,7 @@ class Agent:
         self.consoles.drain()
         self.show(Screen(tuple(body), "R=Retry   S=Rescue shell   F3=Quit", error=True))
         while True:
-            key = self.wait_key()
-            if key is None:
-                continue
+            key = self.next_key()
             if key.name is KeyName.F3:
                 self.log("quit after a failed step: the disks are partly restored")
                 return State.MENU

@@ -368,9 +368,11 @@ class Agent:
             pass
         return key
 
-    def wait_any_key(self) -> Key:
-        """Forget keys typed before now, then wait for the next one."""
+    def show_and_wait(self, screen: Screen) -> Key:
+        """Show ``screen`` and wait for a key pressed on it: keys typed before are forgotten first, before the screen
+        appears, so that a key pressed as soon as it shows is never lost."""
         self.consoles.drain()
+        self.show(screen)
         return self.next_key()
 
     # -- states -------------------------------------------------------------------------------------------
@@ -622,11 +624,12 @@ class Agent:
             self.log(f"plan:   {line}")
         if self.options.dryrun:
             then = "Unattended: powering off" if self.options.unattended else "Any key=Quit"
-            self.show(Screen(("DRY RUN: this is the plan; nothing will be written.", "", *lines), f"Dry run   {then}"))
+            screen = Screen(("DRY RUN: this is the plan; nothing will be written.", "", *lines), f"Dry run   {then}")
             self.log("dry run: nothing written")
             if self.options.unattended:
+                self.show(screen)
                 return ExitCode.POWEROFF
-            self.wait_any_key()
+            self.show_and_wait(screen)
             return State.MENU
         if self.options.unattended:
             self.show(Screen(tuple(lines), "Unattended: continuing"))
@@ -816,8 +819,7 @@ class Agent:
                 return ExitCode.POWEROFF
             body = [f"The capture failed ({type(e).__name__}).", "", *(w for ln in str(e).splitlines()
                                                                        for w in wrap(ln.strip()))]
-            self.show(Screen(tuple(body), "Any key=Main menu", error=True))
-            self.wait_any_key()
+            self.show_and_wait(Screen(tuple(body), "Any key=Main menu", error=True))
             return State.MENU
         r = done.result
         self.log(
@@ -834,8 +836,7 @@ class Agent:
         if self.options.unattended:
             self.show(Screen(done_body, "The computer will power off."))
             return ExitCode.POWEROFF
-        self.show(Screen(done_body, "Any key=Power off"))
-        self.wait_any_key()
+        self.show_and_wait(Screen(done_body, "Any key=Power off"))
         return ExitCode.POWEROFF
 
     def on_capture_progress(self, done: int, total: int) -> None:

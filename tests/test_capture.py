@@ -36,7 +36,8 @@ from recovery_env.errors import (
     UnsupportedLayoutError,
 )
 from recovery_env.model.descriptor import GPT_BIOS_BOOT, BootloaderKind, Firmware, FsType
-from recovery_env.model.sif import parse_asr_sif, parse_asrpnp_sif, validate_inventory
+from recovery_env.model.sif import parse_asr_sif, parse_asrpnp_sif
+from recovery_env.model.validate import validate_inventory
 from recovery_env.probe.inventory import AliasTable, make_device, parse_modules_alias, read_inventory
 from recovery_env.restore.verify import check_backup_set, verify_manifest
 from recovery_env.run import run

@@ -30,15 +30,9 @@ from recovery_env.model.descriptor import (
     Partition,
     TableType,
 )
-from recovery_env.model.sif import (
-    parse_asr_sif,
-    parse_asr_sif_bytes,
-    parse_asrpnp_sif,
-    read_asr_sif,
-    reseal,
-    validate_descriptor,
-)
+from recovery_env.model.sif import parse_asr_sif, parse_asr_sif_bytes, parse_asrpnp_sif, read_asr_sif, reseal
 from recovery_env.model.sif_render import render_asr_sif, render_asrpnp_sif, reseal_sif
+from recovery_env.model.validate import validate_descriptor
 
 HYPOTHESIS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

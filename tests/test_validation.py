@@ -27,7 +27,8 @@ from recovery_env.model.descriptor import (
     Partition,
     TableType,
 )
-from recovery_env.model.sif import format_hex, format_optional, format_value, parse_asr_sif, seal, validate_descriptor
+from recovery_env.model.sif import format_hex, format_optional, format_value, parse_asr_sif, seal
+from recovery_env.model.validate import validate_descriptor
 from recovery_env.templating import render
 
 GPT = sample_descriptor()

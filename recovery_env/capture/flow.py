@@ -50,7 +50,7 @@ from recovery_env.capture.checks import (
 )
 from recovery_env.errors import BackupMediaMissingError, DestinationError, LayoutError, ToolError
 from recovery_env.model.descriptor import Compression, Descriptor, DeviceInventory, Firmware, FstabSpec, path_problem
-from recovery_env.model.sif import validate_descriptor
+from recovery_env.model.validate import validate_descriptor
 from recovery_env.probe.disks import find_disks, partition_device
 from recovery_env.probe.inventory import read_inventory
 from recovery_env.probe.layout import (

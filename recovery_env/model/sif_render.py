@@ -24,9 +24,8 @@ from recovery_env.model.sif import (
     reseal,
     seal,
     split_integrity,
-    validate_descriptor,
-    validate_inventory,
 )
+from recovery_env.model.validate import validate_descriptor, validate_inventory
 from recovery_env.templating import render
 
 TOOL = f"asr {__version__}"

@@ -40,7 +40,7 @@ from builder.media.packages import (
     read_lock,
     render_lock,
 )
-from builder.media.rootfs import HOST_PYTHON_PACKAGES
+from builder.media.python import HOST_PYTHON_PACKAGES
 from builder.vm.sample import sample_descriptor, sample_inventory
 from recovery_env.errors import BackupSetError, DescriptorMissingError, InputError
 from recovery_env.model.descriptor import Descriptor, DeviceInventory

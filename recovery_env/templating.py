@@ -3,9 +3,9 @@
 It lives in recovery_env because the boot media render ASR.SIF/ASRPNP.SIF too (the offline capture), from the
 same templates; the host's builder renders its boot configs and /init through it.  jinja2 is imported when the
 first text is rendered, never at import time: recovery_env imports with the standard library alone, and the
-rescue system ships jinja2 deliberately (builder.media.rootfs.HOST_PYTHON_PACKAGES) for that one use.
+rescue system ships jinja2 deliberately (builder.media.python.HOST_PYTHON_PACKAGES) for that one use.
 On the host the templates are the repository's ``templates/``; on the boot media, ``templates/`` beside the
-``recovery_env`` package (builder.media.rootfs.SHIPPED_TEMPLATES).
+``recovery_env`` package (builder.media.python.SHIPPED_TEMPLATES).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-# ---- rescue environment (helper A: builder/media/packages.py, rootfs.py, modules.py, initramfs.py) -------------------
+# ---- rescue environment (helper A: builder/media/) -------------------------------------------------------------------
 from builder.media.packages import PackageSet, fetch_packages
 
 

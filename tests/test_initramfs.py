@@ -30,7 +30,7 @@ from builder.media.initramfs import (
     render_init,
 )
 from builder.media.packages import PackageSet
-from builder.media.rootfs import Entry, EntryKind, Group, RescueTree
+from builder.media.tree import Entry, EntryKind, Group, RescueTree
 from recovery_env.agent.states import ExitCode
 from recovery_env.errors import BudgetError
 from recovery_env.run import run, run_bytes

@@ -182,7 +182,7 @@ def test_extraction_cache_is_made_once_and_reads_back_the_same(
 
 
 def test_pyc_cache_compiles_each_source_once(tmp_path: Path) -> None:
-    from builder.media.rootfs import compile_pyc
+    from builder.media.python import compile_pyc
 
     compiled: list[str] = []
 

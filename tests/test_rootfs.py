@@ -12,6 +12,7 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
+from builder.media.elf import LIB_DIRS, MissingLibraryError, add_library_closure, check_elf_closure, resolve_in_tree
 from builder.media.modules import (
     WANTED_MODULES,
     ModuleIndex,
@@ -23,26 +24,9 @@ from builder.media.modules import (
     read_module_index,
 )
 from builder.media.packages import PackageLock, PackageSet, read_deb
-from builder.media.rootfs import (
-    BUSYBOX_APPLETS,
-    LIB_DIRS,
-    TOOLS,
-    EntryKind,
-    ImportScanCache,
-    MissingLibraryError,
-    PackageFiles,
-    PythonStdlib,
-    Rootfs,
-    TreeBuilder,
-    add_busybox,
-    add_library_closure,
-    check_elf_closure,
-    find_tool,
-    make_rootfs,
-    plan_python_modules,
-    read_python_stdlib,
-    resolve_in_tree,
-)
+from builder.media.python import ImportScanCache, PythonStdlib, plan_python_modules, read_python_stdlib
+from builder.media.rootfs import BUSYBOX_APPLETS, TOOLS, Rootfs, add_busybox, find_tool, make_rootfs
+from builder.media.tree import EntryKind, PackageFiles, TreeBuilder
 from recovery_env.run import run
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ out, with the size breakdown the budget check and the build report use.
 The initramfs is a series of segments, each a whole cpio archive in its own zstd frame, concatenated: the kernel
 unpacks them one after the other into the same root (Documentation/driver-api/early-userspace/buffer-format).
 The first segment holds every directory, so that the files of the later ones always find their parents; then
-one segment per :class:`~builder.media.rootfs.Group` (kernel modules, python, libraries, ...).  Segments are
+one segment per :class:`~builder.media.tree.Group` (kernel modules, python, libraries, ...).  Segments are
 compressed in parallel (zstandard releases the GIL) and, with a cache directory, kept by the digest of their
 cpio bytes: an edit of the agent recompresses the agent's segment only.  The bytes depend on the tree alone
 (not on the cache, the thread count or the order the segments finish in).
@@ -27,7 +27,9 @@ from pathlib import Path
 import zstandard
 
 from builder.media.packages import PackageSet, read_deb, write_atomic
-from builder.media.rootfs import AGENT_DIR, AGENT_PACKAGE, PYTHON, EntryKind, Group, RescueTree, make_rootfs
+from builder.media.python import AGENT_DIR, AGENT_PACKAGE, PYTHON
+from builder.media.rootfs import make_rootfs
+from builder.media.tree import EntryKind, Group, RescueTree
 from recovery_env.agent.states import ExitCode
 from recovery_env.errors import BudgetError, InternalError
 from recovery_env.templating import render

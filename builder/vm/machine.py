@@ -41,7 +41,7 @@ from pathlib import Path
 from builder.media.initramfs import make_cpio
 from builder.media.modules import plan_module_closure, read_module_index
 from builder.media.packages import DebMember, MemberKind, PackageSet, fetch_packages, read_deb
-from builder.media.rootfs import TreeBuilder
+from builder.media.tree import TreeBuilder
 from recovery_env.errors import InputError, InternalError, ToolError
 from recovery_env.model.descriptor import GPT_BIOS_BOOT, GPT_ESP, Firmware, FsType, TableType
 from recovery_env.model.fileattrs import NameResolver, encode_posix_acl

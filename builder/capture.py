@@ -47,8 +47,7 @@ from recovery_env.capture.flow import (
 from recovery_env.capture.flow import capture as capture_with
 from recovery_env.model.descriptor import Firmware
 from recovery_env.model.sif_render import render_asr_sif, render_asrpnp_sif
-from recovery_env.probe.disks import format_size
-from recovery_env.text import json_text
+from recovery_env.text import format_size, json_text
 
 __all__ = ["ASRPNP_SIF", "ASR_SIF", "CaptureRequest", "CaptureResult", "capture", "cli_backup", "find_media"]
 

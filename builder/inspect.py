@@ -24,7 +24,6 @@ from typing import Any
 
 from builder.media.fatimage import read_fat_image
 from recovery_env.agent.floppy import ASR_SIF, ASRPNP_SIF, check_fat_boot_sector
-from recovery_env.agent.screens import human_size
 from recovery_env.errors import (
     BackupSetError,
     DescriptorMissingError,
@@ -35,7 +34,7 @@ from recovery_env.model.descriptor import GPT_TYPES, MBR_TYPES, Descriptor, Devi
 from recovery_env.model.manifest import sha256_file
 from recovery_env.model.sif import PNP_SIGNATURE, parse_asr_sif_bytes, parse_asrpnp_sif_bytes
 from recovery_env.model.sif_render import reseal_file
-from recovery_env.text import json_text, visible
+from recovery_env.text import format_size, json_text, visible
 
 MAX_SIF = 1_474_560  # nothing larger fits on the floppy: larger files are not descriptors
 
@@ -178,7 +177,7 @@ def check_file(path: Path, size: int | None, sha256: str) -> Check:
     actual = sha256_file(path)
     if actual != sha256:
         return Check(path.name, CheckStatus.MISMATCH, f"SHA-256 {actual}, expected {sha256}")
-    return Check(path.name, CheckStatus.OK, f"{human_size(actual_size)}, SHA-256 {sha256[:16]}...")
+    return Check(path.name, CheckStatus.OK, f"{format_size(actual_size, compact=True)}, SHA-256 {sha256[:16]}...")
 
 
 # --- formatting --------------------------------------------------------------------------------------------------
@@ -202,7 +201,7 @@ def render_descriptor(d: Descriptor) -> list[str]:
     for k in d.disks:
         was = " ".join(visible(x) for x in (k.device, k.model, f"({k.serial})" if k.serial else "") if x)
         lines.append(
-            f"  {k.key:<8} {human_size(k.size_bytes):>10}  {k.table.value:<3} {k.disk_id:<36}  "
+            f"  {k.key:<8} {format_size(k.size_bytes, compact=True):>10}  {k.table.value:<3} {k.disk_id:<36}  "
             f"{k.logical_sector_size}/{k.physical_sector_size} B sectors"
             + ("  critical" if k.critical else "")
             + (f"  {was}" if was else "")
@@ -213,7 +212,7 @@ def render_descriptor(d: Descriptor) -> list[str]:
         for p in d.partitions_of(k.key):
             flags = ",".join(f.value for f in p.flags)
             lines.append(
-                f"  {p.key:<10} {p.start:>12} {human_size(p.size * k.logical_sector_size):>10}  "
+                f"  {p.key:<10} {p.start:>12} {format_size(p.size * k.logical_sector_size, compact=True):>10}  "
                 f"{_type_name(k.table, p.type):<22} {flags or '-':<10} {visible(p.name)}".rstrip()
             )
     lines += ["", f"Filesystems ({len(d.filesystems)})"]
@@ -246,7 +245,8 @@ def render_descriptor(d: Descriptor) -> list[str]:
         lines.append(f"Backup set  {visible(bs.path)} on {medium}, {bs.compression.value}, {bs.file_count} files")
         lines.append(f"  {bs.manifest:<20} {'':>10}  sha256 {bs.manifest_sha256}")
         for a in bs.archives:
-            lines.append(f"  {visible(a.file):<20} {human_size(a.size):>10}  sha256 {a.sha256}  ({a.filesystem})")
+            size = format_size(a.size, compact=True)
+            lines.append(f"  {visible(a.file):<20} {size:>10}  sha256 {a.sha256}  ({a.filesystem})")
     lines += ["", f"Commands ({len(d.commands)})"]
     for c in sorted(d.commands, key=lambda c: c.order):
         lines.append(f"  {c.order:>3}  {visible(c.command)}" + ("  (critical)" if c.critical else ""))

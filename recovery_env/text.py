@@ -55,3 +55,16 @@ def json_text(doc: object, *, indent: int | None = 2, sort_keys: bool = False) -
     # outside strings there is only ASCII punctuation, digits, letters, spaces and the indent's line feeds: every
     # other non-printable character is inside a string, where an escape means the same character
     return "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
+
+
+def format_size(size_bytes: int, *, compact: bool = False) -> str:
+    """A size as people read it: ``1.0 GiB``, ``512.0 MiB``, ``2.0 TiB``; ``compact`` drops the decimal from 100
+    up (``512 MiB``, ``1.5 GiB``), as the agent's screens show sizes."""
+    value = float(size_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{int(value)} B"
+            return f"{value:.0f} {unit}" if compact and value >= 100 else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

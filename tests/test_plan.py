@@ -42,7 +42,6 @@ from recovery_env.model.descriptor import (
 )
 from recovery_env.probe.disks import (
     TargetDisk,
-    format_size,
     is_skipped_name,
     make_target_disk,
     normalize_wwn,
@@ -53,6 +52,7 @@ from recovery_env.probe.disks import (
 from recovery_env.probe.layout import parse_blkid_export
 from recovery_env.restore.match import MatchReason, match_disks
 from recovery_env.restore.plan import CheckManifest, Extract, Phase, RunStep, plan_restore, render_plan
+from recovery_env.text import format_size
 
 GIB = 1 << 30
 MIB = 1 << 20

@@ -29,7 +29,6 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 
 from builder.inspect import inspect_floppy
-from recovery_env.agent.screens import human_size
 from recovery_env.errors import (
     DescriptorMissingError,
     InputError,
@@ -42,6 +41,7 @@ from recovery_env.model.descriptor import Descriptor, Firmware
 from recovery_env.model.sif import read_asr_sif
 from recovery_env.run import run
 from recovery_env.templating import render
+from recovery_env.text import format_size
 
 VBOXMANAGE = "VBoxManage"
 OSTYPE = "Linux_64"
@@ -166,8 +166,8 @@ class DiskConversion:
     @property
     def what(self) -> str:
         if self.source is None:
-            return f"blank {human_size(self.size_bytes)} target for {self.key}"
-        return f"{self.source} ({self.source_format}, {human_size(self.size_bytes)})"
+            return f"blank {format_size(self.size_bytes, compact=True)} target for {self.key}"
+        return f"{self.source} ({self.source_format}, {format_size(self.size_bytes, compact=True)})"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from recovery_env.text import visible
+from recovery_env.text import format_size, visible
 
 if TYPE_CHECKING:  # the descriptor model is imported by render_summary: the first screens do without it
     from recovery_env.model.descriptor import Descriptor, DeviceInventory
@@ -108,15 +108,6 @@ def render_screen(screen: Screen, size: Size = DEFAULT_SIZE) -> str:
     return "".join(out)
 
 
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" or size >= 100 else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError(n)
-
-
 def render_summary(descriptor: Descriptor, inventory: DeviceInventory | None = None) -> list[str]:
     """The F2 summary of a descriptor: system, disks, partitions, filesystems (with mount points), backup set."""
     from recovery_env.model.descriptor import GPT_TYPES, MBR_TYPES, TableType
@@ -132,7 +123,7 @@ def render_summary(descriptor: Descriptor, inventory: DeviceInventory | None = N
     for disk in d.disks:
         was = ", ".join(x for x in (disk.device, disk.model) if x)
         lines.append(
-            f"  {disk.key:<8} {human_size(disk.size_bytes):>10}  {disk.table.value.upper():<4}"
+            f"  {disk.key:<8} {format_size(disk.size_bytes, compact=True):>10}  {disk.table.value.upper():<4}"
             + ("  critical" if disk.critical else "")
             + (f"  (was {was})" if was else "")
         )
@@ -142,7 +133,7 @@ def render_summary(descriptor: Descriptor, inventory: DeviceInventory | None = N
         kind = GPT_TYPES if disk.table is TableType.GPT else MBR_TYPES
         flags = " ".join(f.value for f in p.flags)
         lines.append(
-            f"  {p.key:<8} {human_size(p.size * disk.logical_sector_size):>10}  "
+            f"  {p.key:<8} {format_size(p.size * disk.logical_sector_size, compact=True):>10}  "
             f"{kind.get(p.type, p.type)}" + (f"  [{flags}]" if flags else "")
         )
     lines.append(f"Filesystems: {len(d.filesystems)}")

@@ -20,9 +20,10 @@ from recovery_env.errors import (
     NotRootError,
 )
 from recovery_env.model.descriptor import FsType
-from recovery_env.probe.disks import find_holding_devices, format_size
+from recovery_env.probe.disks import find_holding_devices
 from recovery_env.probe.layout import DiskFacts, Layout
 from recovery_env.run import run
+from recovery_env.text import format_size
 
 # Compressed archive size ≈ used bytes × this (zstd -3 on system files is usually 0.35-0.5; 0.6 leaves room for
 # less compressible data), plus a fixed margin for the MANIFEST, the descriptors and filesystem overhead.

@@ -21,6 +21,7 @@ from pathlib import Path
 from recovery_env.errors import MediaError
 from recovery_env.model.descriptor import TableType
 from recovery_env.probe.layout import read_blkid
+from recovery_env.text import format_size
 
 # Kernel name prefixes that are never restore targets unless named explicitly (``include``): loop devices, RAM
 # disks, optical and floppy drives, compressed swap, device-mapper and MD arrays, network block devices.
@@ -43,19 +44,10 @@ SYSFS_FILES: tuple[str, ...] = (
     "wwid",
     "loop/backing_file",
 )
+
 SYSFS_BINARY_FILES: tuple[str, ...] = ("device/vpd_pg80",)
 
 SECTOR_UNIT = 512  # /sys/block/X/size counts 512-byte units whatever the logical sector size
-
-
-def format_size(size_bytes: int) -> str:
-    """A size as people read it on a plan screen: ``1.0 GiB``, ``512.0 MiB``, ``2.0 TiB``."""
-    value = float(size_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def normalize_wwn(text: str) -> str:

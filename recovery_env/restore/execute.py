@@ -36,7 +36,6 @@ from recovery_env.errors import (
     UnconfirmedPlanError,
 )
 from recovery_env.model.descriptor import TableType
-from recovery_env.probe.disks import format_size
 from recovery_env.probe.layout import SfdiskTable, parse_sfdisk_json, read_blkid
 from recovery_env.restore.inroot import read_in_root, resolve_in_root, write_in_root
 from recovery_env.restore.plan import (
@@ -57,6 +56,7 @@ from recovery_env.restore.plan import (
 )
 from recovery_env.restore.verify import verify_manifest
 from recovery_env.run import run, run_feed
+from recovery_env.text import format_size
 
 # Programs that write to the device named by their last argument: that argument must be a device of the plan.
 DEVICE_WRITERS = frozenset(

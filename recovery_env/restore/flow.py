@@ -31,13 +31,7 @@ from pathlib import Path
 
 from recovery_env.errors import BackupMediaMissingError, ToolError
 from recovery_env.model.descriptor import BackupSet, Descriptor
-from recovery_env.probe.disks import (
-    TargetDisk,
-    find_disks,
-    find_media_disks,
-    format_size,
-    parse_mountinfo,
-)
+from recovery_env.probe.disks import TargetDisk, find_disks, find_media_disks, parse_mountinfo
 from recovery_env.probe.media import (
     BACKUP_MOUNT,
     EMBEDDED_DIR,
@@ -59,6 +53,7 @@ from recovery_env.restore.match import DiskMatch, match_disks
 from recovery_env.restore.plan import RestorePlan, plan_restore
 from recovery_env.restore.verify import check_backup_set
 from recovery_env.run import run
+from recovery_env.text import format_size
 
 TARGET_ROOT = "/target"
 RESCUE_GRUB_DIR = "/usr/lib/grub"

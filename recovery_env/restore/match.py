@@ -25,7 +25,8 @@ from recovery_env.model.descriptor import (
     Descriptor,
     Disk,
 )
-from recovery_env.probe.disks import TargetDisk, format_size
+from recovery_env.probe.disks import TargetDisk
+from recovery_env.text import format_size
 
 
 class MatchReason(StrEnum):

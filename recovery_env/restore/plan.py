@@ -35,9 +35,9 @@ from recovery_env.model.descriptor import (
     TableType,
 )
 from recovery_env.model.manifest import DECOMPRESSORS, TAR_EXTRACT_OPTIONS
-from recovery_env.probe.disks import TargetDisk, format_size, partition_device
+from recovery_env.probe.disks import TargetDisk, partition_device
 from recovery_env.restore.match import describe_disk, no_target_error
-from recovery_env.text import visible_lines
+from recovery_env.text import format_size, visible_lines
 
 # ------------------------------------------------------------------------------------------------ disk matching
 

@@ -366,4 +366,4 @@ def test_guest_agent_uses_the_standard_library_and_recovery_env_only() -> None:
     compile(source, "guest_agent.py", "exec")
     imported = set(re.findall(r"^(?:from|import) ([a-z_.]+)", source, re.MULTILINE))
     assert imported <= {"json", "os", "sys", "time", "pathlib", "recovery_env.model.manifest",
-                        "recovery_env.model.descriptor", "recovery_env.run"}  # fmt: skip
+                        "recovery_env.restore.verify", "recovery_env.model.descriptor", "recovery_env.run"}  # fmt: skip

@@ -39,8 +39,8 @@ from test_restore_vm import (
     sha256,
 )
 
-from builder import machine as test_machine
 from builder.build import build_media
+from builder.vm import machine as test_machine
 from builder.vm.qemu import QemuVM, VMSpec, qemu_argv
 from builder.vm.rehearse import AGENT_FAILED, EXIT_TIMEOUT, read_rescue_verdict, run_rescue
 from recovery_env.model.descriptor import Firmware as DescFirmware

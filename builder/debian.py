@@ -5,7 +5,7 @@ Two cached stages under ``~/.cache/asr/machines/`` (or ``$ASR_CACHE/machines``):
 1. **The tree** (:func:`make_debian_tree`): ``debootstrap --variant=minbase`` of :data:`PACKAGES` from the mirror
    the host's own apt configuration names (read at run time: :func:`find_mirror`), packed as
    ``tree-<digest>.tar.zst``.  The digest covers suite, variant, package list, mirror, debootstrap's version and
-   the code that makes the tree.  About 850 MB unpacked; every layout shares it.
+   the code that makes the tree.  About 680 MB unpacked, 210 MB packed; every layout shares it.
 2. **The disk image(s)** (:func:`make_debian_image`): ``<digest>/disk*.img`` plus ``machine.json``, the digest
    covering the tree's digest, the pure plan (layout, sizes, every id), the rendered templates and this code.
 
@@ -14,13 +14,15 @@ loop devices and the distribution's ``grub-install`` fails on a loop device with
 notes).  The guest is the tree itself: the host packs it into a plain ext4 file (``mke2fs -d``, no mount, no
 loop) together with a script rendered from ``templates/debian-make-machine.sh.j2`` and the sfdisk scripts; QEMU
 boots the tree's own kernel and initramfs-tools initrd (``-kernel``/``-initrd``, ``root=/dev/vda
-init=/asr/make-machine``) with the blank target disk(s) attached.  The script partitions (sfdisk), formats with
-the planned ids (mkfs.*, mkswap), copies the running root into the mounted target (GNU tar, xattrs and ACLs),
-then in a chroot runs the distribution's own ``grub-install`` for i386-pc and x86_64-efi (``\\EFI\\debian`` and
-the removable path ``\\EFI\\BOOT\\BOOTX64.EFI``, no NVRAM: the image must boot on any firmware's fresh
-variables) and ``update-grub``, and powers off.  The initramfs (``update-initramfs`` with the machine's resume
-device) is made before, on the host in a chroot of the tree: in the guest it takes minutes under TCG.  The guest
-kernel has every driver and filesystem, the tree has every tool; nothing is mounted on the host.
+init=/asr/make-machine``) with the blank target disk(s) attached.  The script starts udev (update-grub writes
+``root=UUID=`` only where /dev/disk/by-uuid exists), partitions (sfdisk), formats with the planned ids (mkfs.*,
+mkswap), copies its own root (a plain bind mount of /: nothing mounted on it, ``cp -a`` keeps owners, xattrs,
+ACLs, hard links) into the mounted target, then in a chroot runs the distribution's own ``grub-install`` for
+i386-pc and x86_64-efi (``\\EFI\\debian`` and the removable path ``\\EFI\\BOOT\\BOOTX64.EFI``, no NVRAM: the
+image must boot on any firmware's fresh variables) and ``update-grub``, and powers off.  The initramfs
+(``update-initramfs`` with the machine's resume device) is made before, on the host in a chroot of the tree (with
+/proc mounted in it: the one mount on the host); in the guest it takes minutes under TCG.  The guest kernel has
+every driver and filesystem, the tree every tool.
 
 Layouts are parameters of the pure planner (:func:`plan_debian_machine`): a layout lists disks, partitions by
 role and filesystems; the guest steps (:func:`plan_guest_steps`) are derived from them, so the MBR, xfs, btrfs
@@ -230,7 +232,7 @@ class DebianSpec:
         return str(uuid.UUID(bytes=hashlib.sha256(f"{self.seed}/{what}".encode()).digest()[:16], version=4))
 
 
-#: The tree takes about 850 MB; the root filesystem gets room to spare.
+#: The tree takes about 680 MB; the root filesystem gets room to spare.
 MIN_ROOT_MIB = 1400
 
 
@@ -472,9 +474,14 @@ def _digest(*parts: object) -> str:
     return h.hexdigest()[:24]
 
 
+#: This module's text as imported: the digests read the code that runs, even if the file is edited meanwhile.
+_SOURCE_LINES = Path(__file__).read_text().splitlines(keepends=True)
+
+
 def _code(*fns: Callable[..., object]) -> str:
-    """The source text of ``fns``: stable between a fresh compile and a .pyc (a marshal digest of the code is not)."""
-    return "".join(inspect.getsource(fn) for fn in fns)
+    """The source text of ``fns`` (functions of this module): stable between a fresh compile and a .pyc, which a
+    marshal digest of the code objects is not."""
+    return "".join("".join(inspect.getblock(_SOURCE_LINES[fn.__code__.co_firstlineno - 1 :])) for fn in fns)
 
 
 def tree_digest(spec: DebianSpec, mirror: str) -> str:

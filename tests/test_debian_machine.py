@@ -175,9 +175,14 @@ def test_debian_image_reads_back_with_independent_tools(debian_image: DebianImag
         probe = run(["blkid", "-p", "-O", str(offset), "-o", "export", debian_image.disks[0]]).stdout
         tags = dict(line.split("=", 1) for line in probe.splitlines() if "=" in line)
         assert (tags["TYPE"], tags["UUID"], tags["LABEL"]) == (fs.fstype.value, fs.uuid, fs.label)
-    root_offset = disk.partitions[plan.root.partition - 1].start * 512
-    listing = run(["debugfs", "-R", "ls -p /boot/grub", f"{debian_image.disks[0]}?offset={root_offset}"]).stdout
+    root = f"{debian_image.disks[0]}?offset={disk.partitions[plan.root.partition - 1].start * 512}"
+    listing = run(["debugfs", "-R", "ls -p /boot/grub", root]).stdout
     assert "grub.cfg" in listing and "i386-pc" in listing and "x86_64-efi" in listing
+    grub_cfg = run(["debugfs", "-R", "cat /boot/grub/grub.cfg", root]).stdout  # update-grub's, by UUID
+    assert f"root=UUID={plan.root.uuid} ro console=tty0 console=ttyS0,115200 quiet" in grub_cfg
+    esp = f"{debian_image.disks[0]}@@{disk.partitions[1].start * 512}"
+    for efi_dir, loader in (("EFI/BOOT", "BOOTX64"), ("EFI/debian", "grubx64")):  # removable path + distribution's
+        assert loader in run(["mdir", "-b", "-i", esp, f"::{efi_dir}"], env={"MTOOLS_SKIP_CHECK": "1"}).stdout
 
 
 @pytest.mark.vm

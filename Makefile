@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 ASR := $(VENV)/bin/asr
 STAMP := $(VENV)/.installed
 APT_PACKAGES := qemu-system-x86 qemu-utils ovmf mtools dosfstools xorriso genisoimage e2fsprogs fdisk \
-	zstd fakeroot grub-common cpio xz-utils acl attr xfsprogs btrfs-progs python3-venv cryptsetup-bin lvm2 pciutils
+	zstd fakeroot grub-common cpio xz-utils acl attr xfsprogs btrfs-progs python3-venv cryptsetup-bin lvm2 pciutils debootstrap
 
 .PHONY: all setup deps venv test test-fast lint demo bench clean
 

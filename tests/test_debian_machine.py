@@ -1,4 +1,4 @@
-"""The real Debian 12 source machine (builder/debian.py): its planner and sources parsing, its image read back by
+"""The real Debian 12 source machine (builder/vm/debian.py): its planner and sources parsing, its image read back by
 independent tools, and the machine booted to its own serial login under BIOS and UEFI with a check run inside."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.debian import (
+from builder.vm.debian import (
     MIB_SECTORS,
     AptSource,
     DebianImage,
@@ -31,8 +31,8 @@ from builder.debian import (
     render_check_command,
     render_machine_files,
 )
-from builder.qemu import Firmware, QemuVM, VMSpec, find_accel
-from recovery_env.descriptor import FsType
+from builder.vm.qemu import QemuVM, VMFirmware, VMSpec, find_accel
+from recovery_env.model.descriptor import FsType
 from recovery_env.run import run
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -187,9 +187,9 @@ def test_debian_image_reads_back_with_independent_tools(debian_image: DebianImag
 
 @pytest.mark.vm
 @pytest.mark.root
-@pytest.mark.parametrize("firmware", [Firmware.BIOS, Firmware.UEFI])
+@pytest.mark.parametrize("firmware", [VMFirmware.BIOS, VMFirmware.UEFI])
 def test_debian_machine_boots_to_its_login_and_passes_its_check(
-    debian_image: DebianImage, firmware: Firmware, tmp_path: Path
+    debian_image: DebianImage, firmware: VMFirmware, tmp_path: Path
 ) -> None:
     disk = tmp_path / "disk0.img"
     run(["cp", "--sparse=always", debian_image.disks[0], disk])

@@ -28,7 +28,7 @@ Layouts are parameters of the pure planner (:func:`plan_debian_machine`): a layo
 role and filesystems; the guest steps (:func:`plan_guest_steps`) are derived from them, so the MBR, xfs, btrfs
 and two-disk layouts of issue 11 are added as data (plus their mkfs/mount facts), not as new code paths.
 
-Build one by hand: ``python -m builder.debian out/debian`` (root).
+Build one by hand: ``python -m builder.vm.debian out/debian`` (root).
 """
 
 from __future__ import annotations
@@ -54,11 +54,11 @@ from enum import StrEnum
 from itertools import pairwise
 from pathlib import Path
 
-from builder.qemu import QemuVM, VMError, VMSpec, find_accel
-from builder.templating import TEMPLATES_DIR, render
-from recovery_env.descriptor import GPT_BIOS_BOOT, GPT_ESP, FsType
+from builder.vm.qemu import QemuVM, VMError, VMSpec, find_accel
 from recovery_env.errors import InputError, InternalError
+from recovery_env.model.descriptor import GPT_BIOS_BOOT, GPT_ESP, FsType
 from recovery_env.run import run
+from recovery_env.templating import TEMPLATES_DIR, render
 
 log = logging.getLogger("asr.debian")
 
@@ -725,7 +725,7 @@ def check_login(vm: QemuVM, login_timeout: float = 240.0, check_timeout: float =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m builder.debian", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m builder.vm.debian", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="directory to copy the disk image(s) into")
     parser.add_argument("--hostname", default=DebianSpec.hostname)
     parser.add_argument("--disk-mib", type=int, default=DebianSpec.disk_mib)

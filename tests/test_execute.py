@@ -55,6 +55,7 @@ from recovery_env.model.descriptor import (
 )
 from recovery_env.probe.disks import TargetDisk, find_disks, find_media_disks
 from recovery_env.probe.layout import parse_blkid_export, parse_sfdisk_json
+from recovery_env.restore import execute
 from recovery_env.restore.execute import (
     Outcome,
     Progress,
@@ -68,7 +69,7 @@ from recovery_env.restore.execute import (
     resolve_step,
     rewrite_fstab,
 )
-from recovery_env.restore.flow import execute, write_run_log
+from recovery_env.restore.flow import write_run_log
 from recovery_env.restore.match import match_disks
 from recovery_env.restore.plan import (
     DiskPlan,

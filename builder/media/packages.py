@@ -450,6 +450,10 @@ def _download_locked(pins: Sequence[LockedPackage], where: Path) -> None:
 # ------------------------------------------------------------------------------------- the archive moved on
 
 
+#: apt's own words (``Candidate:``) whatever the user's language.
+APT_ENV = {"LC_ALL": "C"}
+
+
 @dataclass(frozen=True)
 class IndexRecord:
     """One version of a package in apt's index (``apt-cache show``): a version that can be downloaded."""
@@ -480,7 +484,7 @@ def parse_apt_records(text: str) -> list[IndexRecord]:
 
 def read_index(name: str) -> list[IndexRecord]:
     """Every downloadable version of ``name`` in apt's index (empty when apt knows no such package)."""
-    proc = run(["apt-cache", "show", name], check=False)
+    proc = run(["apt-cache", "show", name], check=False, env=APT_ENV)
     return parse_apt_records(proc.stdout) if proc.returncode == 0 else []
 
 
@@ -492,7 +496,7 @@ def parse_candidate(policy_text: str) -> str:
 
 def find_candidate(name: str) -> IndexRecord | None:
     """The version of ``name`` apt would install now, as its index records it."""
-    version = parse_candidate(run(["apt-cache", "policy", name], check=False).stdout)
+    version = parse_candidate(run(["apt-cache", "policy", name], check=False, env=APT_ENV).stdout)
     return next((r for r in read_index(name) if r.version == version), None) if version else None
 
 

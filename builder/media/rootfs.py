@@ -148,12 +148,6 @@ BASE_SYMLINKS: tuple[tuple[str, str], ...] = (
 )
 
 
-# ------------------------------------------------------------------------------------------------------ tree
-
-
-# --------------------------------------------------------------------------------------------- package view
-
-
 # ------------------------------------------------------------------------------------------------- userland
 
 
@@ -194,12 +188,6 @@ def add_tools(tree: TreeBuilder, files: PackageFiles) -> None:
 def add_modules(tree: TreeBuilder, modules: Iterable[KernelModule], kernel_members: Mapping[str, DebMember]) -> None:
     for module in modules:
         tree.add_file(canonical_path(module.path), kernel_members[module.path].data, 0o644, Group.MODULES)
-
-
-# --------------------------------------------------------------------------------------------- ELF closure
-
-
-# -------------------------------------------------------------------------------------------------- Python
 
 
 # ------------------------------------------------------------------------------------------------ assembly

@@ -196,17 +196,12 @@ class ManifestEntry:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Plan (pure)
+# Names and digests of the set's files
 # --------------------------------------------------------------------------------------------------------------
 
 
 def plan_archive_name(fs_key: str, compression: Compression) -> str:
     return f"{fs_key}{compression.suffix}"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Make (thin executors)
-# --------------------------------------------------------------------------------------------------------------
 
 
 def sha256_file(path: Path) -> str:
@@ -218,7 +213,7 @@ def sha256_file(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Check and verify (restore side)
+# What a verification compares (recovery_env.restore.verify)
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -235,15 +230,3 @@ COMPARED: tuple[tuple[str, Callable[[EntryType], bool], Callable[[ManifestEntry]
     ("xattrs", lambda t: True, lambda e: dict(sorted(e.xattrs.items()))),
     ("acl", lambda t: True, lambda e: dict(sorted(e.acl.items())) if e.acl is not None else None),
 )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Capture checks: each raises a named CaptureRefused before anything is written
-# --------------------------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The FAT fallback: a vfat filesystem that is not mounted, read with mtools
-# --------------------------------------------------------------------------------------------------------------
-
-

@@ -8,6 +8,7 @@ commands; and what the plan screen shows (:attr:`RestorePlan.disks_to_wipe`, :fu
 :meth:`RestorePlan.steps` orders it all into named steps, which :mod:`recovery_env.restore.execute` runs and
 nothing else.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,9 +39,6 @@ from recovery_env.model.manifest import DECOMPRESSORS, TAR_EXTRACT_OPTIONS
 from recovery_env.probe.disks import TargetDisk, partition_device
 from recovery_env.restore.match import describe_disk, no_target_error
 from recovery_env.text import format_size, visible_lines
-
-# ------------------------------------------------------------------------------------------------ disk matching
-
 
 # ------------------------------------------------------------------------------------------------ tool tables
 

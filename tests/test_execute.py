@@ -60,6 +60,7 @@ from recovery_env.restore.execute import (
     Outcome,
     Progress,
     _exists_in_root,
+    _run_command,
     check_filesystem,
     check_plan,
     check_table,
@@ -539,6 +540,25 @@ def test_steps_resolve_their_paths_inside_the_root_and_refuse_a_mount_over_it(tm
         with pytest.raises(TargetPathError, match=r"resolves to the target root .* itself"):
             resolve_step(RunStep("m", ph, mount), r, log.append)
     assert resolve_step(RunStep("m", ph, ("mount", "/dev/x", r)), r, log.append).argv[-1] == r  # / itself: fine
+
+
+def test_a_step_runs_only_when_all_its_only_if_all_paths_exist_inside_the_root(tmp_path: Path) -> None:
+    """The chroot GRUB steps' conditions: a grub-install in the restored system (any of) AND, e.g., its
+    x86_64-efi modules and a UEFI-booted rescue system (all of), each looked up inside the target root."""
+    root = tmp_path / "target"
+    (root / "usr/sbin").mkdir(parents=True)
+    (root / "usr/sbin/grub-install").write_text("")
+    (root / "usr/lib/grub/i386-pc").mkdir(parents=True)
+    os.symlink("/usr/lib/grub/i386-pc", root / "usr/lib/grub/x86_64-efi")  # inside the root: exists
+    r, log = str(root), []
+    own = (f"{r}/sbin/grub-install", f"{r}/usr/sbin/grub-install")
+    step = RunStep("g", Phase.BOOTLOADER, ("true",), only_if_any=own,
+                   only_if_all=(f"{r}/usr/lib/grub/x86_64-efi", f"{r}/sys/firmware/efi"))  # fmt: skip
+    assert _run_command(step, r, log.append) == (Outcome.SKIPPED, f"{r}/sys/firmware/efi does not exist")
+    (root / "sys/firmware/efi").mkdir(parents=True)
+    assert _run_command(step, r, log.append) == (Outcome.DONE, "")
+    (root / "usr/sbin/grub-install").unlink()
+    assert _run_command(step, r, log.append)[0] is Outcome.SKIPPED  # the any-of still holds
 
 
 def _snapshot(top: Path) -> dict[str, object]:

@@ -50,8 +50,17 @@ from recovery_env.probe.disks import (
     partition_device,
 )
 from recovery_env.probe.layout import parse_blkid_export
+from recovery_env.restore.execute import find_foreign_devices
 from recovery_env.restore.match import MatchReason, match_disks
-from recovery_env.restore.plan import CheckManifest, Extract, Phase, RunStep, plan_restore, render_plan
+from recovery_env.restore.plan import (
+    CheckManifest,
+    Extract,
+    Phase,
+    RestorePlan,
+    RunStep,
+    plan_restore,
+    render_plan,
+)
 from recovery_env.text import format_size
 
 GIB = 1 << 30
@@ -504,25 +513,73 @@ def test_mounts_extractions_and_steps_in_order() -> None:
                        ("umount", "/target"), ("sync",)]
 
 
+OWN_GRUB = ("/target/usr/sbin/grub-install", "/target/sbin/grub-install")
+BOOTED_UEFI = "/target/sys/firmware/efi"
+
+
+def _conditions(p: RestorePlan) -> list[tuple[tuple[str, ...], bool, tuple[str, ...], tuple[str, ...], bool]]:
+    return [(s.argv, s.optional, s.only_if_any, s.only_if_all, s.unless_any != ()) for s in p.bootloader]
+
+
 def test_uefi_boot_loader_commands() -> None:
+    """grub-efi recorded, a BIOS boot partition on the disk: the restored system's grub-install in a chroot for
+    both platforms (i386-pc only if its modules are there), NVRAM only when booted under UEFI, the removable path
+    always, the rescue system's grub when the restored system has none, then its update-grub."""
     p = _plan(gpt_descriptor(), target("vda", 3 * GIB))
-    got = [(s.argv, s.optional, s.only_if_any != (), s.unless_any != ()) for s in p.bootloader]
-    assert got == [
-        (("mount", "--bind", "/dev", "/target/dev"), False, False, False),
-        (("mount", "-t", "proc", "proc", "/target/proc"), False, False, False),
-        (("mount", "-t", "sysfs", "sysfs", "/target/sys"), False, False, False),
-        (("mount", "-t", "efivarfs", "efivarfs", "/target/sys/firmware/efi/efivars"), True, True, False),
-        (("chroot", "/target", "grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi",
-          "--bootloader-id=debian"), True, True, False),
-        (("chroot", "/target", "grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi",
-          "--bootloader-id=debian", "--removable"), False, True, False),
+    efi = ("--target=x86_64-efi", "--efi-directory=/boot/efi", "--bootloader-id=debian")
+    assert _conditions(p) == [
+        (("mount", "--bind", "/dev", "/target/dev"), False, (), (), False),
+        (("mount", "-t", "proc", "proc", "/target/proc"), False, (), (), False),
+        (("mount", "-t", "sysfs", "sysfs", "/target/sys"), False, (), (), False),
+        (("mount", "-t", "efivarfs", "efivarfs", "/target/sys/firmware/efi/efivars"), True,
+         ("/sys/firmware/efi/efivars",), (), False),
+        (("chroot", "/target", "grub-install", "--target=i386-pc", "/dev/vda"), False, OWN_GRUB,
+         ("/target/usr/lib/grub/i386-pc",), False),
+        (("chroot", "/target", "grub-install", *efi), True, OWN_GRUB, (BOOTED_UEFI,), False),
+        (("chroot", "/target", "grub-install", *efi, "--removable", "--no-nvram"), False, OWN_GRUB, (), False),
         (("grub-install", "--target=x86_64-efi", "--efi-directory=/target/boot/efi", "--boot-directory=/target/boot",
           "--directory=/usr/lib/grub/x86_64-efi", "--bootloader-id=debian", "--removable", "--no-nvram"),
-         False, False, True),
-    ]
-    assert p.bootloader[4].only_if_any == ("/target/usr/sbin/grub-install", "/target/sbin/grub-install")
+         False, (), (), True),
+        (("chroot", "/target", "update-grub"), False, ("/target/usr/sbin/update-grub", "/target/sbin/update-grub"),
+         (), False),
+    ]  # fmt: skip
+    assert p.bootloader[7].unless_any == OWN_GRUB
+    assert all(s.writes == ("/dev/vda",) for s in p.bootloader if "grub-install" in s.argv)
     assert [s.argv[-1] for s in p.post_commands] == ["echo restored > /etc/asr-restored", "true"]
     assert [s.optional for s in p.post_commands] == [False, True]  # critical commands stop the restore
+
+
+def test_layout_1_grub_bios_recorded_with_an_esp_installs_both_platforms_from_the_chroot() -> None:
+    """The real Debian machine (bios_grub + ESP + root), captured from a BIOS boot: grub-bios is recorded, the ESP
+    is mounted.  Both loaders come from the restored system: i386-pc on the disk (the rescue grub as fallback),
+    x86_64-efi when its modules are in the restored /usr/lib/grub; efivarfs bound in for the NVRAM entry."""
+    d = gpt_descriptor()
+    d = replace(d, bootloader=Bootloader(BootloaderKind.GRUB_BIOS, "disk1"))
+    p = _plan(d, target("vda", 3 * GIB))
+    efi = ("--target=x86_64-efi", "--efi-directory=/boot/efi", "--bootloader-id=debian")
+    modules = ("/target/usr/lib/grub/x86_64-efi",)
+    assert _conditions(p)[3:] == [
+        (("mount", "-t", "efivarfs", "efivarfs", "/target/sys/firmware/efi/efivars"), True,
+         ("/sys/firmware/efi/efivars",), (), False),
+        (("chroot", "/target", "grub-install", "--target=i386-pc", "/dev/vda"), False, OWN_GRUB, (), False),
+        (("grub-install", "--target=i386-pc", "--boot-directory=/target/boot", "--directory=/usr/lib/grub/i386-pc",
+          "/dev/vda"), False, (), (), True),
+        (("chroot", "/target", "grub-install", *efi), True, OWN_GRUB, (BOOTED_UEFI, *modules), False),
+        (("chroot", "/target", "grub-install", *efi, "--removable", "--no-nvram"), False, OWN_GRUB, modules, False),
+        (("chroot", "/target", "update-grub"), False, ("/target/usr/sbin/update-grub", "/target/sbin/update-grub"),
+         (), False),
+    ]  # fmt: skip
+    assert p.chroot_mounts == ("/target/dev", "/target/proc", "/target/sys", "/target/sys/firmware/efi/efivars")
+    names = [s.name for s in p.bootloader]
+    assert "install grub for BIOS on /dev/vda (chroot, the restored system's grub-install)" in names
+    assert "install grub for UEFI into /boot/efi (chroot, \\EFI\\BOOT\\BOOTX64.EFI)" in names
+    # the chroot argv name the target disk, which the plan writes: the one device guard lets them through
+    assert [find_foreign_devices(s.argv, p.devices) for s in p.bootloader] == [[]] * len(p.bootloader)
+    assert find_foreign_devices(("chroot", "/target", "grub-install", "--target=i386-pc", "/dev/vdb"), p.devices)
+    # unmounted children first, after the boot loader
+    unmount = [s.argv for s in p.steps() if isinstance(s, RunStep) and s.phase is Phase.UNMOUNT][:4]
+    assert unmount == [("umount", "/target/sys/firmware/efi/efivars"), ("umount", "/target/sys"),
+                       ("umount", "/target/proc"), ("umount", "/target/dev")]  # fmt: skip
 
 
 def test_bios_boot_loader_and_fstab_change_by_path() -> None:
@@ -532,7 +589,7 @@ def test_bios_boot_loader_and_fstab_change_by_path() -> None:
         ("chroot", "/mnt/t", "grub-install", "--target=i386-pc", "/dev/vda"),
         ("grub-install", "--target=i386-pc", "--boot-directory=/mnt/t/boot", "--directory=/opt/grub/i386-pc",
          "/dev/vda"),
-        ("chroot", "/mnt/t", "update-grub"),  # a device name changed: the grub config is regenerated
+        ("chroot", "/mnt/t", "update-grub"),  # no ESP on an MBR disk: no x86_64-efi, no efivarfs
     ]
     assert "rewrite /etc/fstab" in [s.name for s in p.steps()]
     assert p.mounts[0].argv == ("mount", "-t", "ext4", "/dev/vda1", "/mnt/t")

@@ -628,6 +628,9 @@ def _run_checked(step: Step, argv: Sequence[str]) -> str:
 def _run_command(step: RunStep, root: str, log: Log) -> tuple[Outcome, str]:
     if step.only_if_any and not any(_exists_in_root(p, root) for p in step.only_if_any):
         return Outcome.SKIPPED, f"none of {', '.join(step.only_if_any)} exists"
+    absent = [p for p in step.only_if_all if not _exists_in_root(p, root)]
+    if absent:
+        return Outcome.SKIPPED, f"{absent[0]} does not exist"
     present = [p for p in step.unless_any if _exists_in_root(p, root)]
     if present:
         return Outcome.SKIPPED, f"{present[0]} exists"

@@ -195,6 +195,7 @@ class RunStep:
     optional: bool = False  # a failure is logged and the restore goes on
     only_if_any: tuple[str, ...] = ()  # run only when one of these paths exists
     unless_any: tuple[str, ...] = ()  # skip when one of these paths exists
+    only_if_all: tuple[str, ...] = ()  # and run only when every one of these paths exists
 
 
 @dataclass(frozen=True)
@@ -553,11 +554,29 @@ def _fstab_change(m: Mount, fs: Filesystem, device: str) -> FstabChange | None:
     return None
 
 
+def _esp_mountpoint(descriptor: Descriptor, disk_key: str) -> str:
+    """The mount point of a FAT EFI system partition on ``disk_key`` ("" when none is mounted)."""
+    for m in sorted(descriptor.mounts, key=lambda m: _mount_order(m.mountpoint)):
+        fs = descriptor.filesystem(m.filesystem)
+        part = descriptor.partition(fs.partition)
+        if fs.type is FsType.VFAT and PartFlag.ESP in part.flags and part.disk == disk_key:
+            return m.mountpoint
+    return ""
+
+
 def plan_bootloader(
-    descriptor: Descriptor, disks: Mapping[str, DiskPlan], root: str, rescue_grub_dir: str, update_config: bool
+    descriptor: Descriptor, disks: Mapping[str, DiskPlan], root: str, rescue_grub_dir: str
 ) -> tuple[tuple[RunStep, ...], tuple[str, ...]]:
-    """Boot loader commands (run from inside the restored system, with the rescue system's grub as a fallback)
-    and the chroot mounts they need."""
+    """Boot loader commands and the chroot mounts they need.
+
+    Where the restored system has its own ``grub-install``, GRUB is reinstalled FROM THE RESTORED SYSTEM in a
+    chroot (/dev, /proc, /sys bound in; efivarfs under UEFI), for every platform the system carries: the
+    recorded kind, and the other one when its modules are in the restored ``/usr/lib/grub`` and the disk can take
+    it (a BIOS boot partition for i386-pc, a mounted ESP for x86_64-efi).  Under UEFI the loader goes to the
+    removable path ``\\EFI\\BOOT\\BOOTX64.EFI`` always, and to ``\\EFI\\<id>`` with an NVRAM entry only when the
+    rescue system itself was booted under UEFI (its /sys/firmware/efi, seen through the target's /sys).  Then the
+    restored system's ``update-grub``.  Without a ``grub-install`` in the restored system, the rescue system's
+    own GRUB installs the recorded kind (the fallback)."""
     bl = descriptor.bootloader
     ph = Phase.BOOTLOADER
     if bl.kind is BootloaderKind.NONE:
@@ -565,15 +584,22 @@ def plan_bootloader(
     if bl.disk not in disks:
         raise PlanError(f"boot loader: disk {bl.disk!r} is not among the disks being restored")
     dev = disks[bl.disk].device
-    uefi = bl.kind in (BootloaderKind.GRUB_EFI, BootloaderKind.SYSTEMD_BOOT)
+    esp = bl.esp_mountpoint or _esp_mountpoint(descriptor, bl.disk)
+    bios_boot = any(PartFlag.BIOS_GRUB in p.flags for p in descriptor.partitions_of(bl.disk))
+    bios = bl.kind is BootloaderKind.GRUB_BIOS or (bl.kind is BootloaderKind.GRUB_EFI and bios_boot)
+    uefi = bl.kind in (BootloaderKind.GRUB_EFI, BootloaderKind.SYSTEMD_BOOT) or (
+        bl.kind is BootloaderKind.GRUB_BIOS and bool(esp)
+    )
+    esp = esp or "/boot/efi"
     steps: list[RunStep] = [
         RunStep(f"mount /dev into {root}", ph, ("mount", "--bind", "/dev", f"{root}/dev")),
         RunStep(f"mount /proc into {root}", ph, ("mount", "-t", "proc", "proc", f"{root}/proc")),
         RunStep(f"mount /sys into {root}", ph, ("mount", "-t", "sysfs", "sysfs", f"{root}/sys")),
     ]
     chroot_mounts = [f"{root}/dev", f"{root}/proc", f"{root}/sys"]
+    booted_uefi = f"{root}/sys/firmware/efi"  # the rescue system's sysfs, mounted into the target
     if uefi:
-        efivars = f"{root}/sys/firmware/efi/efivars"
+        efivars = f"{booted_uefi}/efivars"
         steps.append(
             RunStep(
                 f"mount efivarfs into {root}",
@@ -585,69 +611,79 @@ def plan_bootloader(
         )
         chroot_mounts.append(efivars)
     own_grub = (f"{root}/usr/sbin/grub-install", f"{root}/sbin/grub-install")
-    esp = bl.esp_mountpoint or "/boot/efi"
     bl_id = bl.efi_directory or "debian"
-    if bl.kind is BootloaderKind.GRUB_BIOS:
-        steps += [
+    primary = bl.kind.grub_target
+    if bios:
+        steps.append(
             RunStep(
-                f"install grub for BIOS on {dev}",
+                f"install grub for BIOS on {dev} (chroot, the restored system's grub-install)",
                 ph,
                 ("chroot", root, "grub-install", "--target=i386-pc", dev),
                 writes=(dev,),
                 only_if_any=own_grub,
-            ),
-            RunStep(
-                f"install grub for BIOS on {dev} (rescue system's grub)",
-                ph,
-                (
-                    "grub-install",
-                    "--target=i386-pc",
-                    f"--boot-directory={root}/boot",
-                    f"--directory={rescue_grub_dir}/i386-pc",
-                    dev,
-                ),
-                writes=(dev,),
-                unless_any=own_grub,
-            ),
-        ]
-    elif bl.kind is BootloaderKind.GRUB_EFI:
+                only_if_all=() if primary == "i386-pc" else (f"{root}/usr/lib/grub/i386-pc",),
+            )
+        )
+        if primary == "i386-pc":
+            steps.append(
+                RunStep(
+                    f"install grub for BIOS on {dev} (rescue system's grub)",
+                    ph,
+                    (
+                        "grub-install",
+                        "--target=i386-pc",
+                        f"--boot-directory={root}/boot",
+                        f"--directory={rescue_grub_dir}/i386-pc",
+                        dev,
+                    ),
+                    writes=(dev,),
+                    unless_any=own_grub,
+                )
+            )
+    if uefi and bl.kind is not BootloaderKind.SYSTEMD_BOOT:
         efi_args = ("--target=x86_64-efi", f"--efi-directory={esp}", f"--bootloader-id={bl_id}")
+        efi_modules = () if primary == "x86_64-efi" else (f"{root}/usr/lib/grub/x86_64-efi",)
         steps += [
-            # the named entry and its NVRAM boot entry: firmware without efivars (or a BIOS-booted rescue system)
-            # cannot take it, so it is optional; the removable path below is what makes the disk boot anywhere.
+            # the named loader and its NVRAM boot entry (the restored system's efibootmgr): only when the rescue
+            # system was booted under UEFI; optional, since the removable path below makes the disk boot anywhere.
             RunStep(
-                f"install grub for UEFI into {esp} (\\EFI\\{bl_id})",
+                f"install grub for UEFI into {esp} (chroot, \\EFI\\{bl_id} and an NVRAM entry)",
                 ph,
                 ("chroot", root, "grub-install", *efi_args),
                 writes=(dev,),
                 optional=True,
                 only_if_any=own_grub,
+                only_if_all=(booted_uefi, *efi_modules),
             ),
             RunStep(
-                f"install grub for UEFI into {esp} (\\EFI\\BOOT\\BOOTX64.EFI)",
+                f"install grub for UEFI into {esp} (chroot, \\EFI\\BOOT\\BOOTX64.EFI)",
                 ph,
-                ("chroot", root, "grub-install", *efi_args, "--removable"),
+                ("chroot", root, "grub-install", *efi_args, "--removable", "--no-nvram"),
                 writes=(dev,),
                 only_if_any=own_grub,
-            ),
-            RunStep(
-                f"install grub for UEFI into {esp} (rescue system's grub, \\EFI\\BOOT\\BOOTX64.EFI)",
-                ph,
-                (
-                    "grub-install",
-                    "--target=x86_64-efi",
-                    f"--efi-directory={_under(root, esp)}",
-                    f"--boot-directory={root}/boot",
-                    f"--directory={rescue_grub_dir}/x86_64-efi",
-                    f"--bootloader-id={bl_id}",
-                    "--removable",
-                    "--no-nvram",
-                ),
-                writes=(dev,),
-                unless_any=own_grub,
+                only_if_all=efi_modules,
             ),
         ]
-    elif bl.kind is BootloaderKind.SYSTEMD_BOOT:
+        if primary == "x86_64-efi":
+            steps.append(
+                RunStep(
+                    f"install grub for UEFI into {esp} (rescue system's grub, \\EFI\\BOOT\\BOOTX64.EFI)",
+                    ph,
+                    (
+                        "grub-install",
+                        "--target=x86_64-efi",
+                        f"--efi-directory={_under(root, esp)}",
+                        f"--boot-directory={root}/boot",
+                        f"--directory={rescue_grub_dir}/x86_64-efi",
+                        f"--bootloader-id={bl_id}",
+                        "--removable",
+                        "--no-nvram",
+                    ),
+                    writes=(dev,),
+                    unless_any=own_grub,
+                )
+            )
+    if bl.kind is BootloaderKind.SYSTEMD_BOOT:
         steps.append(
             RunStep(
                 f"install systemd-boot into {esp}",
@@ -656,10 +692,12 @@ def plan_bootloader(
                 writes=(dev,),
             )
         )
-    if update_config and bl.kind in (BootloaderKind.GRUB_BIOS, BootloaderKind.GRUB_EFI):
+    if bl.kind in (BootloaderKind.GRUB_BIOS, BootloaderKind.GRUB_EFI):
+        # the restored system's own configuration, made by its own tools (a system without update-grub keeps the
+        # grub.cfg it was backed up with: ids are kept, so it still names the right filesystems)
         steps.append(
             RunStep(
-                "rewrite the grub configuration",
+                "rewrite the grub configuration (chroot, update-grub)",
                 ph,
                 ("chroot", root, "update-grub"),
                 only_if_any=(f"{root}/usr/sbin/update-grub", f"{root}/sbin/update-grub"),
@@ -748,7 +786,7 @@ def plan_restore(
                 )
             )
 
-    bootloader, chroot_mounts = plan_bootloader(descriptor, disk_plans, root, rescue_grub_dir, bool(changes))
+    bootloader, chroot_mounts = plan_bootloader(descriptor, disk_plans, root, rescue_grub_dir)
     post = tuple(
         RunStep(
             f"post-restore command {c.order}: {c.command}",

@@ -26,6 +26,7 @@ from builder.vm.rehearse import (
     plan_scratch_disks,
     read_rescue_verdict,
     read_set_descriptor,
+    read_step_outcomes,
     rehearse,
 )
 from recovery_env.errors import InputError
@@ -61,6 +62,12 @@ def test_the_rescue_verdict_is_read_from_the_agent_lines() -> None:
     differs = read_rescue_verdict(AGENT_OK.replace("0 differences", "3 differences"))
     assert not differs.ok and "3 differences" in differs.cause
     assert not read_rescue_verdict("ASR: plan: 9 steps\n").ok  # no "restore complete"
+
+
+def test_step_outcomes_are_read_from_the_agent_log() -> None:
+    log = ("ASR: [1/3] a\nASR:   | some output\nASR:   done\nASR: [2/3] b\nASR:   skipped: x does not exist\n"
+           "ASR: [3/3] c\nASR: FAILED: c: exit code 1\n")  # fmt: skip
+    assert read_step_outcomes(log) == {"a": "done", "b": "skipped: x does not exist", "c": "FAILED: c: exit code 1"}
 
 
 def test_the_default_sign_of_life() -> None:

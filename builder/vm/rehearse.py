@@ -300,6 +300,22 @@ def read_rescue_verdict(serial: str) -> RescueVerdict:
     return RescueVerdict(True, "", plan, manifest)
 
 
+def read_step_outcomes(log: str) -> dict[str, str]:
+    """Each step of the agent's log (``ASR: [i/n] NAME``, on serial or in the restored system's /var/log/asr/)
+    → its outcome (``done``, ``skipped: ...``, ``failed (optional...)...``, ``FAILED: ...``).  Pure."""
+    out: dict[str, str] = {}
+    current = ""
+    for line in log.splitlines():
+        m = re.match(r"ASR: \[\d+/\d+\] (.*)$", line)
+        if m:
+            current = m.group(1)
+            continue
+        m = re.match(r"ASR: (?:  )?(done|skipped|failed|FAILED)(.*)$", line)
+        if current and m and current not in out:
+            out[current] = m.group(1) + m.group(2)
+    return out
+
+
 @dataclass(frozen=True)
 class RehearsalPhase:
     name: str

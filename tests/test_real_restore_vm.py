@@ -168,3 +168,31 @@ def test_restored_debian_boots_to_its_login_and_passes_its_check(restored: Resto
     assert found.swap_uuid == plan.swap.uuid
     assert found.hostname == plan.spec.hostname
     assert found.firmware == firmware.value
+
+
+# GRUB of the captured system, left out of the set: its modules and tools, its configuration (update-grub would
+# write a new one), /boot/grub.  The rescue system's GRUB then installs the removable path (its fallback), with
+# no grub.cfg to load: the restored system cannot come up, and the rehearsal must say so with the serial excerpt.
+NO_GRUB = ("/boot/grub", "/usr/lib/grub", "/usr/sbin/grub-*", "/usr/sbin/update-grub*", "/usr/bin/grub-*")
+
+
+def test_a_set_without_its_grub_fails_the_rehearsal_with_the_serial_excerpt(restored: Restored) -> None:
+    machine = restored.machine
+    work = ARTIFACTS / "no-grub"
+    _image, set_dir = rehearse.capture_disk_image(machine.disks[0], machine.plan.root.partition, machine.hostname,
+                                                  "uefi", work / "capture", backup_mib=BACKUP_MIB,
+                                                  excludes=NO_GRUB)  # fmt: skip
+    (work / "capture" / "backup.img").unlink()
+    paths = [e.path for e in read_manifest(set_dir / "MANIFEST")]
+    assert "/usr/bin/ls" in paths or "/bin/ls" in paths
+    assert not [p for p in paths if p.startswith(("/boot/grub/", "/usr/lib/grub/", "/usr/sbin/grub-"))]
+    report = rehearse.rehearse(set_dir, firmware="uefi", expect=r"root@[a-z0-9-]+:~# ", workdir=work / "rehearse",
+                               boot_timeout=90.0, memory="768M")  # fmt: skip
+    _record("no-grub", {p.name: p.seconds for p in report.phases})
+    outcomes = rehearse.read_step_outcomes(Path(report.rescue_log).read_text(errors="replace"))
+    assert outcomes[RESCUE_GRUB] == "done"  # the fallback ran
+    assert outcomes[CHROOT_EFI_REMOVABLE].startswith("skipped") and outcomes[UPDATE_GRUB].startswith("skipped")
+    assert not report.recoverable
+    (boot,) = report.boots
+    assert not boot.booted and "no sign of a running system" in boot.matched
+    assert boot.excerpt and boot.excerpt in report.verdict  # the serial excerpt is in the verdict

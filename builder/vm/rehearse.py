@@ -149,10 +149,12 @@ BACKUP_LABEL = "ASRBACKUP"
 
 
 def capture_disk_image(disk: Path, root_partition: int, hostname: str, firmware: str, work: Path,
-                       *, backup_mib: int = 384) -> tuple[Path, Path]:  # fmt: skip
-    """`asr backup` of a disk image on this host: loop device + partx, its root partition mounted read-only, an
+                       *, backup_mib: int = 384, excludes: tuple[str, ...] = ()) -> tuple[Path, Path]:  # fmt: skip
+    """`asr backup` of a disk image on this host: loop device + partx, its root partition mounted read-only (other
+    filesystems of its fstab that this kernel cannot mount, a vfat ESP, are read by the capture with mtools), an
     ext4 image labelled ASRBACKUP (``work/backup.img``) mounted as the destination; everything detached again.
-    Returns (backup image, a copy of the set in ``work/set``).  Needs root and loop devices."""
+    ``excludes``: paths left out of the set (``asr backup --exclude``).  Returns (backup image, a copy of the set
+    in ``work/set``).  Needs root and loop devices."""
     from builder.capture import CaptureRequest, capture
 
     work.mkdir(parents=True, exist_ok=True)
@@ -171,8 +173,8 @@ def capture_disk_image(disk: Path, root_partition: int, hostname: str, firmware:
         run(["mount", "-t", "ext4", str(backup_image), str(backup_mnt)])
         mounted.append(backup_mnt)
         dest = backup_mnt / "asr" / hostname
-        capture(CaptureRequest(dest=dest, root=root_mnt, disks=(loop,), firmware=Firmware(firmware)),
-                euid=os.geteuid())  # fmt: skip
+        capture(CaptureRequest(dest=dest, root=root_mnt, disks=(loop,), firmware=Firmware(firmware),
+                               excludes=excludes), euid=os.geteuid())  # fmt: skip
         shutil.rmtree(set_dir, ignore_errors=True)
         shutil.copytree(dest, set_dir)
     finally:

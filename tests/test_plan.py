@@ -580,6 +580,8 @@ def test_layout_1_grub_bios_recorded_with_an_esp_installs_both_platforms_from_th
     unmount = [s.argv for s in p.steps() if isinstance(s, RunStep) and s.phase is Phase.UNMOUNT][:4]
     assert unmount == [("umount", "/target/sys/firmware/efi/efivars"), ("umount", "/target/sys"),
                        ("umount", "/target/proc"), ("umount", "/target/dev")]  # fmt: skip
+    efivars = next(s for s in p.steps() if isinstance(s, RunStep) and s.argv == ("umount", BOOTED_UEFI + "/efivars"))
+    assert efivars.optional and efivars.only_if_any == ("/sys/firmware/efi/efivars",)  # as its mount: UEFI only
 
 
 def test_bios_boot_loader_and_fstab_change_by_path() -> None:

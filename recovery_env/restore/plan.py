@@ -909,7 +909,9 @@ def _iter_steps(plan: RestorePlan) -> Iterator[Step]:
     yield from plan.post_commands
     ph = Phase.UNMOUNT
     for cm in reversed(plan.chroot_mounts):
-        yield RunStep(f"unmount {cm}", ph, ("umount", cm), optional=cm.endswith("/efivars"))
+        efivars = cm.endswith("/efivars")  # mounted only when the rescue system booted under UEFI
+        yield RunStep(f"unmount {cm}", ph, ("umount", cm), optional=efivars,
+                      only_if_any=("/sys/firmware/efi/efivars",) if efivars else ())  # fmt: skip
     for m in reversed(plan.mounts):
         yield RunStep(f"unmount {m.mountpoint} ({m.device})", ph, ("umount", m.directory))
     yield RunStep("flush the disks", ph, ("sync",))

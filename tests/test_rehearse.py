@@ -65,9 +65,13 @@ def test_the_rescue_verdict_is_read_from_the_agent_lines() -> None:
 
 
 def test_step_outcomes_are_read_from_the_agent_log() -> None:
-    log = ("ASR: [1/3] a\nASR:   | some output\nASR:   done\nASR: [2/3] b\nASR:   skipped: x does not exist\n"
-           "ASR: [3/3] c\nASR: FAILED: c: exit code 1\n")  # fmt: skip
-    assert read_step_outcomes(log) == {"a": "done", "b": "skipped: x does not exist", "c": "FAILED: c: exit code 1"}
+    log = ("ASR: [1/4] a\nASR:   | some output\nASR:   | done\nASR: [2/4] b\nASR:   skipped: x does not exist\n"
+           "ASR: [3/4] c\nASR:   failed (optional, the restore goes on): exit code 1\nASR: [4/4] d\n"
+           "ASR: FAILED: d: exit code 2\n")  # fmt: skip
+    assert read_step_outcomes(log) == {"a": "done", "b": "skipped: x does not exist",
+                                       "c": "failed (optional, the restore goes on): exit code 1",
+                                       "d": "FAILED: d: exit code 2"}  # fmt: skip
+    assert read_step_outcomes("ASR: [1/2] a\nASR: [2/2] b\nASR: manifest: 3 entries\n") == {"a": "done", "b": "done"}
 
 
 def test_the_default_sign_of_life() -> None:

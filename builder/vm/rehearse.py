@@ -304,17 +304,22 @@ def read_rescue_verdict(serial: str) -> RescueVerdict:
 
 def read_step_outcomes(log: str) -> dict[str, str]:
     """Each step of the agent's log (``ASR: [i/n] NAME``, on serial or in the restored system's /var/log/asr/)
-    → its outcome (``done``, ``skipped: ...``, ``failed (optional...)...``, ``FAILED: ...``).  Pure."""
+    → its outcome: ``skipped: ...``, ``failed (optional...)...``, ``FAILED: ...`` as logged, or ``done`` (the
+    executor logs no outcome for a step that succeeded: the next step, or the log's end, follows it).  Pure."""
     out: dict[str, str] = {}
     current = ""
     for line in log.splitlines():
         m = re.match(r"ASR: \[\d+/\d+\] (.*)$", line)
         if m:
+            if current:
+                out.setdefault(current, "done")
             current = m.group(1)
             continue
-        m = re.match(r"ASR: (?:  )?(done|skipped|failed|FAILED)(.*)$", line)
-        if current and m and current not in out:
-            out[current] = m.group(1) + m.group(2)
+        m = re.match(r"ASR: (?:  )?(skipped|failed|FAILED)(.*)$", line)
+        if current and m:
+            out.setdefault(current, m.group(1) + m.group(2))
+    if current:
+        out.setdefault(current, "done")
     return out
 
 

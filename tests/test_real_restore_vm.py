@@ -67,13 +67,28 @@ class Restored:
 
 
 @pytest.fixture(scope="module")
-def restored() -> Restored:
+def machine() -> DebianImage:
     if os.geteuid() != 0 or not Path("/dev/loop-control").exists():
         pytest.skip("needs root and loop devices (debootstrap, the capture's loop mounts)")
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
-    ARTIFACTS.mkdir(parents=True)
-    t0 = time.monotonic()
-    machine = make_debian_image(DebianSpec())
+    started = time.monotonic()
+    image = make_debian_image(DebianSpec())
+    _record("machine", round(time.monotonic() - started, 1))
+    return image
+
+
+def read_restore_log(disk: Path, root_offset: int) -> str:
+    """The agent's log that the restore left in the restored system's /var/log/asr/ (debugfs on the image)."""
+    image = f"{disk}?offset={root_offset}"
+    names = re.findall(r"restore-\d{8}-\d{6}\.log", run(["debugfs", "-R", "ls -l /var/log/asr", image]).stdout)
+    assert len(names) == 1, f"restore logs in /var/log/asr: {names}"
+    return run(["debugfs", "-R", f"cat /var/log/asr/{names[0]}", image]).stdout
+
+
+@pytest.fixture(scope="module")
+def restored(machine: DebianImage) -> Restored:
+    for stale in ("capture", "sif", "media", "rescue"):
+        shutil.rmtree(ARTIFACTS / stale, ignore_errors=True)
+    (ARTIFACTS / "target.img").unlink(missing_ok=True)
     t1 = time.monotonic()
     root_no = machine.plan.root.partition
     backup_image, set_dir = rehearse.capture_disk_image(machine.disks[0], root_no, machine.hostname, "uefi",
@@ -91,14 +106,9 @@ def restored() -> Restored:
                                      memory="768M")  # fmt: skip
     serial = rehearse.run_rescue(spec, rescue_dir, "reboot")
     t4 = time.monotonic()
-    _record("restore", {"machine": round(t1 - t0, 1), "capture": round(t2 - t1, 1), "media": round(t3 - t2, 1),
-                        "rescue_run": round(t4 - t3, 1)})  # fmt: skip
+    _record("restore", {"capture": round(t2 - t1, 1), "media": round(t3 - t2, 1), "rescue_run": round(t4 - t3, 1)})
     descriptor = parse_asr_sif((sif_dir / "ASR.SIF").read_text())
-    root_offset = machine.plan.disks[0].partitions[root_no - 1].start * 512
-    image = f"{target}?offset={root_offset}"
-    names = re.findall(r"restore-\d{8}-\d{6}\.log", run(["debugfs", "-R", "ls -l /var/log/asr", image]).stdout)
-    assert len(names) == 1, f"restore logs in /var/log/asr: {names}"
-    log = run(["debugfs", "-R", f"cat /var/log/asr/{names[0]}", image]).stdout
+    log = read_restore_log(target, machine.plan.disks[0].partitions[root_no - 1].start * 512)
     return Restored(machine, descriptor, set_dir, target, serial, log, (rescue_dir / "OVMF_VARS.fd").read_bytes())
 
 
@@ -176,9 +186,9 @@ def test_restored_debian_boots_to_its_login_and_passes_its_check(restored: Resto
 NO_GRUB = ("/boot/grub", "/usr/lib/grub", "/usr/sbin/grub-*", "/usr/sbin/update-grub*", "/usr/bin/grub-*")
 
 
-def test_a_set_without_its_grub_fails_the_rehearsal_with_the_serial_excerpt(restored: Restored) -> None:
-    machine = restored.machine
+def test_a_set_without_its_grub_fails_the_rehearsal_with_the_serial_excerpt(machine: DebianImage) -> None:
     work = ARTIFACTS / "no-grub"
+    shutil.rmtree(work, ignore_errors=True)
     _image, set_dir = rehearse.capture_disk_image(machine.disks[0], machine.plan.root.partition, machine.hostname,
                                                   "uefi", work / "capture", backup_mib=BACKUP_MIB,
                                                   excludes=NO_GRUB)  # fmt: skip
@@ -187,12 +197,16 @@ def test_a_set_without_its_grub_fails_the_rehearsal_with_the_serial_excerpt(rest
     assert "/usr/bin/ls" in paths or "/bin/ls" in paths
     assert not [p for p in paths if p.startswith(("/boot/grub/", "/usr/lib/grub/", "/usr/sbin/grub-"))]
     report = rehearse.rehearse(set_dir, firmware="uefi", expect=r"root@[a-z0-9-]+:~# ", workdir=work / "rehearse",
-                               boot_timeout=90.0, memory="768M")  # fmt: skip
+                               boot_timeout=90.0, memory="768M", keep=True)  # fmt: skip
     _record("no-grub", {p.name: p.seconds for p in report.phases})
-    outcomes = rehearse.read_step_outcomes(Path(report.rescue_log).read_text(errors="replace"))
+    root_offset = machine.plan.disks[0].partitions[machine.plan.root.partition - 1].start * 512
+    outcomes = rehearse.read_step_outcomes(read_restore_log(Path(report.scratch_disks[0]), root_offset))
+    for disk in report.scratch_disks:
+        Path(disk).unlink()
     assert outcomes[RESCUE_GRUB] == "done"  # the fallback ran
     assert outcomes[CHROOT_EFI_REMOVABLE].startswith("skipped") and outcomes[UPDATE_GRUB].startswith("skipped")
     assert not report.recoverable
     (boot,) = report.boots
     assert not boot.booted and "no sign of a running system" in boot.matched
-    assert boot.excerpt and boot.excerpt in report.verdict  # the serial excerpt is in the verdict
+    assert "grub>" in boot.excerpt  # GRUB without its configuration, on the serial console
+    assert boot.excerpt in report.verdict  # the serial excerpt is in the verdict

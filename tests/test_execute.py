@@ -61,6 +61,7 @@ from recovery_env.restore.execute import (
     Progress,
     _exists_in_root,
     _run_command,
+    _run_step,
     check_filesystem,
     check_plan,
     check_table,
@@ -559,6 +560,20 @@ def test_a_step_runs_only_when_all_its_only_if_all_paths_exist_inside_the_root(t
     assert _run_command(step, r, log.append) == (Outcome.DONE, "")
     (root / "usr/sbin/grub-install").unlink()
     assert _run_command(step, r, log.append)[0] is Outcome.SKIPPED  # the any-of still holds
+
+
+def test_a_skipped_steps_paths_are_not_resolved(tmp_path: Path) -> None:
+    """A rescue system booted under BIOS restoring a UEFI system: the efivarfs step is skipped by its condition
+    before its mount point (below a /sys/firmware/efi that does not exist in the target) is resolved; it used to
+    stop the restore with 'does not resolve inside the target root'."""
+    root = tmp_path / "target"
+    (root / "sys").mkdir(parents=True)
+    r = str(root)
+    gone = str(tmp_path / "no-efi" / "efivars")  # as /sys/firmware/efi/efivars on a BIOS-booted rescue system
+    step = RunStep("mount efivarfs", Phase.BOOTLOADER, ("mount", "-t", "efivarfs", "efivarfs",
+                   f"{r}/sys/firmware/efi/efivars"), optional=True, only_if_any=(gone,))  # fmt: skip
+    outcome, why = _run_step(step, r, log=lambda line: None, progress=lambda p: None)
+    assert (outcome, why) == (Outcome.SKIPPED, f"none of {gone} exists")
 
 
 def _snapshot(top: Path) -> dict[str, object]:

@@ -559,7 +559,10 @@ def _fail(step: Step, argv: Sequence[str], output: str, reason: str) -> StepFail
 
 
 def _run_step(step: Step, root: str, *, log: Log, progress: OnProgress) -> tuple[Outcome, str]:
-    """Run one step; every path under the target root ``root`` is resolved inside it first (resolve_step)."""
+    """Run one step; every path under the target root ``root`` is resolved inside it first (resolve_step), once
+    the step's conditions say it runs at all (a skipped step's paths need not exist: efivars under a BIOS boot)."""
+    if isinstance(step, RunStep) and (skipped := _skip_reason(step, root)):
+        return Outcome.SKIPPED, skipped
     step = resolve_step(step, root, log)
     match step:
         case RunStep():
@@ -625,15 +628,22 @@ def _run_checked(step: Step, argv: Sequence[str]) -> str:
         raise _fail(step, argv, str(e), "tool missing") from e
 
 
-def _run_command(step: RunStep, root: str, log: Log) -> tuple[Outcome, str]:
+def _skip_reason(step: RunStep, root: str) -> str:
+    """Why the step's conditions skip it ("" when it runs)."""
     if step.only_if_any and not any(_exists_in_root(p, root) for p in step.only_if_any):
-        return Outcome.SKIPPED, f"none of {', '.join(step.only_if_any)} exists"
+        return f"none of {', '.join(step.only_if_any)} exists"
     absent = [p for p in step.only_if_all if not _exists_in_root(p, root)]
     if absent:
-        return Outcome.SKIPPED, f"{absent[0]} does not exist"
+        return f"{absent[0]} does not exist"
     present = [p for p in step.unless_any if _exists_in_root(p, root)]
     if present:
-        return Outcome.SKIPPED, f"{present[0]} exists"
+        return f"{present[0]} exists"
+    return ""
+
+
+def _run_command(step: RunStep, root: str, log: Log) -> tuple[Outcome, str]:
+    if skipped := _skip_reason(step, root):
+        return Outcome.SKIPPED, skipped
     try:
         proc = run(step.argv, input=step.input or None, check=False)
     except ToolMissingError as e:

@@ -334,12 +334,23 @@ def _download(specs: Sequence[str], dest: Path) -> None:
     try:
         run(["apt-get", "download", "-q", *specs], cwd=dest, timeout=1800)
     except ToolError:
-        if os.geteuid() != 0:
-            raise
         # A fresh machine may have no package lists yet (or stale ones): refresh them once and try again.
-        log.info("apt-get download failed; running apt-get update and trying again")
-        run(["apt-get", "update", "-qq"], timeout=1800)
+        if not refresh_package_lists("apt-get download failed"):
+            raise
         run(["apt-get", "download", "-q", *specs], cwd=dest, timeout=1800)
+
+
+_LISTS_REFRESHED: list[bool] = []
+
+
+def refresh_package_lists(why: str) -> bool:
+    """``apt-get update``, at most once per process and only as root; whether it ran now."""
+    if os.geteuid() != 0 or _LISTS_REFRESHED:
+        return False
+    log.info("%s; running apt-get update", why)
+    run(["apt-get", "update", "-qq"], timeout=1800)
+    _LISTS_REFRESHED.append(True)
+    return True
 
 
 #: SHA-256 of files this process has hashed, by (resolved path, size, mtime): read_deb finds a package's
@@ -500,9 +511,6 @@ def find_candidate(name: str) -> IndexRecord | None:
     return next((r for r in read_index(name) if r.version == version), None) if version else None
 
 
-_LISTS_REFRESHED: list[bool] = []
-
-
 def find_unoffered(pins: Sequence[LockedPackage]) -> list[LockedPackage]:
     """The pins apt's index does not offer for download.  When some are missing and this process may, the
     package lists are refreshed once first (a fresh machine has none; stale lists may lack a new pin)."""
@@ -511,10 +519,7 @@ def find_unoffered(pins: Sequence[LockedPackage]) -> list[LockedPackage]:
         return [p for p in pins if not any(r.version == p.version for r in read_index(p.name))]
 
     gone = scan()
-    if gone and os.geteuid() == 0 and not _LISTS_REFRESHED:
-        log.info("%d pinned package(s) not in apt's index; running apt-get update", len(gone))
-        run(["apt-get", "update", "-qq"], timeout=1800)
-        _LISTS_REFRESHED.append(True)
+    if gone and refresh_package_lists(f"{len(gone)} pinned package(s) not in apt's index"):
         gone = scan()
     return gone
 

@@ -66,12 +66,14 @@ SUITE = "bookworm"
 VARIANT = "minbase"
 #: What the machine is made of: a kernel, systemd, the distribution's GRUB for both firmwares with its
 #: grub-install and update-grub, initramfs-tools, a service (ssh), the tools the guest build needs (sfdisk,
-#: mkfs.fat, mkfs.ext4), zstd (initramfs-tools' default compressor) and attr/acl/efibootmgr for the capture and
-#: restore tests.
+#: mkfs.fat, mkfs.ext4, mkfs.xfs, mkfs.btrfs and btrfs for the xfs and btrfs layouts), zstd (initramfs-tools'
+#: default compressor), attr/acl/efibootmgr for the capture and restore tests, and python3 with jinja2 so that
+#: ``asr backup`` runs inside the machine (the capture of a running system).
 PACKAGES: tuple[str, ...] = (
     "linux-image-amd64", "systemd-sysv", "udev", "initramfs-tools",
     "grub-pc-bin", "grub-efi-amd64-bin", "grub2-common", "grub-common",
-    "openssh-server", "attr", "acl", "dosfstools", "fdisk", "e2fsprogs", "efibootmgr", "zstd",
+    "openssh-server", "attr", "acl", "dosfstools", "fdisk", "e2fsprogs", "xfsprogs", "btrfs-progs",
+    "efibootmgr", "zstd", "python3", "python3-jinja2",
 )  # fmt: skip
 
 SECTOR = 512

@@ -28,8 +28,12 @@ lint: venv
 	$(VENV)/bin/ruff check builder recovery_env bench tests
 	$(VENV)/bin/mypy
 
+# two test files at a time: a VM test keeps one core busy with QEMU (TCG is single-threaded), the other core runs
+# the next file; each file stays on one worker (--dist loadfile), so its module fixtures are made once
+TEST_JOBS ?= 2
+
 test: setup lint
-	$(VENV)/bin/pytest -v --durations=15
+	$(VENV)/bin/pytest -v -n $(TEST_JOBS) --dist loadfile --durations=25
 
 test-fast: setup lint
 	$(VENV)/bin/pytest -m 'not vm' -q

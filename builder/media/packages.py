@@ -27,6 +27,7 @@ Refresh the lock (newest candidate versions of the host's apt): ``python -m buil
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import importlib.util
 import io
@@ -41,7 +42,8 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -402,7 +404,11 @@ def fetch_packages(
     lock = lock if lock is not None else read_lock()
     locked = locked_from_env() if locked is None else locked
     where = cache_dir(cache)
-    where.mkdir(parents=True, exist_ok=True)
+    with file_lock(where / ".fetch.lock"):  # two builds at once (parallel test workers): one apt-get at a time
+        return _fetch_packages(lock, where, locked, lock_path)
+
+
+def _fetch_packages(lock: PackageLock, where: Path, locked: bool, lock_path: Path | str) -> PackageSet:
     missing = [p for p in lock.packages if not (where / p.filename).is_file()]
     if missing and not locked:
         remembered = read_resolution(where, lock)
@@ -981,6 +987,15 @@ def compile_pyc_cached(
         out.update({path + "c": compiled[path + "c"] for path in missing})
     log.debug("compile_pyc_cached: %d cached, %d compiled", len(sources) - len(missing), len(missing))
     return {path + "c": out[path + "c"] for path in sources}
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created with its folder): one process at a time fills a cache entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -42,7 +42,10 @@ from builder.vm.debian import (
     render_sfdisk,
 )
 from builder.vm.qemu import QemuVM, VMError, VMFirmware, VMSpec, find_accel
+from builder.vm.rehearse import plan_image_mounts
 from recovery_env.model.descriptor import FsType
+from recovery_env.probe.layout import parse_fstab
+from recovery_env.probe.media import BlockFs
 from recovery_env.run import run
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -377,3 +380,28 @@ def test_debian_machine_boots_to_its_login_and_passes_its_check(
     assert found.firmware == firmware.value
     assert tuple(sorted(found.mounts)) == expected_mounts(plan) and found.data == plan.data_digest
     shutil.rmtree(tmp_path / "vm", ignore_errors=True)
+
+
+# ------------------------------------------------- what the host capture mounts of each layout (pure: rehearse)
+
+
+def _image_mounts(layout: DebianLayout) -> list[tuple[str, str, str, str]]:
+    """plan_image_mounts over a layout's own fstab, its filesystems as blkid would show them on loop devices."""
+    plan = plan_debian_machine(DebianSpec(layout=layout))
+    fstab = parse_fstab(render_machine_files(plan)["etc/fstab"])
+    filesystems = [BlockFs(f"/dev/loop{fs.disk}p{fs.partition}", fs.fstype.value, fs.label, fs.uuid,
+                           plan.partition(fs).uuid) for fs in plan.formats]  # fmt: skip
+    root = next(f for f in filesystems if f.uuid == plan.root.uuid)
+    return [(m.mountpoint, m.device, m.type, m.options)
+            for m in plan_image_mounts(fstab, filesystems, root, Path("/r"))]  # fmt: skip
+
+
+def test_the_host_capture_mounts_what_this_kernel_can_read_below_the_root() -> None:
+    assert _image_mounts(DebianLayout.GPT_BIOS_UEFI) == []  # the ESP: vfat, read with mtools
+    assert _image_mounts(DebianLayout.MBR_BIOS) == [("/boot", "/dev/loop0p1", "ext4", "ro,noload")]
+    assert _image_mounts(DebianLayout.GPT_XFS_HOME) == [("/home", "/dev/loop0p3", "ext4", "ro,noload")]
+    assert _image_mounts(DebianLayout.TWO_DISKS) == [("/srv", "/dev/loop1p1", "ext4", "ro,noload")]  # disk 2
+    assert _image_mounts(DebianLayout.GPT_BTRFS) == [  # the root btrfs's other subvolumes (the root: its default)
+        ("/.snapshots", "/dev/loop0p2", "btrfs", "ro,rescue=nologreplay,subvol=@snapshots"),
+        ("/home", "/dev/loop0p2", "btrfs", "ro,rescue=nologreplay,subvol=@home"),
+    ]

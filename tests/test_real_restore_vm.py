@@ -91,7 +91,7 @@ def restored(machine: DebianImage) -> Restored:
     (ARTIFACTS / "target.img").unlink(missing_ok=True)
     t1 = time.monotonic()
     root_no = machine.plan.root.partition
-    backup_image, set_dir = rehearse.capture_disk_image(machine.disks[0], root_no, machine.hostname, "uefi",
+    backup_image, set_dir = rehearse.capture_disk_image(machine.disks, root_no, machine.hostname, "uefi",
                                                          ARTIFACTS / "capture", backup_mib=BACKUP_MIB)  # fmt: skip
     t2 = time.monotonic()
     sif_dir = ARTIFACTS / "sif"

@@ -23,6 +23,7 @@ from builder.vm.debian import (
     DebianMachineError,
     DebianPlan,
     DebianSpec,
+    DiskPlan,
     MirrorNotFoundError,
     Mounted,
     Role,
@@ -264,13 +265,19 @@ def test_the_sfdisk_scripts_make_the_planned_tables(layout: DebianLayout, tmp_pa
         with open(img, "wb") as f:
             f.truncate(disk.size_mib << 20)
         run(["sfdisk", "--quiet", str(img)], input=render_sfdisk(disk))
-        table = json.loads(run(["sfdisk", "--json", str(img)]).stdout)["partitiontable"]
-        assert table["label"] == disk.label and table["id"].lower() == disk.disk_id
-        got = [(int(p["node"].removeprefix(str(img))), p["start"], p["size"], p["type"].lower().zfill(2),
-                p.get("bootable", False)) for p in table["partitions"]]  # fmt: skip
-        assert got == [(p.number, p.start, p.size, p.type, p.bootable) for p in disk.partitions]
-        if disk.label == "gpt":
-            assert [p["uuid"].lower() for p in table["partitions"]] == [p.uuid for p in disk.partitions]
+        assert_table_as_planned(img, disk)
+
+
+def assert_table_as_planned(img: Path, disk: DiskPlan) -> None:
+    """sfdisk --json of ``img``: label, disk id, every partition's number, start, size, type, active flag, and
+    (GPT) its UUID as planned."""
+    table = json.loads(run(["sfdisk", "--json", str(img)]).stdout)["partitiontable"]
+    assert table["label"] == disk.label and table["id"].lower() == disk.disk_id
+    got = [(int(p["node"].removeprefix(str(img))), p["start"], p["size"], p["type"].lower().zfill(2),
+            p.get("bootable", False)) for p in table["partitions"]]  # fmt: skip
+    assert got == [(p.number, p.start, p.size, p.type, p.bootable) for p in disk.partitions]
+    if disk.label == "gpt":
+        assert [p["uuid"].lower() for p in table["partitions"]] == [p.uuid for p in disk.partitions]
 
 
 def test_the_check_line_typed_is_not_the_line_it_prints() -> None:
@@ -353,6 +360,25 @@ def test_debian_image_reads_back_with_independent_tools(debian_image: DebianImag
     esp = f"{debian_image.disks[0]}@@{disk.partitions[1].start * 512}"
     for efi_dir, loader in (("EFI/BOOT", "BOOTX64"), ("EFI/debian", "grubx64")):  # removable path + distribution's
         assert loader in run(["mdir", "-b", "-i", esp, f"::{efi_dir}"], env={"MTOOLS_SKIP_CHECK": "1"}).stdout
+
+
+@pytest.mark.vm
+@pytest.mark.root
+@pytest.mark.parametrize("layout", [layout for layout in DebianLayout if layout is not DebianLayout.GPT_BIOS_UEFI])
+def test_the_other_layouts_images_read_back_as_planned(layout: DebianLayout) -> None:
+    """Layouts 2-5 without booting them (their restored copies are booted by the restore tests): every disk's
+    table (sfdisk) and every filesystem's type, UUID and label (blkid -p) as planned."""
+    if os.geteuid() != 0:
+        pytest.skip("building the Debian machine needs root (debootstrap, chroot)")
+    image = make_debian_image(DebianSpec(layout=layout))
+    plan = image.plan
+    for disk, path in zip(plan.disks, image.disks, strict=True):
+        assert_table_as_planned(path, disk)
+    for fs in plan.formats:
+        probe = run(["blkid", "-p", "-O", str(plan.partition(fs).start * 512), "-o", "export",
+                     image.disks[fs.disk]]).stdout  # fmt: skip
+        tags = dict(line.split("=", 1) for line in probe.splitlines() if "=" in line)
+        assert (tags["TYPE"], tags["UUID"], tags["LABEL"]) == (fs.fstype.value, fs.uuid, fs.label)
 
 
 @pytest.mark.vm

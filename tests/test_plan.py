@@ -58,6 +58,7 @@ from recovery_env.restore.plan import (
     Phase,
     RestorePlan,
     RunStep,
+    WaitPartitions,
     plan_restore,
     render_plan,
 )
@@ -416,6 +417,16 @@ def test_mbr_extended_grows_with_its_last_logical() -> None:
         "/dev/vda2 : start=1050624, size=2095104, type=05",
         "/dev/vda5 : start=1052672, size=2093056, type=82",
     ]
+
+
+def test_the_extended_partition_is_waited_for_by_its_start_only() -> None:
+    """The kernel shows an MBR extended partition as its first sectors (sysfs size 2), not its table size: the wait
+    for the partitions checks its start alone (the restore of the real MBR Debian machine, layout 2, stopped
+    there: "/dev/vda3: the kernel sees start 3667968 size 2, planned 3667968 2623488")."""
+    p = _plan(mbr_descriptor(extended=True), target("vda", 3 * GIB // 2))
+    (wait,) = [s for s in p.steps() if isinstance(s, WaitPartitions)]
+    assert wait.partitions == ("/dev/vda1", "/dev/vda2", "/dev/vda5")
+    assert wait.extents == ((2048, 1048576), (1050624, -1), (1052672, 2093056))  # -1: any size
 
 
 def test_mbr_never_grows_past_2_tib() -> None:

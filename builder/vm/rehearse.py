@@ -22,17 +22,20 @@ import shutil
 import sys
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
 from builder.build import build_media
 from builder.vm.qemu import DiskBus, QemuVM, SerialTimeout, VMError, VMFirmware, VMSpec, find_accel, read_boot_files
+from recovery_env.capture.flow import SourceMount, plan_mount_options, plan_source_mounts
 from recovery_env.errors import DescriptorError, InputError
 from recovery_env.model.descriptor import Descriptor, Firmware
 from recovery_env.model.sif import parse_asr_sif
+from recovery_env.probe.layout import FstabEntry, parse_fstab, read_blkid
+from recovery_env.probe.media import BlockFs
 from recovery_env.run import run
 from recovery_env.templating import render
 from recovery_env.text import json_text
@@ -146,42 +149,122 @@ def make_backup_medium(set_dir: Path, descriptor: Descriptor, image: Path) -> Pa
 
 
 BACKUP_LABEL = "ASRBACKUP"
+#: What this host's kernel mounts (see the platform notes): vfat is not among them (the capture reads it with mtools).
+HOST_MOUNTABLE = ("ext2", "ext3", "ext4", "xfs", "btrfs")
 
 
-def capture_disk_image(disk: Path, root_partition: int, hostname: str, firmware: str, work: Path,
-                       *, backup_mib: int = 384, excludes: tuple[str, ...] = ()) -> tuple[Path, Path]:  # fmt: skip
-    """`asr backup` of a disk image on this host: loop device + partx, its root partition mounted read-only (other
-    filesystems of its fstab that this kernel cannot mount, a vfat ESP, are read by the capture with mtools), an
-    ext4 image labelled ASRBACKUP (``work/backup.img``) mounted as the destination; everything detached again.
-    ``excludes``: paths left out of the set (``asr backup --exclude``).  Returns (backup image, a copy of the set
-    in ``work/set``).  Needs root and loop devices."""
+def host_ro_options(vfstype: str) -> str:
+    """Read-only mount options for a source on this host: the capture's own (ext* ``ro,noload``, xfs
+    ``ro,norecovery``), but btrfs ``ro,rescue=nologreplay``: newer kernels (6.18 here) refuse the old
+    ``nologreplay`` spelling, and ``rescue=`` exists since 5.9 (the rescue kernel, 6.1, has both)."""
+    return "ro,rescue=nologreplay" if vfstype == "btrfs" else plan_mount_options(vfstype)
+
+
+def plan_image_mounts(fstab: Sequence[FstabEntry], filesystems: Sequence[BlockFs], root: BlockFs,
+                      root_dir: Path) -> tuple[SourceMount, ...]:  # fmt: skip
+    """The read-only mounts below a disk image's root on this host, parents first: the fstab filesystems of the
+    image's disks this kernel can mount (ext*, xfs, btrfs; a vfat ESP is left to the capture's mtools path), and
+    the root btrfs's subvolumes that fstab mounts elsewhere (``subvol=``).  Pure."""
+    out = {m.mountpoint: replace(m, options=host_ro_options(m.type))
+           for m in plan_source_mounts(fstab, filesystems, root.device, str(root_dir))
+           if m.type in HOST_MOUNTABLE}  # fmt: skip
+    if root.type == "btrfs":
+        names_root = {n.lower() for n in (f"UUID={root.uuid}", f"PARTUUID={root.partuuid}", root.device)}
+        for e in fstab:
+            subvol = [o for o in e.options.split(",") if o.startswith(("subvol=", "subvolid="))]
+            if e.mountpoint in ("/", *out) or not e.mountpoint.startswith("/") or not subvol:
+                continue
+            if e.spec.lower() not in names_root:  # a subvolume of another btrfs (none of the test machines)
+                continue
+            directory = os.path.normpath(os.path.join(root_dir, e.mountpoint.lstrip("/")))
+            options = f"{host_ro_options('btrfs')},{subvol[0]}"
+            out[e.mountpoint] = SourceMount(root.device, "btrfs", e.mountpoint, directory, options)
+    return tuple(sorted(out.values(), key=lambda m: (m.mountpoint.count("/"), m.mountpoint)))
+
+
+def _probe_partitions(loop: str) -> list[BlockFs]:
+    """The filesystems on the partitions ``partx -a`` made for ``loop`` (blkid -p on each)."""
+    name = os.path.basename(loop)
+    out = []
+    for part in sorted(Path("/sys/class/block", name).glob(f"{name}p*"), key=lambda p: int(p.name[len(name) + 1:])):
+        probe = read_blkid(f"/dev/{part.name}", strict=False)
+        if probe.get("TYPE"):
+            out.append(BlockFs(f"/dev/{part.name}", probe["TYPE"], probe.get("LABEL", ""), probe.get("UUID", ""),
+                               probe.get("PART_ENTRY_UUID", "")))  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True)
+class MountedImages:
+    root: Path  # where the root filesystem is mounted (the others below it)
+    loops: tuple[str, ...]  # one read-only loop device per disk image, in order
+    filesystems: tuple[BlockFs, ...]  # blkid -p of every partition on them
+
+
+@contextmanager
+def mount_disk_images(images: Path | Sequence[Path], root_partition: int, where: Path) -> Iterator[MountedImages]:
+    """A machine's disk image(s) mounted read-only on this host: one read-only loop device + partx per disk, the
+    root filesystem (partition ``root_partition`` of the first disk; :func:`host_ro_options`; a btrfs with its
+    default subvolume) at ``where``, then below it the other filesystems its fstab lists that this kernel can mount
+    (:func:`plan_image_mounts`: ext*, xfs, btrfs subvolumes; not vfat).  Everything is unmounted and detached
+    again on exit.  Needs root and loop devices."""
+    disks = (images,) if isinstance(images, Path) else tuple(images)
+    where.mkdir(parents=True, exist_ok=True)
+    loops: list[str] = []
+    mounted: list[str] = []
+    try:
+        for image in disks:
+            loops.append(run(["losetup", "-r", "-f", "--show", str(image)]).stdout.strip())
+            run(["partx", "-a", loops[-1]])
+        filesystems = tuple(fs for loop in loops for fs in _probe_partitions(loop))
+        root = next((fs for fs in filesystems if fs.device == f"{loops[0]}p{root_partition}"), None)
+        if root is None or root.type not in HOST_MOUNTABLE:
+            raise InputError(f"{disks[0]} partition {root_partition}: no root filesystem this host can mount "
+                             f"({root.type if root else 'nothing'} found)")  # fmt: skip
+        run(["mount", "-t", root.type, "-o", host_ro_options(root.type), root.device, str(where)])
+        mounted.append(str(where))
+        fstab = parse_fstab((where / "etc" / "fstab").read_text(errors="surrogateescape"),
+                            where=f"{disks[0]} partition {root_partition}: /etc/fstab")  # fmt: skip
+        for m in plan_image_mounts(fstab, filesystems, root, where):
+            run(["mount", "-t", m.type, "-o", m.options, m.device, m.directory])  # its mount point: in the image
+            mounted.append(m.directory)
+        yield MountedImages(where, tuple(loops), filesystems)
+    finally:
+        for directory in reversed(mounted):
+            run(["umount", directory], check=False)
+        for loop in reversed(loops):
+            run(["partx", "-d", loop], check=False)
+            run(["losetup", "-d", loop], check=False)
+
+
+def capture_disk_image(disks: Path | Sequence[Path], root_partition: int, hostname: str, firmware: str,
+                       work: Path, *, backup_mib: int = 384, excludes: tuple[str, ...] = (),
+                       include_mounts: tuple[str, ...] = ()) -> tuple[Path, Path]:  # fmt: skip
+    """`asr backup` of a machine's disk image(s) on this host: the images mounted read-only
+    (:func:`mount_disk_images`: the root, then the other fstab filesystems this kernel mounts; a vfat ESP is read
+    by the capture with mtools), an ext4 image labelled ASRBACKUP (``work/backup.img``) mounted as the
+    destination; everything detached again.  ``excludes``: paths left out of the set (``asr backup --exclude``);
+    ``include_mounts``: non-system mount points backed up too (``--include-mount``, e.g. /home).  Returns (backup
+    image, a copy of the set in ``work/set``).  Needs root and loop devices."""
     from builder.capture import CaptureRequest, capture
 
     work.mkdir(parents=True, exist_ok=True)
     backup_image = make_disk(work / "backup.img", backup_mib * MiB)
     run(["mke2fs", "-q", "-t", "ext4", "-L", BACKUP_LABEL, str(backup_image)])
-    root_mnt, backup_mnt = work / "root", work / "backup"
-    root_mnt.mkdir(exist_ok=True)
+    backup_mnt = work / "backup"
     backup_mnt.mkdir(exist_ok=True)
-    loop = run(["losetup", "-f", "--show", str(disk)]).stdout.strip()
-    mounted: list[Path] = []
     set_dir = work / "set"
-    try:
-        run(["partx", "-a", loop])
-        run(["mount", "-t", "ext4", "-o", "ro,noload", f"{loop}p{root_partition}", str(root_mnt)])  # no replay
-        mounted.append(root_mnt)
+    with mount_disk_images(disks, root_partition, work / "root") as source:
         run(["mount", "-t", "ext4", str(backup_image), str(backup_mnt)])
-        mounted.append(backup_mnt)
-        dest = backup_mnt / "asr" / hostname
-        capture(CaptureRequest(dest=dest, root=root_mnt, disks=(loop,), firmware=Firmware(firmware),
-                               excludes=excludes), euid=os.geteuid())  # fmt: skip
-        shutil.rmtree(set_dir, ignore_errors=True)
-        shutil.copytree(dest, set_dir)
-    finally:
-        for m in reversed(mounted):
-            run(["umount", str(m)], check=False)
-        run(["partx", "-d", loop], check=False)
-        run(["losetup", "-d", loop], check=False)
+        try:
+            dest = backup_mnt / "asr" / hostname
+            capture(CaptureRequest(dest=dest, root=source.root, disks=source.loops, firmware=Firmware(firmware),
+                                   excludes=excludes, include_mounts=include_mounts),
+                    euid=os.geteuid())  # fmt: skip
+            shutil.rmtree(set_dir, ignore_errors=True)
+            shutil.copytree(dest, set_dir)
+        finally:
+            run(["umount", str(backup_mnt)], check=False)
     return backup_image, set_dir
 
 

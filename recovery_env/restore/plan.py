@@ -22,6 +22,7 @@ from recovery_env.errors import (
 )
 from recovery_env.model.descriptor import (
     GPT_TYPES,
+    MBR_EXTENDED,
     MBR_TYPES,
     BootloaderKind,
     Descriptor,
@@ -206,7 +207,8 @@ class WaitPartitions:
     phase: Phase
     disk: str
     partitions: tuple[str, ...]
-    extents: tuple[tuple[int, int], ...] = ()  # (start, size) of each, in 512-byte units as sysfs shows them
+    extents: tuple[tuple[int, int], ...] = ()  # (start, size) of each, in 512-byte units as sysfs shows them;
+    # size -1: not compared (an MBR extended partition)
     timeout: float = 15.0
 
 
@@ -884,7 +886,9 @@ def _iter_steps(plan: RestorePlan) -> Iterator[Step]:
             ph,
             dev,
             tuple(p.device for p in d.partitions),
-            tuple((p.start * units, p.size * units) for p in d.partitions),
+            # an MBR extended partition shows in sysfs as its first sectors only (size 2): its start is checked
+            tuple((p.start * units, -1 if p.type.lower() in MBR_EXTENDED else p.size * units)
+                  for p in d.partitions),
         )
         yield CheckTable(f"check the partition table of {dev}", ph, d)
     for f in plan.filesystems:

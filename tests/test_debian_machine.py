@@ -3,24 +3,33 @@ independent tools, and the machine booted to its own serial login under BIOS and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
 from builder.vm.debian import (
+    LAYOUTS,
     MIB_SECTORS,
     AptSource,
     DebianImage,
+    DebianLayout,
     DebianMachineError,
+    DebianPlan,
     DebianSpec,
     MirrorNotFoundError,
+    Mounted,
     Role,
     check_login,
+    expected_mounts,
     find_mirror,
+    image_digest,
     make_debian_image,
     parse_check_line,
     parse_deb822_sources,
@@ -30,8 +39,9 @@ from builder.vm.debian import (
     plan_guest_steps,
     render_check_command,
     render_machine_files,
+    render_sfdisk,
 )
-from builder.vm.qemu import QemuVM, VMFirmware, VMSpec, find_accel
+from builder.vm.qemu import QemuVM, VMError, VMFirmware, VMSpec, find_accel
 from recovery_env.model.descriptor import FsType
 from recovery_env.run import run
 
@@ -122,12 +132,169 @@ def test_machine_files_and_guest_steps_name_the_planned_ids() -> None:
     assert "--force-extra-removable" in steps["install GRUB"][1]
 
 
+def _check_geometry(plan: DebianPlan) -> None:
+    """Every partition 1 MiB aligned, inside its disk (the backup GPT kept free), none overlapping another but a
+    logical one inside its extended partition; every id distinct."""
+    for disk in plan.disks:
+        end_usable = disk.size_mib * MIB_SECTORS - (34 if disk.label == "gpt" else 0)
+        extended = [p for p in disk.partitions if p.role is Role.EXTENDED]
+        flat = sorted((p for p in disk.partitions if p.role is not Role.EXTENDED), key=lambda p: p.start)
+        for p in disk.partitions:
+            assert p.start % MIB_SECTORS == 0 and p.size % MIB_SECTORS == 0 and p.size > 0, p
+            assert MIB_SECTORS <= p.start and p.start + p.size <= end_usable, p
+        for a, b in pairwise(flat):
+            assert a.start + a.size <= b.start, (a, b)
+        for p in disk.partitions:
+            if p.number >= 5:  # logical: after its EBR, inside the extended partition
+                (ext,) = extended
+                assert ext.start < p.start and p.start + p.size <= ext.start + ext.size
+        assert end_usable - max(p.start + p.size for p in disk.partitions) < MIB_SECTORS  # the disk is used
+    ids = [d.disk_id for d in plan.disks] + [p.uuid for d in plan.disks for p in d.partitions]
+    ids += sorted({f.uuid for f in plan.filesystems})
+    assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize("layout", list(DebianLayout))
+def test_every_layout_plans_aligned_partitions_distinct_ids_and_its_firmwares(layout: DebianLayout) -> None:
+    plan = plan_debian_machine(DebianSpec(layout=layout))
+    _check_geometry(plan)
+    assert plan.spec.layout is layout and plan.firmwares == LAYOUTS[layout].firmwares
+    assert plan.grub_targets == tuple({"bios": "i386-pc", "uefi": "x86_64-efi"}[f] for f in plan.firmwares)
+    has_bios_grub = any(p.role is Role.BIOS_BOOT for d in plan.disks for p in d.partitions)
+    gpt = plan.disks[0].label == "gpt"
+    assert ("bios" in plan.firmwares) == (has_bios_grub or not gpt)  # GPT boots under BIOS only by a bios_grub
+    assert ("uefi" in plan.firmwares) == (plan.esp is not None)
+    assert plan.mounts[0] is plan.root and plan.swap.fstype is FsType.SWAP
+    assert plan_debian_machine(DebianSpec(layout=layout)) == plan  # the same spec, the same ids
+    # the image digest changes with the layout (and ids never repeat across layouts)
+    others = [plan_debian_machine(DebianSpec(layout=o)) for o in DebianLayout if o is not layout]
+    assert all(image_digest(o, Path("tree-x.tar.zst")) != image_digest(plan, Path("tree-x.tar.zst")) for o in others)
+    assert all(o.root.uuid != plan.root.uuid and o.disks[0].disk_id != plan.disks[0].disk_id for o in others)
+    # the fstab names every filesystem by UUID with its options (btrfs: subvol=)
+    fstab = [line.split() for line in render_machine_files(plan)["etc/fstab"].splitlines()
+             if line and not line.startswith("#")]  # fmt: skip
+    assert [(f[1], f[2], f[3]) for f in fstab] == [(f.mountpoint or "none", f.fstype.value, f.options)
+                                                   for f in plan.filesystems]  # fmt: skip
+    # what the check will list: every fstab filesystem but swap
+    assert [m.target for m in expected_mounts(plan)] == sorted(f.mountpoint for f in plan.mounts)
+
+
+def test_layout_2_is_an_xp_era_mbr_with_an_active_boot_and_a_logical_swap() -> None:
+    plan = plan_debian_machine(DebianSpec(layout=DebianLayout.MBR_BIOS))
+    (disk,) = plan.disks
+    assert disk.label == "dos" and re.fullmatch(r"0x[0-9a-f]{8}", disk.disk_id)
+    got = [(p.number, p.role, p.type, p.bootable) for p in disk.partitions]
+    assert got == [(1, Role.BOOT, "83", True), (2, Role.ROOT, "83", False), (3, Role.EXTENDED, "05", False),
+                   (5, Role.SWAP, "82", False)]  # fmt: skip
+    assert disk.partition(1).size == 256 * MIB_SECTORS
+    assert [p.uuid for p in disk.partitions] == [f"{disk.disk_id[2:]}-{n:02x}" for n in (1, 2, 3, 5)]  # PARTUUIDs
+    by_mount = {f.mountpoint: f for f in plan.filesystems}
+    assert (by_mount["/boot"].partition, by_mount["/boot"].fstype) == (1, FsType.EXT4)
+    assert (by_mount["/"].partition, by_mount["/"].fstype) == (2, FsType.EXT4)
+    assert plan.swap.partition == 5 and plan.esp is None
+    assert plan.firmwares == ("bios",) and plan.grub_targets == ("i386-pc",)
+    steps = {s.name: s.commands for s in plan_guest_steps(plan)}
+    assert steps["install GRUB"] == ("chroot /run/asr/target grub-install --target=i386-pc /dev/vdb",)
+    assert "wait_block /dev/vdb5" in steps["wait for partitions"]
+    assert "wait_block /dev/vdb3" not in steps["wait for partitions"]  # the extended partition holds no filesystem
+    assert steps["mount"][-1] == "mount /dev/vdb1 /run/asr/target/boot"  # below the root
+    assert not [c for c in steps["report"] if "boot/efi" in c]
+
+
+def test_layout_3_is_uefi_only_with_an_xfs_root_and_an_ext4_home_holding_a_users_files() -> None:
+    plan = plan_debian_machine(DebianSpec(layout=DebianLayout.GPT_XFS_HOME))
+    (disk,) = plan.disks
+    assert [p.role for p in disk.partitions] == [Role.ESP, Role.ROOT, Role.HOME, Role.SWAP]
+    assert plan.root.fstype is FsType.XFS and plan.mount("/home").fstype is FsType.EXT4  # type: ignore[union-attr]
+    assert plan.firmwares == ("uefi",) and plan.grub_targets == ("x86_64-efi",)
+    assert {p for p, _ in plan.data_files} >= {"/home/alice/notes.txt", "/home/alice/.profile"}
+    files = render_machine_files(plan)
+    assert all(files[path.lstrip("/")] == text for path, text in plan.data_files)
+    steps = {s.name: s.commands for s in plan_guest_steps(plan)}
+    assert f"mkfs.xfs -q -f -m uuid={plan.root.uuid} -L root /dev/vdb2" in steps["make filesystems"]
+    assert not [c for c in steps["install GRUB"] if "i386-pc" in c]
+
+
+def test_layout_4_is_a_btrfs_with_subvolumes_a_default_and_a_read_only_snapshot() -> None:
+    plan = plan_debian_machine(DebianSpec(layout=DebianLayout.GPT_BTRFS))
+    (disk,) = plan.disks
+    assert [p.role for p in disk.partitions] == [Role.BIOS_BOOT, Role.ROOT, Role.SWAP]
+    assert plan.firmwares == ("bios",) and plan.esp is None
+    btrfs = [f for f in plan.filesystems if f.fstype is FsType.BTRFS]
+    assert [(f.mountpoint, f.subvolume, f.options) for f in btrfs] == [
+        ("/", "@", "defaults,subvol=@"), ("/home", "@home", "defaults,subvol=@home"),
+        ("/.snapshots", "@snapshots", "defaults,subvol=@snapshots")]  # fmt: skip
+    assert len({(f.uuid, f.partition) for f in btrfs}) == 1  # one filesystem
+    assert [f.fstype for f in plan.formats] == [FsType.BTRFS, FsType.SWAP]  # made once
+    assert plan.subvolumes == ("@", "@home", "@snapshots") and plan.default_subvolume == "@"
+    steps = {s.name: s.commands for s in plan_guest_steps(plan)}
+    assert steps["make subvolumes"][-2:] == ("btrfs subvolume set-default /run/asr/top/@", "umount /run/asr/top")
+    assert "mount -o subvol=@home /dev/vdb2 /run/asr/target/home" in steps["mount"]
+    assert "grep -q rootflags=subvol=@ /run/asr/target/boot/grub/grub.cfg" in steps["configure GRUB"]
+    assert ("btrfs subvolume snapshot -r /run/asr/target /run/asr/target/.snapshots/1/snapshot"
+            in steps["snapshot"])  # fmt: skip
+    names = [s.name for s in plan_guest_steps(plan)]
+    assert names.index("snapshot") > names.index("configure GRUB")  # the snapshot holds the finished system
+    assert {m.fsroot for m in expected_mounts(plan)} == {"/@", "/@home", "/@snapshots"}
+
+
+def test_layout_5_puts_srv_on_a_smaller_second_disk() -> None:
+    plan = plan_debian_machine(DebianSpec(layout=DebianLayout.TWO_DISKS))
+    first, second = plan.disks
+    assert [p.role for p in first.partitions] == [Role.ESP, Role.ROOT, Role.SWAP]
+    assert second.size_mib == 512 < first.size_mib and [p.role for p in second.partitions] == [Role.SRV]
+    srv = plan.mount("/srv")
+    assert srv is not None and (srv.disk, srv.partition, srv.fstype) == (1, 1, FsType.EXT4)
+    assert plan.firmwares == ("uefi",) and {p.split("/")[1] for p, _ in plan.data_files} == {"srv"}
+    steps = {s.name: s.commands for s in plan_guest_steps(plan)}
+    assert steps["partition"][1] == "sfdisk --quiet --wipe always /dev/vdc < /asr/disk1.sfdisk"
+    assert "mount /dev/vdc1 /run/asr/target/srv" in steps["mount"]
+
+
+@pytest.mark.image
+@pytest.mark.parametrize("layout", list(DebianLayout))
+def test_the_sfdisk_scripts_make_the_planned_tables(layout: DebianLayout, tmp_path: Path) -> None:
+    """sfdisk itself reads each planned script into a plain file and reads the table back (no root, no guest)."""
+    plan = plan_debian_machine(DebianSpec(layout=layout))
+    for disk in plan.disks:
+        img = tmp_path / f"disk{disk.index}.img"
+        with open(img, "wb") as f:
+            f.truncate(disk.size_mib << 20)
+        run(["sfdisk", "--quiet", str(img)], input=render_sfdisk(disk))
+        table = json.loads(run(["sfdisk", "--json", str(img)]).stdout)["partitiontable"]
+        assert table["label"] == disk.label and table["id"].lower() == disk.disk_id
+        got = [(int(p["node"].removeprefix(str(img))), p["start"], p["size"], p["type"].lower().zfill(2),
+                p.get("bootable", False)) for p in table["partitions"]]  # fmt: skip
+        assert got == [(p.number, p.start, p.size, p.type, p.bootable) for p in disk.partitions]
+        if disk.label == "gpt":
+            assert [p["uuid"].lower() for p in table["partitions"]] == [p.uuid for p in disk.partitions]
+
+
 def test_the_check_line_typed_is_not_the_line_it_prints() -> None:
     typed = render_check_command()
     assert parse_check_line(typed) is None
-    said = "ASR-CHECK state=running root=/dev/vda3 fstype=ext4 uuid=u esp=vfat swap=s host=h firmware=bios end"
+    said = ("ASR-CHECK state=running root=/dev/vda3 fstype=ext4 uuid=u esp=vfat swap=s host=h firmware=bios "
+            "mounts=/:u:ext4:/,/boot/efi:AB12-CD34:vfat:/,/home:u:btrfs:/@home data=" + "0" * 64 + " end")  # fmt: skip
     found = parse_check_line(typed + "\n" + said + "\n")
     assert found is not None and found.state == "running" and found.firmware == "bios"
+    assert found.mounts == (Mounted("/", "u", "ext4", "/"), Mounted("/boot/efi", "AB12-CD34", "vfat", "/"),
+                            Mounted("/home", "u", "btrfs", "/@home"))  # fmt: skip
+    assert found.mounted("/home") is not None and found.mounted("/home").subvolume == "@home"  # type: ignore[union-attr]
+    assert found.mounted("/").subvolume == "" and found.mounted("/srv") is None  # type: ignore[union-attr]
+    assert found.data == "0" * 64
+    with pytest.raises(VMError, match="mounts field has '/home:u'"):
+        parse_check_line(said.replace("/home:u:btrfs:/@home", "/home:u"))
+
+
+def test_the_check_says_which_filesystems_are_mounted_and_what_the_data_files_hash_to() -> None:
+    typed = render_check_command()
+    assert "findmnt -rn -t ext2,ext3,ext4,xfs,btrfs,vfat -o TARGET,UUID,FSTYPE,FSROOT" in typed
+    assert "find /home /srv -type f" in typed
+    plan = plan_debian_machine(DebianSpec(layout=DebianLayout.GPT_XFS_HOME))
+    # what `sha256sum` of `sha256sum FILE...` prints: the reference is computed here from the files' texts
+    lines = "".join(f"{hashlib.sha256(text.encode()).hexdigest()}  {path}\n" for path, text in sorted(plan.data_files))
+    assert plan.data_digest == hashlib.sha256(lines.encode()).hexdigest()
+    assert plan_debian_machine(DebianSpec()).data_digest == hashlib.sha256(b"").hexdigest()  # no separate /home
 
 
 def test_guest_step_timings_come_from_its_uptime_lines() -> None:
@@ -208,4 +375,5 @@ def test_debian_machine_boots_to_its_login_and_passes_its_check(
     assert found.swap_uuid == plan.swap.uuid
     assert found.hostname == plan.spec.hostname
     assert found.firmware == firmware.value
+    assert tuple(sorted(found.mounts)) == expected_mounts(plan) and found.data == plan.data_digest
     shutil.rmtree(tmp_path / "vm", ignore_errors=True)

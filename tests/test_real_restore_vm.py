@@ -28,7 +28,7 @@ import pytest
 
 from builder.build import build_media
 from builder.vm import rehearse
-from builder.vm.debian import DebianImage, DebianSpec, check_login, make_debian_image
+from builder.vm.debian import DebianImage, DebianSpec, check_login, expected_mounts, make_debian_image
 from builder.vm.qemu import OVMF_VARS, QemuVM, VMFirmware, VMSpec, find_accel
 from recovery_env.model.descriptor import BootloaderKind, Descriptor, FsType
 from recovery_env.model.sif import parse_asr_sif
@@ -178,6 +178,7 @@ def test_restored_debian_boots_to_its_login_and_passes_its_check(restored: Resto
     assert found.swap_uuid == plan.swap.uuid
     assert found.hostname == plan.spec.hostname
     assert found.firmware == firmware.value
+    assert tuple(sorted(found.mounts)) == expected_mounts(plan)  # every fstab filesystem mounted, by its UUID
 
 
 # GRUB of the captured system, left out of the set: its modules and tools, its configuration (update-grub would

@@ -24,11 +24,20 @@ image must boot on any firmware's fresh variables) and ``update-grub``, and powe
 /proc mounted in it: the one mount on the host); in the guest it takes minutes under TCG.  The guest kernel has
 every driver and filesystem, the tree every tool.
 
-Layouts are parameters of the pure planner (:func:`plan_debian_machine`): a layout lists disks, partitions by
-role and filesystems; the guest steps (:func:`plan_guest_steps`) are derived from them, so the MBR, xfs, btrfs
-and two-disk layouts of issue 11 are added as data (plus their mkfs/mount facts), not as new code paths.
+Layouts are data (:data:`LAYOUTS`) read by the pure planner (:func:`plan_debian_machine`): per disk its label
+and partitions by role and size, the fstab lines (a btrfs once per subvolume mounted), the firmwares it boots
+under (which GRUB platforms are installed), btrfs subvolumes, default subvolume and read-only snapshots.  The
+guest steps (:func:`plan_guest_steps`) are derived from the plan.  The five layouts of issue 11:
 
-Build one by hand: ``python -m builder.vm.debian out/debian`` (root).
+1. ``gpt-bios-uefi``: bios_grub + ESP + ext4 root + swap; BIOS and UEFI.
+2. ``mbr-bios``: MBR, /boot ext4 (256 MiB, active) + ext4 root + extended holding swap as logical partition 5;
+   BIOS.
+3. ``gpt-xfs-home``: ESP + xfs root + ext4 /home (a user's files) + swap; UEFI.
+4. ``gpt-btrfs``: bios_grub + btrfs (subvolumes ``@`` at /, ``@home`` at /home, ``@snapshots`` at /.snapshots,
+   the default ``@``, a read-only snapshot ``@snapshots/1/snapshot`` of ``@``) + swap; BIOS.
+5. ``two-disks``: disk 1 ESP + ext4 root + swap, disk 2 (512 MiB) one ext4 at /srv (files); UEFI.
+
+Build one by hand: ``python -m builder.vm.debian --layout mbr-bios out/debian`` (root).
 """
 
 from __future__ import annotations
@@ -183,22 +192,113 @@ def find_mirror(sources: Sequence[AptSource], suite: str) -> str:
 
 
 class DebianLayout(StrEnum):
-    """The disk layouts of issue 11.  Only layout 1 is planned so far; the others are added to the planner."""
+    """The disk layouts of issue 11 (the number in the comment is the issue's)."""
 
-    GPT_BIOS_UEFI = "gpt-bios-uefi"  # 1: bios_grub + ESP (vfat) + ext4 root + swap partition
+    GPT_BIOS_UEFI = "gpt-bios-uefi"  # 1: bios_grub + ESP (vfat) + ext4 root + swap partition; BIOS and UEFI
+    MBR_BIOS = "mbr-bios"  # 2: XP-era MBR: /boot ext4 (active) + ext4 root + extended with a logical swap; BIOS
+    GPT_XFS_HOME = "gpt-xfs-home"  # 3: ESP + xfs root + ext4 /home + swap; UEFI
+    GPT_BTRFS = "gpt-btrfs"  # 4: bios_grub + btrfs (@, @home, @snapshots, a read-only snapshot) + swap; BIOS
+    TWO_DISKS = "two-disks"  # 5: disk 1 ESP + ext4 root + swap, disk 2 one ext4 at /srv; UEFI
 
 
 class Role(StrEnum):
-    """What a partition is for; carries its GPT type."""
+    """What a partition is for; carries its GPT and MBR types."""
 
     BIOS_BOOT = "bios_grub"
     ESP = "esp"
+    BOOT = "boot"
     ROOT = "root"
+    HOME = "home"
+    SRV = "srv"
     SWAP = "swap"
+    EXTENDED = "extended"  # MBR only: the container of the logical partitions
 
     @property
     def gpt_type(self) -> str:
-        return {"bios_grub": GPT_BIOS_BOOT, "esp": GPT_ESP, "root": GPT_LINUX_FS, "swap": GPT_SWAP}[self.value]
+        return {"bios_grub": GPT_BIOS_BOOT, "esp": GPT_ESP, "swap": GPT_SWAP}.get(self.value, GPT_LINUX_FS)
+
+    @property
+    def mbr_type(self) -> str:
+        return {"esp": "ef", "swap": "82", "extended": "05"}.get(self.value, "83")
+
+
+#: A partition's size in a layout: MiB, the name of a DebianSpec field holding MiB, or FILL (what is left).
+FILL = 0
+
+
+@dataclass(frozen=True)
+class PartRow:
+    role: Role
+    mib: int | str
+    logical: bool = False  # MBR: inside the extended partition (numbered from 5)
+    bootable: bool = False  # MBR: the active flag
+
+
+@dataclass(frozen=True)
+class FsRow:
+    """A line of the machine's fstab (several for one btrfs: one per subvolume mounted)."""
+
+    role: Role  # the partition it lives on (the first of that role on any disk)
+    fstype: FsType
+    label: str
+    mountpoint: str  # "" for swap
+    options: str
+    passno: int
+    subvolume: str = ""  # btrfs: the subvolume mounted (``subvol=`` is added to the options)
+
+
+@dataclass(frozen=True)
+class LayoutFacts:
+    disks: tuple[tuple[str, tuple[PartRow, ...]], ...]  # (sfdisk label, partitions in table order) per disk
+    filesystems: tuple[FsRow, ...]
+    firmwares: tuple[str, ...]  # what the layout boots under: bios (GRUB i386-pc), uefi (GRUB x86_64-efi)
+    subvolumes: tuple[str, ...] = ()  # btrfs subvolumes created at the top level, in order
+    default_subvolume: str = ""  # btrfs subvolume set-default
+    snapshots: tuple[tuple[str, str], ...] = ()  # btrfs read-only snapshots (source subvolume, path), made last
+
+
+_ESP_FS = FsRow(Role.ESP, FsType.VFAT, "ESP", "/boot/efi", "umask=0077", 2)
+_SWAP_FS = FsRow(Role.SWAP, FsType.SWAP, "swap", "", "sw", 0)
+_EXT4_ROOT = FsRow(Role.ROOT, FsType.EXT4, "root", "/", "errors=remount-ro", 1)
+LAYOUTS: dict[DebianLayout, LayoutFacts] = {
+    DebianLayout.GPT_BIOS_UEFI: LayoutFacts(
+        disks=(("gpt", (PartRow(Role.BIOS_BOOT, 1), PartRow(Role.ESP, "esp_mib"), PartRow(Role.ROOT, FILL),
+                        PartRow(Role.SWAP, "swap_mib"))),),
+        filesystems=(_EXT4_ROOT, _ESP_FS, _SWAP_FS),
+        firmwares=("bios", "uefi"),
+    ),
+    DebianLayout.MBR_BIOS: LayoutFacts(
+        disks=(("dos", (PartRow(Role.BOOT, "boot_mib", bootable=True), PartRow(Role.ROOT, FILL),
+                        PartRow(Role.EXTENDED, "swap_mib"), PartRow(Role.SWAP, "swap_mib", logical=True))),),
+        filesystems=(_EXT4_ROOT, FsRow(Role.BOOT, FsType.EXT4, "boot", "/boot", "defaults", 2), _SWAP_FS),
+        firmwares=("bios",),
+    ),
+    DebianLayout.GPT_XFS_HOME: LayoutFacts(
+        disks=(("gpt", (PartRow(Role.ESP, "esp_mib"), PartRow(Role.ROOT, FILL), PartRow(Role.HOME, "home_mib"),
+                        PartRow(Role.SWAP, "swap_mib"))),),
+        filesystems=(FsRow(Role.ROOT, FsType.XFS, "root", "/", "defaults", 0), _ESP_FS,
+                     FsRow(Role.HOME, FsType.EXT4, "home", "/home", "defaults", 2), _SWAP_FS),
+        firmwares=("uefi",),
+    ),
+    DebianLayout.GPT_BTRFS: LayoutFacts(
+        disks=(("gpt", (PartRow(Role.BIOS_BOOT, 1), PartRow(Role.ROOT, FILL), PartRow(Role.SWAP, "swap_mib"))),),
+        filesystems=(FsRow(Role.ROOT, FsType.BTRFS, "root", "/", "defaults", 0, "@"),
+                     FsRow(Role.ROOT, FsType.BTRFS, "root", "/home", "defaults", 0, "@home"),
+                     FsRow(Role.ROOT, FsType.BTRFS, "root", "/.snapshots", "defaults", 0, "@snapshots"), _SWAP_FS),
+        firmwares=("bios",),
+        subvolumes=("@", "@home", "@snapshots"),
+        default_subvolume="@",
+        snapshots=(("@", "@snapshots/1/snapshot"),),
+    ),
+    DebianLayout.TWO_DISKS: LayoutFacts(
+        disks=(("gpt", (PartRow(Role.ESP, "esp_mib"), PartRow(Role.ROOT, FILL), PartRow(Role.SWAP, "swap_mib"))),
+               ("gpt", (PartRow(Role.SRV, FILL),))),
+        filesystems=(_EXT4_ROOT, _ESP_FS, FsRow(Role.SRV, FsType.EXT4, "srv", "/srv", "defaults", 2), _SWAP_FS),
+        firmwares=("uefi",),
+    ),
+}  # fmt: skip
+#: Where a layout keeps a user's files (a non-system filesystem backed up too): /home and /srv when separate.
+DATA_MOUNTS = ("/home", "/srv")
 
 
 @dataclass(frozen=True)
@@ -209,6 +309,9 @@ class DebianSpec:
     disk_mib: int = 2048
     esp_mib: int = 64
     swap_mib: int = 256
+    boot_mib: int = 256  # mbr-bios: /boot
+    home_mib: int = 128  # gpt-xfs-home: /home
+    srv_disk_mib: int = 512  # two-disks: the second disk (/srv)
     hostname: str = "asr-debian"
     seed: str = "asr-debian-machine"
     suite: str = SUITE
@@ -222,16 +325,30 @@ class DebianSpec:
             raise DebianMachineError(f"debian machine hostname {self.hostname!r}: expected 1-63 of a-z, 0-9, '-'")
         if self.esp_mib < 33:
             raise DebianMachineError(f"debian machine esp_mib {self.esp_mib}: FAT32 needs at least 33 MiB")
-        if self.swap_mib < 1:
-            raise DebianMachineError(f"debian machine swap_mib {self.swap_mib}: expected at least 1")
-        need = MIN_ROOT_MIB + self.esp_mib + self.swap_mib + 2
+        for name, least in (("swap_mib", 1), ("boot_mib", 64), ("home_mib", 16), ("srv_disk_mib", 16)):
+            if getattr(self, name) < least:
+                raise DebianMachineError(f"debian machine {name} {getattr(self, name)}: expected at least {least}")
+        _label, rows = LAYOUTS[self.layout].disks[0]
+        need = MIN_ROOT_MIB + sum(self.row_mib(r) for r in rows if not r.logical) + 2
         if self.disk_mib < need:
             raise DebianMachineError(f"debian machine disk_mib {self.disk_mib}: the {self.layout} layout needs at "
                                      f"least {need} MiB (root {MIN_ROOT_MIB} MiB)")  # fmt: skip
 
+    def row_mib(self, row: PartRow) -> int:
+        """The MiB a partition row takes (FILL: 0; an extended partition: its logical ones plus 1 MiB)."""
+        mib = row.mib if isinstance(row.mib, int) else int(getattr(self, row.mib))
+        return mib + 1 if row.role is Role.EXTENDED else mib
+
     def make_uuid(self, what: str) -> str:
-        """A version-4-shaped UUID derived from the seed: the same spec gives the same ids."""
-        return str(uuid.UUID(bytes=hashlib.sha256(f"{self.seed}/{what}".encode()).digest()[:16], version=4))
+        """A version-4-shaped UUID derived from the seed (and the layout, but for layout 1's historical ids): the
+        same spec gives the same ids; two layouts never share one."""
+        scope = self.seed if self.layout is DebianLayout.GPT_BIOS_UEFI else f"{self.seed}/{self.layout}"
+        return str(uuid.UUID(bytes=hashlib.sha256(f"{scope}/{what}".encode()).digest()[:16], version=4))
+
+    def make_hex(self, what: str, digits: int) -> str:
+        """Upper-case hex digits derived like :meth:`make_uuid` (FAT volume ids, MBR disk ids)."""
+        scope = self.seed if self.layout is DebianLayout.GPT_BIOS_UEFI else f"{self.seed}/{self.layout}"
+        return hashlib.sha256(f"{scope}/{what}".encode()).hexdigest()[:digits].upper()
 
 
 #: The tree takes about 680 MB; the root filesystem gets room to spare.
@@ -246,8 +363,8 @@ class DiskPartition:
     role: Role
     start: int  # sectors
     size: int  # sectors
-    type: str
-    uuid: str
+    type: str  # GPT type GUID, or the MBR type's two hex digits
+    uuid: str  # GPT partition UUID; MBR: the PARTUUID blkid shows (disk id - number)
     name: str
     bootable: bool = False
 
@@ -257,7 +374,7 @@ class DiskPlan:
     index: int  # 0: the first target disk
     size_mib: int
     label: str  # sfdisk label: gpt or dos
-    disk_id: str
+    disk_id: str  # GPT: a UUID; dos: 0x and 8 hex digits
     partitions: tuple[DiskPartition, ...]
 
     @property
@@ -266,6 +383,12 @@ class DiskPlan:
 
     def guest_partition(self, number: int) -> str:
         return f"{self.guest_device}{number}"
+
+    def partition(self, number: int) -> DiskPartition:
+        for p in self.partitions:
+            if p.number == number:
+                return p
+        raise InternalError(f"disk {self.index} has no partition {number}")
 
 
 @dataclass(frozen=True)
@@ -278,6 +401,7 @@ class FsPlan:
     mountpoint: str  # "" for swap
     options: str
     passno: int
+    subvolume: str = ""  # btrfs: the subvolume mounted there ("" for the filesystem's default or not btrfs)
 
 
 @dataclass(frozen=True)
@@ -286,12 +410,20 @@ class DebianPlan:
 
     spec: DebianSpec
     disks: tuple[DiskPlan, ...]
-    filesystems: tuple[FsPlan, ...]
+    filesystems: tuple[FsPlan, ...]  # the fstab, in order (a btrfs appears once per subvolume mounted)
     grub_targets: tuple[str, ...]  # i386-pc, x86_64-efi
     machine_id: str
+    firmwares: tuple[str, ...] = ("bios", "uefi")  # what the machine boots under (bios, uefi)
+    subvolumes: tuple[str, ...] = ()  # btrfs subvolumes of the root filesystem, created in this order
+    default_subvolume: str = ""
+    snapshots: tuple[tuple[str, str], ...] = ()  # (source subvolume, read-only snapshot path)
+    data_files: tuple[tuple[str, str], ...] = ()  # (absolute path, text): a user's files on /home or /srv
 
     def guest_device(self, fs: FsPlan) -> str:
         return self.disks[fs.disk].guest_partition(fs.partition)
+
+    def partition(self, fs: FsPlan) -> DiskPartition:
+        return self.disks[fs.disk].partition(fs.partition)
 
     @property
     def root(self) -> FsPlan:
@@ -302,10 +434,32 @@ class DebianPlan:
         return self._fs(lambda f: f.fstype is FsType.SWAP, "a swap area")
 
     @property
+    def esp(self) -> FsPlan | None:
+        return next((f for f in self.filesystems if f.fstype is FsType.VFAT), None)
+
+    @property
     def mounts(self) -> tuple[FsPlan, ...]:
         """Filesystems with a mount point, parents first."""
         return tuple(sorted((f for f in self.filesystems if f.mountpoint), key=lambda f: f.mountpoint.count("/")
                             if f.mountpoint != "/" else 0))  # fmt: skip
+
+    @property
+    def formats(self) -> tuple[FsPlan, ...]:
+        """One entry per filesystem made (the first fstab line of each partition)."""
+        seen: dict[tuple[int, int], FsPlan] = {}
+        for fs in self.filesystems:
+            seen.setdefault((fs.disk, fs.partition), fs)
+        return tuple(seen.values())
+
+    def mount(self, mountpoint: str) -> FsPlan | None:
+        return next((f for f in self.filesystems if f.mountpoint == mountpoint), None)
+
+    @property
+    def data_digest(self) -> str:
+        """What the check's ``data=`` field must say: ``sha256sum`` of ``sha256sum`` of the data files, by path."""
+        lines = "".join(f"{hashlib.sha256(text.encode()).hexdigest()}  {path}\n"
+                        for path, text in sorted(self.data_files))  # fmt: skip
+        return hashlib.sha256(lines.encode()).hexdigest()
 
     def _fs(self, pred: Callable[[FsPlan], bool], what: str) -> FsPlan:
         for fs in self.filesystems:
@@ -314,33 +468,75 @@ class DebianPlan:
         raise InternalError(f"the {self.spec.layout} plan has no {what}")
 
 
-def plan_debian_machine(spec: DebianSpec) -> DebianPlan:
-    """Partitions (1 MiB aligned), ids from the seed and filesystems of ``spec``.  Pure."""
-    if spec.layout is not DebianLayout.GPT_BIOS_UEFI:  # pragma: no cover - the enum has one member so far
-        raise InternalError(f"no planner for layout {spec.layout}")
-    total = spec.disk_mib * MIB_SECTORS
-    last_usable = total - 34  # the backup GPT
-    sizes = [(Role.BIOS_BOOT, 1), (Role.ESP, spec.esp_mib), (Role.ROOT, 0), (Role.SWAP, spec.swap_mib)]
-    fixed = sum(mib for _, mib in sizes) * MIB_SECTORS
-    root = (last_usable + 1 - MIB_SECTORS - fixed) // MIB_SECTORS * MIB_SECTORS
-    parts = []
+def _plan_disk(spec: DebianSpec, index: int, label: str, rows: tuple[PartRow, ...], size_mib: int) -> DiskPlan:
+    """1 MiB aligned partitions in table order; the FILL one takes what is left (the backup GPT kept free)."""
+    total = size_mib * MIB_SECTORS
+    last_usable = total - 34 if label == "gpt" else total - 1
+    fill = last_usable + 1 - MIB_SECTORS - sum(spec.row_mib(r) for r in rows if not r.logical) * MIB_SECTORS
+    fill = fill // MIB_SECTORS * MIB_SECTORS
+    if label == "gpt":
+        disk_id = spec.make_uuid(f"disk{index}")
+    else:
+        disk_id = "0x" + spec.make_hex(f"disk{index}", 8).lower()
+    parts: list[DiskPartition] = []
     start = MIB_SECTORS
-    for number, (role, mib) in enumerate(sizes, start=1):
-        size = mib * MIB_SECTORS or root
-        parts.append(DiskPartition(number=number, role=role, start=start, size=size, type=role.gpt_type,
-                                   uuid=spec.make_uuid(f"disk0/part{number}"), name=role.value))  # fmt: skip
-        start += size
-    disk = DiskPlan(index=0, size_mib=spec.disk_mib, label="gpt", disk_id=spec.make_uuid("disk0"),
-                    partitions=tuple(parts))  # fmt: skip
-    volid = hashlib.sha256(f"{spec.seed}/esp".encode()).hexdigest()[:8].upper()
-    filesystems = (
-        FsPlan(0, 3, FsType.EXT4, spec.make_uuid("fs/root"), "root", "/", "errors=remount-ro", 1),
-        FsPlan(0, 2, FsType.VFAT, f"{volid[:4]}-{volid[4:]}", "ESP", "/boot/efi", "umask=0077", 2),
-        FsPlan(0, 4, FsType.SWAP, spec.make_uuid("fs/swap"), "swap", "", "sw", 0),
-    )
-    machine_id = hashlib.sha256(f"{spec.seed}/machine-id".encode()).hexdigest()[:32]
-    return DebianPlan(spec=spec, disks=(disk,), filesystems=filesystems, grub_targets=("i386-pc", "x86_64-efi"),
-                      machine_id=machine_id)  # fmt: skip
+    primary = 0
+    logical_start = 0
+    for row in rows:
+        size = spec.row_mib(row) * MIB_SECTORS or fill
+        if row.logical:  # after its EBR: 1 MiB into the extended partition, numbered from 5
+            number = 5 + len([p for p in parts if p.number >= 5])
+            at = logical_start + MIB_SECTORS
+            logical_start = at + size - MIB_SECTORS
+        else:
+            primary += 1
+            number, at = primary, start
+            start += size
+            if row.role is Role.EXTENDED:
+                logical_start = at
+        if label == "gpt":
+            ptype, puuid = row.role.gpt_type, spec.make_uuid(f"disk{index}/part{number}")
+        else:
+            ptype, puuid = row.role.mbr_type, f"{disk_id[2:]}-{number:02x}"
+        parts.append(DiskPartition(number=number, role=row.role, start=at, size=size, type=ptype, uuid=puuid,
+                                   name=row.role.value, bootable=row.bootable))  # fmt: skip
+    return DiskPlan(index=index, size_mib=size_mib, label=label, disk_id=disk_id, partitions=tuple(parts))
+
+
+def plan_debian_machine(spec: DebianSpec) -> DebianPlan:
+    """Partitions (1 MiB aligned), ids from the seed and filesystems of ``spec``'s layout (:data:`LAYOUTS`).
+    Pure."""
+    facts = LAYOUTS[spec.layout]
+    disks = tuple(_plan_disk(spec, i, label, rows, spec.disk_mib if i == 0 else spec.srv_disk_mib)
+                  for i, (label, rows) in enumerate(facts.disks))  # fmt: skip
+    where = {p.role: (d.index, p.number) for d in reversed(disks) for p in reversed(d.partitions)}
+    volid = spec.make_hex("esp", 8)
+    filesystems = []
+    for row in facts.filesystems:
+        disk, number = where[row.role]
+        fs_id = f"{volid[:4]}-{volid[4:]}" if row.fstype is FsType.VFAT else spec.make_uuid(f"fs/{row.role}")
+        options = f"{row.options},subvol={row.subvolume}" if row.subvolume else row.options
+        filesystems.append(FsPlan(disk, number, row.fstype, fs_id, row.label, row.mountpoint, options, row.passno,
+                                  row.subvolume))  # fmt: skip
+    separate = {f.mountpoint for f in filesystems} & set(DATA_MOUNTS)
+    data_files = tuple((f"{m}/{name}", f"{text} ({spec.layout}, {spec.seed})\n") for m in sorted(separate)
+                       for name, text in _DATA_FILES[m])  # fmt: skip
+    targets = {"bios": "i386-pc", "uefi": "x86_64-efi"}
+    return DebianPlan(spec=spec, disks=disks, filesystems=tuple(filesystems),
+                      grub_targets=tuple(targets[f] for f in facts.firmwares),
+                      machine_id=hashlib.sha256(f"{spec.seed}/machine-id".encode()).hexdigest()[:32],
+                      firmwares=facts.firmwares, subvolumes=facts.subvolumes,
+                      default_subvolume=facts.default_subvolume, snapshots=facts.snapshots,
+                      data_files=data_files)  # fmt: skip
+
+
+#: A user's files where a layout has a separate /home or /srv (uid/gid DATA_OWNER).
+_DATA_FILES = {
+    "/home": (("alice/notes.txt", "alice's notes"), ("alice/.profile", "# alice's profile"),
+              ("alice/projects/plan.md", "# a plan")),
+    "/srv": (("www/index.html", "<p>served from the second disk</p>"), ("backup/README", "site data")),
+}  # fmt: skip
+DATA_OWNER = 1000
 
 
 # ------------------------------------------------------------------------------------------- the guest's steps
@@ -350,6 +546,10 @@ def plan_mkfs(fs: FsPlan, device: str) -> list[str]:
     """The mkfs argv that makes ``fs`` on ``device`` with its planned id and label."""
     if fs.fstype is FsType.EXT4:
         return ["mkfs.ext4", "-q", "-F", "-U", fs.uuid, "-L", fs.label, device]
+    if fs.fstype is FsType.XFS:
+        return ["mkfs.xfs", "-q", "-f", "-m", f"uuid={fs.uuid}", "-L", fs.label, device]
+    if fs.fstype is FsType.BTRFS:
+        return ["mkfs.btrfs", "-q", "-f", "-U", fs.uuid, "-L", fs.label, device]
     if fs.fstype is FsType.VFAT:
         return ["mkfs.fat", "-F", "32", "-i", fs.uuid.replace("-", ""), "-n", fs.label, device]
     if fs.fstype is FsType.SWAP:
@@ -375,14 +575,24 @@ def plan_guest_steps(plan: DebianPlan) -> tuple[GuestStep, ...]:
             f"sfdisk --quiet --wipe always {shlex.quote(d.guest_device)} < /{GUEST_DIR}/disk{d.index}.sfdisk"
             for d in plan.disks)),
         GuestStep("wait for partitions", tuple(
-            f"wait_block {shlex.quote(d.guest_partition(p.number))}" for d in plan.disks for p in d.partitions)),
+            f"wait_block {shlex.quote(d.guest_partition(p.number))}" for d in plan.disks for p in d.partitions
+            if p.role is not Role.EXTENDED)),
         GuestStep("make filesystems", tuple(shlex.join(plan_mkfs(fs, plan.guest_device(fs)))
-                                            for fs in plan.filesystems) + settle),
+                                            for fs in plan.formats) + settle),
     ]  # fmt: skip
+    if plan.subvolumes:  # at the btrfs top level (subvolid 5), then the default one
+        top, dev = "/run/asr/top", plan.guest_device(plan.root)
+        subs = [shlex.join(["mkdir", "-p", top]), shlex.join(["mount", "-o", "subvolid=5", dev, top])]
+        subs += [shlex.join(["btrfs", "subvolume", "create", f"{top}/{s}"]) for s in plan.subvolumes]
+        if plan.default_subvolume:
+            subs.append(shlex.join(["btrfs", "subvolume", "set-default", f"{top}/{plan.default_subvolume}"]))
+        subs.append(shlex.join(["umount", top]))
+        steps.append(GuestStep("make subvolumes", tuple(subs)))
     mounts = []
     for fs in plan.mounts:
         where = t + (fs.mountpoint if fs.mountpoint != "/" else "")
-        mounts += [shlex.join(["mkdir", "-p", where]), shlex.join(["mount", plan.guest_device(fs), where])]
+        options = ["-o", f"subvol={fs.subvolume}"] if fs.subvolume else []
+        mounts += [shlex.join(["mkdir", "-p", where]), shlex.join(["mount", *options, plan.guest_device(fs), where])]
     steps.append(GuestStep("mount", tuple(mounts)))
     # a plain bind of / shows the helper's own filesystem without what is mounted on it (/proc, /sys, /dev, /run):
     # nothing changes while it is read and the target is not inside the source
@@ -404,9 +614,26 @@ def plan_guest_steps(plan: DebianPlan) -> tuple[GuestStep, ...]:
                     "--no-nvram", "--force-extra-removable"]  # fmt: skip
         grub.append(shlex.join(["chroot", t, *argv]))
     steps.append(GuestStep("install GRUB", tuple(grub)))
-    check_cfg = shlex.join(["grep", "-q", f"root=UUID={plan.root.uuid} ", f"{t}/boot/grub/grub.cfg"])
-    steps.append(GuestStep("configure GRUB", (shlex.join(["chroot", t, "update-grub"]), check_cfg)))
-    steps.append(GuestStep("report", ("blkid", shlex.join(["ls", "-lR", f"{t}/boot/efi/EFI"]))))
+    cfg = f"{t}/boot/grub/grub.cfg"
+    checks = [shlex.join(["grep", "-q", f"root=UUID={plan.root.uuid} ", cfg])]
+    if plan.root.subvolume:  # update-grub found the root subvolume
+        checks.append(shlex.join(["grep", "-q", f"rootflags=subvol={plan.root.subvolume}", cfg]))
+    steps.append(GuestStep("configure GRUB", (shlex.join(["chroot", t, "update-grub"]), *checks)))
+    if plan.snapshots:  # last: the snapshot holds the finished system
+        snaps = []
+        for source, path in plan.snapshots:
+            mounted_at = {f.subvolume: f.mountpoint for f in plan.filesystems if f.subvolume}
+            head, _, rest = path.partition("/")
+            dest = t + mounted_at[head].rstrip("/") + "/" + rest
+            src_dir = t + mounted_at[source].rstrip("/")
+            snaps += [shlex.join(["mkdir", "-p", dest.rsplit("/", 1)[0]]),
+                      shlex.join(["btrfs", "subvolume", "snapshot", "-r", src_dir, dest])]  # fmt: skip
+        snaps.append(shlex.join(["btrfs", "subvolume", "list", t]))
+        steps.append(GuestStep("snapshot", tuple(snaps)))
+    report = ["blkid"]
+    if plan.esp is not None:
+        report.append(shlex.join(["ls", "-lR", f"{t}/boot/efi/EFI"]))
+    steps.append(GuestStep("report", tuple(report)))
     steps.append(GuestStep("unmount", (shlex.join(["umount", "-R", t]), "sync", "udevadm control --exit")))
     return tuple(steps)
 
@@ -432,6 +659,7 @@ def render_machine_files(plan: DebianPlan) -> dict[str, str]:
         "etc/default/grub": render("debian-default-grub.j2", cmdline=KERNEL_CMDLINE),
         "etc/initramfs-tools/conf.d/resume": render("debian-resume.j2", swap=plan.swap),
         "etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf": render("debian-serial-autologin.conf.j2"),
+        **{path.lstrip("/"): text for path, text in plan.data_files},
     }
 
 
@@ -603,6 +831,10 @@ def _make_disks(plan: DebianPlan, tarball: Path, work: Path, timings: dict[str, 
         path = tree / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    for data_path, _text in plan.data_files:  # a user's files: theirs, below the mount point (cp -a keeps owners)
+        data_rel = Path(data_path.lstrip("/"))
+        for part in [data_rel, *data_rel.parents][:-2]:
+            os.chown(tree / part, DATA_OWNER, DATA_OWNER)
     make_initramfs(tree)
     guest = tree / GUEST_DIR
     guest.mkdir()
@@ -675,6 +907,21 @@ def make_initramfs(tree: Path) -> None:
 # --------------------------------------------------------------------------------------------- the login check
 
 
+@dataclass(frozen=True, order=True)
+class Mounted:
+    """One mounted filesystem as the check saw it (findmnt)."""
+
+    target: str
+    uuid: str
+    fstype: str
+    fsroot: str  # "/" or, for a btrfs subvolume, "/@home"
+
+    @property
+    def subvolume(self) -> str:
+        """The btrfs subvolume mounted ("" for a filesystem's top level or not btrfs)."""
+        return self.fsroot.strip("/") if self.fstype == "btrfs" else ""
+
+
 @dataclass(frozen=True)
 class LoginCheck:
     """What the machine said about itself after login (the ``ASR-CHECK`` line)."""
@@ -683,23 +930,43 @@ class LoginCheck:
     root_source: str
     root_fstype: str
     root_uuid: str
-    esp_fstype: str
+    esp_fstype: str  # "none" without a mounted /boot/efi
     swap_uuid: str
     hostname: str
     firmware: str
+    mounts: tuple[Mounted, ...]  # every mounted ext*, xfs, btrfs, vfat, in findmnt's order
+    data: str  # sha256 over the sha256sum lines of /home's and /srv's files (DebianPlan.data_digest)
     line: str
+
+    def mounted(self, target: str) -> Mounted | None:
+        return next((m for m in self.mounts if m.target == target), None)
 
 
 _CHECK_RE = re.compile(
     CHECK_PREFIX + r" state=(?P<state>\S+) root=(?P<root_source>\S+) fstype=(?P<root_fstype>\S+) "
     r"uuid=(?P<root_uuid>\S+) esp=(?P<esp_fstype>\S+) swap=(?P<swap_uuid>\S+) host=(?P<hostname>\S+) "
-    r"firmware=(?P<firmware>\S+) end"
+    r"firmware=(?P<firmware>\S+) mounts=(?P<mounts>\S*) data=(?P<data>[0-9a-f]{64}) end"
 )
 
 
 def parse_check_line(text: str) -> LoginCheck | None:
     m = _CHECK_RE.search(text)
-    return None if m is None else LoginCheck(**m.groupdict(), line=m.group(0))
+    if m is None:
+        return None
+    fields = m.groupdict()
+    mounts = []
+    for item in filter(None, fields.pop("mounts").split(",")):
+        parts = item.split(":")
+        if len(parts) != 4:
+            raise VMError(f"the check's mounts field has {item!r}: expected TARGET:UUID:FSTYPE:FSROOT", m.group(0))
+        mounts.append(Mounted(*parts))
+    return LoginCheck(**fields, mounts=tuple(mounts), line=m.group(0))
+
+
+def expected_mounts(plan: DebianPlan) -> tuple[Mounted, ...]:
+    """What the check's ``mounts=`` must list for ``plan`` (sorted by target): every fstab filesystem but swap."""
+    return tuple(sorted(Mounted(f.mountpoint, f.uuid, f.fstype.value, f"/{f.subvolume}" if f.subvolume else "/")
+                        for f in plan.mounts))  # fmt: skip
 
 
 #: What a boot that will never reach the login says on the serial console (GRUB, the kernel, initramfs-tools).
@@ -731,9 +998,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="directory to copy the disk image(s) into")
     parser.add_argument("--hostname", default=DebianSpec.hostname)
     parser.add_argument("--disk-mib", type=int, default=DebianSpec.disk_mib)
+    parser.add_argument("--layout", type=DebianLayout, choices=list(DebianLayout), default=DebianSpec.layout)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    image = make_debian_image(DebianSpec(hostname=args.hostname, disk_mib=args.disk_mib))
+    image = make_debian_image(DebianSpec(layout=args.layout, hostname=args.hostname, disk_mib=args.disk_mib))
     args.out.mkdir(parents=True, exist_ok=True)
     for disk in image.disks:
         run(["cp", "--sparse=always", disk, args.out / disk.name])

@@ -104,10 +104,10 @@ def top_level_path(path: str, mounts: Sequence[Mount], subvolumes: Sequence[Subv
 
 def mount_top_level(device: str, already_mounted: bool) -> Path:
     """Mount the top level of the btrfs on ``device`` read-only in a new private directory; return it.
-    ``nologreplay`` (nothing written, not even a log replay) only when the filesystem is not mounted yet: the
-    kernel refuses it on a second mount of a mounted btrfs."""
+    ``rescue=nologreplay`` (nothing written, not even a log replay; kernels since 5.9) only when the filesystem is
+    not mounted yet: the kernel refuses it on a second mount of a mounted btrfs."""
     top = Path(tempfile.mkdtemp(prefix="asr-btrfs-top-"))
-    opts = "ro,subvolid=5" if already_mounted else "ro,nologreplay,subvolid=5"
+    opts = "ro,subvolid=5" if already_mounted else "ro,rescue=nologreplay,subvolid=5"
     try:
         run(["mount", "-t", "btrfs", "-o", opts, device, str(top)])
     except (ToolError, OSError):

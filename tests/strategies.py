@@ -40,6 +40,7 @@ from recovery_env.model.descriptor import (
     Mount,
     PartFlag,
     Partition,
+    Subvolume,
     SystemInfo,
     TableType,
 )
@@ -354,6 +355,14 @@ def descriptors(draw: Draw, max_disks: int = 3, max_parts: int = 6) -> Descripto
         Command(o, draw(any_text.filter(lambda s: bool(s.strip()) and "\n" not in s)), draw(st.booleans()))
         for o in orders
     )
+    subvolumes: list[Subvolume] = []
+    for i, f in enumerate(filesystems):
+        if f.type is not FsType.BTRFS:
+            continue
+        made = draw(_subvolumes(f.key))
+        subvolumes += made
+        default = draw(st.sampled_from([0, 5, *(s.id for s in made)]))
+        filesystems[i] = dataclasses.replace(f, default_subvolume=default)
     return Descriptor(
         system=draw(systems(firmware)),
         disks=tuple(disks),
@@ -363,7 +372,24 @@ def descriptors(draw: Draw, max_disks: int = 3, max_parts: int = 6) -> Descripto
         bootloader=bootloader,
         backup=backup,
         commands=commands,
+        subvolumes=tuple(draw(st.permutations(subvolumes))),
     )
+
+
+@st.composite
+def _subvolumes(draw: Draw, fs_key: str) -> list[Subvolume]:
+    """Subvolumes of one btrfs filesystem: at the top level or nested in an earlier one, ids with gaps."""
+    out: list[Subvolume] = []
+    next_id = 256
+    for n in range(draw(st.integers(0, 4))):
+        next_id += draw(st.integers(0, 3))
+        parent = draw(st.sampled_from([None, *out]))
+        name = draw(st.sampled_from(["@", "@home", "snap", f"s{n}", "a b", "é"])) + str(n)
+        path = f"{parent.path}/{draw(st.sampled_from(['', 'd/']))}{name}" if parent else name
+        out.append(Subvolume(fs_key, path, next_id, parent.id if parent else 5, draw(st.booleans()),
+                             draw(st.sampled_from(["", "zstd", "zlib:3", "lzo"]))))  # fmt: skip
+        next_id += 1
+    return out
 
 
 @st.composite

@@ -139,6 +139,10 @@ def _loop_at_end(f: Fat12) -> None:
     f.set_fat(first + len(render_asrpnp_sif(INV).encode()) // 512, first)  # the last cluster back to the first
 
 
+ASR_CLUSTERS = -(-len(render_asr_sif(D).encode()) // 512)  # the sample's ASR.SIF, in 512-byte clusters
+ASR_BYTES = ASR_CLUSTERS * 512
+
+
 def _size(value: int) -> Callable[[Fat12], None]:
     def patch(f: Fat12) -> None:
         struct.pack_into("<I", f.image, f.entry(ASR) + 28, value)
@@ -159,7 +163,7 @@ DAMAGE: dict[str, tuple[Callable[[Fat12], None], str]] = {
     "absurd-size": (_size(0xFFFF_FFF0), r"ASR\.SIF: its directory entry says 4294967280 bytes, more than the "
                                         r"whole volume holds \(\d+ bytes of data clusters\)"),
     "size-beyond-chain": (_size(100_000), r"ASR\.SIF: its directory entry says 100000 bytes \(196 clusters\) but "
-                                          r"its cluster chain has 8 clusters \(4096 bytes\)"),
+                                          rf"its cluster chain has {ASR_CLUSTERS} clusters \({ASR_BYTES} bytes\)"),
 }
 
 

@@ -100,14 +100,38 @@ def test_sample_text_shape() -> None:
     text = render_asr_sif(sample_descriptor())
     headers = re.findall(r"^\[([A-Z]+)\]$", text, re.M)
     assert headers == [
-        "VERSION", "SYSTEM", "DISKS", "PARTITIONS", "FILESYSTEMS", "MOUNTS",
+        "VERSION", "SYSTEM", "DISKS", "PARTITIONS", "FILESYSTEMS", "MOUNTS", "SUBVOLUMES",
         "BOOTLOADER", "BACKUP", "ARCHIVES", "COMMANDS", "INTEGRITY",
     ]  # fmt: skip
-    assert 'signature = "$ASR-LINUX$"\nformat = 1\ntool = "asr 0.1.0"\n' in text
+    assert 'signature = "$ASR-LINUX$"\nformat = 2\ntool = "asr 0.1.0"\n' in text
     assert "\ndisk=disk1 number=3 start=526336 size=3667935 type=4f68bce3-e8cd-4db1-96e7-fbcaf984b709 " in text
     body, _, tail = text.partition("[INTEGRITY]\n")
     assert tail == f"sha256 = {hashlib.sha256(body.encode()).hexdigest()}\n"
     assert text == render_asr_sif(sample_descriptor())
+
+
+def test_btrfs_subvolumes_round_trip_in_their_section() -> None:
+    from test_validation import BTRFS
+
+    text = render_asr_sif(BTRFS)
+    assert parse_asr_sif(text) == BTRFS
+    section = text[text.index("[SUBVOLUMES]") : text.index("[BOOTLOADER]")]
+    assert [line for line in section.splitlines() if line and not line.startswith(("[", ";"))] == [
+        "filesystem=fs2 path=@ id=256",
+        "filesystem=fs2 path=@home id=257",
+        "filesystem=fs2 path=@snapshots id=258",
+        "filesystem=fs2 path=@snapshots/1/snapshot id=259 parent=258 readonly=yes compression=zstd",
+    ]
+    assert " default_subvolume=256\n" in text
+
+
+def test_a_format_1_file_is_still_read() -> None:
+    """ASR.SIF written by an asr before format 2: no [SUBVOLUMES] section, format = 1."""
+    old = dataclasses.replace(sample_descriptor(), version=1)
+    text = render_asr_sif(old)
+    assert "format = 1\n" in text and "[SUBVOLUMES]" not in text
+    assert parse_asr_sif(text) == old
+    assert parse_asr_sif(text).version == 1 and render_asr_sif(parse_asr_sif(text)) == text
 
 
 def test_sample_mbr_has_logical_partitions() -> None:
@@ -271,7 +295,8 @@ SYNTAX_CASES = [
      "unexpected text after the value"),
     ('signature = "$ASR-LINUX$"', 'signature = "$ASR-LINUX-PNP$"', "signature", "VERSION", None, "signature",
      "(this is an ASRPNP.SIF)"),
-    ("format = 1", "format = 2", "format = 2", "VERSION", None, "format", "format 2 is not supported"),
+    ("format = 2", "format = 3", "format = 3", "VERSION", None, "format", "format 3 is not supported"),
+    ("format = 2", "format = 1", "[SUBVOLUMES]", None, None, None, "section [SUBVOLUMES] is not in format 1"),
     (SAMPLE[SAMPLE.index("[COMMANDS]") : SAMPLE.index("[INTEGRITY]")], "", "[INTEGRITY]", "COMMANDS", None, None,
      "section [COMMANDS] is missing"),
 ]  # fmt: skip

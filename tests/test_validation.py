@@ -25,6 +25,7 @@ from recovery_env.model.descriptor import (
     FsType,
     PartFlag,
     Partition,
+    Subvolume,
     TableType,
 )
 from recovery_env.model.sif import format_hex, format_optional, format_value, parse_asr_sif, seal
@@ -104,6 +105,25 @@ def uefi(d: Descriptor) -> Descriptor:
     return boot(system(d, firmware=Firmware.UEFI), kind=BootloaderKind.GRUB_EFI)
 
 
+def with_btrfs(d: Descriptor) -> Descriptor:
+    """fs2 as a btrfs root with subvolumes @ (the default), @home, @snapshots and a read-only snapshot in it."""
+    root = replace(d.filesystems[1], type=FsType.BTRFS, features=(), inode_size=0, block_size=0, default_subvolume=256)
+    subvolumes = (
+        Subvolume("fs2", "@", 256),
+        Subvolume("fs2", "@home", 257),
+        Subvolume("fs2", "@snapshots", 258),
+        Subvolume("fs2", "@snapshots/1/snapshot", 259, parent=258, readonly=True, compression="zstd"),
+    )
+    return replace(d, filesystems=(d.filesystems[0], root, *d.filesystems[2:]), subvolumes=subvolumes)
+
+
+BTRFS = with_btrfs(GPT)
+
+
+def sub(d: Descriptor, i: int, **kw: object) -> Descriptor:
+    return replace(d, subvolumes=_at(d.subvolumes, i, replace(d.subvolumes[i], **kw)))  # type: ignore[arg-type]
+
+
 def second_disk(d: Descriptor, **kw: object) -> Descriptor:
     extra = Disk("disk2", 1 << 30, 512, 512, TableType.GPT, "11111111-2222-4333-8444-555555555555", False)
     return replace(d, disks=(*d.disks, replace(extra, **kw)))  # type: ignore[arg-type]
@@ -131,7 +151,7 @@ Case = tuple[str, Callable[[], Descriptor], str, int | None, str | None, str]
 
 CASES: list[Case] = [
     # --- pass 1: each record's fields ---------------------------------------------------------------------------
-    ("version", lambda: replace(GPT, version=2), "VERSION", None, "format", "format 2"),
+    ("version", lambda: replace(GPT, version=3), "VERSION", None, "format", "format 3"),
     ("hostname", lambda: system(GPT, hostname="asr sample"), "SYSTEM", None, "hostname", "is not a host name"),
     ("machine id", lambda: system(GPT, machine_id="XYZ"), "SYSTEM", None, "machine_id", "is not a machine id"),
     ("captured at", lambda: system(GPT, captured_at="2026-02-30T00:00:00Z"), "SYSTEM", None, "captured_at",
@@ -333,11 +353,33 @@ CASES: list[Case] = [
      "FILESYSTEMS", 2, "backup", "fs2 is backed up (backup=yes) but [ARCHIVES] has no archive for it"),
     ("duplicate command order", lambda: replace(GPT, commands=(GPT.commands[0], replace(GPT.commands[1], order=1))),
      "COMMANDS", 2, "order", "order 1 is used twice"),
+    ("subvolume of an unknown fs", lambda: sub(BTRFS, 0, filesystem="fs9"), "SUBVOLUMES", 1, "filesystem",
+     "filesystem 'fs9' is not in [FILESYSTEMS]"),
+    ("subvolume of a non-btrfs fs", lambda: sub(BTRFS, 0, filesystem="fs1"), "SUBVOLUMES", 1, "filesystem",
+     "fs1 is vfat, not btrfs"),
+    ("subvolume id twice", lambda: sub(BTRFS, 1, id=256), "SUBVOLUMES", 2, "id", "fs2 has two subvolumes with id 256"),
+    ("subvolume path twice", lambda: sub(BTRFS, 1, path="@"), "SUBVOLUMES", 2, "path", "fs2 has two subvolumes at @"),
+    ("subvolume path absolute", lambda: sub(BTRFS, 0, path="/@"), "SUBVOLUMES", 1, "path",
+     "is not a path relative to the top level"),
+    ("subvolume path with ..", lambda: sub(BTRFS, 3, path="@snapshots/../x"), "SUBVOLUMES", 4, "path",
+     "has a '..' component"),
+    ("subvolume id too small", lambda: sub(BTRFS, 0, id=5), "SUBVOLUMES", 1, "id", "id 5 is not a subvolume id"),
+    ("subvolume its own parent", lambda: sub(BTRFS, 0, parent=256), "SUBVOLUMES", 1, "parent", "is its own parent"),
+    ("subvolume parent missing", lambda: sub(BTRFS, 3, parent=300), "SUBVOLUMES", 4, "parent",
+     "parent 300 of @snapshots/1/snapshot is not a subvolume of fs2"),
+    ("subvolume outside its parent", lambda: sub(BTRFS, 3, path="@home/snapshot"), "SUBVOLUMES", 4, "path",
+     "@home/snapshot is not inside its parent subvolume @snapshots (id 258)"),
+    ("subvolume compression", lambda: sub(BTRFS, 3, compression="gzip"), "SUBVOLUMES", 4, "compression",
+     "'gzip' is not a btrfs compression"),
+    ("default subvolume not listed", lambda: fs(BTRFS, 1, default_subvolume=300), "FILESYSTEMS", 2,
+     "default_subvolume", "default subvolume 300 is not a subvolume of fs2"),
+    ("default subvolume of ext4", lambda: fs(GPT, 1, default_subvolume=256), "FILESYSTEMS", 2, "default_subvolume",
+     "default_subvolume is for btrfs only (this is ext4)"),
 ]  # fmt: skip
 
 
 def test_the_bases_are_valid() -> None:
-    for d in (GPT, MBR, uefi(GPT), with_mbr_backup(MBR), four_k(GPT, 6), second_disk(GPT)):
+    for d in (GPT, MBR, uefi(GPT), with_mbr_backup(MBR), four_k(GPT, 6), second_disk(GPT), BTRFS):
         validate_descriptor(d)
         assert parse_asr_sif(_unchecked_text(d)) == d
 
@@ -396,3 +438,21 @@ def test_render_refuses_invalid_descriptors() -> None:
     with pytest.raises(DescriptorError, match="no mount of '/'"):
         render_asr_sif(mount(GPT, 0, mountpoint="/srv"))
 
+
+
+def test_format_1_has_no_subvolumes() -> None:
+    """A format 1 descriptor (written before [SUBVOLUMES]) is still valid and read; subvolumes need format 2."""
+    old = replace(GPT, version=1)
+    validate_descriptor(old)
+    text = _unchecked_text(old)
+    assert "format = 1\n" in text and "[SUBVOLUMES]" not in text
+    assert parse_asr_sif(text) == old
+    with pytest.raises(DescriptorError) as e:
+        validate_descriptor(replace(BTRFS, version=1))
+    assert (e.value.section, e.value.field) == ("FILESYSTEMS", "default_subvolume")
+    assert "format 1 has no default_subvolume" in e.value.reason
+    no_default = fs(BTRFS, 1, default_subvolume=0)
+    with pytest.raises(DescriptorError) as e:
+        validate_descriptor(replace(no_default, version=1))
+    assert (e.value.section, e.value.record) == ("SUBVOLUMES", 1)
+    assert "format 1 has no subvolumes" in e.value.reason

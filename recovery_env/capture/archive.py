@@ -10,7 +10,7 @@ holds; zstd writes the archive file itself and a thread hashes it (SHA-256) as i
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TextIO
@@ -53,18 +53,25 @@ class ArchiveJob:
     estimate: int  # bytes of data expected (for progress)
 
 
-def plan_tar_argv(source: str, mountpoint: str, excludes: Sequence[str], exclude_dirs: Sequence[str] = ()) -> tuple[
-        str, ...]:
+def plan_tar_argv(source: str, mountpoint: str, excludes: Sequence[str], exclude_dirs: Sequence[str] = (), *,
+                  top_level: Sequence[tuple[str, str]] | None = None) -> tuple[str, ...]:  # fmt: skip
     """tar argv for one filesystem.  Members are named ``./rel/path``.  A pattern starting with "/" is a path in
     the captured system: it applies (anchored) only to the filesystem that holds it.  Other patterns are tar's
     unanchored wildcards (e.g. ``*.cache``).  ``exclude_dirs`` are absolute directories in the captured system
-    left out as they are (the backup destination)."""
-    argv = ["tar", "--create", "--file=-", *TAR_ATTR_OPTIONS, "--one-file-system", f"--directory={source}"]
+    left out as they are (the backup destination).
+
+    ``top_level``: ``source`` is the top level of a btrfs filesystem, mounted privately (nothing is mounted below
+    it), archived whole: tar crosses into its subvolumes (each has a device number of its own: no
+    ``--one-file-system``), and an anchored pattern is placed through the filesystem's mounts, given as (mount
+    point, subvolume path) pairs ("/home/u/cache" with @home at /home → ``./@home/u/cache``)."""
+    one_fs = ("--one-file-system",) if top_level is None else ()
+    argv = ["tar", "--create", "--file=-", *TAR_ATTR_OPTIONS, *one_fs, f"--directory={source}"]
     anchored: list[str] = []
     loose: list[str] = []
     for pat in [*excludes, *exclude_dirs]:
         if pat.startswith("/"):
-            rel = _relative_to_mount(pat.rstrip("/") or "/", mountpoint)
+            path = pat.rstrip("/") or "/"
+            rel = _relative_to_mount(path, mountpoint) if top_level is None else _relative_to_top(path, top_level)
             if rel is not None and rel != ".":
                 anchored.append("./" + rel)
         else:
@@ -74,6 +81,15 @@ def plan_tar_argv(source: str, mountpoint: str, excludes: Sequence[str], exclude
     argv += [f"--exclude={p}" for p in loose]
     argv.append(".")
     return tuple(argv)
+
+
+def _relative_to_top(path: str, mounts: Sequence[tuple[str, str]]) -> str | None:
+    """Where ``path`` of the captured system lies in a top level, through the deepest of its ``mounts``."""
+    held = [(mp, sub, rel) for mp, sub in mounts if (rel := _relative_to_mount(path, mp)) is not None]
+    if not held:
+        return None
+    _, sub, rel = max(held, key=lambda h: len(h[0]))
+    return "/".join(p for p in (sub, "" if rel == "." else rel) if p) or "."
 
 
 def _relative_to_mount(path: str, mountpoint: str) -> str | None:
@@ -92,8 +108,12 @@ def plan_archives(
     excludes: Sequence[str] = (),
     exclude_dirs: Sequence[str] = (),
     compression: Compression = Compression.ZSTD,
+    top_levels: Mapping[str, Sequence[tuple[str, str]]] | None = None,
 ) -> tuple[ArchiveJob, ...]:
-    """``sources``: (fs key, mount point, source directory, estimated bytes), in mount order → archive jobs."""
+    """``sources``: (fs key, mount point, source directory, estimated bytes), in mount order → archive jobs.
+    ``top_levels``: fs key → (mount point, subvolume path) pairs of each btrfs source that is its filesystem's
+    whole top level (see :func:`plan_tar_argv`)."""
+    tops = top_levels or {}
     jobs = []
     for fs_key, mountpoint, source, estimate in sources:
         jobs.append(ArchiveJob(
@@ -101,7 +121,7 @@ def plan_archives(
             mountpoint=mountpoint,
             source=source,
             file=plan_archive_name(fs_key, compression),
-            tar_argv=plan_tar_argv(source, mountpoint, excludes, exclude_dirs),
+            tar_argv=plan_tar_argv(source, mountpoint, excludes, exclude_dirs, top_level=tops.get(fs_key)),
             filter_argv=COMPRESSORS[compression],
             estimate=estimate,
         ))

@@ -7,7 +7,7 @@ one) and its free space (:func:`check_space`).  The offline capture in the boot 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -62,17 +62,28 @@ def check_root(euid: int) -> None:
                            "system and the disks' partition tables")
 
 
-def find_sources(layout: Layout, root: Path, *, fat_fallback: bool = True) -> tuple[ArchiveSource, ...]:
+def find_sources(layout: Layout, root: Path, *, fat_fallback: bool = True,
+                 top_levels: Mapping[str, Path] | None = None) -> tuple[ArchiveSource, ...]:  # fmt: skip
     """The directory each backed-up filesystem is mounted at under ``root``; refuse one that is not mounted.
 
     The one exception (``fat_fallback``): a vfat filesystem that fstab lists but that is not mounted (a host
-    kernel without vfat cannot mount it) is read with mtools from its device (:data:`SourceReader.MTOOLS`)."""
+    kernel without vfat cannot mount it) is read with mtools from its device (:data:`SourceReader.MTOOLS`).
+    ``top_levels``: btrfs filesystems (key → the directory their top level is mounted at, privately): each is one
+    source, its whole top level (mount point "/": its MANIFEST paths are absolute in the top level), however many
+    fstab lines mount its subvolumes."""
     out = []
+    tops = top_levels or {}
+    seen: set[str] = set()
     for m in layout.mounts:
         fs = next(f for f in layout.filesystems if f.key == m.filesystem)
-        if not fs.backup:
+        if not fs.backup or fs.key in seen:
             continue
         node = layout.devices[fs.key]
+        if fs.key in tops:
+            seen.add(fs.key)
+            st = os.statvfs(tops[fs.key])
+            out.append(ArchiveSource(fs.key, "/", tops[fs.key], node, (st.f_blocks - st.f_bfree) * st.f_frsize))
+            continue
         directory = root / m.mountpoint.lstrip("/")
         if not _is_mounted_from(directory, node):
             if fat_fallback and fs.type is FsType.VFAT and not os.path.ismount(directory):

@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,16 +49,28 @@ from recovery_env.capture.checks import (
     stage_fat_source,
 )
 from recovery_env.errors import BackupMediaMissingError, DestinationError, LayoutError, ToolError
-from recovery_env.model.descriptor import Compression, Descriptor, DeviceInventory, Firmware, FstabSpec, path_problem
+from recovery_env.model.descriptor import (
+    Compression,
+    Descriptor,
+    DeviceInventory,
+    Firmware,
+    FstabSpec,
+    FsType,
+    path_problem,
+)
 from recovery_env.model.validate import validate_descriptor
+from recovery_env.probe.btrfs import mount_subvolume, mount_top_level, read_subvolumes, unmount_top_level
 from recovery_env.probe.disks import find_disks, partition_device
 from recovery_env.probe.inventory import read_inventory
 from recovery_env.probe.layout import (
+    DiskFacts,
     FstabEntry,
+    Layout,
     parse_fstab,
     read_blkid,
     read_firmware_live,
     read_layout,
+    read_mounts,
     read_system_info,
 )
 from recovery_env.probe.media import (
@@ -239,13 +251,47 @@ def capture(
     if not root.is_dir():
         raise LayoutError(f"--root {req.root}: not a directory")
     layout, firmware, facts = read_layout(root, req.disks, include_mounts=req.include_mounts, firmware=req.firmware)
-    sources = find_sources(layout, root)
+    tops: dict[str, Path] = {}
+    try:
+        mounted = {os.path.realpath(m.source.split("[", 1)[0]) for m in read_mounts() if m.fstype == "btrfs"}
+        for f in layout.filesystems:
+            if f.type is FsType.BTRFS and f.key in layout.devices:
+                node = layout.devices[f.key]
+                tops[f.key] = mount_top_level(node, already_mounted=os.path.realpath(node) in mounted)
+        return _capture(req, root, layout, firmware, facts, tops, sif, started, progress)
+    finally:
+        for top in tops.values():
+            unmount_top_level(top)
+
+
+def _capture(
+    req: CaptureRequest,
+    root: Path,
+    layout: Layout,
+    firmware: Firmware,
+    facts: tuple[DiskFacts, ...],
+    tops: Mapping[str, Path],
+    sif: SifRenderer,
+    started: float,
+    progress: Callable[[int, int], None] | None,
+) -> CaptureResult:
+    """The capture once the layout is read and every btrfs top level is mounted (``tops``)."""
+    btrfs = {key: read_subvolumes(top, key) for key, top in tops.items()}
+    layout = replace(layout, filesystems=tuple(
+        replace(f, default_subvolume=btrfs[f.key].default) if f.key in btrfs else f for f in layout.filesystems))
+    top_mounts = {
+        key: tuple((m.mountpoint, sub) for m in layout.mounts if m.filesystem == key
+                   and (sub := mount_subvolume(m.options, b.subvolumes, b.default)) is not None)
+        for key, b in btrfs.items()
+    }  # fmt: skip
+    sources = find_sources(layout, root, top_levels=tops)
     dest = req.dest.resolve()
     check_destination(dest, layout, facts)
     check_space(dest, sources)
     system = read_system_info(root, firmware, f"asr {__version__}")
     descriptor = Descriptor(
-        system, layout.disks, layout.partitions, layout.filesystems, layout.mounts, layout.bootloader
+        system, layout.disks, layout.partitions, layout.filesystems, layout.mounts, layout.bootloader,
+        subvolumes=tuple(s for b in btrfs.values() for s in b.subvolumes),
     )
     validate_descriptor(descriptor)
     live = req.live_hardware if req.live_hardware is not None else root == Path("/")
@@ -253,10 +299,11 @@ def capture(
     sif.asrpnp_sif(inventory)  # validates it before anything is written
 
     exclude_dirs = []
-    try:
-        exclude_dirs.append("/" + str(dest.relative_to(root)))
-    except ValueError:
-        pass
+    for leave_out in (dest, *tops.values()):  # the set, and the private top-level mounts (empty directories)
+        try:
+            exclude_dirs.append("/" + str(leave_out.relative_to(root)))
+        except ValueError:
+            pass
     created = not dest.exists()
     written: list[Path] = []
     staging = (
@@ -276,6 +323,7 @@ def capture(
             excludes=req.excludes,
             exclude_dirs=exclude_dirs,
             compression=req.compression,
+            top_levels=top_mounts,
         )
         dest.mkdir(parents=True, exist_ok=True)
         written += [dest / j.file for j in jobs] + [dest / "MANIFEST"]

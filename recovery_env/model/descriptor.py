@@ -14,8 +14,15 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # ASR.SIF as this asr writes it
+# ASR.SIF formats this asr reads.  Format 2 added [SUBVOLUMES] and [FILESYSTEMS] default_subvolume, and the archive of
+# a btrfs filesystem holds its whole top level (every subvolume); format 1 has neither, and archived what was mounted.
+FORMAT_VERSIONS = (1, FORMAT_VERSION)
+PNP_FORMAT_VERSION = 1  # ASRPNP.SIF
 SIGNATURE = "$ASR-LINUX$"
+
+BTRFS_TOP_LEVEL = 5  # the id of a btrfs filesystem's top level (FS_TREE): subvolid=5
+BTRFS_FIRST_SUBVOLUME = 256  # the first id a subvolume can have
 
 
 class Firmware(StrEnum):
@@ -238,6 +245,19 @@ class Filesystem:
     fat_size: int = 0  # 12, 16 or 32 for vfat; 0 otherwise
     inode_size: int = 0
     backup: bool = True  # archived in the backup set
+    default_subvolume: int = 0  # btrfs: id of the default subvolume (5 = the top level; 0 = not recorded)
+
+
+@dataclass(frozen=True)
+class Subvolume:
+    """A btrfs subvolume (or snapshot) of a filesystem, as ``btrfs subvolume list`` showed it."""
+
+    filesystem: str  # Filesystem.key (a btrfs one)
+    path: str  # relative to the top level, e.g. "@", "@home", "@snapshots/1/snapshot"
+    id: int  # its subvolume id (256 or more)
+    parent: int = BTRFS_TOP_LEVEL  # id of the subvolume it lies in (5: the top level)
+    readonly: bool = False  # a read-only subvolume (btrfs property ro; read-only snapshots)
+    compression: str = ""  # btrfs property compression of its root directory ("" = none set)
 
 
 @dataclass(frozen=True)
@@ -299,6 +319,7 @@ class Descriptor:
     bootloader: Bootloader
     backup: BackupSet | None = None
     commands: tuple[Command, ...] = ()
+    subvolumes: tuple[Subvolume, ...] = ()
     version: int = FORMAT_VERSION
 
     def disk(self, key: str) -> Disk:
@@ -321,6 +342,15 @@ class Descriptor:
 
     def partitions_of(self, disk_key: str) -> tuple[Partition, ...]:
         return tuple(sorted((p for p in self.partitions if p.disk == disk_key), key=lambda p: p.number))
+
+    def subvolumes_of(self, fs_key: str) -> tuple[Subvolume, ...]:
+        """The subvolumes of a btrfs filesystem in id order (the order a restore makes them in)."""
+        return tuple(sorted((s for s in self.subvolumes if s.filesystem == fs_key), key=lambda s: s.id))
+
+    def archives_top_level(self, fs: Filesystem) -> bool:
+        """Whether the archive of ``fs`` holds its whole top level (btrfs, format 2): every subvolume is a
+        directory in it, and its MANIFEST paths are absolute in the top level ("/@/etc/fstab")."""
+        return fs.type is FsType.BTRFS and self.version >= 2
 
     def mount_of(self, fs_key: str) -> Mount | None:
         for m in self.mounts:
@@ -355,7 +385,7 @@ class Device:
 class DeviceInventory:
     hostname: str
     devices: tuple[Device, ...] = field(default_factory=tuple)
-    version: int = FORMAT_VERSION
+    version: int = PNP_FORMAT_VERSION
 
     def modules(self) -> tuple[str, ...]:
         """Every kernel module the inventory's devices use, in first-seen order."""

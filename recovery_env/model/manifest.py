@@ -28,6 +28,10 @@ MANIFEST format (JSON lines, UTF-8, parseable with the standard library):
   :data:`COMPARED`).  Version 1 (before "acl") kept the ACLs' digests in ``xattrs``; it is still read and
   verified that way.
 
+A btrfs filesystem's archive (descriptor format 2) holds its whole top level: its entries' ``path`` is absolute in
+that top level (``/@/etc/fstab``, ``/@home/u/x``; ``/`` is the top level itself), and the restore compares them
+on the top level, before it mounts the subvolumes (:func:`recovery_env.restore.plan.plan_btrfs_top_level`).
+
 When a path appears twice (a mount point directory in the parent filesystem, then the root of the filesystem
 mounted on it), the later entry is the one that is visible after a restore, and the one verified.
 

@@ -61,7 +61,8 @@ from typing import Any, TypeVar
 
 from recovery_env.errors import DescriptorError, IntegrityError
 from recovery_env.model.descriptor import (
-    FORMAT_VERSION,
+    FORMAT_VERSIONS,
+    PNP_FORMAT_VERSION,
     SIGNATURE,
     Archive,
     BackupSet,
@@ -74,6 +75,7 @@ from recovery_env.model.descriptor import (
     Filesystem,
     Mount,
     Partition,
+    Subvolume,
     SystemInfo,
 )
 from recovery_env.model.validate import validate_descriptor, validate_inventory
@@ -247,6 +249,7 @@ class SectionSpec:
     name: str
     kind: SectionKind
     fields: Mapping[str, FieldSpec]
+    since: int = 1  # the first format version that has the section (an older file has none)
 
 
 _VERSION_FIELDS = {
@@ -262,13 +265,14 @@ ASR_SECTIONS: tuple[SectionSpec, ...] = (
     SectionSpec("PARTITIONS", SectionKind.RECORDS, _field_specs(Partition, hex_fields=("attributes",))),
     SectionSpec("FILESYSTEMS", SectionKind.RECORDS, _field_specs(Filesystem)),
     SectionSpec("MOUNTS", SectionKind.RECORDS, _field_specs(Mount)),
+    SectionSpec("SUBVOLUMES", SectionKind.RECORDS, _field_specs(Subvolume), since=2),
     SectionSpec("BOOTLOADER", SectionKind.SCALAR, _field_specs(Bootloader)),
     SectionSpec("BACKUP", SectionKind.SCALAR, _field_specs(BackupSet, skip=("archives",))),
     SectionSpec("ARCHIVES", SectionKind.RECORDS, _field_specs(Archive)),
     SectionSpec("COMMANDS", SectionKind.RECORDS, _field_specs(Command)),
 )
 """The sections of ASR.SIF in their order (then [INTEGRITY]).  [BACKUP] and [ARCHIVES] are empty without a backup
-set; every section is always present."""
+set; every section of the file's format is always present (format 1 has no [SUBVOLUMES])."""
 
 PNP_SECTIONS: tuple[SectionSpec, ...] = (
     SectionSpec("VERSION", SectionKind.SCALAR, _VERSION_FIELDS),
@@ -407,9 +411,12 @@ def check_integrity(data: bytes, *, file: str) -> bytes:
 # --- syntax ------------------------------------------------------------------------------------------------------
 
 
-def read_document(data: bytes, sections: Sequence[SectionSpec], *, file: str, signature: str) -> SifDocument:
+def read_document(
+    data: bytes, sections: Sequence[SectionSpec], *, file: str, signature: str, versions: Sequence[int]
+) -> SifDocument:
     """Check integrity, then split the body into sections and raw values (strict syntax, order and keys).
-    The [VERSION] section (signature, format) is checked as soon as it is read, before the sections it governs."""
+    The [VERSION] section (signature, format: one of ``versions``) is checked as soon as it is read, before the
+    sections it governs; the sections expected are those of its format."""
     body = check_integrity(data, file=file)
     try:
         text = body.decode("utf-8")
@@ -417,17 +424,20 @@ def read_document(data: bytes, sections: Sequence[SectionSpec], *, file: str, si
         bad_line = body[: e.start].count(b"\n") + 1
         raise DescriptorError(f"not UTF-8 text (byte {body[e.start]:#04x})", file=file, line=bad_line) from None
     specs = {s.name: s for s in sections}
-    order = [s.name for s in sections]
+    order = [s.name for s in sections if s.since <= 1]
+    version = 1
     found: dict[str, list[RawRecord]] = {}
     section_lines: dict[str, int] = {}
     current: SectionSpec | None = None
     scalar: dict[str, RawValue] = {}
 
     def close_section() -> None:
+        nonlocal version, order
         if current is not None and current.kind is SectionKind.SCALAR:
             found[current.name] = [RawRecord(current.name, None, section_lines[current.name], dict(scalar))]
             if current.name == "VERSION":
-                _check_version(found["VERSION"][0], file, signature)
+                version = _check_version(found["VERSION"][0], file, signature, versions)
+                order = [s.name for s in sections if s.since <= version]
 
     for lineno, line in enumerate(text.split("\n"), start=1):
         stripped = line.strip()
@@ -443,10 +453,13 @@ def read_document(data: bytes, sections: Sequence[SectionSpec], *, file: str, si
                 raise cur.error(f"unknown section [{name}] (expected one of {', '.join(f'[{n}]' for n in order)})")
             if name in section_lines:
                 raise cur.error(f"duplicate section [{name}] (first on line {section_lines[name]})")
-            expected = order[len(section_lines)]
+            close_section()
+            if name not in order:
+                since = specs[name].since
+                raise cur.error(f"section [{name}] is not in format {version} (it came with format {since})")
+            expected = order[len(section_lines)] if len(section_lines) < len(order) else "INTEGRITY"
             if name != expected:
                 raise cur.error(f"section [{name}] out of order: expected [{expected}] here")
-            close_section()
             current = specs[name]
             section_lines[name] = lineno
             found[name] = []
@@ -606,7 +619,8 @@ def _make(cls: Callable[..., T], spec: SectionSpec, rec: RawRecord, file: str, *
     return cls(**_convert_fields(spec, rec, file), **extra)
 
 
-def _check_version(rec: RawRecord, file: str, signature: str) -> None:
+def _check_version(rec: RawRecord, file: str, signature: str, versions: Sequence[int]) -> int:
+    """The file's format version, once its signature and version are known to be this asr's."""
     values = _convert_fields(ASR_SECTIONS[0], rec, file)
     where = rec.values
     if values["signature"] != signature:
@@ -619,14 +633,15 @@ def _check_version(rec: RawRecord, file: str, signature: str) -> None:
             section="VERSION",
             field="signature",
         )
-    if values["format"] != FORMAT_VERSION:
+    if values["format"] not in versions:
         raise DescriptorError(
-            f"format {values['format']} is not supported (this asr reads format {FORMAT_VERSION})",
+            f"format {values['format']} is not supported (this asr reads format {', '.join(map(str, versions))})",
             file=file,
             line=where["format"].line,
             section="VERSION",
             field="format",
         )
+    return int(values["format"])
 
 
 def parse_asr_sif(text: str, *, file: str = "ASR.SIF") -> Descriptor:
@@ -636,8 +651,9 @@ def parse_asr_sif(text: str, *, file: str = "ASR.SIF") -> Descriptor:
 
 
 def parse_asr_sif_bytes(data: bytes, *, file: str = "ASR.SIF") -> Descriptor:
-    doc = read_document(data, ASR_SECTIONS, file=file, signature=SIGNATURE)
-    tool: str = _convert_fields(ASR_SECTIONS[0], doc.sections["VERSION"][0], file)["tool"]
+    doc = read_document(data, ASR_SECTIONS, file=file, signature=SIGNATURE, versions=FORMAT_VERSIONS)
+    head = _convert_fields(ASR_SECTIONS[0], doc.sections["VERSION"][0], file)
+    tool: str = head["tool"]
     spec = {s.name: s for s in ASR_SECTIONS}
     sec = doc.sections
     system = _make(SystemInfo, spec["SYSTEM"], sec["SYSTEM"][0], file, tool_version=tool)
@@ -660,7 +676,10 @@ def parse_asr_sif_bytes(data: bytes, *, file: str = "ASR.SIF") -> Descriptor:
             record=1,
         )
     commands = tuple(_make(Command, spec["COMMANDS"], r, file) for r in sec["COMMANDS"])
-    d = Descriptor(system, disks, partitions, filesystems, mounts, bootloader, backup, commands)
+    subvolumes = tuple(_make(Subvolume, spec["SUBVOLUMES"], r, file) for r in sec.get("SUBVOLUMES", ()))
+    d = Descriptor(
+        system, disks, partitions, filesystems, mounts, bootloader, backup, commands, subvolumes, head["format"]
+    )
     try:
         validate_descriptor(d, file=file)
     except DescriptorError as e:
@@ -674,7 +693,7 @@ def parse_asrpnp_sif(text: str, *, file: str = "ASRPNP.SIF") -> DeviceInventory:
 
 
 def parse_asrpnp_sif_bytes(data: bytes, *, file: str = "ASRPNP.SIF") -> DeviceInventory:
-    doc = read_document(data, PNP_SECTIONS, file=file, signature=PNP_SIGNATURE)
+    doc = read_document(data, PNP_SECTIONS, file=file, signature=PNP_SIGNATURE, versions=(PNP_FORMAT_VERSION,))
     spec = {s.name: s for s in PNP_SECTIONS}
     hostname: str = _convert_fields(spec["SYSTEM"], doc.sections["SYSTEM"][0], file)["hostname"]
     devices = tuple(_make(Device, spec["DEVICES"], r, file) for r in doc.sections["DEVICES"])

@@ -15,8 +15,10 @@ from collections.abc import Mapping
 
 from recovery_env.errors import DescriptorError
 from recovery_env.model.descriptor import (
+    BTRFS_FIRST_SUBVOLUME,
+    BTRFS_TOP_LEVEL,
     FAT_VOLID_RE,
-    FORMAT_VERSION,
+    FORMAT_VERSIONS,
     GPT_ATTR_LEGACY_BIOS_BOOTABLE,
     GPT_BIOS_BOOT,
     GPT_ESP,
@@ -27,6 +29,7 @@ from recovery_env.model.descriptor import (
     MBR_ID_RE,
     MBR_MAX_SECTORS,
     MBR_TYPE_RE,
+    PNP_FORMAT_VERSION,
     SHA256_RE,
     UUID_RE,
     BackupSet,
@@ -41,6 +44,7 @@ from recovery_env.model.descriptor import (
     Mount,
     PartFlag,
     Partition,
+    Subvolume,
     TableType,
     path_problem,
 )
@@ -86,6 +90,10 @@ _MODALIAS_RE = re.compile(r"^[a-z0-9_]+:\S+$")
 _MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+# values of the btrfs property compression (an algorithm, optionally with a level: "zstd:3")
+_COMPRESSION_RE = re.compile(r"^(zlib|lzo|zstd)(:[0-9]{1,2})?$")
+
+
 class _Checker:
     """Raises the first problem found, located by section, record and field."""
 
@@ -123,7 +131,13 @@ def _is_file_name(name: str) -> bool:
 
 def _check_fields(d: Descriptor, c: _Checker) -> None:
     s = d.system
-    c.need(d.version == FORMAT_VERSION, "VERSION", None, "format", f"format {d.version} is not {FORMAT_VERSION}")
+    c.need(
+        d.version in FORMAT_VERSIONS,
+        "VERSION",
+        None,
+        "format",
+        f"format {d.version} is not one of {', '.join(map(str, FORMAT_VERSIONS))}",
+    )
     c.need(bool(s.tool_version), "VERSION", None, "tool", "the tool version is empty")
     c.need(bool(_HOSTNAME_RE.match(s.hostname)), "SYSTEM", None, "hostname", f"{s.hostname!r} is not a host name")
     c.need(
@@ -155,8 +169,18 @@ def _check_fields(d: Descriptor, c: _Checker) -> None:
         _check_partition(p, disks.get(p.disk), i, c)
     for i, f in enumerate(d.filesystems, start=1):
         _check_filesystem(f, i, c)
+        c.need(
+            d.version >= 2 or f.default_subvolume == 0,
+            "FILESYSTEMS",
+            i,
+            "default_subvolume",
+            f"format {d.version} has no default_subvolume (format 2 has)",
+        )
     for i, m in enumerate(d.mounts, start=1):
         _check_mount(m, i, c)
+    for i, sv in enumerate(d.subvolumes, start=1):
+        c.need(d.version >= 2, "SUBVOLUMES", i, None, f"format {d.version} has no subvolumes (format 2 has)")
+        _check_subvolume(sv, i, c)
     b = d.bootloader
     c.need(b.disk == "" or bool(KEY_RE.match(b.disk)), "BOOTLOADER", None, "disk", f"{b.disk!r} is not a disk key")
     c.need(
@@ -373,7 +397,108 @@ def _check_filesystem(f: Filesystem, i: int, c: _Checker) -> None:
         c.need(f.inode_size == 0, sec, i, "inode_size", f"inode_size is for ext2/3/4 only (this is {f.type.value})")
     for feat in f.features:
         c.need(bool(_FEATURE_RE.match(feat)), sec, i, "features", f"{feat!r} is not a feature name")
+    if f.type is FsType.BTRFS:
+        c.need(
+            f.default_subvolume in (0, BTRFS_TOP_LEVEL) or f.default_subvolume >= BTRFS_FIRST_SUBVOLUME,
+            sec,
+            i,
+            "default_subvolume",
+            f"default subvolume {f.default_subvolume} is not {BTRFS_TOP_LEVEL} (the top level) or a subvolume id",
+        )
+    else:
+        c.need(
+            f.default_subvolume == 0,
+            sec,
+            i,
+            "default_subvolume",
+            f"default_subvolume is for btrfs only (this is {f.type.value})",
+        )
     c.need(not (f.type is FsType.SWAP and f.features), sec, i, "features", "swap has no features")
+
+
+def _check_subvolume(sv: Subvolume, i: int, c: _Checker) -> None:
+    sec = "SUBVOLUMES"
+    c.need(bool(KEY_RE.match(sv.filesystem)), sec, i, "filesystem", f"{sv.filesystem!r} is not a filesystem key")
+    _check_path(sv.path, c, sec, i, "path")
+    c.need(
+        bool(sv.path) and not sv.path.startswith("/") and not sv.path.endswith("/") and "//" not in sv.path,
+        sec,
+        i,
+        "path",
+        f"{sv.path!r} is not a path relative to the top level (like @home or @snapshots/1/snapshot)",
+    )
+    c.need(
+        sv.id >= BTRFS_FIRST_SUBVOLUME,
+        sec,
+        i,
+        "id",
+        f"id {sv.id} is not a subvolume id ({BTRFS_FIRST_SUBVOLUME} or more)",
+    )
+    c.need(
+        sv.parent == BTRFS_TOP_LEVEL or sv.parent >= BTRFS_FIRST_SUBVOLUME,
+        sec,
+        i,
+        "parent",
+        f"parent {sv.parent} is neither the top level ({BTRFS_TOP_LEVEL}) nor a subvolume id",
+    )
+    c.need(sv.parent != sv.id, sec, i, "parent", f"subvolume {sv.id} is its own parent")
+    c.need(
+        sv.compression == "" or bool(_COMPRESSION_RE.match(sv.compression)),
+        sec,
+        i,
+        "compression",
+        f"{sv.compression!r} is not a btrfs compression (zlib, lzo or zstd, with an optional :level)",
+    )
+
+
+def _check_subvolume_references(d: Descriptor, filesystems: Mapping[str, tuple[int, Filesystem]], c: _Checker) -> None:
+    """Subvolumes name a btrfs filesystem of [FILESYSTEMS]; ids and paths are unique within it; a parent is the
+    top level or a listed subvolume whose path holds the child's; the default subvolume is listed."""
+    sec = "SUBVOLUMES"
+    by_fs: dict[str, dict[int, tuple[int, Subvolume]]] = {}
+    for i, sv in enumerate(d.subvolumes, start=1):
+        c.need(
+            sv.filesystem in filesystems, sec, i, "filesystem", f"filesystem {sv.filesystem!r} is not in [FILESYSTEMS]"
+        )
+        _, f = filesystems[sv.filesystem]
+        c.need(
+            f.type is FsType.BTRFS, sec, i, "filesystem", f"{f.key} is {f.type.value}, not btrfs: it has no subvolumes"
+        )
+        ids = by_fs.setdefault(sv.filesystem, {})
+        first = ids.get(sv.id, (0,))[0]
+        c.need(sv.id not in ids, sec, i, "id", f"{f.key} has two subvolumes with id {sv.id} (record {first})")
+        same_path = next((n for n, o in ids.values() if o.path == sv.path), None)
+        c.need(same_path is None, sec, i, "path", f"{f.key} has two subvolumes at {sv.path} (record {same_path})")
+        ids[sv.id] = (i, sv)
+    for fs_key, ids in by_fs.items():
+        for i, sv in ids.values():
+            if sv.parent == BTRFS_TOP_LEVEL:
+                continue
+            c.need(
+                sv.parent in ids,
+                sec,
+                i,
+                "parent",
+                f"parent {sv.parent} of {sv.path} is not a subvolume of {fs_key} in [SUBVOLUMES]",
+            )
+            parent = ids[sv.parent][1]
+            c.need(
+                sv.path.startswith(parent.path + "/"),
+                sec,
+                i,
+                "path",
+                f"{sv.path} is not inside its parent subvolume {parent.path} (id {parent.id})",
+            )
+    for i, f in filesystems.values():
+        if f.default_subvolume in (0, BTRFS_TOP_LEVEL):
+            continue
+        c.need(
+            f.default_subvolume in by_fs.get(f.key, {}),
+            "FILESYSTEMS",
+            i,
+            "default_subvolume",
+            f"default subvolume {f.default_subvolume} is not a subvolume of {f.key} in [SUBVOLUMES]",
+        )
 
 
 def _check_mount(m: Mount, i: int, c: _Checker) -> None:
@@ -555,6 +680,7 @@ def _check_references(d: Descriptor, c: _Checker) -> None:
         f"{root_disk} holds '/' and must be critical",
     )
 
+    _check_subvolume_references(d, filesystems, c)
     _check_bootloader(d, disks, parts, filesystems, mountpoints, c)
     _check_archives(d, filesystems, c)
 
@@ -732,7 +858,13 @@ def _check_archives(d: Descriptor, filesystems: Mapping[str, tuple[int, Filesyst
 def validate_inventory(inv: DeviceInventory, *, file: str = "ASRPNP.SIF") -> None:
     """Check a device inventory record by record.  DescriptorError naming section, record and field."""
     c = _Checker(file)
-    c.need(inv.version == FORMAT_VERSION, "VERSION", None, "format", f"format {inv.version} is not {FORMAT_VERSION}")
+    c.need(
+        inv.version == PNP_FORMAT_VERSION,
+        "VERSION",
+        None,
+        "format",
+        f"format {inv.version} is not {PNP_FORMAT_VERSION}",
+    )
     c.need(bool(_HOSTNAME_RE.match(inv.hostname)), "SYSTEM", None, "hostname", f"{inv.hostname!r} is not a host name")
     seen: dict[tuple[str, str], int] = {}
     sec = "DEVICES"

@@ -571,7 +571,9 @@ def plan_layout(
     by_part = {p.key: p for p in partitions}
     include = [_norm_mountpoint(m) for m in include_mounts]
     mounts: list[Mount] = []
-    mounted: dict[str, str] = {}  # fs key → mount point
+    mounted: dict[str, str] = {}  # fs key → its first mount point
+    mounted_at: dict[str, list[str]] = {}  # fs key → every mount point (several for a btrfs)
+    fs_types = {fs.key: fs.type for _, fs in fs_candidates}
     for e in fstab:
         if e.vfstype in PSEUDO_FSTYPES or (e.file.lower() == "none" and e.vfstype != "swap"):
             continue
@@ -590,25 +592,28 @@ def plan_layout(
                 )
             notes.append(f"/etc/fstab line {e.line}: {mp} ({e.spec}) is not on the captured disks")
             continue
-        if fs_key in mounted:
+        if fs_key in mounted and fs_types[fs_key] is not FsType.BTRFS:
             notes.append(f"/etc/fstab line {e.line}: {mp} mounts {fs_key} again (first at {mounted[fs_key]})")
             continue
-        mounted[fs_key] = mp
+        # a btrfs is mounted once per subvolume (subvol=@ at /, subvol=@home at /home): every line is recorded
+        mounted.setdefault(fs_key, mp)
+        mounted_at.setdefault(fs_key, []).append(mp)
         mounts.append(Mount(mp, fs_key, e.options, e.kind, e.spec, e.dump, e.passno))
-    if "/" not in mounted.values():
+    if not any("/" in mps for mps in mounted_at.values()):
         raise LayoutError("/etc/fstab has no entry for / on the captured disks")
+    every_mountpoint = {mp for mps in mounted_at.values() for mp in mps}
     for mp in include:
-        if mp not in mounted.values():
+        if mp not in every_mountpoint:
             raise InputError(f"--include-mount {mp}: no such mount point in /etc/fstab on the captured disks")
 
     backed_up = set(CRITICAL_MOUNTS) | set(include)
     filesystems: list[Filesystem] = []
     critical_disks: set[str] = set()
     for dkey, fs in fs_candidates:
-        fs_mp = mounted.get(fs.key)
-        if fs_mp in CRITICAL_MOUNTS:
+        fs_mps = set(mounted_at.get(fs.key, ()))
+        if fs_mps & set(CRITICAL_MOUNTS):
             critical_disks.add(dkey)
-        backup = fs_mp is not None and fs_mp in backed_up and fs.type.has_files
+        backup = bool(fs_mps & backed_up) and fs.type.has_files
         filesystems.append(replace(fs, backup=backup))
 
     disk_records = tuple(

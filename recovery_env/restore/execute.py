@@ -471,9 +471,9 @@ def execute_plan(
             log(f"FAILED: {e}")
             raise StepFailed(step.name, (), str(e), "a path does not resolve inside the target root", i) from e
         check_backup_medium(backup_device, plan, step, i, sys_root)
-        if isinstance(step, CheckManifest):
+        if isinstance(step, CheckManifest):  # one per btrfs top level, one for the rest
             manifest_checked = True
-            differences = tuple(detail.splitlines()) if detail else ()
+            differences += tuple(detail.splitlines()) if detail else ()
         if outcome is not Outcome.DONE:
             log(f"  {outcome.value}{': ' + detail if detail else ''}")
         results.append(StepResult(i, step.name, step.phase, outcome, detail, time.monotonic() - t0))
@@ -607,9 +607,9 @@ def _run_step(step: Step, root: str, *, log: Log, progress: OnProgress) -> tuple
                 raise _fail(step, [], str(err), f"cannot rewrite {path}") from err
             for c in changes:
                 log(f"  {c.mountpoint}: {c.old} -> {c.new}")
-        case CheckManifest(root=root, manifest=manifest):
+        case CheckManifest(root=root, manifest=manifest, filesystems=only, skip=skip):
             try:
-                diffs = verify_manifest(Path(root), Path(manifest))
+                diffs = verify_manifest(Path(root), Path(manifest), filesystems=only, skip=skip)
             except AsrError as err:
                 raise _fail(step, [], str(err), "cannot read the MANIFEST") from err
             log(f"  {len(diffs)} difference(s)")

@@ -21,6 +21,8 @@ from recovery_env.errors import (
     PlanError,
 )
 from recovery_env.model.descriptor import (
+    BTRFS_FIRST_SUBVOLUME,
+    BTRFS_TOP_LEVEL,
     GPT_TYPES,
     MBR_EXTENDED,
     MBR_TYPES,
@@ -34,6 +36,7 @@ from recovery_env.model.descriptor import (
     Mount,
     PartFlag,
     Partition,
+    Subvolume,
     TableType,
 )
 from recovery_env.model.manifest import DECOMPRESSORS, TAR_EXTRACT_OPTIONS
@@ -115,6 +118,7 @@ MOUNT_OPTIONS: dict[FsType, tuple[str, ...]] = {FsType.VFAT: ("codepage=437", "i
 # MANIFEST recorded (a FAT file's mode and owner come from the mount, not from the disk).
 KEPT_MOUNT_OPTIONS: dict[FsType, frozenset[str]] = {
     FsType.VFAT: frozenset({"umask", "fmask", "dmask", "uid", "gid", "shortname", "allow_utime"}),
+    FsType.BTRFS: frozenset({"subvol", "subvolid"}),  # the subvolume fstab mounts there
 }
 
 
@@ -256,12 +260,15 @@ class EditFstab:
 
 @dataclass(frozen=True)
 class CheckManifest:
-    """Compare the restored files with the backup set's MANIFEST."""
+    """Compare the restored files with the backup set's MANIFEST: the entries of ``filesystems`` only (``()``:
+    all), but none of ``skip`` (filesystems compared on their own, e.g. a btrfs top level)."""
 
     name: str
     phase: Phase
     root: str
     manifest: str
+    filesystems: tuple[str, ...] = ()
+    skip: tuple[str, ...] = ()
 
 
 Step = RunStep | WaitPartitions | CheckTable | CheckFilesystem | MakeDir | Extract | EditFstab | CheckManifest
@@ -338,6 +345,7 @@ class ExtractionPlan:
     sha256: str
     decompress_argv: tuple[str, ...]  # () for an uncompressed archive
     tar_argv: tuple[str, ...]
+    top_level: bool = False  # a btrfs filesystem's whole top level: extracted by its subvolume steps
 
     @property
     def pipeline(self) -> tuple[tuple[str, ...], ...]:
@@ -384,6 +392,9 @@ class RestorePlan:
     chroot_mounts: tuple[str, ...] = field(default=())  # /target/dev, /target/proc, ... (unmounted at the end)
     # filesystems made on a wiped disk that no archive fills: "/home (ext4 on /dev/vda4)"
     empty_filesystems: tuple[str, ...] = ()
+    # each btrfs filesystem's top level, before the mounts: its subvolumes made, its archive extracted and compared,
+    # read-only flags and the default subvolume set (plan_btrfs_top_level)
+    top_level_steps: tuple[Step, ...] = ()
 
     @property
     def devices(self) -> frozenset[str]:
@@ -767,8 +778,20 @@ def plan_restore(
         bs = descriptor.backup
         manifest = os.path.join(backup_dir, bs.manifest)
         archives = {a.filesystem: a for a in bs.archives}
+        for fsp in fs_plans:
+            fs = descriptor.filesystem(fsp.key)
+            if descriptor.archives_top_level(fs) and fs.backup and fs.key not in archives:
+                raise PlanError(f"{fs.key} (btrfs): the backup set has no archive of its top level")
+            if descriptor.archives_top_level(fs) and fs.key in archives:
+                a = archives[fs.key]
+                tar = ("tar", "--extract", "--file=-", f"--directory={root}", *TAR_OPTIONS[fs.type])
+                extractions.append(ExtractionPlan(fs.key, f"{fs.key} top level", os.path.join(backup_dir, a.file), root,
+                                                  a.size, a.sha256, DECOMPRESSORS[bs.compression] or (), tar,
+                                                  top_level=True))  # fmt: skip
         for mp in mounts:
             fs = descriptor.filesystem(mp.filesystem)
+            if descriptor.archives_top_level(fs) or any(e.filesystem == fs.key for e in extractions):
+                continue  # extracted into its top level, or a second mount of one filesystem
             if fs.key not in archives:
                 if fs.backup:
                     raise PlanError(f"{mp.mountpoint} ({fs.key}): the backup set has no archive for it")
@@ -788,6 +811,14 @@ def plan_restore(
                 )
             )
 
+    top_level_steps = tuple(
+        step
+        for fsp in fs_plans
+        if descriptor.archives_top_level(descriptor.filesystem(fsp.key))
+        for step in plan_btrfs_top_level(
+            descriptor, fsp, next((e for e in extractions if e.filesystem == fsp.key), None), manifest, root
+        )
+    )
     bootloader, chroot_mounts = plan_bootloader(descriptor, disk_plans, root, rescue_grub_dir)
     post = tuple(
         RunStep(
@@ -818,7 +849,103 @@ def plan_restore(
         bootloader_kind=descriptor.bootloader.kind,
         chroot_mounts=chroot_mounts,
         empty_filesystems=plan_empty_notices(fs_plans, mounts, extractions, descriptor),
+        top_level_steps=top_level_steps,
     )
+
+
+PLACEHOLDER = ".asr-subvolume"  # names of the subvolumes a restore makes for a while in a top level
+CREATE_ALL = 'for p in "$@"; do btrfs subvolume create "$p" || exit 1; done'
+
+
+def plan_btrfs_top_level(
+    descriptor: Descriptor, fsp: FilesystemPlan, extraction: ExtractionPlan | None, manifest: str, root: str
+) -> tuple[Step, ...]:
+    """The steps that give a new btrfs its subvolumes and files, on its top level (``subvolid=5``) mounted at the
+    target root for a while (nothing else is mounted yet):
+
+    1. its subvolumes, made in id order, each inside its parent (missing directories on the way made first): a
+       new filesystem hands out ids from 256 up, one per subvolume made, never one again in a mount, so a gap
+       in the recorded ids is taken by placeholder subvolumes, deleted at once, and every id comes back as it
+       was.  A subvolume whose parent has a higher id (it was moved into a later one) is made under a temporary
+       name in the top level and moved into place (rename) once its parent exists.  What is NOT kept: the
+       subvolumes' UUIDs, parent and received UUIDs (a snapshot comes back as a subvolume with the same files,
+       sharing no extents with its origin) and generations;
+    2. the compression property, before the files (they are written compressed);
+    3. the archive (the whole top level) extracted, then compared with the MANIFEST, the entries of this
+       filesystem only (their paths are absolute in the top level);
+    4. read-only flags (after the files), the default subvolume, and the top level unmounted: the restore's mounts
+       then mount its subvolumes as fstab does (``subvol=``)."""
+    ph = Phase.RESTORE
+    fs = descriptor.filesystem(fsp.key)
+    subvolumes = descriptor.subvolumes_of(fs.key)
+    steps: list[Step] = [
+        MakeDir(f"make the mount point {root}", ph, root),
+        RunStep(f"mount the top level of {fs.key} ({fsp.device})", ph,
+                ("mount", "-t", "btrfs", "-o", f"subvolid={BTRFS_TOP_LEVEL}", fsp.device, root)),
+    ]  # fmt: skip
+
+    def at(path: str) -> str:
+        return f"{root}/{path}"
+
+    made: set[int] = {BTRFS_TOP_LEVEL}
+    waiting: list[tuple[Subvolume, str]] = []  # made under a temporary name, until their parent exists
+
+    def place(sv: Subvolume, where: str) -> None:
+        parent_dir = os.path.dirname(sv.path)
+        if parent_dir:
+            steps.append(MakeDir(f"make the directory {at(parent_dir)}", ph, at(parent_dir)))
+        if where != at(sv.path):
+            steps.append(RunStep(f"move subvolume {sv.path} (id {sv.id}) into place", ph, ("mv", where, at(sv.path))))
+
+    next_id = BTRFS_FIRST_SUBVOLUME
+    for sv in subvolumes:
+        if sv.id > next_id:
+            gap = tuple(at(f"{PLACEHOLDER}-{n}") for n in range(next_id, sv.id))
+            steps += [
+                RunStep(f"take ids {next_id}-{sv.id - 1} of {fs.key} with placeholder subvolumes", ph,
+                        ("sh", "-c", CREATE_ALL, "sh", *gap)),
+                RunStep(f"delete the placeholder subvolumes of {fs.key}", ph, ("btrfs", "subvolume", "delete", *gap)),
+            ]  # fmt: skip
+        next_id = sv.id + 1
+        ready = sv.parent in made and all(w.id != sv.parent for w, _ in waiting)
+        where = at(sv.path) if ready else at(f"{PLACEHOLDER}-{sv.id}")
+        if ready:
+            place(sv, where)  # its directories first
+        steps.append(RunStep(f"create subvolume {sv.path} (id {sv.id}) of {fs.key}", ph,
+                             ("btrfs", "subvolume", "create", where)))  # fmt: skip
+        if sv.compression:
+            steps.append(RunStep(f"set compression {sv.compression} on subvolume {sv.path}", ph,
+                                 ("btrfs", "property", "set", where, "compression", sv.compression)))  # fmt: skip
+        made.add(sv.id)
+        if not ready:
+            waiting.append((sv, where))
+        moved = True
+        while moved:  # move every waiting subvolume whose parent is now in place
+            moved = False
+            for w, tmp in list(waiting):
+                if w.parent in made and all(o.id != w.parent for o, _ in waiting):
+                    waiting.remove((w, tmp))
+                    place(w, tmp)
+                    moved = True
+    if extraction is not None:
+        steps += [
+            Extract(f"restore {fs.key}, its whole top level, from {os.path.basename(extraction.archive)}", ph,
+                    extraction),
+            CheckManifest(f"compare the restored files of {fs.key} with the MANIFEST", ph, root, manifest,
+                          filesystems=(fs.key,)),
+        ]  # fmt: skip
+    steps += [
+        RunStep(f"make subvolume {sv.path} read-only", ph, ("btrfs", "property", "set", "-ts", at(sv.path), "ro",
+                                                           "true"))
+        for sv in subvolumes
+        if sv.readonly
+    ]  # fmt: skip
+    default = next((sv for sv in subvolumes if sv.id == fs.default_subvolume), None)
+    if default is not None:
+        steps.append(RunStep(f"make subvolume {default.path} (id {default.id}) the default of {fs.key}", ph,
+                             ("btrfs", "subvolume", "set-default", str(default.id), root)))  # fmt: skip
+    steps.append(RunStep(f"unmount the top level of {fs.key}", ph, ("umount", root)))
+    return tuple(steps)
 
 
 def plan_empty_notices(
@@ -895,7 +1022,8 @@ def _iter_steps(plan: RestorePlan) -> Iterator[Step]:
         yield RunStep(f"make {f.type.value} on {f.device}", Phase.FORMAT, f.mkfs_argv, writes=(f.device,))
         yield CheckFilesystem(f"check {f.type.value} on {f.device}", Phase.FORMAT, f)
     ph = Phase.RESTORE
-    by_fs = {e.filesystem: e for e in plan.extractions}
+    yield from plan.top_level_steps
+    by_fs = {e.filesystem: e for e in plan.extractions if not e.top_level}
     for m in plan.mounts:
         yield MakeDir(f"make the mount point {m.directory}", ph, m.directory)
         yield RunStep(f"mount {m.mountpoint} ({m.device})", ph, m.argv)
@@ -904,8 +1032,10 @@ def _iter_steps(plan: RestorePlan) -> Iterator[Step]:
             yield Extract(f"restore {m.mountpoint} from {os.path.basename(e.archive)}", ph, e)
     if plan.fstab_changes:
         yield EditFstab("rewrite /etc/fstab", ph, f"{plan.target_root}/etc/fstab", plan.fstab_changes)
-    if plan.manifest and plan.extractions:
-        yield CheckManifest("compare the restored files with the MANIFEST", ph, plan.target_root, plan.manifest)
+    if plan.manifest and by_fs:
+        compared = tuple(e.filesystem for e in plan.extractions if e.top_level)  # already, on their top level
+        yield CheckManifest("compare the restored files with the MANIFEST", ph, plan.target_root, plan.manifest,
+                            skip=compared)
     for cm in plan.chroot_mounts:
         if not cm.endswith("/efivars"):
             yield MakeDir(f"make the mount point {cm}", Phase.BOOTLOADER, cm)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,10 +156,15 @@ class Difference:
         return f"{self.path}: {self.what} is {self.actual}, expected {self.expected}"
 
 
-def verify_manifest(root: Path, manifest: Path, *, check_mtime: bool = True) -> list[Difference]:
-    """Compare the tree under ``root`` (the restored system) with every MANIFEST entry; [] when all match."""
+def verify_manifest(root: Path, manifest: Path, *, check_mtime: bool = True, filesystems: Collection[str] = (),
+                    skip: Collection[str] = ()) -> list[Difference]:  # fmt: skip
+    """Compare the tree under ``root`` (the restored system) with every MANIFEST entry; [] when all match.
+    ``filesystems``: only the entries of these (all when empty); ``skip``: none of these (a btrfs filesystem's
+    entries are compared on its top level, where their paths are)."""
     entries: dict[str, ManifestEntry] = {}
     for e in read_manifest(manifest):
+        if (filesystems and e.fs not in filesystems) or e.fs in skip:
+            continue
         entries.pop(e.path, None)
         entries[e.path] = e  # the later entry (a mounted filesystem's root) is the visible one
     diffs: list[Difference] = []

@@ -14,6 +14,7 @@ from builder.vm.qemu import strip_ansi
 from recovery_env.agent.screens import PLAN_PROMPT, Size, plan_pages, render_plan_page, render_screen
 from recovery_env.errors import (
     AmbiguousDiskMatchError,
+    DataDoesNotFitError,
     DiskMatchError,
     NoTargetDiskError,
     PlanError,
@@ -61,6 +62,7 @@ from recovery_env.restore.plan import (
     plan_restore,
     render_plan,
 )
+from recovery_env.restore.resize import descriptor_minimum_bytes
 from recovery_env.text import format_size
 
 GIB = 1 << 30
@@ -285,19 +287,28 @@ def test_backup_disk_of_the_same_size_is_not_chosen() -> None:
     assert m["disk1"].name == "vda"
 
 
-def test_target_too_small_is_xps_named_error() -> None:
-    with pytest.raises(TargetTooSmallError) as e:
+def test_a_disk_too_small_for_the_data_is_a_named_error() -> None:
+    """No used bytes recorded (an older descriptor): nothing may shrink, so the data needs the original's space."""
+    with pytest.raises(DataDoesNotFitError) as e:
         match_disks(gpt_descriptor(serial=""), [target("vda", GIB)], unattended=True)
+    assert isinstance(e.value, TargetTooSmallError)  # XP's rule's error, refined
     assert str(e.value) == (
-        "the replacement disk must be at least as large as the original: disk1 (was /dev/sda, QEMU HARDDISK, "
-        "2.0 GiB) needs 2.0 GiB (2147483648 bytes), /dev/vda (QEMU HARDDISK, 1.0 GiB) has 1.0 GiB "
-        "(1073741824 bytes)"
+        "the data of disk1 (was /dev/sda, 2.0 GiB) does not fit on /dev/vda (QEMU HARDDISK, 1.0 GiB): 1023.0 MiB "
+        "(1072710144 bytes) missing; its partitions at the least their data needs: / (disk1p3, ext4) 1.9 GiB (no "
+        "used size recorded: at least its original size); /boot/efi (disk1p2, vfat) 100.0 MiB (fixed: ESP); "
+        "disk1p1 1.0 MiB (fixed: BIOS boot partition)"
     )
 
 
-def test_one_byte_short_is_too_small() -> None:
-    with pytest.raises(TargetTooSmallError):
-        match_disks(gpt_descriptor(serial=""), [target("vda", 2 * GIB - 512)], unattended=True)
+def test_one_sector_short_of_the_data_is_too_small() -> None:
+    """Without used bytes the partitions keep their sizes: the least disk ends the root's 1 MiB-aligned end plus
+    the backup GPT (33 sectors), a little less than the original 2 GiB (whose last 2015 sectors were free)."""
+    d = gpt_descriptor(serial="")
+    need = (208896 + 3983360 + 33) * 512
+    assert descriptor_minimum_bytes(d, d.disks[0]) == need < 2 * GIB
+    assert match_disks(d, [target("vda", need)], unattended=True)["disk1"].name == "vda"
+    with pytest.raises(DataDoesNotFitError, match=r"512 B \(512 bytes\) missing"):
+        match_disks(d, [target("vda", need - 512)], unattended=True)
 
 
 def test_nothing_left_names_why() -> None:
@@ -376,20 +387,27 @@ def test_gpt_same_size_script() -> None:
     assert dp.wipe_argv == ("wipefs", "--all", "/dev/vda")
     assert dp.sfdisk_argv == ("sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "always", "--wipe-partitions",
                               "always", "/dev/vda")
-    assert not any(pp.grown for pp in dp.partitions)
+    assert not any(pp.resized for pp in dp.partitions)
 
 
-def test_gpt_on_a_larger_disk_the_last_partition_grows() -> None:
+def test_gpt_on_a_larger_disk_the_root_grows() -> None:
     p = _plan(gpt_descriptor(), target("vda", 3 * GIB))
     (dp,) = p.disks
     # 3 GiB = 6291456 sectors: backup GPT from 6291423 on; the grown end is aligned down to 1 MiB.
     expected = (GPT_SCRIPT_SAME_SIZE.replace("last-lba: 4194270", "last-lba: 6291422")
                 .replace("size=3983360", "size=6080512"))
     assert dp.sfdisk_script == expected
-    assert [(pp.number, pp.size, pp.grown) for pp in dp.partitions] == [
+    assert [(pp.number, pp.size, pp.resized) for pp in dp.partitions] == [
         (1, 2048, False), (2, 204800, False), (3, 6080512, True)]
-    assert any("/dev/vda3  2.9 GiB (grows from 1.9 GiB)  Linux filesystem  ext4 'root'  /" == line
-               for line in p.disks_to_wipe[0].makes)
+    assert list(p.disks_to_wipe[0].makes[1:]) == [
+        "/dev/vda1  1.0 MiB  BIOS boot",
+        "    fixed: BIOS boot partition",
+        "/dev/vda2  100.0 MiB  EFI System  vfat 'EFI'  /boot/efi",
+        "    fixed: ESP",
+        "/dev/vda3  1.9 GiB -> 2.9 GiB  Linux filesystem  ext4 'root'  /",
+        "    grows: / (disk1p3, ext4) takes 100% of the 1.0 GiB added, in",
+        "      proportion to its size",
+    ]
 
 
 def test_grow_last_false_keeps_every_size() -> None:
@@ -405,16 +423,19 @@ def test_mbr_script_and_growth() -> None:
         "/dev/sda1 : start=2048, size=1048576, type=83, bootable\n"
         "/dev/sda2 : start=1050624, size=1046528, type=82\n"
     )
-    bigger = _plan(d, target("vda", 3 * GIB // 2))
-    assert bigger.disks[0].sfdisk_script.endswith("/dev/vda2 : start=1050624, size=2095104, type=82\n")
+    bigger = _plan(d, target("vda", 3 * GIB // 2))  # the root grows by the 512 MiB added; swap keeps its size
+    assert bigger.disks[0].sfdisk_script.endswith(
+        "/dev/vda1 : start=2048, size=2097152, type=83, bootable\n"
+        "/dev/vda2 : start=2099200, size=1046528, type=82\n"
+    )
 
 
-def test_mbr_extended_grows_with_its_last_logical() -> None:
+def test_mbr_extended_moves_with_its_logical_swap() -> None:
     p = _plan(mbr_descriptor(extended=True), target("vda", 3 * GIB // 2))
     assert p.disks[0].sfdisk_script.splitlines()[5:] == [
-        "/dev/vda1 : start=2048, size=1048576, type=83, bootable",
-        "/dev/vda2 : start=1050624, size=2095104, type=05",
-        "/dev/vda5 : start=1052672, size=2093056, type=82",
+        "/dev/vda1 : start=2048, size=2097152, type=83, bootable",
+        "/dev/vda2 : start=2099200, size=1046528, type=05",  # the EBR gap of 2048 sectors kept
+        "/dev/vda5 : start=2101248, size=1044480, type=82",
     ]
 
 
@@ -422,6 +443,7 @@ def test_mbr_never_grows_past_2_tib() -> None:
     p = _plan(mbr_descriptor(), target("sdb", 3 << 40))
     last = p.disks[0].partitions[-1]
     assert last.start + last.size == 1 << 32  # 32-bit LBA limit of an MBR entry (2 TiB with 512-byte sectors)
+    assert p.disks[0].partitions[0].size == (1 << 32) - 2048 - 1046528  # the root took it all; swap kept
 
 
 def test_4096_byte_sectors_on_nvme() -> None:
@@ -601,19 +623,27 @@ def test_render_plan_lists_every_disk_to_wipe() -> None:
     t = target("vda", 3 * GIB, serial="QM00001")
     p = _plan(gpt_descriptor(), t)
     lines = render_plan(p)
-    assert lines[:9] == [
+    assert lines[:12] == [
         "Automated System Recovery will restore sample (Debian GNU/Linux 12 (bookworm)), backed up "
         "2026-11-26T01:02:03Z.",
         "",
         "These disks will be ERASED. Everything on them will be lost:",
         "  /dev/vda (QEMU HARDDISK, serial QM00001, 3.0 GiB)  <- disk1",
+        "      in place of disk1 (was /dev/sda, QEMU HARDDISK, 2.0 GiB): same serial",
+        "        number",
         "      GPT partition table, disk GUID 6a4e5c3b-9f0d-4b7e-8a21-0c5d7e9f1a2b",
         "      /dev/vda1  1.0 MiB  BIOS boot",
+        "          fixed: BIOS boot partition",
         "      /dev/vda2  100.0 MiB  EFI System  vfat 'EFI'  /boot/efi",
-        "      /dev/vda3  2.9 GiB (grows from 1.9 GiB)  Linux filesystem  ext4 'root'  /",
+        "          fixed: ESP",
+        "      /dev/vda3  1.9 GiB -> 2.9 GiB  Linux filesystem  ext4 'root'  /",
+    ]
+    assert lines[12:15] == [
+        "          grows: / (disk1p3, ext4) takes 100% of the 1.0 GiB added, in",
+        "            proportion to its size",
         "",
     ]
-    assert lines[9].startswith("Then restore 2 archive(s), 53.0 MiB, from /run/asr/backup/asr/sample:")
+    assert lines[15].startswith("Then restore 2 archive(s), 53.0 MiB, from /run/asr/backup/asr/sample:")
     assert "Install the boot loader: grub-efi." in lines
     w = p.disks_to_wipe[0]
     assert (w.device, w.model, w.serial, w.size_bytes) == ("/dev/vda", "QEMU HARDDISK", "QM00001", 3 * GIB)

@@ -374,6 +374,7 @@ def _check_filesystem(f: Filesystem, i: int, c: _Checker) -> None:
     for feat in f.features:
         c.need(bool(_FEATURE_RE.match(feat)), sec, i, "features", f"{feat!r} is not a feature name")
     c.need(not (f.type is FsType.SWAP and f.features), sec, i, "features", "swap has no features")
+    c.need(f.used_bytes >= 0, sec, i, "used_bytes", f"used bytes {f.used_bytes} is negative")
 
 
 def _check_mount(m: Mount, i: int, c: _Checker) -> None:

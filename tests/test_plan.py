@@ -746,3 +746,59 @@ def test_filesystems_not_backed_up_are_announced_as_re_created_empty() -> None:
     assert nothing.empty_filesystems == ("/boot/efi (vfat on /dev/vda2)", "/ (ext4 on /dev/vda3)")
     swap = _plan(mbr_descriptor(), target("vda", GIB))  # swap holds no files: not announced
     assert swap.empty_filesystems == ()
+
+
+def two_disk_descriptor() -> Descriptor:
+    """Layout 5 of issue 11: root (ESP + ext4 / + swap, 153 MiB free at its end) on a 3.25 GiB disk1, /srv (ext4,
+    40 MiB used) on a 1 GiB disk2; used bytes recorded by the capture."""
+    base = gpt_descriptor(serial="")
+    d1 = replace(base.disks[0], size_bytes=3328 * MIB)
+    d2 = Disk("disk2", GIB, 512, 512, TableType.GPT, "99999999-0000-4000-8000-000000000002", True, device="/dev/sdb")
+    parts = (
+        replace(base.partitions[1], number=1, start=2048, size=206848 - 2048 + 2048),
+        replace(base.partitions[2], number=2, start=208896, size=5 * GIB // 2 // 512),
+        Partition("disk1", 3, 208896 + 5 * GIB // 2 // 512, 512 * 2048, "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"),
+        Partition("disk2", 1, 2048, GIB // 512 - 4096, LINUX_FS, "22222222-0000-4000-8000-000000000001", "srv"),
+    )
+    filesystems = (
+        replace(base.filesystems[0], partition="disk1p1"),
+        replace(base.filesystems[1], partition="disk1p2", used_bytes=700 * MIB),
+        Filesystem("fs3", "disk1p3", FsType.SWAP, SWAP_UUID),
+        Filesystem("fs4", "disk2p1", FsType.EXT4, "5e5e5e5e-0000-4000-8000-000000000004", "srv", used_bytes=40 * MIB),
+    )
+    mounts = (*base.mounts, Mount("swap", "fs3"), Mount("/srv", "fs4"))
+    backup = replace(base.backup, archives=(*base.backup.archives, Archive("fs4", "fs4.tar.zst", MIB, "d" * 64, 3)))
+    return replace(base, disks=(d1, d2), partitions=parts, filesystems=filesystems, mounts=mounts, backup=backup)
+
+
+def test_two_disks_onto_a_larger_and_a_smaller_disk() -> None:
+    d = two_disk_descriptor()
+    ts = [target("vda", 9 * GIB // 2), target("vdb", 700 * MIB)]
+    m = match_disks(d, ts, unattended=True)
+    # disk2 (the smaller original) first: no free disk is as large as its 1 GiB, the 700 MiB one holds its data;
+    # disk1 then takes the 4.5 GiB one
+    assert [(k, m[k].name, m.reason(k)) for k in m] == [("disk1", "vda", MatchReason.SIZE),
+                                                        ("disk2", "vdb", MatchReason.DATA)]
+    p = plan_restore(d, m, backup_dir="/b")
+    d1, d2 = p.disks
+    assert [(pp.number, pp.size * 512 // MIB, pp.resized) for pp in d1.partitions] == [
+        (1, 101, False), (2, 2560 + 1280, True), (3, 512, False)]  # the root took the 1.25 GiB added
+    assert [(pp.number, pp.start, pp.size * 512 // MIB) for pp in d2.partitions] == [(1, 2048, 698)]
+    assert d2.partitions[0].reason.startswith("shrinks to fit: gives up 324.0 MiB in proportion to its size")
+    lines = render_plan(p)
+    assert "      in place of disk2 (was /dev/sdb, 1.0 GiB): no free disk is as large;" in lines
+    assert "      /dev/vdb1  1022.0 MiB -> 698.0 MiB  Linux filesystem  ext4 'srv'  /srv" in lines
+    assert [f.mkfs_argv[-1] for f in p.filesystems] == ["/dev/vda1", "/dev/vda2", "/dev/vda3", "/dev/vdb1"]
+    assert not any(str(1022 * MIB) in " ".join(f.mkfs_argv) for f in p.filesystems)  # no size passed to mkfs
+
+
+def test_a_disk_too_small_for_the_srv_data_is_refused_before_anything_is_planned() -> None:
+    d = two_disk_descriptor()
+    ts = [target("vda", 9 * GIB // 2), target("vdb", 64 * MIB)]
+    with pytest.raises(DataDoesNotFitError) as e:
+        match_disks(d, ts, unattended=True)
+    msg = str(e.value)
+    assert msg.startswith("the data of disk2 (was /dev/sdb, 1.0 GiB) does not fit on /dev/vdb (QEMU HARDDISK, "
+                          "64.0 MiB): ")
+    assert "/srv (disk2p1, ext4) 117.0 MiB (40.0 MiB used + 10% + ext4's own 64.0 MiB and 7%)" in msg
+    assert "MiB (" in msg.split("missing")[0]

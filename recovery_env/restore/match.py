@@ -234,29 +234,55 @@ def match_disks(
                     DiskChoice(disk, tuple(hits), tier[0]).describe() + "; unattended restore stops here"
                 )
 
-    # 2. size: originals smallest first, each onto the smallest free disk at least as large, else onto the smallest
-    # that holds its data
+    # 2. size: (a) the originals largest first, each onto the smallest free disk at least as large (nothing
+    # shrinks); (b) the others, by the space their data needs (least first), each onto the smallest free disk that
+    # holds it.  When (a) took a disk (b) needed, the whole tier again by data need alone (which finds an
+    # assignment whenever one exists).
     ties: list[tuple[Disk, MatchReason]] = []
-    for disk in sorted((d for d in wanted if d.key not in assigned), key=lambda d: (d.size_bytes, d.key)):
-        fitting = free_fitting(disk)
-        if not fitting:
-            raise no_target_error(descriptor, disk, targets, excluded, taken())
-        as_large = [t for t in fitting if t.size_bytes >= disk.size_bytes]
-        by_size = MatchReason.SIZE if as_large else MatchReason.DATA
-        fitting = as_large or fitting
+    before = dict(assigned)
+
+    def pick(disk: Disk, fitting: list[TargetDisk], reason: MatchReason) -> None:
         same_id = [t for t in fitting if _identity(disk, t) is not None]
         if len(same_id) > 1:  # an identity tie (interactive): the user picks among them
             ties.append((disk, MatchReason.DISK_ID))
-            continue
+            return
         smallest = [t for t in fitting if t.size_bytes == fitting[0].size_bytes]
         if len(smallest) == 1:
-            assigned[disk.key] = (smallest[0], by_size)
+            assigned[disk.key] = (smallest[0], reason)
         elif unattended:
             raise AmbiguousDiskMatchError(
-                DiskChoice(disk, tuple(smallest), by_size).describe() + "; unattended restore stops here"
+                DiskChoice(disk, tuple(smallest), reason).describe() + "; unattended restore stops here"
             )
         else:
-            ties.append((disk, by_size))
+            ties.append((disk, reason))
+
+    def by_need(disks: list[Disk]) -> Disk | None:
+        """The first disk left without a target (None: every one has one)."""
+        for disk in sorted(disks, key=lambda d: (need[d.key], d.key)):
+            fitting = free_fitting(disk)
+            if not fitting:
+                return disk
+            as_large = [t for t in fitting if t.size_bytes >= disk.size_bytes]
+            pick(disk, as_large if as_large and as_large[0] is fitting[0] else fitting,
+                 MatchReason.SIZE if fitting[0].size_bytes >= disk.size_bytes else MatchReason.DATA)
+        return None
+
+    rest = [d for d in wanted if d.key not in assigned]
+    deferred = []
+    for disk in sorted(rest, key=lambda d: (-d.size_bytes, d.key)):
+        as_large = [t for t in free_fitting(disk) if t.size_bytes >= disk.size_bytes]
+        if as_large:
+            pick(disk, as_large, MatchReason.SIZE)
+        else:
+            deferred.append(disk)
+    unplaced = by_need(deferred)
+    if unplaced is not None:
+        first_taken = taken()  # the error names this attempt's disk left over, on the disks it left free
+        assigned.clear()
+        assigned.update(before)
+        ties.clear()
+        if by_need(rest) is not None:
+            raise no_target_error(descriptor, unplaced, targets, excluded, first_taken)
 
     pending: list[DiskChoice] = []
     for disk, reason in ties:

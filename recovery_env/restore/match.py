@@ -6,9 +6,10 @@ least its data needs), in this order, deterministic:
 
 1. the user's choices (``pinned``);
 2. identity: the same serial or WWN, then the same disk GUID / MBR signature;
-3. size: the originals smallest first, each onto the smallest free disk at least as large as it (nothing has to
-   shrink); an original no free disk is as large as goes onto the smallest free disk that holds its data (its
-   growable partitions shrink, :mod:`recovery_env.restore.resize`).
+3. size: the originals largest first, each onto the smallest free disk at least as large as it (nothing has to
+   shrink); the others, least data first, onto the smallest free disk that holds their data (their growable
+   partitions shrink, :mod:`recovery_env.restore.resize`); when that leaves one without a disk, the whole tier
+   again by data need alone.
 
 The disks holding the boot and the backup media (``exclude``) are never chosen.  An original whose data no free
 disk holds is :class:`DataDoesNotFitError` (naming each partition's least size and how much is missing).  Several
@@ -191,7 +192,7 @@ def match_disks(
     """Match every critical disk of the descriptor to a disk of this machine.
 
     ``exclude``: names or /dev paths never chosen (the boot and backup media; a Mapping may say why).  ``pinned``:
-    disk key → device name or path the user picked for it.  Raises TargetTooSmallError / NoTargetDiskError when an
+    disk key → device name or path the user picked for it.  Raises DataDoesNotFitError / NoTargetDiskError when an
     original disk has no candidate, AmbiguousDiskMatchError on a tie when unattended."""
     excluded = _exclusion_reasons(exclude)
     usable = [t for t in targets if t.name not in excluded and not t.read_only]

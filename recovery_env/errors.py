@@ -212,6 +212,11 @@ class TargetTooSmallError(DiskMatchError):
     """XP's rule: a replacement disk must be at least as large as the original disk."""
 
 
+class DataDoesNotFitError(TargetTooSmallError):
+    """The captured data of an original disk does not fit on a target disk, even with every partition at the least
+    its data needs (the resize solver's refusal): the message names each item and how much is missing."""
+
+
 class AmbiguousDiskMatchError(DiskMatchError):
     """Several disks fit an original disk equally well and nobody is there to pick (unattended)."""
 

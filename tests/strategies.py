@@ -256,6 +256,7 @@ def descriptors(draw: Draw, max_disks: int = 3, max_parts: int = 6) -> Descripto
             fat_size=draw(st.sampled_from([0, 12, 16, 32])) if fstype is FsType.VFAT else 0,
             inode_size=draw(st.sampled_from([0, 128, 256])) if ext else 0,
             backup=draw(st.booleans()),
+            used_bytes=draw(st.sampled_from([0, 1, 4096, 700 << 20, (1 << 40) + 1])),
         )
         filesystems.append(f)
         if is_esp_part and esp_fs is None:

@@ -27,6 +27,8 @@ from test_layout import (
 )
 
 from builder.capture import CaptureRequest, capture, render_progress
+from recovery_env.capture.checks import ArchiveSource, SourceReader
+from recovery_env.capture.flow import record_used_bytes
 from recovery_env.errors import (
     AsrError,
     DestinationError,
@@ -35,7 +37,7 @@ from recovery_env.errors import (
     NotRootError,
     UnsupportedLayoutError,
 )
-from recovery_env.model.descriptor import GPT_BIOS_BOOT, BootloaderKind, Firmware, FsType
+from recovery_env.model.descriptor import GPT_BIOS_BOOT, BootloaderKind, Filesystem, Firmware, FsType
 from recovery_env.model.sif import parse_asr_sif, parse_asrpnp_sif
 from recovery_env.model.validate import validate_inventory
 from recovery_env.probe.inventory import AliasTable, make_device, parse_modules_alias, read_inventory
@@ -165,6 +167,7 @@ def test_asr_sif_describes_the_image(system: Attached, captured: tuple[Path, dic
     (fs,) = d.filesystems
     assert (fs.type, fs.uuid, fs.label, fs.partition, fs.backup) == (FsType.EXT4, ROOT_UUID, "asr-root", "disk1p2",
                                                                      True)
+    assert 0 < fs.used_bytes < p2.size * 512  # what the resize solver never goes below (statvfs or tar's bytes)
     assert [(m.mountpoint, m.device, m.options) for m in d.mounts] == [("/", f"UUID={ROOT_UUID}", "errors=remount-ro")]
     assert (d.bootloader.kind, d.bootloader.disk, d.system.firmware) == (BootloaderKind.GRUB_BIOS, "disk1",
                                                                          Firmware.BIOS)
@@ -174,6 +177,17 @@ def test_asr_sif_describes_the_image(system: Attached, captured: tuple[Path, dic
     check_backup_set(dest, d.backup)  # every size and SHA-256 recorded in ASR.SIF matches the files
     inv = parse_asrpnp_sif((dest / "ASRPNP.SIF").read_text())
     assert inv.hostname == "asr-test"
+
+
+def test_used_bytes_are_the_larger_of_statvfs_and_the_tar_stream() -> None:
+    fs1, fs2, fs3 = (Filesystem(k, f"disk1p{n}", t) for n, (k, t) in enumerate(
+        (("fs1", FsType.EXT4), ("fs2", FsType.VFAT), ("fs3", FsType.SWAP)), 1))
+    sources = (ArchiveSource("fs1", "/", Path("/r"), "/dev/vda1", 5000),
+               ArchiveSource("fs2", "/boot/efi", Path("/r/boot/efi"), "/dev/vda2", 1 << 30, SourceReader.MTOOLS))
+    got = record_used_bytes((fs1, fs2, fs3), sources, (("fs1", 4096), ("fs2", 10240)))
+    # statvfs wins on fs1; fs2 was read with mtools (its estimate is the device's size): the tar stream counts;
+    # swap is not archived: not recorded
+    assert [f.used_bytes for f in got] == [5000, 10240, 0]
 
 
 @pytest.mark.root

@@ -483,10 +483,11 @@ def test_restore_gpt_onto_a_larger_loop_disk(loop_disk: tuple[str, Path, list[Pa
     assert got == [
         (2048, 2048, GPT_BIOS_BOOT, "c0ffee01-0000-4000-8000-000000000001", "bios", None),
         (4096, 32768, GPT_ESP, "c0ffee01-0000-4000-8000-000000000002", "EFI System", "RequiredPartition"),
-        (36864, 61440, "0fc63daf-8483-4772-8e79-3d69d8477de4", "c0ffee01-0000-4000-8000-000000000003", "root",
+        # the root (the one growable item) took the 32 MiB the larger disk added, up to the last 1 MiB boundary
+        # before the backup GPT; the swap after it kept its 30720 sectors and moved
+        (36864, 126976, "0fc63daf-8483-4772-8e79-3d69d8477de4", "c0ffee01-0000-4000-8000-000000000003", "root",
          "LegacyBIOSBootable GUID:60"),
-        # the last partition grew from 30720 sectors to the last 1 MiB boundary before the backup GPT
-        (98304, 96256, "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f", "c0ffee01-0000-4000-8000-000000000004", "swap",
+        (163840, 30720, "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f", "c0ffee01-0000-4000-8000-000000000004", "swap",
          None),
     ]
     # ...the filesystems (low-level probe: no cache)...
@@ -666,7 +667,7 @@ def test_restore_mbr_4096_byte_sectors_partition_and_format(tmp_path: Path) -> N
         table = json.loads(run(["sfdisk", "--json", loop]).stdout)["partitiontable"]
         assert (table["id"], table["sectorsize"]) == ("0x0badcafe", 4096)
         assert [(p["start"], p["size"], p["type"], p.get("bootable", False)) for p in table["partitions"]] == [
-            (256, 4096, "83", True), (4352, 12288 - 4352, "82", False)]  # 48 MiB = 12288 sectors: grown to the end
+            (256, 8192, "83", True), (8448, 3840, "82", False)]  # 48 MiB = 12288 sectors: the root grew, swap kept
         probe = parse_blkid_export(run(["blkid", "-p", "-o", "export", f"{loop}p1"]).stdout)
         assert (probe["UUID"], probe["LABEL"], probe["PART_ENTRY_UUID"]) == (ROOT_UUID, "r4k", "0badcafe-01")
 

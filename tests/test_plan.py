@@ -14,6 +14,7 @@ from builder.vm.qemu import strip_ansi
 from recovery_env.agent.screens import PLAN_PROMPT, Size, plan_pages, render_plan_page, render_screen
 from recovery_env.errors import (
     AmbiguousDiskMatchError,
+    DataDoesNotFitError,
     DiskMatchError,
     NoTargetDiskError,
     PlanError,
@@ -62,6 +63,7 @@ from recovery_env.restore.plan import (
     plan_restore,
     render_plan,
 )
+from recovery_env.restore.resize import descriptor_minimum_bytes
 from recovery_env.text import format_size
 
 GIB = 1 << 30
@@ -286,19 +288,28 @@ def test_backup_disk_of_the_same_size_is_not_chosen() -> None:
     assert m["disk1"].name == "vda"
 
 
-def test_target_too_small_is_xps_named_error() -> None:
-    with pytest.raises(TargetTooSmallError) as e:
+def test_a_disk_too_small_for_the_data_is_a_named_error() -> None:
+    """No used bytes recorded (an older descriptor): nothing may shrink, so the data needs the original's space."""
+    with pytest.raises(DataDoesNotFitError) as e:
         match_disks(gpt_descriptor(serial=""), [target("vda", GIB)], unattended=True)
+    assert isinstance(e.value, TargetTooSmallError)  # XP's rule's error, refined
     assert str(e.value) == (
-        "the replacement disk must be at least as large as the original: disk1 (was /dev/sda, QEMU HARDDISK, "
-        "2.0 GiB) needs 2.0 GiB (2147483648 bytes), /dev/vda (QEMU HARDDISK, 1.0 GiB) has 1.0 GiB "
-        "(1073741824 bytes)"
+        "the data of disk1 (was /dev/sda, 2.0 GiB) does not fit on /dev/vda (QEMU HARDDISK, 1.0 GiB): 1023.0 MiB "
+        "(1072710144 bytes) missing; its partitions at the least their data needs: / (disk1p3, ext4) 1.9 GiB (no "
+        "used size recorded: at least its original size); /boot/efi (disk1p2, vfat) 100.0 MiB (fixed: ESP); "
+        "disk1p1 1.0 MiB (fixed: BIOS boot partition)"
     )
 
 
-def test_one_byte_short_is_too_small() -> None:
-    with pytest.raises(TargetTooSmallError):
-        match_disks(gpt_descriptor(serial=""), [target("vda", 2 * GIB - 512)], unattended=True)
+def test_one_sector_short_of_the_data_is_too_small() -> None:
+    """Without used bytes the partitions keep their sizes: the least disk ends the root's 1 MiB-aligned end plus
+    the backup GPT (33 sectors), a little less than the original 2 GiB (whose last 2015 sectors were free)."""
+    d = gpt_descriptor(serial="")
+    need = (208896 + 3983360 + 33) * 512
+    assert descriptor_minimum_bytes(d, d.disks[0]) == need < 2 * GIB
+    assert match_disks(d, [target("vda", need)], unattended=True)["disk1"].name == "vda"
+    with pytest.raises(DataDoesNotFitError, match=r"512 B \(512 bytes\) missing"):
+        match_disks(d, [target("vda", need - 512)], unattended=True)
 
 
 def test_nothing_left_names_why() -> None:
@@ -377,20 +388,27 @@ def test_gpt_same_size_script() -> None:
     assert dp.wipe_argv == ("wipefs", "--all", "/dev/vda")
     assert dp.sfdisk_argv == ("sfdisk", "--no-reread", "--no-tell-kernel", "--wipe", "always", "--wipe-partitions",
                               "always", "/dev/vda")
-    assert not any(pp.grown for pp in dp.partitions)
+    assert not any(pp.resized for pp in dp.partitions)
 
 
-def test_gpt_on_a_larger_disk_the_last_partition_grows() -> None:
+def test_gpt_on_a_larger_disk_the_root_grows() -> None:
     p = _plan(gpt_descriptor(), target("vda", 3 * GIB))
     (dp,) = p.disks
     # 3 GiB = 6291456 sectors: backup GPT from 6291423 on; the grown end is aligned down to 1 MiB.
     expected = (GPT_SCRIPT_SAME_SIZE.replace("last-lba: 4194270", "last-lba: 6291422")
                 .replace("size=3983360", "size=6080512"))
     assert dp.sfdisk_script == expected
-    assert [(pp.number, pp.size, pp.grown) for pp in dp.partitions] == [
+    assert [(pp.number, pp.size, pp.resized) for pp in dp.partitions] == [
         (1, 2048, False), (2, 204800, False), (3, 6080512, True)]
-    assert any("/dev/vda3  2.9 GiB (grows from 1.9 GiB)  Linux filesystem  ext4 'root'  /" == line
-               for line in p.disks_to_wipe[0].makes)
+    assert list(p.disks_to_wipe[0].makes[1:]) == [
+        "/dev/vda1  1.0 MiB  BIOS boot",
+        "    fixed: BIOS boot partition",
+        "/dev/vda2  100.0 MiB  EFI System  vfat 'EFI'  /boot/efi",
+        "    fixed: ESP",
+        "/dev/vda3  1.9 GiB -> 2.9 GiB  Linux filesystem  ext4 'root'  /",
+        "    grows: / (disk1p3, ext4) takes 100% of the 1.0 GiB added, in",
+        "      proportion to its size",
+    ]
 
 
 def test_grow_last_false_keeps_every_size() -> None:
@@ -406,16 +424,19 @@ def test_mbr_script_and_growth() -> None:
         "/dev/sda1 : start=2048, size=1048576, type=83, bootable\n"
         "/dev/sda2 : start=1050624, size=1046528, type=82\n"
     )
-    bigger = _plan(d, target("vda", 3 * GIB // 2))
-    assert bigger.disks[0].sfdisk_script.endswith("/dev/vda2 : start=1050624, size=2095104, type=82\n")
+    bigger = _plan(d, target("vda", 3 * GIB // 2))  # the root grows by the 512 MiB added; swap keeps its size
+    assert bigger.disks[0].sfdisk_script.endswith(
+        "/dev/vda1 : start=2048, size=2097152, type=83, bootable\n"
+        "/dev/vda2 : start=2099200, size=1046528, type=82\n"
+    )
 
 
-def test_mbr_extended_grows_with_its_last_logical() -> None:
+def test_mbr_extended_moves_with_its_logical_swap() -> None:
     p = _plan(mbr_descriptor(extended=True), target("vda", 3 * GIB // 2))
     assert p.disks[0].sfdisk_script.splitlines()[5:] == [
-        "/dev/vda1 : start=2048, size=1048576, type=83, bootable",
-        "/dev/vda2 : start=1050624, size=2095104, type=05",
-        "/dev/vda5 : start=1052672, size=2093056, type=82",
+        "/dev/vda1 : start=2048, size=2097152, type=83, bootable",
+        "/dev/vda2 : start=2099200, size=1046528, type=05",  # the EBR gap of 2048 sectors kept
+        "/dev/vda5 : start=2101248, size=1044480, type=82",
     ]
 
 
@@ -433,6 +454,7 @@ def test_mbr_never_grows_past_2_tib() -> None:
     p = _plan(mbr_descriptor(), target("sdb", 3 << 40))
     last = p.disks[0].partitions[-1]
     assert last.start + last.size == 1 << 32  # 32-bit LBA limit of an MBR entry (2 TiB with 512-byte sectors)
+    assert p.disks[0].partitions[0].size == (1 << 32) - 2048 - 1046528  # the root took it all; swap kept
 
 
 def test_4096_byte_sectors_on_nvme() -> None:
@@ -612,19 +634,27 @@ def test_render_plan_lists_every_disk_to_wipe() -> None:
     t = target("vda", 3 * GIB, serial="QM00001")
     p = _plan(gpt_descriptor(), t)
     lines = render_plan(p)
-    assert lines[:9] == [
+    assert lines[:12] == [
         "Automated System Recovery will restore sample (Debian GNU/Linux 12 (bookworm)), backed up "
         "2026-11-26T01:02:03Z.",
         "",
         "These disks will be ERASED. Everything on them will be lost:",
         "  /dev/vda (QEMU HARDDISK, serial QM00001, 3.0 GiB)  <- disk1",
+        "      in place of disk1 (was /dev/sda, QEMU HARDDISK, 2.0 GiB): same serial",
+        "        number",
         "      GPT partition table, disk GUID 6a4e5c3b-9f0d-4b7e-8a21-0c5d7e9f1a2b",
         "      /dev/vda1  1.0 MiB  BIOS boot",
+        "          fixed: BIOS boot partition",
         "      /dev/vda2  100.0 MiB  EFI System  vfat 'EFI'  /boot/efi",
-        "      /dev/vda3  2.9 GiB (grows from 1.9 GiB)  Linux filesystem  ext4 'root'  /",
+        "          fixed: ESP",
+        "      /dev/vda3  1.9 GiB -> 2.9 GiB  Linux filesystem  ext4 'root'  /",
+    ]
+    assert lines[12:15] == [
+        "          grows: / (disk1p3, ext4) takes 100% of the 1.0 GiB added, in",
+        "            proportion to its size",
         "",
     ]
-    assert lines[9].startswith("Then restore 2 archive(s), 53.0 MiB, from /run/asr/backup/asr/sample:")
+    assert lines[15].startswith("Then restore 2 archive(s), 53.0 MiB, from /run/asr/backup/asr/sample:")
     assert "Install the boot loader: grub-efi." in lines
     w = p.disks_to_wipe[0]
     assert (w.device, w.model, w.serial, w.size_bytes) == ("/dev/vda", "QEMU HARDDISK", "QM00001", 3 * GIB)
@@ -727,3 +757,59 @@ def test_filesystems_not_backed_up_are_announced_as_re_created_empty() -> None:
     assert nothing.empty_filesystems == ("/boot/efi (vfat on /dev/vda2)", "/ (ext4 on /dev/vda3)")
     swap = _plan(mbr_descriptor(), target("vda", GIB))  # swap holds no files: not announced
     assert swap.empty_filesystems == ()
+
+
+def two_disk_descriptor() -> Descriptor:
+    """Layout 5 of issue 11: root (ESP + ext4 / + swap, 153 MiB free at its end) on a 3.25 GiB disk1, /srv (ext4,
+    40 MiB used) on a 1 GiB disk2; used bytes recorded by the capture."""
+    base = gpt_descriptor(serial="")
+    d1 = replace(base.disks[0], size_bytes=3328 * MIB)
+    d2 = Disk("disk2", GIB, 512, 512, TableType.GPT, "99999999-0000-4000-8000-000000000002", True, device="/dev/sdb")
+    parts = (
+        replace(base.partitions[1], number=1, start=2048, size=206848 - 2048 + 2048),
+        replace(base.partitions[2], number=2, start=208896, size=5 * GIB // 2 // 512),
+        Partition("disk1", 3, 208896 + 5 * GIB // 2 // 512, 512 * 2048, "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"),
+        Partition("disk2", 1, 2048, GIB // 512 - 4096, LINUX_FS, "22222222-0000-4000-8000-000000000001", "srv"),
+    )
+    filesystems = (
+        replace(base.filesystems[0], partition="disk1p1"),
+        replace(base.filesystems[1], partition="disk1p2", used_bytes=700 * MIB),
+        Filesystem("fs3", "disk1p3", FsType.SWAP, SWAP_UUID),
+        Filesystem("fs4", "disk2p1", FsType.EXT4, "5e5e5e5e-0000-4000-8000-000000000004", "srv", used_bytes=40 * MIB),
+    )
+    mounts = (*base.mounts, Mount("swap", "fs3"), Mount("/srv", "fs4"))
+    backup = replace(base.backup, archives=(*base.backup.archives, Archive("fs4", "fs4.tar.zst", MIB, "d" * 64, 3)))
+    return replace(base, disks=(d1, d2), partitions=parts, filesystems=filesystems, mounts=mounts, backup=backup)
+
+
+def test_two_disks_onto_a_larger_and_a_smaller_disk() -> None:
+    d = two_disk_descriptor()
+    ts = [target("vda", 9 * GIB // 2), target("vdb", 700 * MIB)]
+    m = match_disks(d, ts, unattended=True)
+    # disk2 (the smaller original) first: no free disk is as large as its 1 GiB, the 700 MiB one holds its data;
+    # disk1 then takes the 4.5 GiB one
+    assert [(k, m[k].name, m.reason(k)) for k in m] == [("disk1", "vda", MatchReason.SIZE),
+                                                        ("disk2", "vdb", MatchReason.DATA)]
+    p = plan_restore(d, m, backup_dir="/b")
+    d1, d2 = p.disks
+    assert [(pp.number, pp.size * 512 // MIB, pp.resized) for pp in d1.partitions] == [
+        (1, 101, False), (2, 2560 + 1280, True), (3, 512, False)]  # the root took the 1.25 GiB added
+    assert [(pp.number, pp.start, pp.size * 512 // MIB) for pp in d2.partitions] == [(1, 2048, 698)]
+    assert d2.partitions[0].reason.startswith("shrinks to fit: gives up 324.0 MiB in proportion to its size")
+    lines = render_plan(p)
+    assert "      in place of disk2 (was /dev/sdb, 1.0 GiB): no free disk is as large;" in lines
+    assert "      /dev/vdb1  1022.0 MiB -> 698.0 MiB  Linux filesystem  ext4 'srv'  /srv" in lines
+    assert [f.mkfs_argv[-1] for f in p.filesystems] == ["/dev/vda1", "/dev/vda2", "/dev/vda3", "/dev/vdb1"]
+    assert not any(str(1022 * MIB) in " ".join(f.mkfs_argv) for f in p.filesystems)  # no size passed to mkfs
+
+
+def test_a_disk_too_small_for_the_srv_data_is_refused_before_anything_is_planned() -> None:
+    d = two_disk_descriptor()
+    ts = [target("vda", 9 * GIB // 2), target("vdb", 64 * MIB)]
+    with pytest.raises(DataDoesNotFitError) as e:
+        match_disks(d, ts, unattended=True)
+    msg = str(e.value)
+    assert msg.startswith("the data of disk2 (was /dev/sdb, 1.0 GiB) does not fit on /dev/vdb (QEMU HARDDISK, "
+                          "64.0 MiB): ")
+    assert "/srv (disk2p1, ext4) 117.0 MiB (40.0 MiB used + 10% + ext4's own 64.0 MiB and 7%)" in msg
+    assert "MiB (" in msg.split("missing")[0]

@@ -32,6 +32,7 @@ from builder.vm.debian import DebianImage, DebianSpec, check_login, expected_mou
 from builder.vm.qemu import OVMF_VARS, QemuVM, VMFirmware, VMSpec, find_accel
 from recovery_env.model.descriptor import BootloaderKind, Descriptor, FsType
 from recovery_env.model.sif import parse_asr_sif
+from recovery_env.restore.resize import solve_disk
 from recovery_env.restore.verify import check_backup_set, read_manifest
 from recovery_env.run import run
 
@@ -150,10 +151,16 @@ def test_restored_ids_equal_the_capture(restored: Restored) -> None:
     d = restored.descriptor
     table = json.loads(run(["sfdisk", "--json", restored.target]).stdout)["partitiontable"]
     assert table["label"] == "gpt" and table["id"].lower() == d.disks[0].disk_id.lower()
-    got = [(p["start"], p["type"].lower(), p["uuid"].lower()) for p in table["partitions"]]
-    assert got == [(p.start, p.type.lower(), p.partuuid.lower()) for p in d.partitions]
-    assert table["partitions"][-1]["size"] > d.partitions[-1].size  # the 1.5x disk: the last partition grew
-    starts = {p.key: p.start for p in d.partitions}
+    # the 1.5x disk: the resize solver grew the root and kept the swap's size (it moved after the root)
+    placed = solve_disk(d, d.disks[0], os.path.getsize(restored.target))
+    got = [(p["start"], p["size"], p["type"].lower(), p["uuid"].lower()) for p in table["partitions"]]
+    assert got == [(placed.of(p.number).start, placed.of(p.number).size, p.type.lower(), p.partuuid.lower())
+                   for p in d.partitions]
+    kinds = {p.key: (placed.of(p.number).size, p.size) for p in d.partitions}
+    root, swap = (next(f.partition for f in d.filesystems if pred(f)) for pred in (
+        lambda f: f.key == d.root_mount.filesystem, lambda f: f.type is FsType.SWAP))
+    assert kinds[root][0] > kinds[root][1] and kinds[swap][0] == kinds[swap][1]
+    starts = {p.key: placed.of(p.number).start for p in d.partitions}
     for fs in d.filesystems:
         probe = run(["blkid", "-p", "-O", str(starts[fs.partition] * 512), "-o", "export", restored.target]).stdout
         tags = dict(line.split("=", 1) for line in probe.splitlines() if "=" in line)

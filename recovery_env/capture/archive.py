@@ -136,6 +136,7 @@ class BackupResult:
     file_count: int
     raw_bytes: int  # tar bytes before compression
     warnings: tuple[str, ...] = ()
+    raw_by_fs: tuple[tuple[str, int], ...] = ()  # (filesystem key, its tar stream's bytes), in job order
 
 
 def make_backup_set(
@@ -150,6 +151,7 @@ def make_backup_set(
     archives = []
     warnings: list[str] = []
     count = 0
+    raw_by_fs: list[tuple[str, int]] = []
     manifest_path = dest / MANIFEST_NAME
     # names and xattr names that are not UTF-8 are kept as their bytes (surrogate escapes), as read_manifest reads
     with open(manifest_path, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as manifest:
@@ -163,12 +165,14 @@ def make_backup_set(
 
             archive, raw, n_entries, warn = make_archive(job, dest, manifest, tick)
             archives.append(archive)
+            raw_by_fs.append((job.fs, raw))
             done = base + raw
             count += n_entries
             warnings += warn
     if progress is not None:
         progress(done, max(done, 1))
-    return BackupResult(tuple(archives), MANIFEST_NAME, sha256_file(manifest_path), count, done, tuple(warnings))
+    return BackupResult(tuple(archives), MANIFEST_NAME, sha256_file(manifest_path), count, done, tuple(warnings),
+                        tuple(raw_by_fs))
 
 
 def make_archive(

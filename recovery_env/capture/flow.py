@@ -41,6 +41,7 @@ from typing import Any
 from recovery_env import __version__
 from recovery_env.capture.archive import BackupResult, make_backup_record, make_backup_set, plan_archives
 from recovery_env.capture.checks import (
+    ArchiveSource,
     SourceReader,
     check_destination,
     check_root,
@@ -53,6 +54,7 @@ from recovery_env.model.descriptor import (
     Compression,
     Descriptor,
     DeviceInventory,
+    Filesystem,
     Firmware,
     FstabSpec,
     FsType,
@@ -330,7 +332,8 @@ def _capture(
         result = make_backup_set(jobs, dest, progress=progress)
         label, uuid, path = find_media(dest)
         record = make_backup_record(result, path=path, media_label=label, media_uuid=uuid, compression=req.compression)
-        descriptor = replace(descriptor, backup=record)
+        descriptor = replace(descriptor, backup=record,
+                             filesystems=record_used_bytes(descriptor.filesystems, sources, result.raw_by_fs))
         asr_sif = sif.asr_sif(descriptor)
         pnp_sif = sif.asrpnp_sif(inventory)
         for name, text in ((ASR_SIF, asr_sif), (ASRPNP_SIF, pnp_sif)):
@@ -353,6 +356,20 @@ def _capture(
         notes += (f"ASRPNP.SIF lists no devices: --root {root} is another system than this machine's hardware",)
     return CaptureResult(dest, descriptor, inventory, result, notes, files, time.monotonic() - started,
                          find_empty_after_restore(descriptor))
+
+
+def record_used_bytes(
+    filesystems: Sequence[Filesystem], sources: Sequence[ArchiveSource], raw_by_fs: Sequence[tuple[str, int]]
+) -> tuple[Filesystem, ...]:
+    """Each archived filesystem with the bytes its files used (``used_bytes``, what the restore's resize solver
+    never goes below): the larger of statvfs's used blocks of the mounted source (what the files took on that
+    filesystem) and the bytes of its tar stream (the files' content, the only measure of a FAT source read with
+    mtools, whose estimate is its device's size).  Filesystems not archived keep 0 (not recorded).  Pure."""
+    used = {s.fs: s.used_bytes for s in sources if s.reader is SourceReader.MOUNTED}
+    raw = dict(raw_by_fs)
+    return tuple(
+        replace(f, used_bytes=max(used.get(f.key, 0), raw.get(f.key, 0))) if f.key in raw else f for f in filesystems
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -188,7 +188,9 @@ class Disk:
     serial: str = ""
     wwn: str = ""
     by_id: tuple[str, ...] = ()  # /dev/disk/by-id names, without the directory
-    grow_last: bool = True  # at restore on a larger disk, the last partition grows to fill it
+    # at restore, the partitions are resized to the target disk by recovery_env.restore.resize (the field keeps
+    # its first name so older descriptors parse): no = every start and size kept exactly as captured
+    grow_last: bool = True
 
     @property
     def size_sectors(self) -> int:
@@ -246,6 +248,9 @@ class Filesystem:
     inode_size: int = 0
     backup: bool = True  # archived in the backup set
     default_subvolume: int = 0  # btrfs: id of the default subvolume (5 = the top level; 0 = not recorded)
+    # bytes its files used at capture (statvfs of the mounted source, or the tar stream's bytes when larger);
+    # 0 = not recorded (an older descriptor): the restore never makes it smaller than its partition was
+    used_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -414,6 +414,7 @@ def _check_filesystem(f: Filesystem, i: int, c: _Checker) -> None:
             f"default_subvolume is for btrfs only (this is {f.type.value})",
         )
     c.need(not (f.type is FsType.SWAP and f.features), sec, i, "features", "swap has no features")
+    c.need(f.used_bytes >= 0, sec, i, "used_bytes", f"used bytes {f.used_bytes} is negative")
 
 
 def _check_subvolume(sv: Subvolume, i: int, c: _Checker) -> None:

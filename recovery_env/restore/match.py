@@ -1,11 +1,21 @@
 """Disk matching: which disk of this machine takes the place of each original disk.  Pure (no I/O).
 
-:func:`match_disks` pairs each critical disk of the descriptor with a disk of this machine: by serial or WWN,
-then by disk GUID / MBR signature, then by size (at least as large as the original, smallest fitting first).
-The disks holding the boot and the backup media (``exclude``) are never chosen.  A smaller disk is XP's
-:class:`TargetTooSmallError`.  Several equal candidates: :class:`AmbiguousDiskMatchError` when unattended,
-otherwise the result lists them (:attr:`DiskMatch.pending`) so the UI lets the user pick and matches again with
-``pinned``.
+:func:`match_disks` pairs each critical disk of the descriptor with a disk of this machine that *holds its data*
+(same logical sector size, at least :func:`recovery_env.restore.resize.minimum_disk_bytes`: every partition at the
+least its data needs), in this order, deterministic:
+
+1. the user's choices (``pinned``);
+2. identity: the same serial or WWN, then the same disk GUID / MBR signature;
+3. size: the originals largest first, each onto the smallest free disk at least as large as it (nothing has to
+   shrink); the others, least data first, onto the smallest free disk that holds their data (their growable
+   partitions shrink, :mod:`recovery_env.restore.resize`); when that leaves one without a disk, the whole tier
+   again by data need alone.
+
+The disks holding the boot and the backup media (``exclude``) are never chosen.  An original whose data no free
+disk holds is :class:`DataDoesNotFitError` (naming each partition's least size and how much is missing).  Several
+equal candidates: :class:`AmbiguousDiskMatchError` when unattended, otherwise the result lists them
+(:attr:`DiskMatch.pending`) so the UI lets the user pick and matches again with ``pinned``.  The plan screen says
+which original each disk replaces and why (:attr:`MatchReason.describe`).
 """
 
 from __future__ import annotations
@@ -17,15 +27,17 @@ from enum import StrEnum
 
 from recovery_env.errors import (
     AmbiguousDiskMatchError,
+    DataDoesNotFitError,
     DiskMatchError,
+    InternalError,
     NoTargetDiskError,
-    TargetTooSmallError,
 )
 from recovery_env.model.descriptor import (
     Descriptor,
     Disk,
 )
 from recovery_env.probe.disks import TargetDisk
+from recovery_env.restore.resize import descriptor_minimum_bytes, solve_disk
 from recovery_env.text import format_size
 
 
@@ -37,6 +49,7 @@ class MatchReason(StrEnum):
     WWN = "wwn"
     DISK_ID = "disk-id"
     SIZE = "size"
+    DATA = "data"
 
     @property
     def describe(self) -> str:
@@ -45,7 +58,8 @@ class MatchReason(StrEnum):
             "serial": "same serial number",
             "wwn": "same World Wide Name",
             "disk-id": "same disk GUID / signature",
-            "size": "large enough",
+            "size": "the smallest free disk at least as large",
+            "data": "no free disk is as large; the smallest that holds its data",
         }[self.value]
 
 
@@ -110,8 +124,9 @@ def _norm_wwn(s: str) -> str:
     return t
 
 
-def _fits(disk: Disk, target: TargetDisk) -> bool:
-    return target.logical_sector_size == disk.logical_sector_size and target.size_bytes >= disk.size_bytes
+def _fits(disk: Disk, target: TargetDisk, need: int) -> bool:
+    """``target`` holds the data of ``disk`` (``need``: :func:`minimum_disk_bytes` of it)."""
+    return target.logical_sector_size == disk.logical_sector_size and target.size_bytes >= need
 
 
 def _identity(disk: Disk, target: TargetDisk) -> MatchReason | None:
@@ -134,17 +149,21 @@ def _exclusion_reasons(exclude: Collection[str]) -> dict[str, str]:
 
 
 def no_target_error(
-    disk: Disk, targets: Sequence[TargetDisk], excluded: Mapping[str, str], taken: set[str]
+    descriptor: Descriptor, disk: Disk, targets: Sequence[TargetDisk], excluded: Mapping[str, str], taken: set[str]
 ) -> DiskMatchError:
-    """The named error for an original disk nothing fits: too small (XP's rule) or nothing left at all."""
+    """The named error for an original disk nothing fits: its data does not fit on the largest free disk (the
+    solver's DataDoesNotFitError, naming each partition's least size and what is missing) or nothing left at all."""
     free = [t for t in targets if t.name not in excluded and not t.read_only and t.name not in taken]
     same_sector = [t for t in free if t.logical_sector_size == disk.logical_sector_size]
     if same_sector:
-        has = "; ".join(f"{t.describe()} has {format_size(t.size_bytes)} ({t.size_bytes} bytes)" for t in same_sector)
-        return TargetTooSmallError(
-            "the replacement disk must be at least as large as the original: "
-            f"{describe_disk(disk)} needs {format_size(disk.size_bytes)} ({disk.size_bytes} bytes), {has}"
-        )
+        largest = max(same_sector, key=lambda t: (t.size_bytes, t.name))
+        try:
+            solve_disk(descriptor, disk, largest.size_bytes, target=largest.describe())
+        except DataDoesNotFitError as e:
+            others = [t.describe() for t in same_sector if t is not largest]
+            return DataDoesNotFitError(str(e) + (f" (the other free disks are smaller: {', '.join(others)})"
+                                                 if others else ""))
+        raise InternalError(f"{describe_disk(disk)} fits {largest.describe()} but was not matched to it")
     notes = []
     for t in targets:
         if t.name in excluded:
@@ -173,18 +192,20 @@ def match_disks(
     """Match every critical disk of the descriptor to a disk of this machine.
 
     ``exclude``: names or /dev paths never chosen (the boot and backup media; a Mapping may say why).  ``pinned``:
-    disk key → device name or path the user picked for it.  Raises TargetTooSmallError / NoTargetDiskError when an
+    disk key → device name or path the user picked for it.  Raises DataDoesNotFitError / NoTargetDiskError when an
     original disk has no candidate, AmbiguousDiskMatchError on a tie when unattended."""
     excluded = _exclusion_reasons(exclude)
     usable = [t for t in targets if t.name not in excluded and not t.read_only]
     wanted = [d for d in descriptor.disks if d.critical]
+    need = {d.key: descriptor_minimum_bytes(descriptor, d) for d in wanted}
     assigned: dict[str, tuple[TargetDisk, MatchReason]] = {}
 
     def taken() -> set[str]:
         return {t.name for t, _ in assigned.values()}
 
     def free_fitting(disk: Disk) -> list[TargetDisk]:
-        return sorted((t for t in usable if t.name not in taken() and _fits(disk, t)), key=lambda t: t.size_bytes)
+        return sorted((t for t in usable if t.name not in taken() and _fits(disk, t, need[disk.key])),
+                      key=lambda t: t.size_bytes)
 
     # 0. the user's choices
     for key, dev in (pinned or {}).items():
@@ -195,8 +216,8 @@ def match_disks(
         target = next((t for t in usable if t.name == name), None)
         if target is None or name in taken():
             raise DiskMatchError(f"cannot use /dev/{name} for {describe_disk(disk)}: not a free disk of this machine")
-        if not _fits(disk, target):
-            raise no_target_error(disk, [target], excluded, taken())
+        if not _fits(disk, target, need[disk.key]):
+            raise no_target_error(descriptor, disk, [target], excluded, taken())
         assigned[key] = (target, MatchReason.CHOSEN)
 
     # 1. identity: serial / WWN, then disk GUID / signature
@@ -214,31 +235,62 @@ def match_disks(
                     DiskChoice(disk, tuple(hits), tier[0]).describe() + "; unattended restore stops here"
                 )
 
-    # 2. size: originals smallest first, each onto the smallest disk that fits
+    # 2. size: (a) the originals largest first, each onto the smallest free disk at least as large (nothing
+    # shrinks); (b) the others, by the space their data needs (least first), each onto the smallest free disk that
+    # holds it.  When (a) took a disk (b) needed, the whole tier again by data need alone (which finds an
+    # assignment whenever one exists).
     ties: list[tuple[Disk, MatchReason]] = []
-    for disk in sorted((d for d in wanted if d.key not in assigned), key=lambda d: (d.size_bytes, d.key)):
-        fitting = free_fitting(disk)
-        if not fitting:
-            raise no_target_error(disk, targets, excluded, taken())
+    before = dict(assigned)
+
+    def pick(disk: Disk, fitting: list[TargetDisk], reason: MatchReason) -> None:
         same_id = [t for t in fitting if _identity(disk, t) is not None]
         if len(same_id) > 1:  # an identity tie (interactive): the user picks among them
             ties.append((disk, MatchReason.DISK_ID))
-            continue
+            return
         smallest = [t for t in fitting if t.size_bytes == fitting[0].size_bytes]
         if len(smallest) == 1:
-            assigned[disk.key] = (smallest[0], MatchReason.SIZE)
+            assigned[disk.key] = (smallest[0], reason)
         elif unattended:
             raise AmbiguousDiskMatchError(
-                DiskChoice(disk, tuple(smallest), MatchReason.SIZE).describe() + "; unattended restore stops here"
+                DiskChoice(disk, tuple(smallest), reason).describe() + "; unattended restore stops here"
             )
         else:
-            ties.append((disk, MatchReason.SIZE))
+            ties.append((disk, reason))
+
+    def by_need(disks: list[Disk]) -> Disk | None:
+        """The first disk left without a target (None: every one has one)."""
+        for disk in sorted(disks, key=lambda d: (need[d.key], d.key)):
+            fitting = free_fitting(disk)
+            if not fitting:
+                return disk
+            as_large = [t for t in fitting if t.size_bytes >= disk.size_bytes]
+            pick(disk, as_large if as_large and as_large[0] is fitting[0] else fitting,
+                 MatchReason.SIZE if fitting[0].size_bytes >= disk.size_bytes else MatchReason.DATA)
+        return None
+
+    rest = [d for d in wanted if d.key not in assigned]
+    deferred = []
+    for disk in sorted(rest, key=lambda d: (-d.size_bytes, d.key)):
+        as_large = [t for t in free_fitting(disk) if t.size_bytes >= disk.size_bytes]
+        if as_large:
+            pick(disk, as_large, MatchReason.SIZE)
+        else:
+            deferred.append(disk)
+    unplaced = by_need(deferred)
+    if unplaced is not None:
+        first_taken = taken()  # the error names this attempt's disk left over, on the disks it left free
+        assigned.clear()
+        assigned.update(before)
+        ties.clear()
+        if by_need(rest) is not None:
+            raise no_target_error(descriptor, unplaced, targets, excluded, first_taken)
 
     pending: list[DiskChoice] = []
     for disk, reason in ties:
         fitting = free_fitting(disk)
         if not fitting:
-            raise no_target_error(disk, targets, excluded, taken())
+            raise no_target_error(descriptor, disk, targets, excluded, taken())
+        fitting = [t for t in fitting if t.size_bytes >= disk.size_bytes] or fitting
         pending.append(DiskChoice(disk, tuple(fitting), reason))
 
     order = {d.key: i for i, d in enumerate(descriptor.disks)}

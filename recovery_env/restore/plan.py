@@ -41,7 +41,8 @@ from recovery_env.model.descriptor import (
 )
 from recovery_env.model.manifest import DECOMPRESSORS, TAR_EXTRACT_OPTIONS
 from recovery_env.probe.disks import TargetDisk, partition_device
-from recovery_env.restore.match import describe_disk, no_target_error
+from recovery_env.restore.match import DiskMatch, describe_disk
+from recovery_env.restore.resize import DiskResize, solve_disk
 from recovery_env.text import format_size, visible_lines
 
 # ------------------------------------------------------------------------------------------------ tool tables
@@ -144,8 +145,6 @@ TAR_OPTIONS: dict[FsType, tuple[str, ...]] = {
 # GPT attribute bits sfdisk can write, by name; bits 48-63 are "GUID:N".
 GPT_ATTR_NAMES: dict[int, str] = {0: "RequiredPartition", 1: "NoBlockIOProtocol", 2: "LegacyBIOSBootable"}
 GPT_ATTR_LEGACY_BIOS_BOOTABLE = 2
-
-ALIGN_BYTES = 1 << 20  # a grown partition ends on a 1 MiB boundary, as partitioning tools align them
 
 
 def render_gpt_attrs(bits: int, where: str) -> str:
@@ -287,9 +286,11 @@ class PartitionPlan:
     attributes: int = 0
     bootable: bool = False  # MBR active flag
     original_size: int = 0
+    original_start: int = 0
+    reason: str = ""  # the resize solver's: "fixed: ESP", "grows: / takes 100% of the 1.0 GiB added, ..."
 
     @property
-    def grown(self) -> bool:
+    def resized(self) -> bool:
         return self.size != self.original_size
 
 
@@ -368,7 +369,8 @@ class WipeNotice:
     model: str
     serial: str
     size_bytes: int
-    makes: tuple[str, ...]  # one line per thing made on it
+    makes: tuple[str, ...]  # one line per thing made on it (and, on a disk of another size, why each has its size)
+    matched: str = ""  # why this disk takes the original's place: "disk1 (was /dev/sda, 2.0 GiB): same serial"
 
 
 @dataclass(frozen=True)
@@ -439,27 +441,14 @@ def _gpt_entries_sectors(sector_size: int) -> int:
     return -(-(128 * 128) // sector_size)
 
 
-def plan_partitions(disk: Disk, parts: Sequence[Partition], target: TargetDisk) -> tuple[PartitionPlan, ...]:
-    """The partitions as they will be made on ``target``: every start and size kept, except that the last
-    partition (and an extended partition ending with it) grows to the end of a larger disk when ``grow_last``."""
-    ss = disk.logical_sector_size
-    total = target.size_bytes // ss
-    if disk.table is TableType.GPT:
-        last_usable = total - 2 - _gpt_entries_sectors(ss)
-    else:
-        last_usable = min(total, 1 << 32) - 1
-    grain = max(ALIGN_BYTES // ss, 1)
-    max_end = max((p.end for p in parts), default=0)
-    grow = disk.grow_last and target.size_bytes > disk.size_bytes and bool(parts)
+def plan_partitions(
+    disk: Disk, parts: Sequence[Partition], target: TargetDisk, resize: DiskResize
+) -> tuple[PartitionPlan, ...]:
+    """The partitions as they will be made on ``target``: start and size from the resize solver
+    (:mod:`recovery_env.restore.resize`), everything else as captured."""
     out: list[PartitionPlan] = []
     for p in parts:
-        where = f"{p.key} ({partition_device(target.device, p.number)})"
-        if p.end - 1 > last_usable:
-            raise PlanError(f"{where} ends at sector {p.end - 1}, past the last usable sector {last_usable}")
-        size = p.size
-        if grow and p.end == max_end:
-            aligned_end = (last_usable + 1) // grain * grain  # first sector after the grown partition
-            size = max(p.size, aligned_end - p.start)
+        placed = resize.of(p.number)
         attributes = p.attributes
         if disk.table is TableType.GPT and PartFlag.BOOT in p.flags:
             attributes |= 1 << GPT_ATTR_LEGACY_BIOS_BOOTABLE
@@ -468,14 +457,16 @@ def plan_partitions(disk: Disk, parts: Sequence[Partition], target: TargetDisk) 
                 key=p.key,
                 number=p.number,
                 device=partition_device(target.device, p.number),
-                start=p.start,
-                size=size,
+                start=placed.start,
+                size=placed.size,
                 type=p.type.lower(),
                 partuuid=p.partuuid.lower() if disk.table is TableType.GPT else "",
                 name=p.name if disk.table is TableType.GPT else "",
                 attributes=attributes if disk.table is TableType.GPT else 0,
                 bootable=disk.table is TableType.MBR and PartFlag.BOOT in p.flags,
                 original_size=p.size,
+                original_start=p.start,
+                reason=placed.reason,
             )
         )
     return tuple(out)
@@ -504,17 +495,18 @@ def render_sfdisk_script(disk: Disk, parts: Sequence[PartitionPlan], first_lba: 
     return "\n".join(lines) + "\n"
 
 
-def plan_disk(disk: Disk, parts: Sequence[Partition], target: TargetDisk) -> DiskPlan:
+def plan_disk(descriptor: Descriptor, disk: Disk, target: TargetDisk) -> DiskPlan:
+    """One disk re-made on ``target``: its partitions placed by the resize solver (DataDoesNotFitError when its
+    data does not fit), the sfdisk script, the wipe and the kernel's re-read."""
     if target.logical_sector_size != disk.logical_sector_size:
         raise PlanError(
             f"{describe_disk(disk)} had {disk.logical_sector_size}-byte sectors, {target.describe()} has "
             f"{target.logical_sector_size}-byte sectors"
         )
-    if target.size_bytes < disk.size_bytes:
-        raise no_target_error(disk, [target], {}, set())
     if not disk.disk_id:
         raise PlanError(f"{disk.key}: no disk GUID / signature recorded")
-    planned = plan_partitions(disk, parts, target)
+    resize = solve_disk(descriptor, disk, target.size_bytes, target=target.describe())
+    planned = plan_partitions(disk, descriptor.partitions_of(disk.key), target, resize)
     first_lba = last_lba = 0
     if disk.table is TableType.GPT:
         first_lba = 2 + _gpt_entries_sectors(disk.logical_sector_size)
@@ -741,7 +733,7 @@ def plan_restore(
             raise PlanError(f"{t.device} is the target of both {used[t.name]} and {key}")
         used[t.name] = key
 
-    disk_plans = {d.key: plan_disk(d, descriptor.partitions_of(d.key), mapping[d.key]) for d in critical}
+    disk_plans = {d.key: plan_disk(descriptor, d, mapping[d.key]) for d in critical}
     part_dev = {p.key: p.device for dp in disk_plans.values() for p in dp.partitions}
 
     fs_plans: list[FilesystemPlan] = []
@@ -844,7 +836,9 @@ def plan_restore(
         fstab_changes=tuple(changes),
         bootloader=bootloader,
         post_commands=post,
-        disks_to_wipe=tuple(_wipe_notice(dp, fs_plans, mounts) for dp in ordered_disks),
+        disks_to_wipe=tuple(
+            _wipe_notice(dp, fs_plans, mounts, _matched(descriptor.disk(dp.key), mapping)) for dp in ordered_disks
+        ),
         manifest=manifest,
         bootloader_kind=descriptor.bootloader.kind,
         chroot_mounts=chroot_mounts,
@@ -970,16 +964,26 @@ def plan_empty_notices(
     return tuple(out)
 
 
-def _wipe_notice(dp: DiskPlan, fs_plans: Sequence[FilesystemPlan], mounts: Sequence[MountPlan]) -> WipeNotice:
+def _matched(disk: Disk, mapping: Mapping[str, TargetDisk]) -> str:
+    """What the plan screen says of the original a disk replaces, and why it was chosen (a DiskMatch knows)."""
+    reason = mapping.reason(disk.key) if isinstance(mapping, DiskMatch) else None
+    return describe_disk(disk) + (f": {reason.describe}" if reason is not None else "")
+
+
+def _wipe_notice(
+    dp: DiskPlan, fs_plans: Sequence[FilesystemPlan], mounts: Sequence[MountPlan], matched: str
+) -> WipeNotice:
     t = dp.target
     makes = [
         f"{dp.table.value.upper()} partition table, disk {'GUID' if dp.table is TableType.GPT else 'signature'}"
         f" {dp.disk_id}"
     ]
+    # on a disk of another size, each partition says why it has its size (the resize solver's reason)
+    explain = any(p.resized or p.start != p.original_start for p in dp.partitions)
     for p in dp.partitions:
         size = format_size(p.size * dp.sector_size)
-        if p.grown:
-            size += f" (grows from {format_size(p.original_size * dp.sector_size)})"
+        if p.resized:
+            size = f"{format_size(p.original_size * dp.sector_size)} -> {size}"
         line = f"{p.device}  {size}  {_type_name(dp.table, p.type)}"
         fsp = next((f for f in fs_plans if f.partition == p.key), None)
         if fsp is not None:
@@ -990,7 +994,9 @@ def _wipe_notice(dp: DiskPlan, fs_plans: Sequence[FilesystemPlan], mounts: Seque
             if mp is not None:
                 line += f"  {mp.mountpoint}"
         makes.append(line)
-    return WipeNotice(dp.key, t.device, t.model, t.serial, t.size_bytes, tuple(makes))
+        if explain and p.reason:
+            makes += wrap_whole(p.reason, "    ", "      ", PLAN_WIDTH - 6)
+    return WipeNotice(dp.key, t.device, t.model, t.serial, t.size_bytes, tuple(makes), matched)
 
 
 def _iter_steps(plan: RestorePlan) -> Iterator[Step]:
@@ -1063,6 +1069,8 @@ def render_plan(plan: RestorePlan) -> list[str]:
         facts = (w.model, f"serial {w.serial}" if w.serial else "", format_size(w.size_bytes))
         ident = ", ".join(x for x in facts if x)
         lines.append(f"  {w.device} ({ident})  <- {w.disk_key}")
+        if w.matched:
+            lines += wrap_whole(f"in place of {w.matched}", "      ", "        ")
         lines += [f"      {m}" for m in w.makes]
     lines.append("")
     if plan.empty_filesystems:

@@ -179,3 +179,32 @@ def test_other_root_types_are_expected_by_their_type(fs_type: FsType) -> None:
     d = gpt_descriptor()
     d = replace(d, filesystems=tuple(replace(f, type=fs_type) if f.key == "fs2" else f for f in d.filesystems))
     assert ("/", ROOT_UUID, fs_type.value) in expected_mounts(d)
+
+
+def test_the_demo_summary_names_each_phase_the_login_the_check_and_the_verdict(tmp_path: Path) -> None:
+    from builder.vm.demo import DemoRun, render_demo_summary
+    from builder.vm.rehearse import BootEvidence, RehearsalReport
+
+    boot = BootEvidence("bios", True, GOOD, 80.0, "", "", "", login_seconds=41.5, check_seconds=62.0, check=GOOD)
+    report = RehearsalReport(str(tmp_path), "sample", "uefi", ("bios",), 0, "", "verified recoverable", (), (), "",
+                             (boot,), "", "", (), str(tmp_path), str(tmp_path / "report.md"))  # fmt: skip
+    lines = render_demo_summary(DemoRun(report, (("capture (asr backup)", 5.2), ("restore", 136.0)), True, 150.4))
+    assert lines[:4] == ["phases:", "  capture (asr backup)      5.2 s", "  restore                 136.0 s",
+                         "  total                   150.4 s"]  # fmt: skip
+    assert lines[4] == ("restored system under bios: login prompt on serial after 41.5 s; check passed: systemd "
+                        "running, host sample, mounts as captured (/boot/efi vfat, / ext4), 0 swap(s), 150/150 file "
+                        "checksums (after 62.0 s)")  # fmt: skip
+    assert lines[5] == "verdict: verified recoverable in 150 s (machine cached)"
+    nologin = replace(boot, login_seconds=-1.0)
+    assert "no login prompt on serial" in render_demo_summary(DemoRun(replace(report, boots=(nologin,)), (), True,
+                                                                      1.0))[2]  # fmt: skip
+
+
+def test_the_demo_needs_root_and_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from builder.vm import demo
+    from recovery_env.errors import NotRootError
+
+    monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)
+    with pytest.raises(demo.DemoNeedsRootError, match=r"run it as root") as e:
+        demo.run_rehearsal_demo(tmp_path)
+    assert isinstance(e.value, NotRootError) and not (tmp_path / "demo").exists()

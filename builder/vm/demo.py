@@ -171,7 +171,7 @@ class DemoRun:
 
 def render_demo_summary(run: DemoRun) -> list[str]:
     """The demo's last lines: each phase and its time, what the restored system said, the verdict.  Pure."""
-    width = max(len(name) for name, _ in run.phases)
+    width = max([len("total"), *(len(name) for name, _ in run.phases)])
     lines = ["phases:"]
     lines += [f"  {name:<{width}}  {seconds:7.1f} s" for name, seconds in run.phases]
     lines.append(f"  {'total':<{width}}  {run.seconds:7.1f} s")

@@ -159,6 +159,7 @@ def run_sample_rehearsal(out: Path = OUT, *, say: bool = True) -> RehearsalRepor
 
 DEMO_BACKUP_MIB = 1024  # the capture's backup image (sparse): the set of a ~700 MB system, zstd
 DEMO_RESCUE_MEMORY = "768M"
+DEMO_RESTORE_TIMEOUT = 1800.0  # ~700 MB restored: 136 s on a quiet machine, 340-730 s seen under contention
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,8 @@ def run_rehearsal_demo(out: Path = OUT, *, say: bool = True, spec: DebianSpec | 
     note(f"asr demo: backup set in {set_dir} ({phases[-1][1]:.1f} s); rehearsing its recovery")
     # the machine was installed on a virtio disk (its kernel command line names /dev/vda3): booted the same way
     report = rehearse(set_dir, firmware="bios", workdir=work / "rehearse", memory=DEMO_RESCUE_MEMORY,
-                      boot_disk_bus=DiskBus.VIRTIO, progress=(lambda line: note("asr rehearse: " + line)))  # fmt: skip
+                      boot_disk_bus=DiskBus.VIRTIO, restore_timeout=DEMO_RESTORE_TIMEOUT,
+                      progress=(lambda line: note("asr rehearse: " + line)))  # fmt: skip
     phases += [(p.name, p.seconds) for p in report.phases]
     run = DemoRun(report, tuple((n, round(s, 1)) for n, s in phases), cached, round(time.monotonic() - started, 1))
     for line in render_demo_summary(run):

@@ -219,12 +219,13 @@ def make_rescue_spec(iso: Path, floppy: Path, disks: tuple[Path, ...], *, firmwa
                   initrd=initrd, append=f"{default} {append}", memory=memory)  # fmt: skip
 
 
-def run_rescue(spec: VMSpec, workdir: Path, expect_exit: str = r"[^)]+") -> str:
-    """Boot the rescue media and let it run to its end; the serial text.  ``expect_exit``: the agent's exit line
-    (``reboot`` or ``power off``) that must end the run (default: any)."""
+def run_rescue(spec: VMSpec, workdir: Path, expect_exit: str = r"[^)]+", *,
+               timeout: float = RESCUE_RUN_TIMEOUT) -> str:  # fmt: skip
+    """Boot the rescue media and let it run to its end (within ``timeout`` s); the serial text.  ``expect_exit``:
+    the agent's exit line (``reboot`` or ``power off``) that must end the run (default: any)."""
     with QemuVM(spec, workdir=workdir) as vm:
         vm.wait_serial(r"ASR: agent \S+ started", RESCUE_BOOT_TIMEOUT)
-        end = vm.wait_serial(rf"ASR: exit \d+ \({expect_exit}\)|{AGENT_FAILED}", RESCUE_RUN_TIMEOUT)
+        end = vm.wait_serial(rf"ASR: exit \d+ \({expect_exit}\)|{AGENT_FAILED}", timeout)
         if re.fullmatch(AGENT_FAILED, end.group(0)):  # /init gave a rescue shell: nothing more will come
             raise VMError(f"the agent failed: {end.group(0)}", vm.serial_text[-4000:])
         code = vm.wait_exit(EXIT_TIMEOUT)
@@ -490,6 +491,7 @@ def rehearse(
     memory: str = "512M",
     boot_memory: str = "1G",
     boot_disk_bus: DiskBus = DiskBus.IDE,
+    restore_timeout: float = RESCUE_RUN_TIMEOUT,
 ) -> RehearsalReport:
     """Restore the backup set in ``set_dir`` onto scratch disks in QEMU (the rescue system with ``memory`` of
     RAM) and boot the result (``boot_memory``); the report (also written to ``workdir/report.md`` and
@@ -548,7 +550,7 @@ def rehearse(
                                     workdir=workdir / "rescue-files", memory=memory)  # fmt: skip
             note.append(f"rescue VM with {memory} of RAM")
             try:
-                rescue_serial = run_rescue(spec, workdir / "rescue")
+                rescue_serial = run_rescue(spec, workdir / "rescue", timeout=restore_timeout)
             except VMError as e:
                 rescue_serial = e.serial_tail
                 note.append("FAILED")

@@ -508,13 +508,14 @@ def measure_memory(b: Bench) -> None:
         found = answer
     else:
         from builder.vm.demo import make_sample_set
-        from builder.vm.rehearse import rehearse
+        from builder.vm.rehearse import SIGN_OF_LIFE, rehearse
 
         set_dir = b.sample_set or make_sample_set(b.work / "memory-sample")
         for m in range(answer, hi + 1, step):
             b.say(f"memory: restore of the sample with -m {m}M ...")
             try:
-                report = rehearse(set_dir, firmware="bios", workdir=b.work / f"memory-rehearse-{m}", memory=f"{m}M")
+                report = rehearse(set_dir, firmware="bios", workdir=b.work / f"memory-rehearse-{m}", memory=f"{m}M",
+                                  expect=SIGN_OF_LIFE)
                 ok, verdict = report.recoverable, report.verdict.splitlines()[0]
             except AsrError as e:
                 ok, verdict = False, f"failed: {first_line(e)}"
@@ -678,17 +679,18 @@ def measure_restore(b: Bench) -> None:
 
 
 def measure_rehearsal(b: Bench) -> None:
-    """The whole of `make demo`: build the sample machine's disk, capture it, build the media, restore it in
-    QEMU and boot the restored disk (BIOS).  One run: it is minutes long and its parts are timed elsewhere."""
-    from builder.vm.demo import run_rehearsal_demo
+    """A whole rehearsal of the sample machine: build its disk, capture it, build the media, restore it in QEMU
+    and boot the restored disk (BIOS).  One run: it is minutes long and its parts are timed elsewhere.  (`make
+    demo` rehearses the real Debian machine; the README says what its phases take.)"""
+    from builder.vm.demo import run_sample_rehearsal
 
-    title, what = "Rehearsal", "whole rehearsal of the sample machine (`make demo`)"
+    title, what = "Rehearsal", "whole rehearsal of the sample machine (`asr rehearse`)"
     if os.geteuid() != 0:
         b.figures.append(Figure(title, what, Unit.SECONDS, note="needs root (loop devices to capture the sample)"))
         return
     started = time.monotonic()
     try:
-        report = run_rehearsal_demo(b.work / "rehearsal", say=False)
+        report = run_sample_rehearsal(b.work / "rehearsal", say=False)
     except AsrError as e:
         b.figures.append(Figure(title, what, Unit.SECONDS, note=f"failed: {first_line(e)}"))
         return
@@ -698,7 +700,8 @@ def measure_rehearsal(b: Bench) -> None:
         b.figures.append(Figure(title, what, Unit.SECONDS, note=f"verdict: {verdict}"))
         return
     b.sample_set = Path(report.set_dir)
-    b.figures.append(Figure(title, what, Unit.SECONDS, Summary.of([seconds]), None, "make demo"))
+    b.figures.append(Figure(title, what, Unit.SECONDS, Summary.of([seconds]), None,
+                            "builder.vm.demo.run_sample_rehearsal"))
 
 
 def measure_rear(b: Bench) -> None:

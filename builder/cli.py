@@ -73,13 +73,15 @@ def _parser() -> argparse.ArgumentParser:
     rh.add_argument("--firmware", choices=["auto", "bios", "uefi", "both"], default="auto",
                     help="boot the restored disks under this firmware (default: the descriptor's)")
     rh.add_argument("--grow", type=int, default=0, metavar="PERCENT", help="scratch disks this much larger")
-    rh.add_argument("--expect", help="regex on the restored system's serial console (default: a login prompt)")
+    rh.add_argument("--expect", help="regex on the restored system's serial console, for systems without systemd "
+                    "(default: the restored system's own check line, and its login prompt timed)")
     rh.add_argument("--keep", action="store_true", help="keep the scratch disks")
     rh.add_argument("--workdir", type=Path, help="work and report directory (default: out/rehearse)")
     rh.add_argument("--memory", default="512M", help="RAM of the rescue VM (default 512M): prove the restore fits")
     rh.add_argument("--json", action="store_true")
 
-    dm = sub.add_parser("demo", help="rehearse a recovery of the embedded sample machine (--f2: the F2 tour)")
+    dm = sub.add_parser("demo", help="rehearse the recovery of a real Debian 12 installation, as root (--f2: the "
+                        "F2 tour of the sample media)")
     dm.add_argument("--f2", action="store_true", help="only boot the sample media, press F2, show the summary")
     return p
 

@@ -94,7 +94,8 @@ HOST_PYTHON_PACKAGES: tuple[str, ...] = ("jinja2", "markupsafe")
 
 
 #: Templates shipped into AGENT_DIR/templates (recovery_env.templating looks beside its package directory).
-SHIPPED_TEMPLATES: tuple[str, ...] = ("asr.sif.j2", "asrpnp.sif.j2")
+SHIPPED_TEMPLATES: tuple[str, ...] = ("asr.sif.j2", "asrpnp.sif.j2", "rehearsal-check.sh.j2",
+                                      "rehearsal-check.service.j2", "rehearsal-check.conf.j2")
 
 
 #: Never shipped, even when something imports it lazily (GUI, tests, dev tools, TLS without libssl, ...).

@@ -3,9 +3,19 @@
 The whole recovery, on scratch disks, headless: build the media for the set's ASR.SIF (or take ``--iso`` and
 ``--floppy``), make sparse scratch disks of the descriptor's sizes (or ``--grow`` percent larger), put the backup
 set on an ext4 image carrying the descriptor's media label and UUID, boot QEMU unattended with all of them, let
-the agent restore, then boot the restored disks alone under BIOS and/or UEFI and wait for a sign that the restored
-system came up.  Every verdict comes from the guest's serial console: the agent's ``ASR: ...`` lines, then the
-restored system's own output.
+the agent restore, then boot the restored disks alone under BIOS and/or UEFI and wait for the restored system's
+own account of itself.  Every verdict comes from the guest's serial console: the agent's ``ASR: ...`` lines, then
+the restored system's own output.
+
+The default verdict (no ``--expect``): the rescue media boot with ``asr.rehearsal=1``, so the agent installs the
+rehearsal check into the restored system (recovery_env/restore/rehearsal.py: a transient systemd unit that waits
+for ``systemctl is-system-running --wait`` and prints one ``ASR-REHEARSAL-CHECK ... end`` line on ttyS0, then
+removes itself).  The restored system "came up" when that line shows systemd ``running``, the captured hostname,
+every mount point of the descriptor with its UUID and type, its swaps, and every sampled file's SHA-256 as captured
+(:func:`recovery_env.restore.rehearsal.judge_check` names what differs).  The time to the first ``login:`` prompt
+on serial is reported beside it; a system with no getty on its serial console shows none: that is reported ("no
+login prompt on serial") but does not fail the verdict, the check from inside being the stronger proof.
+``--expect REGEX`` keeps the old meaning for systems without systemd: the first match of REGEX on serial.
 
 Steps are pure planners (:func:`plan_scratch_disks`, :func:`plan_firmwares`, :func:`read_rescue_verdict`) and thin
 executors (:func:`make_disk`, :func:`make_backup_medium`, :func:`run_rescue`, :func:`boot_restored`), reused by
@@ -36,20 +46,26 @@ from recovery_env.model.descriptor import Descriptor, Firmware
 from recovery_env.model.sif import parse_asr_sif
 from recovery_env.probe.layout import FstabEntry, parse_fstab, read_blkid
 from recovery_env.probe.media import BlockFs
+from recovery_env.restore.rehearsal import LINE_PATTERN, CheckLine, judge_check, parse_check_line
 from recovery_env.run import run
 from recovery_env.templating import render
 from recovery_env.text import json_text
 
 MiB = 1 << 20
-#: What says a restored system came up (serial console): a login prompt, the kernel starting the real init, or
-#: the project's test machine's verdict line.
-DEFAULT_EXPECT = r"login: ?$|Run /sbin/init[^\r\n]*|ASR-MACHINE-MARKER [^\r\n]* OK"
-#: What says it did not: failed checks of the test machine, a kernel panic, GRUB lacking its kernel or modules.
+#: A sign of life for ``--expect`` on systems without systemd (the toy test machine's tests use it): a login
+#: prompt, the kernel starting the real init, or the project's test machine's verdict line.
+SIGN_OF_LIFE = r"login: ?$|Run /sbin/init[^\r\n]*|ASR-MACHINE-MARKER [^\r\n]* OK"
+#: A getty's prompt on the serial console (agetty: "HOST login: ", with autologin "HOST login: root (automatic...").
+LOGIN_PROMPT = r"\S+ login: "
+LOGIN_GRACE = 30.0  # seconds a login prompt may come after the check line
+#: What says it did not: failed checks of the test machine, a kernel panic, GRUB lacking its kernel or modules,
+#: an initramfs without its root, systemd's emergency mode.
 BOOT_FAILURE = (r"ASR-MACHINE-FAIL[^\r\n]*|Kernel panic[^\r\n]*|grub rescue>|error: file [`'][^']*' not found[^\r\n]*"
-                r"|you need to load the kernel first")  # fmt: skip
+                r"|you need to load the kernel first|ALERT! [^\r\n]* does not exist[^\r\n]*"
+                r"|You are in emergency mode[^\r\n]*")  # fmt: skip
 RESCUE_BOOT_TIMEOUT = 180.0  # to "ASR: agent ... started" under TCG
 RESCUE_RUN_TIMEOUT = 600.0  # the whole unattended restore under TCG (measured ~25-60 s for the test machine)
-RESTORED_BOOT_TIMEOUT = 180.0  # the restored system up (test machine ~10-20 s; a Debian system ~20-40 s)
+RESTORED_BOOT_TIMEOUT = 300.0  # the restored system up (test machine ~10-20 s; Debian to its check ~40-90 s)
 EXIT_TIMEOUT = 120.0
 AGENT_FAILED = r"asr agent failed \(exit \d+\)"  # what /init (templates/init.j2) prints before its rescue shell
 EXCERPT_LINES = 25
@@ -286,12 +302,13 @@ def make_rescue_spec(iso: Path, floppy: Path, disks: tuple[Path, ...], *, firmwa
                   initrd=initrd, append=f"{default} {append}", memory=memory)  # fmt: skip
 
 
-def run_rescue(spec: VMSpec, workdir: Path, expect_exit: str = r"[^)]+") -> str:
-    """Boot the rescue media and let it run to its end; the serial text.  ``expect_exit``: the agent's exit line
-    (``reboot`` or ``power off``) that must end the run (default: any)."""
+def run_rescue(spec: VMSpec, workdir: Path, expect_exit: str = r"[^)]+", *,
+               timeout: float = RESCUE_RUN_TIMEOUT) -> str:  # fmt: skip
+    """Boot the rescue media and let it run to its end (within ``timeout`` s); the serial text.  ``expect_exit``:
+    the agent's exit line (``reboot`` or ``power off``) that must end the run (default: any)."""
     with QemuVM(spec, workdir=workdir) as vm:
         vm.wait_serial(r"ASR: agent \S+ started", RESCUE_BOOT_TIMEOUT)
-        end = vm.wait_serial(rf"ASR: exit \d+ \({expect_exit}\)|{AGENT_FAILED}", RESCUE_RUN_TIMEOUT)
+        end = vm.wait_serial(rf"ASR: exit \d+ \({expect_exit}\)|{AGENT_FAILED}", timeout)
         if re.fullmatch(AGENT_FAILED, end.group(0)):  # /init gave a rescue shell: nothing more will come
             raise VMError(f"the agent failed: {end.group(0)}", vm.serial_text[-4000:])
         code = vm.wait_exit(EXIT_TIMEOUT)
@@ -304,11 +321,22 @@ def run_rescue(spec: VMSpec, workdir: Path, expect_exit: str = r"[^)]+") -> str:
 class BootEvidence:
     firmware: str
     booted: bool
-    matched: str  # the line that decided (the expected sign, or the failure)
+    matched: str  # the line that decided (the check line or the expected sign, or the failure)
     seconds: float
     excerpt: str  # the last serial lines
     screenshot: str  # PNG of the restored system's screen ("" if QEMU was gone)
     serial_log: str
+    login_seconds: float = -1.0  # to the first login prompt on serial (-1: none seen)
+    check_seconds: float = -1.0  # to the restored system's check line (-1: none came)
+    check: str = ""  # the restored system's ASR-REHEARSAL-CHECK line ("" with --expect, or none came)
+    check_problems: tuple[str, ...] = ()  # what the check found different from the capture
+
+    @property
+    def login(self) -> str:
+        """The login prompt, as the report says it."""
+        if self.login_seconds >= 0:
+            return f"login prompt on serial after {self.login_seconds:.1f} s"
+        return "no login prompt on serial (no getty on the serial console?)"
 
 
 def excerpt(text: str, lines: int = EXCERPT_LINES) -> str:
@@ -324,39 +352,83 @@ def _screendump(vm: QemuVM, png: Path) -> str:
         return ""
 
 
-def boot_restored(disks: tuple[Path, ...], firmware: VMFirmware, workdir: Path, *, expect: str = DEFAULT_EXPECT,
-                  timeout: float = RESTORED_BOOT_TIMEOUT) -> BootEvidence:  # fmt: skip
-    """Boot the restored disks alone (IDE, no boot entry in a fresh OVMF store: the removable path) until
-    ``expect`` or a sign of failure shows on the serial console, QEMU ends, or ``timeout`` passes."""
-    spec = VMSpec(disks=disks, disk_bus=DiskBus.IDE, firmware=firmware, accel=find_accel(), name="restored")
+def summarize_check(check: CheckLine, problems: tuple[str, ...]) -> str:
+    """One line for the terminal and the report: what the restored system's check said."""
+    if problems:
+        return "check FAILED: " + "; ".join(problems)
+    mounts = ", ".join(f"{mp} {fstype}" for mp, _uuid, fstype in check.mounts)
+    return (f"check passed: systemd {check.state}, host {check.hostname}, mounts as captured ({mounts}), "
+            f"{len(check.swaps)} swap(s), {check.sums_ok}/{check.sums_total} file checksums")  # fmt: skip
+
+
+def boot_restored(disks: tuple[Path, ...], firmware: VMFirmware, workdir: Path, *, expect: str | None = None,
+                  descriptor: Descriptor | None = None, timeout: float = RESTORED_BOOT_TIMEOUT,
+                  memory: str = "512M", disk_bus: DiskBus = DiskBus.IDE) -> BootEvidence:  # fmt: skip
+    """Boot the restored disks alone (IDE unless ``disk_bus`` says otherwise; no boot entry in a fresh OVMF store:
+    the removable path) until the restored system's check line (``expect`` None: judged against ``descriptor``, a
+    login prompt on serial timed beside it) or ``expect`` or a sign of failure shows on the serial console, QEMU
+    ends, or ``timeout`` passes."""
+    if expect is None and descriptor is None:
+        raise InputError("the rehearsal check is judged against a descriptor: give one (or an --expect pattern)")
+    spec = VMSpec(disks=disks, disk_bus=disk_bus, firmware=firmware, accel=find_accel(), name="restored",
+                  memory=memory)  # fmt: skip
     vmdir = workdir / f"boot-{firmware}"
     shot = (workdir / f"restored-{firmware}.png").resolve()
+    ok_pattern = LINE_PATTERN if expect is None else expect
+    login_pattern = LOGIN_PROMPT if expect is None else r"(?!x)x"  # --expect: only its own pattern counts
     started = time.monotonic()
     png = ""
+    login_at = -1.0
+    check_at = -1.0
+    check_line = ""
+    problems: tuple[str, ...] = ()
     with QemuVM(spec, workdir=vmdir) as vm:
         # a screen picture every few seconds, the last one kept: a system that powers off right after its sign
         # of life (the test machine) still leaves the screen it showed
         deadline = started + timeout
         while True:
             png = _screendump(vm, shot) or png
+            now = time.monotonic()
+            if check_at >= 0 and (login_at >= 0 or now > check_at + LOGIN_GRACE or now > deadline):
+                check = parse_check_line(check_line)
+                if check is None:  # LINE_PATTERN and the parser disagree: the line is malformed
+                    booted, matched = False, f"the restored system's check line does not parse: {check_line!r}"
+                else:
+                    assert descriptor is not None
+                    problems = judge_check(check, descriptor)
+                    booted, matched = not problems, check_line
+                break
             try:
-                m = vm.wait_serial(rf"(?m)(?P<ok>{expect})|(?P<fail>{BOOT_FAILURE})", min(3.0, timeout))
+                m = vm.wait_serial(rf"(?m)(?P<login>{login_pattern})|(?P<ok>{ok_pattern})|(?P<fail>{BOOT_FAILURE})",
+                                   min(3.0, timeout))  # fmt: skip
             except SerialTimeout as e:
-                if time.monotonic() < deadline:
+                if time.monotonic() < deadline or check_at >= 0:
                     continue
-                booted, matched = False, f"no sign of a running system within {timeout:g} s ({e.args[0]})"
+                what = "no check line from the restored system" if expect is None else "no sign of a running system"
+                booted, matched = False, f"{what} within {timeout:g} s ({e.args[0]})"
                 break
             except VMError as e:  # QEMU ended (panic=N with -no-reboot, a reset)
                 booted, matched = False, str(e).splitlines()[0]
                 break
-            booted, matched = m.group("ok") is not None, m.group(0).strip()
-            time.sleep(0.5)  # the VGA console paints a moment after the serial one
-            png = _screendump(vm, shot) or png
-            break
+            if m.group("login") is not None:
+                login_at = login_at if login_at >= 0 else time.monotonic() - started
+                continue
+            if m.group("fail") is not None:
+                booted, matched = False, m.group(0).strip()
+                break
+            if expect is not None:
+                booted, matched = True, m.group(0).strip()
+                break
+            if check_at < 0:
+                check_at, check_line = time.monotonic(), m.group(0).strip()
+        time.sleep(0.5)  # the VGA console paints a moment after the serial one
+        png = _screendump(vm, shot) or png
         seconds = time.monotonic() - started
         text = vm.serial_text
         log = vm.log_path
-    return BootEvidence(str(firmware), booted, matched, round(seconds, 1), excerpt(text), png, str(log))
+    return BootEvidence(str(firmware), booted, matched, round(seconds, 1), excerpt(text), png, str(log),
+                        round(login_at, 1) if login_at >= 0 else -1.0,
+                        round(check_at - started, 1) if check_at >= 0 else -1.0, check_line, problems)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ the rehearsal
@@ -421,7 +493,7 @@ class RehearsalReport:
     descriptor_firmware: str
     firmwares: tuple[str, ...]
     grow_percent: int
-    expect: str
+    expect: str  # "" = the restored system's own check (the default)
     verdict: str  # "verified recoverable" or "not recoverable: <why>"
     phases: tuple[RehearsalPhase, ...]
     plan: tuple[str, ...]
@@ -500,10 +572,14 @@ def rehearse(
     progress: Callable[[str], None] | None = None,
     boot_timeout: float = RESTORED_BOOT_TIMEOUT,
     memory: str = "512M",
+    boot_memory: str = "1G",
+    boot_disk_bus: DiskBus = DiskBus.IDE,
+    restore_timeout: float = RESCUE_RUN_TIMEOUT,
 ) -> RehearsalReport:
     """Restore the backup set in ``set_dir`` onto scratch disks in QEMU (the rescue system with ``memory`` of
-    RAM) and boot the result; the report (also written to ``workdir/report.md`` and ``workdir/report.json``).
-    Bad input raises before anything is built."""
+    RAM) and boot the result (``boot_memory``); the report (also written to ``workdir/report.md`` and
+    ``workdir/report.json``).  ``expect`` None: the verdict is the restored system's own check (module
+    docstring); else the first match of that pattern on serial.  Bad input raises before anything is built."""
     say = progress or (lambda line: None)
     choice = FirmwareChoice(firmware)
     if (iso is None) != (floppy is None):
@@ -513,11 +589,13 @@ def rehearse(
             raise InputError(f"{what} {path} does not exist")
     if not re.fullmatch(r"\d+[MG]", memory):
         raise InputError(f"--memory {memory!r}: expected a size like 512M or 1G")
-    pattern = expect or DEFAULT_EXPECT
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        raise InputError(f"--expect {pattern!r}: not a regular expression ({e})") from None
+    if expect is not None:
+        try:
+            re.compile(expect)
+        except re.error as e:
+            raise InputError(f"--expect {expect!r}: not a regular expression ({e})") from None
+    # the default verdict: the agent installs the rehearsal check (recovery_env/restore/rehearsal.py)
+    rehearsal_option = ("asr.rehearsal=1",) if expect is None else ()
     set_dir = set_dir.resolve()
     descriptor = read_set_descriptor(set_dir)
     scratch = plan_scratch_disks(descriptor, grow_percent)
@@ -537,11 +615,12 @@ def rehearse(
         with phases.phase("build media") as note:
             if iso is None or floppy is None:
                 media = build_media(workdir / "media", descriptor=set_dir / "ASR.SIF", unattended=True,
-                                    progress=lambda line: say("  " + line))  # fmt: skip
+                                    append=rehearsal_option, progress=lambda line: say("  " + line))  # fmt: skip
                 iso, floppy, append = media.iso, media.floppy, ""
                 note.append(f"{iso.name} {media.iso_size / MiB:.1f} MiB, {floppy.name}, unattended")
             else:
-                append = "asr.unattended=1 asr.poweroff=1"  # the given ISO's kernel, booted directly
+                # the given ISO's kernel, booted directly
+                append = " ".join(("asr.unattended=1", "asr.poweroff=1", *rehearsal_option))
                 note.append(f"given: {iso}, {floppy}; booted with {append}")
         with phases.phase("prepare disks") as note:
             for s in scratch:
@@ -554,7 +633,7 @@ def rehearse(
                                     workdir=workdir / "rescue-files", memory=memory)  # fmt: skip
             note.append(f"rescue VM with {memory} of RAM")
             try:
-                rescue_serial = run_rescue(spec, workdir / "rescue")
+                rescue_serial = run_rescue(spec, workdir / "rescue", timeout=restore_timeout)
             except VMError as e:
                 rescue_serial = e.serial_tail
                 note.append("FAILED")
@@ -571,13 +650,27 @@ def rehearse(
         if not cause:
             for fw in firmwares:
                 with phases.phase(f"boot restored ({fw})") as note:
-                    ev = boot_restored(tuple(disks), fw, workdir, expect=pattern, timeout=boot_timeout)
+                    ev = boot_restored(tuple(disks), fw, workdir, expect=expect, descriptor=descriptor,
+                                       timeout=boot_timeout, memory=boot_memory,
+                                       disk_bus=boot_disk_bus)  # fmt: skip
                     boots.append(ev)
-                    note.append(ev.matched)
+                    if expect is None:
+                        note.append(ev.login)
+                        check = parse_check_line(ev.check)
+                        if check is not None:
+                            note.append(f"check line after {ev.check_seconds:.1f} s: "
+                                        f"{summarize_check(check, ev.check_problems)}")  # fmt: skip
                     if not ev.booted:
                         note.append("FAILED")
-                        cause = cause or (f"the restored disk did not boot under {fw}: {ev.matched}\n"
-                                          f"{ev.excerpt}")  # fmt: skip
+                        if ev.check_problems:
+                            cause = cause or (f"the restored system under {fw} differs from the capture: "
+                                              f"{'; '.join(ev.check_problems)}\n{ev.check}")  # fmt: skip
+                        else:
+                            note.append(ev.matched)
+                            cause = cause or (f"the restored disk did not boot under {fw}: {ev.matched}\n"
+                                              f"{ev.excerpt}")  # fmt: skip
+                    elif expect is not None:
+                        note.append(ev.matched)
     finally:
         if not keep:
             for d in disks:
@@ -587,7 +680,7 @@ def rehearse(
     say(f"verdict: {verdict.splitlines()[0]}")
     report = RehearsalReport(
         set_dir=str(set_dir), hostname=descriptor.system.hostname, descriptor_firmware=str(descriptor.system.firmware),
-        firmwares=tuple(str(f) for f in firmwares), grow_percent=grow_percent, expect=pattern, verdict=verdict,
+        firmwares=tuple(str(f) for f in firmwares), grow_percent=grow_percent, expect=expect or "", verdict=verdict,
         phases=tuple(phases.done), plan=rescue.plan, manifest=rescue.manifest, boots=tuple(boots),
         rescue_log=str(workdir / "rescue" / "serial.log"), rescue_excerpt=excerpt(rescue_serial),
         scratch_disks=tuple(str(d) for d in disks) if keep else (), workdir=str(workdir),
@@ -595,6 +688,20 @@ def rehearse(
     )  # fmt: skip
     write_report(report)
     return report
+
+
+def boot_lines(report: RehearsalReport) -> list[str]:
+    """Per boot of the restored disks: the time to the login prompt and the check's result (the terminal's
+    summary; the report says the same)."""
+    out = []
+    for b in report.boots:
+        check = parse_check_line(b.check)
+        if check is not None:
+            out.append(f"restored system under {b.firmware}: {b.login}; "
+                       f"{summarize_check(check, b.check_problems)} (after {b.check_seconds:.1f} s)")  # fmt: skip
+        elif not report.expect:
+            out.append(f"restored system under {b.firmware}: {b.login}; no check line: {b.matched}")
+    return out
 
 
 def render_report(report: RehearsalReport) -> str:
@@ -617,6 +724,8 @@ def cli_rehearse(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text(report.to_json()))
     else:
+        for line in boot_lines(report):
+            print(f"asr rehearse: {line}")
         print(f"asr rehearse: {report.verdict}")
         print(f"asr rehearse: report: {report.report_md} and {report.report_json}")
     return 0 if report.recoverable else 1

@@ -40,6 +40,7 @@ class BootOptions:
     mode: Mode = Mode.ASK
     floppy: str = "/dev/fd0"  # where the ASR floppy is read from (and written to by the capture)
     backup: str = "LABEL=ASRBACKUP"  # the capture's backup medium: LABEL=NAME or UUID=UUID
+    rehearsal: bool = False  # `asr rehearse` on scratch disks: the plan installs the rehearsal check
     warnings: tuple[str, ...] = ()
 
 
@@ -93,6 +94,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, str | None], object]]] = {
     "mode": ("mode", _parse_mode),
     "floppy": ("floppy", _parse_path),
     "backup": ("backup", _parse_medium),
+    "rehearsal": ("rehearsal", _parse_bool),
 }
 
 

@@ -323,7 +323,8 @@ class Agent:
     def run(self) -> int:
         self.log(
             f"agent {__version__} started (timeout={self.options.timeout} unattended="
-            f"{int(self.options.unattended)} dryrun={int(self.options.dryrun)} floppy={self.floppy})"
+            f"{int(self.options.unattended)} dryrun={int(self.options.dryrun)} rehearsal={int(self.options.rehearsal)} "
+            f"floppy={self.floppy})"
         )
         for note in self.notes():
             self.log(f"warning: {note}")
@@ -614,7 +615,7 @@ class Agent:
             self.match = make_match(d, targets, exclude, unattended=self.options.unattended, pinned=self.pinned)
             if self.match.pending:
                 return State.PICK_DISK
-            self.plan = make_plan(d, self.match, self.location)
+            self.plan = make_plan(d, self.match, self.location, rehearsal=self.options.rehearsal)
         except AsrError as e:
             return self.fail_restore(e, State.PLAN)
         lines = render_plan(self.plan)

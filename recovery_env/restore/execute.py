@@ -53,6 +53,7 @@ from recovery_env.restore.plan import (
     RunStep,
     Step,
     WaitPartitions,
+    WriteFiles,
 )
 from recovery_env.restore.verify import verify_manifest
 from recovery_env.run import run, run_feed
@@ -265,6 +266,10 @@ def check_step(step: Step, plan: RestorePlan) -> None:
         case MakeDir(path=path) | EditFstab(path=path):
             if not _under(root, path):
                 raise refuse(f"{path} is outside the target root {root}")
+        case WriteFiles(files=files):
+            for path, _text, _mode in files:
+                if not _under(root, path) or os.path.normpath(path) == root:
+                    raise refuse(f"writes {path}, outside the target root {root}")
         case Extract(extraction=e):
             if not _under(root, e.directory):
                 raise refuse(f"extracts into {e.directory}, outside the target root {root}")
@@ -561,7 +566,7 @@ def _fail(step: Step, argv: Sequence[str], output: str, reason: str) -> StepFail
 def _run_step(step: Step, root: str, *, log: Log, progress: OnProgress) -> tuple[Outcome, str]:
     """Run one step; every path under the target root ``root`` is resolved inside it first (resolve_step), once
     the step's conditions say it runs at all (a skipped step's paths need not exist: efivars under a BIOS boot)."""
-    if isinstance(step, RunStep) and (skipped := _skip_reason(step, root)):
+    if isinstance(step, RunStep | WriteFiles) and (skipped := _skip_reason(step, root)):
         return Outcome.SKIPPED, skipped
     step = resolve_step(step, root, log)
     match step:
@@ -616,6 +621,13 @@ def _run_step(step: Step, root: str, *, log: Log, progress: OnProgress) -> tuple
             for d in diffs[:50]:
                 log(f"    {d}")
             return Outcome.DONE, "\n".join(str(d) for d in diffs)
+        case WriteFiles(files=files):
+            for path, text, mode in files:
+                try:
+                    written = write_in_root(root, path, text, mode=mode, create_dirs=True)
+                except (OSError, TargetPathError) as err:
+                    raise _fail(step, [], str(err), f"cannot write {path}") from err
+                log(f"  wrote {written} ({len(text.encode())} bytes, mode {mode:04o})")
     return Outcome.DONE, ""
 
 
@@ -628,7 +640,7 @@ def _run_checked(step: Step, argv: Sequence[str]) -> str:
         raise _fail(step, argv, str(e), "tool missing") from e
 
 
-def _skip_reason(step: RunStep, root: str) -> str:
+def _skip_reason(step: RunStep | WriteFiles, root: str) -> str:
     """Why the step's conditions skip it ("" when it runs)."""
     if step.only_if_any and not any(_exists_in_root(p, root) for p in step.only_if_any):
         return f"none of {', '.join(step.only_if_any)} exists"

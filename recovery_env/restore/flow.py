@@ -51,7 +51,8 @@ from recovery_env.restore.execute import Progress
 from recovery_env.restore.inroot import write_in_root
 from recovery_env.restore.match import DiskMatch, match_disks
 from recovery_env.restore.plan import RestorePlan, plan_restore
-from recovery_env.restore.verify import check_backup_set
+from recovery_env.restore.rehearsal import CheckFile, plan_check_sample, render_check_files
+from recovery_env.restore.verify import check_backup_set, read_manifest
 from recovery_env.run import run
 from recovery_env.text import format_size
 
@@ -253,9 +254,16 @@ def make_match(
     return match_disks(descriptor, targets, exclude=exclude, unattended=unattended, pinned=pinned)
 
 
-def make_plan(descriptor: Descriptor, match: DiskMatch, location: BackupLocation) -> RestorePlan:
+def make_plan(descriptor: Descriptor, match: DiskMatch, location: BackupLocation, *,
+              rehearsal: bool = False) -> RestorePlan:  # fmt: skip
+    """The plan; for a rehearsal (``asr.rehearsal=1``) with the rehearsal check's files, its checksum sample read
+    from the set's MANIFEST (recovery_env.restore.rehearsal)."""
+    check: tuple[CheckFile, ...] = ()
+    if rehearsal and descriptor.backup is not None:
+        entries = read_manifest(Path(location.directory) / descriptor.backup.manifest)
+        check = render_check_files(descriptor, plan_check_sample(entries, descriptor))
     return plan_restore(descriptor, match, target_root=TARGET_ROOT, backup_dir=location.directory,
-                        rescue_grub_dir=RESCUE_GRUB_DIR)
+                        rescue_grub_dir=RESCUE_GRUB_DIR, rehearsal_check=check)
 
 
 def write_run_log(plan: RestorePlan, agent_log: str, started: float) -> str:

@@ -42,6 +42,7 @@ from recovery_env.model.descriptor import (
 from recovery_env.model.manifest import DECOMPRESSORS, TAR_EXTRACT_OPTIONS
 from recovery_env.probe.disks import TargetDisk, partition_device
 from recovery_env.restore.match import DiskMatch, describe_disk
+from recovery_env.restore.rehearsal import SYSTEMD_MARKS, UNIT_NAME, CheckFile
 from recovery_env.restore.resize import DiskResize, solve_disk
 from recovery_env.text import format_size, visible_lines
 
@@ -270,7 +271,21 @@ class CheckManifest:
     skip: tuple[str, ...] = ()
 
 
-Step = RunStep | WaitPartitions | CheckTable | CheckFilesystem | MakeDir | Extract | EditFstab | CheckManifest
+@dataclass(frozen=True)
+class WriteFiles:
+    """Write whole files under the target root (each path resolved inside it; a temporary file and a rename).
+    Skipped unless one of ``only_if_any`` exists there."""
+
+    name: str
+    phase: Phase
+    files: tuple[tuple[str, str, int], ...]  # (path under the target root, text, mode)
+    only_if_any: tuple[str, ...] = ()
+    only_if_all: tuple[str, ...] = ()
+    unless_any: tuple[str, ...] = ()
+
+
+Step = (RunStep | WaitPartitions | CheckTable | CheckFilesystem | MakeDir | Extract | EditFstab | CheckManifest
+        | WriteFiles)
 
 
 @dataclass(frozen=True)
@@ -397,6 +412,8 @@ class RestorePlan:
     # each btrfs filesystem's top level, before the mounts: its subvolumes made, its archive extracted and compared,
     # read-only flags and the default subvolume set (plan_btrfs_top_level)
     top_level_steps: tuple[Step, ...] = ()
+    # a rehearsal only (asr.rehearsal=1): the transient check written into the restored system, (path, text, mode)
+    rehearsal_check: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def devices(self) -> frozenset[str]:
@@ -718,8 +735,10 @@ def plan_restore(
     target_root: str = "/target",
     backup_dir: str,
     rescue_grub_dir: str = "/usr/lib/grub",
+    rehearsal_check: Sequence[CheckFile] = (),
 ) -> RestorePlan:
-    """The whole restore as data.  ``mapping`` comes from :func:`match_disks` (complete)."""
+    """The whole restore as data.  ``mapping`` comes from :func:`match_disks` (complete).  ``rehearsal_check``:
+    the files of the rehearsal check (:mod:`recovery_env.restore.rehearsal`), given only for a rehearsal."""
     root = os.path.normpath(target_root)
     if root == "/":
         raise PlanError("the target root cannot be / (the rescue system itself)")
@@ -844,6 +863,7 @@ def plan_restore(
         chroot_mounts=chroot_mounts,
         empty_filesystems=plan_empty_notices(fs_plans, mounts, extractions, descriptor),
         top_level_steps=top_level_steps,
+        rehearsal_check=tuple((_under(root, f.path), f.text, f.mode) for f in rehearsal_check),
     )
 
 
@@ -1047,6 +1067,9 @@ def _iter_steps(plan: RestorePlan) -> Iterator[Step]:
             yield MakeDir(f"make the mount point {cm}", Phase.BOOTLOADER, cm)
     yield from plan.bootloader
     yield from plan.post_commands
+    if plan.rehearsal_check:
+        yield WriteFiles(f"install the rehearsal check ({UNIT_NAME}, runs once at the next boot)", Phase.COMMANDS,
+                         plan.rehearsal_check, only_if_any=tuple(_under(plan.target_root, p) for p in SYSTEMD_MARKS))
     ph = Phase.UNMOUNT
     for cm in reversed(plan.chroot_mounts):
         efivars = cm.endswith("/efivars")  # mounted only when the rescue system booted under UEFI
@@ -1090,6 +1113,8 @@ def render_plan(plan: RestorePlan) -> list[str]:
         for n, step in enumerate(plan.post_commands, 1):
             head = f"  {n}. " + ("" if step.optional else "(critical) ")
             lines += wrap_whole(visible_lines(step.argv[-1]), head, " " * len(f"  {n}. "))  # wrapped as shown
+    if plan.rehearsal_check:
+        lines.append(f"Rehearsal: install a check that runs once at the next boot ({UNIT_NAME}), then removes itself.")
     return lines
 
 

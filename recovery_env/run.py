@@ -107,20 +107,23 @@ def run_pipe(
     on_data: Callable[[memoryview], None] | None = None,
     ok_codes: Sequence[int] = (0,),
     chunk_size: int = 1 << 20,
+    env: Mapping[str, str] | None = None,
 ) -> StreamResult:
     """``producer | filter > sink``, with Python in the middle: every chunk of the producer's output goes to the
     filter's stdin and then to ``on_data`` (count, parse, hash: a memoryview valid during the call only).  The
     filter writes the file ``sink`` itself; a thread hashes the file (SHA-256) as it grows.  ``filter=None``
     writes the producer's output to the sink as it is.  Raise ToolError when the producer exits with a code
-    outside ``ok_codes`` or the filter fails; an exception of ``on_data`` stops both and propagates."""
-    pargs = _checked_argv(producer)
+    outside ``ok_codes`` or the filter fails; an exception of ``on_data`` stops both and propagates.  ``env``:
+    variables added to the producer's environment (as :func:`run`'s)."""
+    pargs = _checked_argv(producer, env)
     fargs = _checked_argv(filter) if filter is not None else None
     log.debug("+ %s%s > %s", shlex.join(pargs), f" | {shlex.join(fargs)}" if fargs else "", sink)
     in_bytes = 0
     worker = ChunkWorker(on_data, chunk_size)
     with tempfile.TemporaryFile() as perr, tempfile.TemporaryFile() as ferr, open(sink, "wb") as out:
         follower = FileDigest(sink)
-        prod = subprocess.Popen(pargs, stdout=subprocess.PIPE, stderr=perr)
+        prod = subprocess.Popen(pargs, stdout=subprocess.PIPE, stderr=perr,
+                                env=None if env is None else {**os.environ, **env})
         try:
             filt = subprocess.Popen(fargs, stdin=subprocess.PIPE, stdout=out, stderr=ferr) if fargs else None
         except BaseException:

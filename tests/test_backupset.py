@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import math
 import os
+import shlex
 import shutil
 import stat
 import tarfile
@@ -17,11 +19,14 @@ import pytest
 
 from recovery_env.capture.archive import (
     ManifestLister,
+    ReadChange,
     make_backup_record,
     make_backup_set,
     member_path,
+    parse_tar_changes,
     plan_archives,
     plan_tar_argv,
+    unquote_tar_name,
 )
 from recovery_env.capture.tarstream import TarStreamParser
 from recovery_env.errors import BackupSetError, ToolError
@@ -391,3 +396,93 @@ def test_parser_refuses_damaged_and_truncated_archives(tmp_path: Path) -> None:
     damaged[512 + 1] ^= 0x20  # in the pax data: the record length "30" becomes "3\x10"
     with pytest.raises(BackupSetError, match="pax"):
         parse_in_chunks(bytes(damaged), [4096])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A running system: files that change while tar reads them
+# ------------------------------------------------------------------------------------------------------------
+
+# Run by tar at each checkpoint (every record, through sh -c): what it does depends on the file tar has open at
+# that moment (/proc/<tar>/fd), so each file changes exactly while it is being read.
+CHANGE_WHILE_READ = r"""
+tar=$PPID
+while [ "$(cat /proc/$tar/comm)" != tar ]; do tar=$(cut -d' ' -f4 /proc/$tar/stat); done
+open=$(ls -l /proc/$tar/fd 2>/dev/null)
+case "$open" in
+  *1-grows.log*) echo "one more line" >> 1-grows.log ;;
+  *2-rewritten.bin*) head -c 4096 /dev/urandom | dd of=2-rewritten.bin bs=4096 seek=3 conv=notrunc status=none ;;
+  *3-shrinks.bin*) truncate -s 1000 3-shrinks.bin ;;
+  *4-dir/0-big.bin*) rm -f 4-dir/gone-a 4-dir/gone-b ;;
+esac
+"""
+
+
+def test_files_changed_while_read_are_named_and_the_manifest_has_what_was_archived(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "4-dir").mkdir(parents=True)
+    (src / "1-grows.log").write_text("a log line\n" * 8000)
+    original = os.urandom(200_000)
+    for name in ("2-rewritten.bin", "3-shrinks.bin", "4-dir/0-big.bin"):
+        (src / name).write_bytes(original)
+    for name in ("4-dir/gone-a", "4-dir/gone-b", "5-stays"):
+        (src / name).write_text(f"{name}\n")
+    (job,) = plan_archives([("fs2", "/srv", str(src), 600_000)])
+    script = tmp_path / "change-while-read.sh"
+    script.write_text(f"cd {shlex.quote(str(src))}\n{CHANGE_WHILE_READ}")
+    argv = list(job.tar_argv)
+    argv[1:1] = ["--sort=name", "--checkpoint=1", f"--checkpoint-action=exec=sh {script}"]
+    dest = tmp_path / "set"
+    dest.mkdir()
+    res = make_backup_set([dataclasses.replace(job, tar_argv=tuple(argv))], dest)
+
+    changed = {(c.path, c.fs, c.change) for c in res.changed}
+    assert {("/srv/1-grows.log", "fs2", ReadChange.CHANGED), ("/srv/2-rewritten.bin", "fs2", ReadChange.CHANGED),
+            ("/srv/3-shrinks.bin", "fs2", ReadChange.SHRANK), ("/srv/4-dir/gone-a", "fs2", ReadChange.REMOVED),
+            ("/srv/4-dir/gone-b", "fs2", ReadChange.REMOVED)} <= changed  # fmt: skip
+    assert not {p for p, _, _ in changed} & {"/srv/5-stays", "/srv/4-dir/0-big.bin"}
+    for c in res.changed:  # one named warning per file, tar's own words in it
+        assert [w for w in res.warnings if w.startswith(f"{c.path} (fs2) {c.change.value} while read")] == [
+            c.describe()], res.warnings
+    assert "file changed as we read it" in next(c.tar_says for c in res.changed if c.path == "/srv/1-grows.log")
+    assert not [w for w in res.warnings if "tar exit" in w]  # nothing else was said
+
+    # the MANIFEST has the sums of what was archived, as GNU tar itself extracts it
+    entries = {e.path: e for e in read_manifest(dest / MANIFEST_NAME)}
+    archive = dest / res.archives[0].file
+    for name in ("1-grows.log", "2-rewritten.bin", "3-shrinks.bin", "5-stays"):
+        content = run_bytes(["tar", "--zstd", "-xOf", str(archive), f"./{name}"])
+        assert (entries[f"/srv/{name}"].size, entries[f"/srv/{name}"].sha256) == (
+            len(content), hashlib.sha256(content).hexdigest()), name
+    shrunk = run_bytes(["tar", "--zstd", "-xOf", str(archive), "./3-shrinks.bin"])
+    kept = shrunk.rstrip(b"\0")  # what tar read before the file shrank, then zeros up to the size it first saw
+    assert len(shrunk) == 200_000 and len(kept) < 100_000 and original.startswith(kept)
+    assert "/srv/4-dir/gone-a" not in entries and "/srv/4-dir/gone-b" not in entries
+    # and the set restores to exactly its MANIFEST
+    record = make_backup_record(res, path="/set")
+    check_backup_set(dest, record)
+    target = tmp_path / "restored"
+    (target / "srv").mkdir(parents=True)
+    extract_archive(archive, target / "srv", Compression.ZSTD)
+    assert verify_manifest(target, dest / MANIFEST_NAME) == []
+
+
+def test_tar_change_lines_are_parsed_with_tars_quoting() -> None:
+    stderr = "\n".join([
+        r"tar: ./\351raw: file changed as we read it",
+        r"tar: ./nl\nx: file changed as we read it",
+        r"tar: ./a\:b: File shrank by 1 byte; padding with zeros",
+        r"tar: ./back\\slash: File removed before we read it",
+        r"tar: ./caf\303\251: file changed as we read it",
+        r"tar: .: file changed as we read it",
+        "tar: ./sock: socket ignored",
+        "tar: Exiting with failure status due to previous errors",
+    ])  # fmt: skip
+    changes, other = parse_tar_changes(stderr, "fs1", "/")
+    assert [(c.path, c.change) for c in changes] == [
+        ("/\udce9raw", ReadChange.CHANGED), ("/nl\nx", ReadChange.CHANGED), ("/a:b", ReadChange.SHRANK),
+        ("/back\\slash", ReadChange.REMOVED), ("/café", ReadChange.CHANGED), ("/", ReadChange.CHANGED),
+    ]  # fmt: skip
+    assert other == ("tar: ./sock: socket ignored",)
+    assert unquote_tar_name(r"./x\1y\\") == "./x\x01y\\"
+    assert changes[2].to_json() == {"path": "/a:b", "fs": "fs1", "change": "shrank",
+                                    "tar": r"./a\:b: File shrank by 1 byte; padding with zeros"}  # fmt: skip

@@ -152,6 +152,8 @@ def test_capture_writes_the_set(captured: tuple[Path, dict[str, object]]) -> Non
     assert sorted(p.name for p in dest.iterdir()) == ["ASR.SIF", "ASRPNP.SIF", "MANIFEST", "fs1.tar.zst"]
     assert result["files"] == ["ASR.SIF", "ASRPNP.SIF", "MANIFEST", "fs1.tar.zst"]
     assert result["bootloader"] == {"kind": "grub-bios", "disk": "disk1"}
+    assert [(s["mountpoint"], s["read"]) for s in result["sources"]] == [("/", "mounted")]  # type: ignore[index,union-attr]
+    assert result["changed_while_read"] == []  # nothing changes under a --root capture of an idle image
 
 
 @pytest.mark.root

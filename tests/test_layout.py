@@ -4,6 +4,7 @@ MD signatures), read back with sfdisk --json, blkid -p and dumpe2fs -h, and ever
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -28,6 +29,8 @@ from recovery_env.probe.layout import (
     BootFacts,
     DiskFacts,
     ExtFacts,
+    check_supported,
+    choose_default_disks,
     find_offenders,
     parse_blkid_export,
     parse_dumpe2fs,
@@ -490,3 +493,25 @@ def test_mbr_type_ids_are_two_hex_digits(tmp_path: Path) -> None:
     table = parse_sfdisk_json(text, "ext.img")
     assert [p.type for p in table.partitions] == ["83", "05", "83"]
     assert table.partitions[1].type in MBR_EXTENDED
+
+
+def test_a_capture_without_disks_leaves_out_unpartitioned_disks_the_system_does_not_use() -> None:
+    def disk(device: str, table: bool = False, **whole: str) -> DiskFacts:
+        return DiskFacts(device=device, size_bytes=8 * MiB, logical_sector_size=512, physical_sector_size=512,
+                         table=parse_sfdisk_json(json.dumps({"partitiontable": {
+                             "label": "gpt", "id": GPT_DISK_ID, "device": device, "unit": "sectors",
+                             "partitions": []}})) if table else None, whole_probe=whole)  # fmt: skip
+
+    system = disk("/dev/vda", table=True)
+    floppy = disk("/dev/fd0")  # an empty drive: nothing on it
+    backup = disk("/dev/vdc", TYPE="ext4", LABEL="ASRBACKUP", UUID="1111-2222")
+    srv = disk("/dev/vdd", TYPE="xfs", UUID="3333-4444")  # a whole-disk filesystem that fstab mounts
+    pv = disk("/dev/vde", TYPE="LVM2_member")
+    fstab = parse_fstab("UUID=3333-4444 /srv xfs defaults 0 2\n")
+    chosen, notes = choose_default_disks([system, floppy, backup, srv, pv], fstab)
+    assert [d.device for d in chosen] == ["/dev/vda", "/dev/vdd", "/dev/vde"]
+    assert notes == ("/dev/fd0: no partition table (nothing on it), not in /etc/fstab: not recorded",
+                     "/dev/vdc: no partition table (whole-disk ext4 ASRBACKUP 1111-2222), not in /etc/fstab: not "
+                     "recorded")  # fmt: skip
+    with pytest.raises(UnsupportedLayoutError, match=r"/dev/vdd: no partition table.*\n.*/dev/vde: LVM"):
+        check_supported(chosen)  # still refused: fstab uses the whole-disk filesystem; an LVM PV

@@ -5,13 +5,22 @@ Python sits between tar and zstd: it counts the bytes (progress) and parses the 
 (:mod:`recovery_env.capture.tarstream`, in a thread of its own), so the MANIFEST lists exactly what the archive
 holds; zstd writes the archive file itself and a thread hashes it (SHA-256) as it grows.  The plans
 (:func:`plan_tar_argv`, :func:`plan_archives`) are pure; :func:`make_backup_set` runs them.
+
+A running system (``asr backup`` of ``/``) changes files while tar reads them.  GNU tar then archives what it
+read, says so on stderr and exits 1; :func:`parse_tar_changes` turns each of those lines into a
+:class:`ChangedWhileRead` (the file, its filesystem, what happened), listed in the result and in ``--json``.  The
+set stays consistent: the MANIFEST is made from the archive's own stream, so its sums are those of what was
+archived (a file that shrank is archived padded with zeros to the size tar saw first, a file removed before it was
+read is in neither).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -128,6 +137,89 @@ def plan_archives(
     return tuple(jobs)
 
 
+#: tar runs in the C locale: its diagnostics (parsed by parse_tar_changes) are not translated, and the names in
+#: them are quoted the same way everywhere (octal escapes for bytes outside ASCII).
+TAR_ENV = {"LC_ALL": "C"}
+
+
+class ReadChange(StrEnum):
+    """What GNU tar reports about a file that changed while it was archived (it exits 1 and goes on)."""
+
+    CHANGED = "changed"  # "file changed as we read it": archived as read (a directory: its entries as listed)
+    SHRANK = "shrank"  # "File shrank by N bytes; padding with zeros": archived padded to the size first seen
+    REMOVED = "removed"  # "File removed before we read it": not in the archive
+
+    @property
+    def consequence(self) -> str:
+        return {
+            "changed": "archived as it was read",
+            "shrank": "archived padded with zeros to the size tar first saw",
+            "removed": "not in the archive",
+        }[self.value]
+
+
+@dataclass(frozen=True)
+class ChangedWhileRead:
+    """One file of a running system that changed while tar read it (the capture's named warning)."""
+
+    path: str  # absolute in the captured system
+    fs: str  # Filesystem.key
+    change: ReadChange
+    tar_says: str  # tar's own line
+
+    def describe(self) -> str:
+        return (f"{self.path} ({self.fs}) {self.change.value} while read: {self.change.consequence}; the MANIFEST "
+                f"lists what was archived (tar: {self.tar_says})")
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "fs": self.fs, "change": self.change.value, "tar": self.tar_says}
+
+
+_TAR_CHANGE_RE = re.compile(
+    r"^tar: (?P<name>.+): (?:(?P<changed>file changed as we read it)|(?P<shrank>File shrank by \d+ bytes?; "
+    r"padding with zeros)|(?P<removed>File removed before we read it))$"
+)
+_TAR_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11}
+
+
+def unquote_tar_name(quoted: str) -> str:
+    """A name as GNU tar quotes it in a diagnostic in the C locale (``\\ooo`` for a byte outside ASCII, ``\\n``,
+    ``\\\\``, ``\\:``) → the member name (UTF-8, undecodable bytes as surrogate escapes, as the MANIFEST has it)."""
+    out = bytearray()
+    i = 0
+    while i < len(quoted):
+        c = quoted[i]
+        if c != "\\" or i + 1 == len(quoted):
+            out += c.encode("utf-8", "surrogateescape")
+            i += 1
+            continue
+        nxt = quoted[i + 1]
+        octal = re.match(r"[0-7]{1,3}", quoted[i + 1 : i + 4])
+        if octal:
+            out.append(int(octal.group(0), 8) & 0xFF)
+            i += 1 + len(octal.group(0))
+        else:
+            out += bytes([_TAR_ESCAPES[nxt]]) if nxt in _TAR_ESCAPES else nxt.encode("utf-8", "surrogateescape")
+            i += 2
+    return out.decode("utf-8", "surrogateescape")
+
+
+def parse_tar_changes(stderr: str, fs: str, mountpoint: str) -> tuple[tuple[ChangedWhileRead, ...], tuple[str, ...]]:
+    """tar's stderr (C locale) → (the files that changed while read, the other lines).  Pure."""
+    changes: list[ChangedWhileRead] = []
+    other: list[str] = []
+    for line in stderr.splitlines():
+        m = _TAR_CHANGE_RE.match(line)
+        if m is None:
+            if line.strip() and line != "tar: Exiting with failure status due to previous errors":
+                other.append(line)
+            continue
+        change = next(ReadChange(k) for k in ("changed", "shrank", "removed") if m.group(k))
+        path = member_path(mountpoint, unquote_tar_name(m.group("name")))
+        changes.append(ChangedWhileRead(path, fs, change, line.removeprefix("tar: ")))
+    return tuple(changes), tuple(other)
+
+
 @dataclass(frozen=True)
 class BackupResult:
     archives: tuple[Archive, ...]
@@ -137,6 +229,7 @@ class BackupResult:
     raw_bytes: int  # tar bytes before compression
     warnings: tuple[str, ...] = ()
     raw_by_fs: tuple[tuple[str, int], ...] = ()  # (filesystem key, its tar stream's bytes), in job order
+    changed: tuple[ChangedWhileRead, ...] = ()  # files of a running system that changed while read
 
 
 def make_backup_set(
@@ -150,6 +243,7 @@ def make_backup_set(
     done = 0
     archives = []
     warnings: list[str] = []
+    changed: list[ChangedWhileRead] = []
     count = 0
     raw_by_fs: list[tuple[str, int]] = []
     manifest_path = dest / MANIFEST_NAME
@@ -163,21 +257,28 @@ def make_backup_set(
                 if progress is not None:
                     progress(base + n, max(total, base + n))
 
-            archive, raw, n_entries, warn = make_archive(job, dest, manifest, tick)
-            archives.append(archive)
-            raw_by_fs.append((job.fs, raw))
-            done = base + raw
-            count += n_entries
-            warnings += warn
+            made = make_archive(job, dest, manifest, tick)
+            archives.append(made.archive)
+            raw_by_fs.append((job.fs, made.raw_bytes))
+            done = base + made.raw_bytes
+            count += made.archive.entries
+            changed += made.changed
+            warnings += [c.describe() for c in made.changed] + list(made.warnings)
     if progress is not None:
         progress(done, max(done, 1))
     return BackupResult(tuple(archives), MANIFEST_NAME, sha256_file(manifest_path), count, done, tuple(warnings),
-                        tuple(raw_by_fs))
+                        raw_by_fs=tuple(raw_by_fs), changed=tuple(changed))
 
 
-def make_archive(
-    job: ArchiveJob, dest: Path, manifest: TextIO, tick: Callable[[int], None]
-) -> tuple[Archive, int, int, list[str]]:
+@dataclass(frozen=True)
+class MadeArchive:
+    archive: Archive
+    raw_bytes: int  # tar bytes before compression
+    changed: tuple[ChangedWhileRead, ...]  # what tar said changed while it read
+    warnings: tuple[str, ...]  # anything else tar said when it exited 1
+
+
+def make_archive(job: ArchiveJob, dest: Path, manifest: TextIO, tick: Callable[[int], None]) -> MadeArchive:
     """tar | zstd into dest/job.file; the tar stream is parsed on the way into MANIFEST lines."""
     lister = ManifestLister(job.fs, job.mountpoint, lambda e: manifest.write(e.to_json() + "\n"))
     parser = TarStreamParser(lister.add)
@@ -190,15 +291,20 @@ def make_archive(
         tick(raw)
 
     try:
-        res = run_pipe(job.tar_argv, job.filter_argv, dest / job.file, on_data=on_data, ok_codes=TAR_OK_CODES)
+        res = run_pipe(job.tar_argv, job.filter_argv, dest / job.file, on_data=on_data, ok_codes=TAR_OK_CODES,
+                       env=TAR_ENV)
         parser.close()
     except BackupSetError as e:
         raise BackupSetError(f"{job.file}: could not list the archive of {job.mountpoint}: {e}") from None
-    warnings = []
+    changed: tuple[ChangedWhileRead, ...] = ()
+    warnings: tuple[str, ...] = ()
     if res.returncode != 0:
-        tail = " / ".join(res.stderr.strip().splitlines()[-3:])
-        warnings.append(f"{job.mountpoint}: tar exit {res.returncode} (files changed while read): {tail}")
-    return Archive(job.fs, job.file, res.out_bytes, res.sha256, lister.count), raw, lister.count, warnings
+        changed, other = parse_tar_changes(res.stderr, job.fs, job.mountpoint)
+        if other or not changed:
+            tail = " / ".join(other[-3:] or res.stderr.strip().splitlines()[-3:])
+            warnings = (f"{job.mountpoint}: tar exit {res.returncode}: {tail}",)
+    archive = Archive(job.fs, job.file, res.out_bytes, res.sha256, lister.count)
+    return MadeArchive(archive, raw, changed, warnings)
 
 
 class ManifestLister:

@@ -141,6 +141,7 @@ class CaptureResult:
     seconds: float = 0.0
     # what a restore of this set loses: filesystems on a wiped disk that are not backed up (find_empty_after_restore)
     warnings: tuple[str, ...] = ()
+    sources: tuple[ArchiveSource, ...] = ()  # where each archived filesystem was read, and how
 
     def to_json(self) -> dict[str, Any]:
         d = self.descriptor
@@ -183,6 +184,12 @@ class CaptureResult:
             "raw_bytes": self.backup.raw_bytes,
             "devices": len(self.inventory.devices),
             "warnings": [*self.backup.warnings, *self.warnings],
+            "changed_while_read": [c.to_json() for c in self.backup.changed],
+            "sources": [
+                {"filesystem": s.fs, "mountpoint": s.mountpoint, "device": s.device, "read": s.reader.value,
+                 "directory": str(s.directory)}
+                for s in self.sources
+            ],
             "notes": list(self.notes),
             "seconds": round(self.seconds, 3),
         }
@@ -355,7 +362,7 @@ def _capture(
     if not live:
         notes += (f"ASRPNP.SIF lists no devices: --root {root} is another system than this machine's hardware",)
     return CaptureResult(dest, descriptor, inventory, result, notes, files, time.monotonic() - started,
-                         find_empty_after_restore(descriptor))
+                         find_empty_after_restore(descriptor), sources)
 
 
 def record_used_bytes(

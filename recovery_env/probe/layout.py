@@ -428,6 +428,32 @@ def find_offenders(disks: Sequence[DiskFacts]) -> tuple[tuple[str, str], ...]:
     return tuple(found.items())
 
 
+def choose_default_disks(disks: Sequence[DiskFacts], fstab: Sequence[FstabEntry]
+                         ) -> tuple[tuple[DiskFacts, ...], tuple[str, ...]]:  # fmt: skip
+    """The disks a capture without ``--disk`` records, and a note for each one left out.  Left out: a disk with no
+    partition table that the system does not use -- no filesystem at all (an empty floppy drive, a blank disk) or
+    a whole-disk filesystem that fstab does not name (a backup disk, a stick).  Anything else stays, so LVM, MD,
+    LUKS and a whole-disk filesystem in fstab are still refused by :func:`check_supported`.  Pure."""
+    named = {(e.kind, e.value.lower()) for e in fstab}
+    chosen: list[DiskFacts] = []
+    notes: list[str] = []
+    for d in disks:
+        whole = d.whole_probe
+        kind = whole.get("TYPE", "")
+        if d.table is not None or kind in SIGNATURE_OFFENDERS or d.holders:
+            chosen.append(d)
+            continue
+        keys = {(FstabSpec.UUID, whole.get("UUID", "").lower()), (FstabSpec.LABEL, whole.get("LABEL", "").lower()),
+                (FstabSpec.PATH, d.device.lower())}  # fmt: skip
+        if kind and named & keys:
+            chosen.append(d)
+            continue
+        what = f"whole-disk {kind} {whole.get('LABEL', '') or '-'} {whole.get('UUID', '')}".rstrip() if kind else (
+            "nothing on it")
+        notes.append(f"{d.device}: no partition table ({what}), not in /etc/fstab: not recorded")
+    return tuple(chosen), tuple(notes)
+
+
 def check_supported(disks: Sequence[DiskFacts]) -> None:
     """Raise UnsupportedLayoutError listing every LVM/MD/LUKS/... device of the chosen disks."""
     offenders = find_offenders(disks)
@@ -884,10 +910,14 @@ def read_layout(
     include_mounts: Sequence[str] = (),
     firmware: Firmware | None = None,
 ) -> tuple[Layout, Firmware, tuple[DiskFacts, ...]]:
-    """Read and plan the layout of ``devices`` (default: every disk) for the system at ``root``."""
-    facts = tuple(read_disk_facts(d) for d in (devices or list_disk_paths()))
-    check_supported(facts)
+    """Read and plan the layout of ``devices`` (default: every disk the system uses, :func:`choose_default_disks`)
+    for the system at ``root``."""
     fstab = read_fstab(root)
+    facts = tuple(read_disk_facts(d) for d in (devices or list_disk_paths()))
+    left_out: tuple[str, ...] = ()
+    if not devices:
+        facts, left_out = choose_default_disks(facts, fstab)
+    check_supported(facts)
     # the ESP as fstab mounts it, for the boot loader facts (read through the mounted directory when it is)
     esp_entry = next((e for e in fstab if e.vfstype == "vfat" and e.mountpoint in ("/boot/efi", "/efi", "/boot")),
                      None)
@@ -897,4 +927,4 @@ def read_layout(
         firmware = read_firmware_live() if root.resolve() == Path("/") else find_firmware_for_root(
             esp_entry is not None, boot)
     layout = plan_layout(facts, fstab, firmware=firmware, boot=boot, include_mounts=include_mounts)
-    return layout, firmware, facts
+    return replace(layout, notes=left_out + layout.notes), firmware, facts

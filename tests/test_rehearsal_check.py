@@ -195,6 +195,11 @@ def test_the_demo_summary_names_each_phase_the_login_the_check_and_the_verdict(t
                         "running, host sample, mounts as captured (/boot/efi vfat, / ext4), 0 swap(s), 150/150 file "
                         "checksums (after 62.0 s)")  # fmt: skip
     assert lines[5] == "verdict: verified recoverable in 150 s (machine cached)"
+    from builder.vm.rehearse import render_report
+
+    md = render_report(report)
+    assert "- Login: login prompt on serial after 41.5 s" in md and f"- Check line after 62.0 s: `{GOOD}`" in md
+    assert "Verdict from the restored system itself" in md
     nologin = replace(boot, login_seconds=-1.0)
     assert "no login prompt on serial" in render_demo_summary(DemoRun(replace(report, boots=(nologin,)), (), True,
                                                                       1.0))[2]  # fmt: skip

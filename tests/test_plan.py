@@ -447,7 +447,7 @@ def test_the_extended_partition_is_waited_for_by_its_start_only() -> None:
     p = _plan(mbr_descriptor(extended=True), target("vda", 3 * GIB // 2))
     (wait,) = [s for s in p.steps() if isinstance(s, WaitPartitions)]
     assert wait.partitions == ("/dev/vda1", "/dev/vda2", "/dev/vda5")
-    assert wait.extents == ((2048, 2097152), (2099200, -1), (2101248, 1044480))  # -1: any size (the solver grew the root)
+    assert wait.extents == ((2048, 2097152), (2099200, -1), (2101248, 1044480))  # -1: any size
 
 
 def test_mbr_never_grows_past_2_tib() -> None:

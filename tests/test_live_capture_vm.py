@@ -31,6 +31,7 @@ from builder.vm.qemu import QemuVM, VMFirmware, VMSpec, find_accel
 from recovery_env.model.descriptor import BootloaderKind, Descriptor, Firmware, FsType
 from recovery_env.model.manifest import ManifestEntry
 from recovery_env.model.sif import parse_asr_sif
+from recovery_env.restore.resize import solve_disk
 from recovery_env.restore.verify import read_manifest
 from recovery_env.run import run, run_bytes
 
@@ -130,9 +131,12 @@ def test_the_live_set_restored_with_the_captured_ids(restored: Restored) -> None
     d = restored.descriptor
     table = json.loads(run(["sfdisk", "--json", restored.target]).stdout)["partitiontable"]
     assert table["label"] == "gpt" and table["id"].lower() == d.disks[0].disk_id.lower()
-    got = [(p["start"], p["type"].lower(), p["uuid"].lower()) for p in table["partitions"]]
-    assert got == [(p.start, p.type.lower(), p.partuuid.lower()) for p in d.partitions]
-    starts = {p.key: p.start for p in d.partitions}
+    # the 1.5x disk: partitions where the resize solver places them (the root grown, the swap moved after it)
+    placed = solve_disk(d, d.disks[0], os.path.getsize(restored.target))
+    got = [(p["start"], p["size"], p["type"].lower(), p["uuid"].lower()) for p in table["partitions"]]
+    assert got == [(placed.of(p.number).start, placed.of(p.number).size, p.type.lower(), p.partuuid.lower())
+                   for p in d.partitions]
+    starts = {p.key: placed.of(p.number).start for p in d.partitions}
     for fs in d.filesystems:
         probe = run(["blkid", "-p", "-O", str(starts[fs.partition] * 512), "-o", "export", restored.target]).stdout
         tags = dict(line.split("=", 1) for line in probe.splitlines() if "=" in line)

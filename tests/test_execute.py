@@ -78,6 +78,7 @@ from recovery_env.restore.plan import (
     Extract,
     ExtractionPlan,
     FstabChange,
+    LinkByUuid,
     Phase,
     RestorePlan,
     RunStep,
@@ -118,6 +119,8 @@ def _with_disk(plan: RestorePlan, **changes: object) -> RestorePlan:
          "outside the target root"),
         (lambda p: replace(p, post_commands=(RunStep("x", Phase.COMMANDS, ("mkswap", "/dev/vda1")),)),
          "not a device this step may write"),
+        (lambda p: replace(p, uuid_links=(("0123-4567", "/dev/vdb1"),)), "/dev/vdb1, which is not a filesystem"),
+        (lambda p: replace(p, uuid_links=(("../../sda", "/dev/vda3"),)), "is not a filesystem UUID"),
     ],
 )
 def test_executor_refuses_steps_aimed_outside_the_plan(tamper, msg, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -780,3 +783,19 @@ def test_the_rescue_systems_grub_install_is_refused_where_boot_grub_leads_out(tm
     with pytest.raises(TargetPathError, match=f"{r}/boot/grub leads to {outside} for a tool of the rescue system"):
         resolve_step(grub, r, print)
     assert list(outside.iterdir()) == []
+
+
+def test_by_uuid_links_are_made_as_udev_makes_them(tmp_path: Path) -> None:
+    """The rescue system has no udev: the step links each restored filesystem by UUID (relative, as udev does) so
+    that the restored system's update-grub, in the chroot, writes root=UUID=... (grub-mkconfig's 10_linux tests
+    /dev/disk/by-uuid/<UUID>); a stale link of the same name is replaced."""
+    where = tmp_path / "dev" / "disk" / "by-uuid"
+    where.mkdir(parents=True)
+    (where / "0123-4567").symlink_to("../../stale")
+    step = LinkByUuid("link", Phase.BOOTLOADER, (("0123-4567", "/dev/vda2"), ("c0f664e7-3734-4747", "/dev/vda3")),
+                      directory=str(where))  # fmt: skip
+    logged: list[str] = []
+    assert _run_step(step, str(tmp_path), log=logged.append, progress=lambda p: None) == (Outcome.DONE, "")
+    assert os.readlink(where / "0123-4567") == os.path.relpath("/dev/vda2", str(where))
+    assert os.readlink(where / "c0f664e7-3734-4747") == os.path.relpath("/dev/vda3", str(where))
+    assert logged == [f"  {where}/0123-4567 -> /dev/vda2", f"  {where}/c0f664e7-3734-4747 -> /dev/vda3"]

@@ -56,6 +56,7 @@ from recovery_env.restore.match import MatchReason, match_disks
 from recovery_env.restore.plan import (
     CheckManifest,
     Extract,
+    LinkByUuid,
     Phase,
     RestorePlan,
     RunStep,
@@ -603,6 +604,11 @@ def test_layout_1_grub_bios_recorded_with_an_esp_installs_both_platforms_from_th
          (), False),
     ]  # fmt: skip
     assert p.chroot_mounts == ("/target/dev", "/target/proc", "/target/sys", "/target/sys/firmware/efi/efivars")
+    # update-grub writes root=UUID=... only where /dev/disk/by-uuid/<UUID> exists: linked before the boot loader
+    steps = p.steps()
+    (link,) = [i for i, s in enumerate(steps) if isinstance(s, LinkByUuid)]
+    assert link < min(i for i, s in enumerate(steps) if isinstance(s, RunStep) and s.phase is Phase.BOOTLOADER)
+    assert steps[link].links == tuple((f.uuid, f.device) for f in p.filesystems) and len(steps[link].links) >= 2
     names = [s.name for s in p.bootloader]
     assert "install grub for BIOS on /dev/vda (chroot, the restored system's grub-install)" in names
     assert "install grub for UEFI into /boot/efi (chroot, \\EFI\\BOOT\\BOOTX64.EFI)" in names

@@ -168,6 +168,16 @@ def test_restored_ids_equal_the_capture(restored: Restored) -> None:
         assert tags.get("LABEL", "") == fs.label, fs
 
 
+def test_the_restored_grub_cfg_names_the_root_by_uuid(restored: Restored) -> None:
+    """update-grub ran in the chroot with /dev/disk/by-uuid linked (the rescue system has no udev): the kernel
+    command line names the root by UUID, not by the rescue system's device name, which another bus would change."""
+    plan = restored.machine.plan
+    offset = plan.disks[0].partitions[plan.root.partition - 1].start * 512
+    cfg = run(["debugfs", "-R", "cat /boot/grub/grub.cfg", f"{restored.target}?offset={offset}"]).stdout
+    assert f"root=UUID={plan.root.uuid} " in cfg
+    assert "root=/dev/" not in cfg
+
+
 @pytest.mark.parametrize("firmware", [VMFirmware.BIOS, VMFirmware.UEFI])
 def test_restored_debian_boots_to_its_login_and_passes_its_check(restored: Restored, firmware: VMFirmware) -> None:
     """Under UEFI with a fresh variable store: the restored system's own GRUB through \\EFI\\BOOT\\BOOTX64.EFI."""

@@ -39,6 +39,7 @@ from recovery_env.model.descriptor import TableType
 from recovery_env.probe.layout import SfdiskTable, parse_sfdisk_json, read_blkid
 from recovery_env.restore.inroot import read_in_root, resolve_in_root, write_in_root
 from recovery_env.restore.plan import (
+    BY_UUID_DIR,
     CheckFilesystem,
     CheckManifest,
     CheckTable,
@@ -47,6 +48,7 @@ from recovery_env.restore.plan import (
     Extract,
     FilesystemPlan,
     FstabChange,
+    LinkByUuid,
     MakeDir,
     Phase,
     RestorePlan,
@@ -224,6 +226,9 @@ def find_foreign_devices(argv: Sequence[str], allowed: Collection[str], *, fs_ro
     return list(dict.fromkeys(problems))
 
 
+_UUID_NAME = re.compile(r"[0-9A-Za-z][0-9A-Za-z-]{0,63}")  # a link name of /dev/disk/by-uuid: no "/", no ".."
+
+
 def check_step(step: Step, plan: RestorePlan) -> None:
     """Refuse a step that names a device outside the plan's disks, or a path outside its target root."""
     allowed = plan.devices
@@ -266,6 +271,14 @@ def check_step(step: Step, plan: RestorePlan) -> None:
         case MakeDir(path=path) | EditFstab(path=path):
             if not _under(root, path):
                 raise refuse(f"{path} is outside the target root {root}")
+        case LinkByUuid(links=links, directory=directory):
+            if directory != BY_UUID_DIR:
+                raise refuse(f"links in {directory} instead of {BY_UUID_DIR}")
+            for uuid, device in links:
+                if device not in allowed:
+                    raise refuse(f"links {uuid} to {device}, which is not a filesystem of the plan")
+                if not _UUID_NAME.fullmatch(uuid):
+                    raise refuse(f"link name {uuid!r} is not a filesystem UUID")
         case WriteFiles(files=files):
             for path, _text, _mode in files:
                 if not _under(root, path) or os.path.normpath(path) == root:
@@ -621,6 +634,17 @@ def _run_step(step: Step, root: str, *, log: Log, progress: OnProgress) -> tuple
             for d in diffs[:50]:
                 log(f"    {d}")
             return Outcome.DONE, "\n".join(str(d) for d in diffs)
+        case LinkByUuid(links=links, directory=directory):
+            try:
+                os.makedirs(directory, exist_ok=True)
+                for uuid, device in links:
+                    link = os.path.join(directory, uuid)
+                    if os.path.lexists(link):
+                        os.unlink(link)
+                    os.symlink(os.path.relpath(device, directory), link)  # ../../vda3, as udev writes it
+                    log(f"  {link} -> {device}")
+            except OSError as err:
+                raise _fail(step, [], str(err), f"cannot link in {directory}") from err
         case WriteFiles(files=files):
             for path, text, mode in files:
                 try:

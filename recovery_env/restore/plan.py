@@ -271,6 +271,9 @@ class CheckManifest:
     skip: tuple[str, ...] = ()
 
 
+BY_UUID_DIR = "/dev/disk/by-uuid"
+
+
 @dataclass(frozen=True)
 class WriteFiles:
     """Write whole files under the target root (each path resolved inside it; a temporary file and a rename).
@@ -284,8 +287,22 @@ class WriteFiles:
     unless_any: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class LinkByUuid:
+    """``/dev/disk/by-uuid/<UUID>`` links to the restored filesystems, made in the rescue system's /dev (bound into
+    the chroot) as udev makes them on a running system.  The restored system's update-grub writes ``root=UUID=...``
+    only where that link exists (grub-mkconfig's 10_linux tests it); without it, the kernel command line would
+    name the rescue system's device (``root=/dev/vda3``), which is not the name the disk has on another bus or in
+    another order, and the restored system would not find its root."""
+
+    name: str
+    phase: Phase
+    links: tuple[tuple[str, str], ...]  # (filesystem UUID as blkid shows it, device)
+    directory: str = BY_UUID_DIR
+
+
 Step = (RunStep | WaitPartitions | CheckTable | CheckFilesystem | MakeDir | Extract | EditFstab | CheckManifest
-        | WriteFiles)
+        | WriteFiles | LinkByUuid)
 
 
 @dataclass(frozen=True)
@@ -409,6 +426,8 @@ class RestorePlan:
     chroot_mounts: tuple[str, ...] = field(default=())  # /target/dev, /target/proc, ... (unmounted at the end)
     # filesystems made on a wiped disk that no archive fills: "/home (ext4 on /dev/vda4)"
     empty_filesystems: tuple[str, ...] = ()
+    # (UUID, device) of each restored filesystem: /dev/disk/by-uuid links for the restored system's update-grub
+    uuid_links: tuple[tuple[str, str], ...] = ()
     # each btrfs filesystem's top level, before the mounts: its subvolumes made, its archive extracted and compared,
     # read-only flags and the default subvolume set (plan_btrfs_top_level)
     top_level_steps: tuple[Step, ...] = ()
@@ -854,6 +873,7 @@ def plan_restore(
         extractions=tuple(extractions),
         fstab_changes=tuple(changes),
         bootloader=bootloader,
+        uuid_links=tuple((f.uuid, f.device) for f in fs_plans if f.uuid) if bootloader else (),
         post_commands=post,
         disks_to_wipe=tuple(
             _wipe_notice(dp, fs_plans, mounts, _matched(descriptor.disk(dp.key), mapping)) for dp in ordered_disks
@@ -1065,6 +1085,9 @@ def _iter_steps(plan: RestorePlan) -> Iterator[Step]:
     for cm in plan.chroot_mounts:
         if not cm.endswith("/efivars"):
             yield MakeDir(f"make the mount point {cm}", Phase.BOOTLOADER, cm)
+    if plan.uuid_links:
+        yield LinkByUuid("link /dev/disk/by-uuid to the restored filesystems (as udev would)", Phase.BOOTLOADER,
+                         plan.uuid_links)
     yield from plan.bootloader
     yield from plan.post_commands
     if plan.rehearsal_check:

@@ -316,6 +316,8 @@ def test_include_mount_backs_up_a_non_system_filesystem(gpt_image: Path, mbr_ima
     assert [d.critical for d in plain.disks] == [True, False]
     extra = plan_layout(facts, parse_fstab(fstab), firmware=Firmware.BIOS, include_mounts=["/srv/data/"])
     assert [f.backup for f in extra.filesystems if f.partition == "disk2p2"] == [True]
+    # the disk holding a backed-up filesystem is re-created at restore, else its archive had nowhere to go
+    assert [d.critical for d in extra.disks] == [True, True]
     with pytest.raises(InputError, match="--include-mount /nope"):
         plan_layout(facts, parse_fstab(fstab), firmware=Firmware.BIOS, include_mounts=["/nope"])
 

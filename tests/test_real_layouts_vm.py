@@ -1,13 +1,16 @@
-"""Issue 11, layouts 2 and 3, restored: the real Debian 12 machine (builder/vm/debian.py) on
+"""Issue 11, layouts 2, 3 and 5, restored: the real Debian 12 machine (builder/vm/debian.py) on
 
 - ``mbr-bios`` (layout 2, XP-era): an MBR with an active ext4 /boot, an ext4 root and swap in a LOGICAL partition
   (5) inside an extended one, GRUB for BIOS only -- restored by the rescue media booted under BIOS;
 - ``gpt-xfs-home`` (layout 3): GPT with an ESP, an XFS root, an ext4 /home holding a user's files (a non-system
   filesystem backed up too) and swap, GRUB for UEFI only -- restored by the rescue media booted under UEFI;
+- ``two-disks`` (layout 5): disk 1 with an ESP, the ext4 root and swap, disk 2 with an ext4 /srv holding files,
+  GRUB for UEFI only -- restored under UEFI onto two blank disks of other sizes: disk 1 1.5x larger, disk 2 0.7x
+  the size of the original (its data fits: the resize solver shrinks /srv, recovery_env/restore/resize.py);
 
 each captured on this host by ``asr backup`` (builder.vm.rehearse.capture_disk_image: the root and /boot or /home
-loop-mounted read-only, the ESP read with mtools), restored unattended onto a blank disk 1.5x larger, then booted
-from that disk alone under the layout's firmware to its serial autologin, where a check runs inside.
+loop-mounted read-only, the ESP read with mtools), restored unattended onto blank disks (1.5x larger), then booted
+from them alone under the layout's firmware to its serial autologin, where a check runs inside.
 
 What is asserted comes from the guests and from independent tools: the agent's restore log on the restored root
 (the chroot GRUB path: the restored system's own grub-install and update-grub; the rescue system's GRUB skipped),
@@ -53,7 +56,11 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "real-layouts"
 MiB = 1 << 20
 BACKUP_MIB = 1024
 #: The firmware the rescue media boot under for each layout (the one the layout boots under).
-RESCUE_FIRMWARE = {DebianLayout.MBR_BIOS: VMFirmware.BIOS, DebianLayout.GPT_XFS_HOME: VMFirmware.UEFI}
+RESCUE_FIRMWARE = {DebianLayout.MBR_BIOS: VMFirmware.BIOS, DebianLayout.GPT_XFS_HOME: VMFirmware.UEFI,
+                   DebianLayout.TWO_DISKS: VMFirmware.UEFI}
+#: The blank target disks, as a fraction of each original disk's size: one 1.5x larger, and for layout 5 a second
+#: disk 0.7x the size of the original /srv disk (its data fits: the resize solver shrinks /srv).
+TARGET_SIZES = {DebianLayout.TWO_DISKS: (1.5, 0.7)}
 CHROOT_BIOS = "install grub for BIOS on /dev/vda (chroot, the restored system's grub-install)"
 RESCUE_BIOS = "install grub for BIOS on /dev/vda (rescue system's grub)"
 CHROOT_EFI_NVRAM = "install grub for UEFI into /boot/efi (chroot, \\EFI\\debian and an NVRAM entry)"
@@ -70,7 +77,7 @@ class Restored:
     machine: DebianImage
     descriptor: Descriptor  # the capture's ASR.SIF
     set_dir: Path
-    target: Path  # the restored disk
+    targets: tuple[Path, ...]  # the restored disks
     serial: str  # the rescue run's serial console
     restore_log: str  # /var/log/asr/restore-*.log of the restored system
     home_files: dict[str, str]  # the data files read back from the restored disk (host mount), path → text
@@ -99,8 +106,10 @@ def restored(request: pytest.FixtureRequest) -> Restored:
     t2 = time.monotonic()
     media = build_media(work / "media", descriptor=set_dir / "ASR.SIF", unattended=True, timeout=600)
     t3 = time.monotonic()
-    target = rehearse.make_disk(work / "target.img", plan.disks[0].size_mib * 3 // 2 * MiB)
-    spec = rehearse.make_rescue_spec(media.iso, media.floppy, (target, backup_image), firmware=firmware,
+    factors = TARGET_SIZES.get(layout, (1.5,))
+    targets = tuple(rehearse.make_disk(work / f"target{i}.img", int(d.size_mib * f) * MiB)
+                    for i, (d, f) in enumerate(zip(plan.disks, factors, strict=True)))  # fmt: skip
+    spec = rehearse.make_rescue_spec(media.iso, media.floppy, (*targets, backup_image), firmware=firmware,
                                      memory="768M")  # fmt: skip
     serial = rehearse.run_rescue(spec, work / "rescue", "reboot")
     t4 = time.monotonic()
@@ -110,18 +119,20 @@ def restored(request: pytest.FixtureRequest) -> Restored:
     backup_image.unlink()
     descriptor = parse_asr_sif((set_dir / "ASR.SIF").read_text())
     # the restored disk read on this host: the restore log on its root, the user's files on its /home or /boot
-    with rehearse.mount_disk_images(target, plan.root.partition, work / "inspect") as m:
+    with rehearse.mount_disk_images(targets, plan.root.partition, work / "inspect") as m:
         logs = sorted((m.root / "var" / "log" / "asr").glob("restore-*.log"))
         assert len(logs) == 1, f"restore logs in /var/log/asr: {logs}"
         log = logs[0].read_text(errors="replace")
         files = {p: (m.root / p.lstrip("/")).read_text() for p, _ in plan.data_files
                  if (m.root / p.lstrip("/")).is_file()}  # fmt: skip
-    return Restored(work, machine, descriptor, set_dir, target, serial, log, files)
+    return Restored(work, machine, descriptor, set_dir, targets, serial, log, files)
 
 
 def test_the_capture_records_the_layout(restored: Restored) -> None:
     d, plan = restored.descriptor, restored.machine.plan
-    (disk,) = d.disks
+    assert [x.disk_id.lower() for x in d.disks] == [x.disk_id for x in plan.disks]
+    assert all(x.critical for x in d.disks)  # layout 5: the /srv disk holds a backed-up filesystem
+    disk = d.disks[0]
     layout = plan.spec.layout
     if layout is DebianLayout.MBR_BIOS:
         assert disk.table is TableType.MBR and disk.disk_id.lower() == plan.disks[0].disk_id
@@ -129,8 +140,9 @@ def test_the_capture_records_the_layout(restored: Restored) -> None:
     else:
         assert disk.table is TableType.GPT and disk.disk_id.lower() == plan.disks[0].disk_id
         assert d.bootloader.kind is BootloaderKind.GRUB_EFI and d.bootloader.esp_mountpoint == "/boot/efi"
-    want = [(p.start, p.size) for p in plan.disks[0].partitions]
-    assert [(p.start, p.size) for p in d.partitions] == want  # the extended partition and the logical one too
+    want = [(p.start, p.size) for x in plan.disks for p in x.partitions]
+    # the extended partition and the logical one too
+    assert [(p.start, p.size) for x in d.disks for p in d.partitions_of(x.key)] == want
     if layout is DebianLayout.MBR_BIOS:
         assert [PartFlag.BOOT in p.flags for p in d.partitions] == [True, False, False, False]  # /boot is active
     by_uuid = {f.uuid.lower(): f for f in d.filesystems}
@@ -156,38 +168,42 @@ def test_the_restore_reinstalled_grub_from_the_restored_system_in_a_chroot(resto
         assert CHROOT_BIOS not in outcomes  # no BIOS boot partition: no i386-pc loader
 
 
-def test_restored_ids_equal_the_capture_and_fit_the_larger_disk(restored: Restored) -> None:
+def test_restored_ids_equal_the_capture_and_fit_the_target_disks(restored: Restored) -> None:
     d = restored.descriptor
-    table = json.loads(run(["sfdisk", "--json", restored.target]).stdout)["partitiontable"]
-    assert table["id"].lower() == d.disks[0].disk_id.lower()
-    got = table["partitions"]
-    # the same partitions, numbered as captured (layout 2: 1, 2, the extended 3 and the logical 5)
-    assert [int(p["node"].removeprefix(str(restored.target))) for p in got] == [p.number for p in d.partitions]
-    end = restored.target.stat().st_size // 512
-    for mine, theirs in zip(d.partitions, got, strict=True):
-        if table["label"] == "gpt":
-            assert (theirs["type"].lower(), theirs["uuid"].lower()) == (mine.type.lower(), mine.partuuid.lower())
-        else:
-            assert theirs["type"].zfill(2) == mine.type.lower().zfill(2)
-            assert theirs.get("bootable", False) == (PartFlag.BOOT in mine.flags)  # /boot stays active
-        assert theirs["start"] + theirs["size"] <= end
-    assert got[0]["start"] == d.partitions[0].start  # the first partition never moves
     blkid_of = {}
-    for p in got:
-        probe = run(["blkid", "-p", "-O", str(p["start"] * 512), "-o", "export", restored.target], check=False).stdout
-        tags = dict(line.split("=", 1) for line in probe.splitlines() if "=" in line)
-        if tags.get("UUID"):
-            blkid_of[tags["UUID"].lower()] = tags
+    for disk, target in zip(d.disks, restored.targets, strict=True):
+        parts = d.partitions_of(disk.key)
+        table = json.loads(run(["sfdisk", "--json", target]).stdout)["partitiontable"]
+        assert table["id"].lower() == disk.disk_id.lower()
+        got = table["partitions"]
+        # the same partitions, numbered as captured (layout 2: 1, 2, the extended 3 and the logical 5)
+        assert [int(p["node"].removeprefix(str(target))) for p in got] == [p.number for p in parts]
+        end = target.stat().st_size // 512
+        for mine, theirs in zip(parts, got, strict=True):
+            if table["label"] == "gpt":
+                assert (theirs["type"].lower(), theirs["uuid"].lower()) == (mine.type.lower(), mine.partuuid.lower())
+            else:
+                assert theirs["type"].zfill(2) == mine.type.lower().zfill(2)
+                assert theirs.get("bootable", False) == (PartFlag.BOOT in mine.flags)  # /boot stays active
+            assert theirs["start"] + theirs["size"] <= end
+        assert got[0]["start"] == parts[0].start  # the first partition never moves
+        if target.stat().st_size < disk.size_bytes:  # layout 5's 0.7x disk: its /srv shrank to fit
+            assert got[-1]["size"] < parts[-1].size
+        for p in got:
+            probe = run(["blkid", "-p", "-O", str(p["start"] * 512), "-o", "export", target], check=False).stdout
+            tags = dict(line.split("=", 1) for line in probe.splitlines() if "=" in line)
+            if tags.get("UUID"):
+                blkid_of[tags["UUID"].lower()] = tags
     for fs in d.filesystems:
         tags = blkid_of[fs.uuid.lower()]
         assert (tags["TYPE"], tags.get("LABEL", "")) == (fs.type.value, fs.label), fs
-    assert restored.home_files == dict(restored.machine.plan.data_files)  # read on this host from the restored /home
+    assert restored.home_files == dict(restored.machine.plan.data_files)  # read on this host from the restored disks
 
 
 def test_restored_machine_boots_to_its_login_and_passes_its_check(restored: Restored) -> None:
     plan = restored.machine.plan
     (firmware,) = plan.firmwares
-    spec = VMSpec(disks=(restored.target,), firmware=VMFirmware(firmware), memory="1G", accel=find_accel(),
+    spec = VMSpec(disks=restored.targets, firmware=VMFirmware(firmware), memory="1G", accel=find_accel(),
                   name=f"asr-restored-{plan.spec.layout}")  # fmt: skip
     with QemuVM(spec, workdir=restored.work / "boot", log=restored.work / f"restored-{firmware}.serial.log") as vm:
         found = check_login(vm)

@@ -637,9 +637,9 @@ def plan_layout(
     critical_disks: set[str] = set()
     for dkey, fs in fs_candidates:
         fs_mps = set(mounted_at.get(fs.key, ()))
-        if fs_mps & set(CRITICAL_MOUNTS):
-            critical_disks.add(dkey)
         backup = bool(fs_mps & backed_up) and fs.type.has_files
+        if fs_mps & set(CRITICAL_MOUNTS) or backup:  # a disk holding a backed-up filesystem is re-created too
+            critical_disks.add(dkey)
         filesystems.append(replace(fs, backup=backup))
 
     disk_records = tuple(

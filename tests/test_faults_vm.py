@@ -252,7 +252,9 @@ def test_backup_medium_pulled_then_plugged_back_in_retry_completes(src: Source, 
         vm.send_keys("space")
         vm.wait_serial(r"ENTER=Continue +F3=Quit", STEP_TIMEOUT)
         vm.send_keys("enter")
-        vm.wait_serial(r"C=Continue +F3=Quit", RUN_TIMEOUT)
+        vm.wait_serial(r"(C=Continue|N=Next page) +", RUN_TIMEOUT)
+        vm.send_keys("n", "n", "n")  # a plan longer than the screen: C is accepted once its last page was shown
+        vm.wait_serial(r"C=Continue +F3=Quit", STEP_TIMEOUT)
         vm.send_keys("c")
         vm.wait_serial(ROOT_EXTRACTION, RUN_TIMEOUT)
         vm.wait_serial(r"ASR: progress: restore / from", STEP_TIMEOUT)

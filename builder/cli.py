@@ -76,8 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     rh.add_argument("--expect", help="regex on the restored system's serial console, for systems without systemd "
                     "(default: the restored system's own check line, and its login prompt timed)")
     rh.add_argument("--keep", action="store_true", help="keep the scratch disks")
+    rh.add_argument("--new-ids", action="store_true", help="restore with new disk, partition and filesystem ids "
+                    "(asr.new_ids=1: a copy that must coexist with the original); judged by those ids")
     rh.add_argument("--workdir", type=Path, help="work and report directory (default: out/rehearse)")
     rh.add_argument("--memory", default="512M", help="RAM of the rescue VM (default 512M): prove the restore fits")
+    rh.add_argument("--cpus", type=int, default=1, help="virtual CPUs of the VMs (default 1; under TCG each is a "
+                    "host thread)")
     rh.add_argument("--json", action="store_true")
 
     dm = sub.add_parser("demo", help="rehearse the recovery of a real Debian 12 installation, as root (--f2: the "

@@ -101,6 +101,7 @@ class VMSpec:
     disk_bus: DiskBus = DiskBus.VIRTIO
     read_only_disks: frozenset[Path] = frozenset()  # of ``disks``: attached write-protected (QEMU readonly=on)
     memory: str = "512M"
+    cpus: int = 1  # virtual CPUs; under TCG each is a host thread of its own (QEMU's multi-threaded TCG)
     accel: Accel = Accel.TCG
     headless: bool = True
     kernel: Path | None = None  # direct kernel boot (the ISO stays attached)
@@ -128,6 +129,8 @@ def check_spec(spec: VMSpec) -> None:
         raise InputError(f"read-only disk {sorted(stray)[0]} is not one of the VM's disks")
     if not re.fullmatch(r"\d+[MG]?", spec.memory):
         raise InputError(f"memory {spec.memory!r}: expected a size like 512M or 1G")
+    if not 1 <= spec.cpus <= 64:
+        raise InputError(f"cpus {spec.cpus}: expected 1 to 64")
 
 
 def qemu_argv(
@@ -144,6 +147,7 @@ def qemu_argv(
     for chardev in chardevs:
         argv += ["-chardev", chardev]
     argv += ["-name", spec.name, "-machine", "pc", "-accel", spec.accel.value, "-m", spec.memory]
+    argv += ["-smp", str(spec.cpus)] if spec.cpus > 1 else []
     argv += ["-no-reboot", "-rtc", "base=utc", "-device", "virtio-rng-pci"]
     argv += spec.firmware.argv(vars_copy)
     if spec.headless:

@@ -46,6 +46,7 @@ from recovery_env.model.descriptor import Descriptor, Firmware
 from recovery_env.model.sif import parse_asr_sif
 from recovery_env.probe.layout import FstabEntry, parse_fstab, read_blkid
 from recovery_env.probe.media import BlockFs
+from recovery_env.restore.newids import apply_new_ids, parse_new_id_lines
 from recovery_env.restore.rehearsal import LINE_PATTERN, CheckLine, judge_check, parse_check_line
 from recovery_env.run import run
 from recovery_env.templating import render
@@ -172,9 +173,8 @@ HOST_MOUNTABLE = ("ext2", "ext3", "ext4", "xfs", "btrfs")
 
 def host_ro_options(vfstype: str) -> str:
     """Read-only mount options for a source on this host: the capture's own (ext* ``ro,noload``, xfs
-    ``ro,norecovery``), but btrfs ``ro,rescue=nologreplay``: newer kernels (6.18 here) refuse the old
-    ``nologreplay`` spelling, and ``rescue=`` exists since 5.9 (the rescue kernel, 6.1, has both)."""
-    return "ro,rescue=nologreplay" if vfstype == "btrfs" else plan_mount_options(vfstype)
+    ``ro,norecovery``, btrfs ``ro,rescue=nologreplay``)."""
+    return plan_mount_options(vfstype)
 
 
 def plan_image_mounts(fstab: Sequence[FstabEntry], filesystems: Sequence[BlockFs], root: BlockFs,
@@ -289,18 +289,20 @@ def capture_disk_image(disks: Path | Sequence[Path], root_partition: int, hostna
 
 
 def make_rescue_spec(iso: Path, floppy: Path, disks: tuple[Path, ...], *, firmware: VMFirmware = VMFirmware.BIOS,
-                     append: str = "", workdir: Path | None = None, memory: str = "512M") -> VMSpec:  # fmt: skip
+                     append: str = "", workdir: Path | None = None, memory: str = "512M",
+                     cpus: int = 1) -> VMSpec:  # fmt: skip
     """The rescue media with the floppy and ``disks`` (virtio, in order: vda, vdb, ...), ``memory`` of RAM.
     ``append``: boot the ISO's own kernel and initrd directly with these options added (the ISO stays
     attached)."""
     if not append:
-        return VMSpec(iso=iso, floppy=floppy, disks=disks, firmware=firmware, accel=find_accel(), memory=memory)
+        return VMSpec(iso=iso, floppy=floppy, disks=disks, firmware=firmware, accel=find_accel(), memory=memory,
+                      cpus=cpus)
     if workdir is None:
         raise InputError("a direct kernel boot needs a work directory for the ISO's kernel and initrd")
     workdir.mkdir(parents=True, exist_ok=True)
     kernel, initrd, default = read_boot_files(iso, workdir)
     return VMSpec(iso=iso, floppy=floppy, disks=disks, firmware=firmware, accel=find_accel(), kernel=kernel,
-                  initrd=initrd, append=f"{default} {append}", memory=memory)  # fmt: skip
+                  initrd=initrd, append=f"{default} {append}", memory=memory, cpus=cpus)  # fmt: skip
 
 
 def run_rescue(spec: VMSpec, workdir: Path, expect_exit: str = r"[^)]+", *,
@@ -364,7 +366,7 @@ def summarize_check(check: CheckLine, problems: tuple[str, ...]) -> str:
 
 def boot_restored(disks: tuple[Path, ...], firmware: VMFirmware, workdir: Path, *, expect: str | None = None,
                   descriptor: Descriptor | None = None, timeout: float = RESTORED_BOOT_TIMEOUT,
-                  memory: str = "512M", disk_bus: DiskBus = DiskBus.IDE) -> BootEvidence:  # fmt: skip
+                  memory: str = "512M", disk_bus: DiskBus = DiskBus.IDE, cpus: int = 1) -> BootEvidence:  # fmt: skip
     """Boot the restored disks alone (IDE unless ``disk_bus`` says otherwise; no boot entry in a fresh OVMF store:
     the removable path) until the restored system's check line (``expect`` None: judged against ``descriptor``, a
     login prompt on serial timed beside it) or ``expect`` or a sign of failure shows on the serial console, QEMU
@@ -372,7 +374,7 @@ def boot_restored(disks: tuple[Path, ...], firmware: VMFirmware, workdir: Path, 
     if expect is None and descriptor is None:
         raise InputError("the rehearsal check is judged against a descriptor: give one (or an --expect pattern)")
     spec = VMSpec(disks=disks, disk_bus=disk_bus, firmware=firmware, accel=find_accel(), name="restored",
-                  memory=memory)  # fmt: skip
+                  memory=memory, cpus=cpus)  # fmt: skip
     vmdir = workdir / f"boot-{firmware}"
     shot = (workdir / f"restored-{firmware}.png").resolve()
     ok_pattern = LINE_PATTERN if expect is None else expect
@@ -576,11 +578,16 @@ def rehearse(
     boot_memory: str = "1G",
     boot_disk_bus: DiskBus = DiskBus.IDE,
     restore_timeout: float = RESCUE_RUN_TIMEOUT,
+    new_ids: bool = False,
+    cpus: int = 1,
 ) -> RehearsalReport:
     """Restore the backup set in ``set_dir`` onto scratch disks in QEMU (the rescue system with ``memory`` of
     RAM) and boot the result (``boot_memory``); the report (also written to ``workdir/report.md`` and
     ``workdir/report.json``).  ``expect`` None: the verdict is the restored system's own check (module
-    docstring); else the first match of that pattern on serial.  Bad input raises before anything is built."""
+    docstring); else the first match of that pattern on serial.  ``new_ids``: the restore gives everything ids of
+    its own (``asr.new_ids=1``); the restored system is judged by the ids the rescue system logged, each of which
+    must differ from the capture.  ``cpus``: virtual CPUs of both VMs (each a host thread under TCG: the
+    decompressor and tar of a restore run side by side).  Bad input raises before anything is built."""
     say = progress or (lambda line: None)
     choice = FirmwareChoice(firmware)
     if (iso is None) != (floppy is None):
@@ -590,13 +597,16 @@ def rehearse(
             raise InputError(f"{what} {path} does not exist")
     if not re.fullmatch(r"\d+[MG]", memory):
         raise InputError(f"--memory {memory!r}: expected a size like 512M or 1G")
+    if not 1 <= cpus <= 64:
+        raise InputError(f"--cpus {cpus}: expected 1 to 64")
     if expect is not None:
         try:
             re.compile(expect)
         except re.error as e:
             raise InputError(f"--expect {expect!r}: not a regular expression ({e})") from None
     # the default verdict: the agent installs the rehearsal check (recovery_env/restore/rehearsal.py)
-    rehearsal_option = ("asr.rehearsal=1",) if expect is None else ()
+    rehearsal_option: tuple[str, ...] = ("asr.rehearsal=1",) if expect is None else ()
+    rehearsal_option += ("asr.new_ids=1",) if new_ids else ()
     set_dir = set_dir.resolve()
     descriptor = read_set_descriptor(set_dir)
     scratch = plan_scratch_disks(descriptor, grow_percent)
@@ -612,6 +622,7 @@ def rehearse(
     rescue_serial = ""
     boots: list[BootEvidence] = []
     disks: list[Path] = []
+    judged = descriptor  # what the restored system's check is judged by (its new ids, with new_ids)
     try:
         with phases.phase("build media") as note:
             if iso is None or floppy is None:
@@ -631,8 +642,8 @@ def rehearse(
                         + f"; backup medium {backup_img.stat().st_size / MiB:.0f} MiB")  # fmt: skip
         with phases.phase("restore") as note:
             spec = make_rescue_spec(iso, floppy, (*disks, backup_img), firmware=rescue_fw, append=append,
-                                    workdir=workdir / "rescue-files", memory=memory)  # fmt: skip
-            note.append(f"rescue VM with {memory} of RAM")
+                                    workdir=workdir / "rescue-files", memory=memory, cpus=cpus)  # fmt: skip
+            note.append(f"rescue VM with {memory} of RAM" + (f", {cpus} CPUs" if cpus > 1 else ""))
             try:
                 rescue_serial = run_rescue(spec, workdir / "rescue", timeout=restore_timeout)
             except VMError as e:
@@ -642,6 +653,14 @@ def rehearse(
             rescue = read_rescue_verdict(rescue_serial)
             if not cause and not rescue.ok:
                 cause = rescue.cause
+            ids = parse_new_id_lines(rescue_serial)
+            if new_ids and not cause:
+                same = [c for c in ids.changes if c.old.lower() == c.new.lower()]
+                if not ids.changes or same:
+                    cause = ("the restore logged no new ids" if not ids.changes else
+                             f"{same[0].kind} {same[0].key} kept its id {same[0].old} (asked: new ids)")
+                judged = apply_new_ids(descriptor, ids)
+                note.append(f"{len(ids.changes)} new ids")
             if cause:
                 note.append("FAILED")
                 note.append(cause)
@@ -651,9 +670,9 @@ def rehearse(
         if not cause:
             for fw in firmwares:
                 with phases.phase(f"boot restored ({fw})") as note:
-                    ev = boot_restored(tuple(disks), fw, workdir, expect=expect, descriptor=descriptor,
+                    ev = boot_restored(tuple(disks), fw, workdir, expect=expect, descriptor=judged,
                                        timeout=boot_timeout, memory=boot_memory,
-                                       disk_bus=boot_disk_bus)  # fmt: skip
+                                       disk_bus=boot_disk_bus, cpus=cpus)  # fmt: skip
                     boots.append(ev)
                     if expect is None:
                         note.append(ev.login)
@@ -721,7 +740,7 @@ def cli_rehearse(args: argparse.Namespace) -> int:
     workdir = args.workdir or Path("out") / "rehearse"
     report = rehearse(args.dir, iso=args.iso, floppy=args.floppy, firmware=args.firmware, grow_percent=args.grow,
                       expect=args.expect, keep=args.keep, workdir=workdir, progress=progress,
-                      memory=args.memory)  # fmt: skip
+                      memory=args.memory, new_ids=args.new_ids, cpus=args.cpus)  # fmt: skip
     if args.json:
         print(json_text(report.to_json()))
     else:

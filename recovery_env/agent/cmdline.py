@@ -41,6 +41,7 @@ class BootOptions:
     floppy: str = "/dev/fd0"  # where the ASR floppy is read from (and written to by the capture)
     backup: str = "LABEL=ASRBACKUP"  # the capture's backup medium: LABEL=NAME or UUID=UUID
     rehearsal: bool = False  # `asr rehearse` on scratch disks: the plan installs the rehearsal check
+    new_ids: bool = False  # the restored disks, partitions and filesystems get new ids (recovery_env.restore.newids)
     warnings: tuple[str, ...] = ()
 
 
@@ -95,6 +96,7 @@ _OPTIONS: dict[str, tuple[str, Callable[[str, str | None], object]]] = {
     "floppy": ("floppy", _parse_path),
     "backup": ("backup", _parse_medium),
     "rehearsal": ("rehearsal", _parse_bool),
+    "new_ids": ("new_ids", _parse_bool),
 }
 
 

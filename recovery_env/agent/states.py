@@ -253,6 +253,8 @@ class Agent:
         self.location: BackupLocation | None = None
         self.match: DiskMatch | None = None
         self.pinned: dict[str, str] = {}
+        # asr.new_ids: the salt of the new ids, one per agent, so a plan made again (after a retry) has the same ids
+        self.id_salt = os.urandom(16).hex()
         self.plan: RestorePlan | None = None
         self.confirmation = ""  # recovery_env.restore.execute.confirm_plan's token, made when the plan is confirmed
         self.from_step = 0
@@ -324,6 +326,7 @@ class Agent:
         self.log(
             f"agent {__version__} started (timeout={self.options.timeout} unattended="
             f"{int(self.options.unattended)} dryrun={int(self.options.dryrun)} rehearsal={int(self.options.rehearsal)} "
+            f"new_ids={int(self.options.new_ids)} "
             f"floppy={self.floppy})"
         )
         for note in self.notes():
@@ -615,9 +618,12 @@ class Agent:
             self.match = make_match(d, targets, exclude, unattended=self.options.unattended, pinned=self.pinned)
             if self.match.pending:
                 return State.PICK_DISK
-            self.plan = make_plan(d, self.match, self.location, rehearsal=self.options.rehearsal)
+            self.plan = make_plan(d, self.match, self.location, rehearsal=self.options.rehearsal,
+                                  new_ids_salt=self.id_salt if self.options.new_ids else "")
         except AsrError as e:
             return self.fail_restore(e, State.PLAN)
+        for change in self.plan.new_ids:
+            self.log(change.line)  # ASR-NEW-ID ...: what a rehearsal judges the restored system's ids by
         lines = render_plan(self.plan)
         wiped = ", ".join(f"{w.device} <- {w.disk_key}" for w in self.plan.disks_to_wipe)
         self.log(f"plan: {len(self.plan.steps())} steps; disks to erase: {wiped}; plan {self.plan.digest[:16]}")

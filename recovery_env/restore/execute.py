@@ -38,6 +38,7 @@ from recovery_env.errors import (
 from recovery_env.model.descriptor import TableType
 from recovery_env.probe.layout import SfdiskTable, parse_sfdisk_json, read_blkid
 from recovery_env.restore.inroot import read_in_root, resolve_in_root, write_in_root
+from recovery_env.restore.newids import replace_ids
 from recovery_env.restore.plan import (
     BY_UUID_DIR,
     CheckFilesystem,
@@ -51,6 +52,7 @@ from recovery_env.restore.plan import (
     LinkByUuid,
     MakeDir,
     Phase,
+    ReplaceIds,
     RestorePlan,
     RunStep,
     Step,
@@ -67,6 +69,7 @@ DEVICE_WRITERS = frozenset(
 )
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress reports of one extraction
+STEP_TIME_SHOWN = 1.0  # a step that takes this long or longer logs its time (where a restore spends it)
 
 
 @dataclass(frozen=True)
@@ -279,6 +282,10 @@ def check_step(step: Step, plan: RestorePlan) -> None:
                     raise refuse(f"links {uuid} to {device}, which is not a filesystem of the plan")
                 if not _UUID_NAME.fullmatch(uuid):
                     raise refuse(f"link name {uuid!r} is not a filesystem UUID")
+        case ReplaceIds(files=files, directories=dirs):
+            for path in (*files, *dirs):
+                if not _under(root, path) or os.path.normpath(path) == root:
+                    raise refuse(f"rewrites {path}, outside the target root {root}")
         case WriteFiles(files=files):
             for path, _text, _mode in files:
                 if not _under(root, path) or os.path.normpath(path) == root:
@@ -494,7 +501,10 @@ def execute_plan(
             differences += tuple(detail.splitlines()) if detail else ()
         if outcome is not Outcome.DONE:
             log(f"  {outcome.value}{': ' + detail if detail else ''}")
-        results.append(StepResult(i, step.name, step.phase, outcome, detail, time.monotonic() - t0))
+        seconds = time.monotonic() - t0
+        if seconds >= STEP_TIME_SHOWN:
+            log(f"  took {seconds:.1f} s")
+        results.append(StepResult(i, step.name, step.phase, outcome, detail, seconds))
     return ExecutionReport(tuple(results), differences, manifest_checked)
 
 
@@ -645,6 +655,8 @@ def _run_step(step: Step, root: str, *, log: Log, progress: OnProgress) -> tuple
                     log(f"  {link} -> {device}")
             except OSError as err:
                 raise _fail(step, [], str(err), f"cannot link in {directory}") from err
+        case ReplaceIds():
+            _replace_ids(step, root, log)
         case WriteFiles(files=files):
             for path, text, mode in files:
                 try:
@@ -653,6 +665,24 @@ def _run_step(step: Step, root: str, *, log: Log, progress: OnProgress) -> tuple
                     raise _fail(step, [], str(err), f"cannot write {path}") from err
                 log(f"  wrote {written} ({len(text.encode())} bytes, mode {mode:04o})")
     return Outcome.DONE, ""
+
+
+def _replace_ids(step: ReplaceIds, root: str, log: Log) -> None:
+    """Each old id replaced by its new one in the step's files that exist (and the ``*.cfg`` of its directories)."""
+    paths = [p for p in step.files if _exists_in_root(p, root)]
+    for d in step.directories:
+        if _exists_in_root(d, root):
+            where = resolve_in_root(root, d)
+            if os.path.isdir(where):
+                paths += [os.path.join(d, n) for n in sorted(os.listdir(where)) if n.endswith(".cfg")]
+    for path in paths:
+        try:
+            text, count = replace_ids(read_in_root(root, path), step.replacements)
+            if count:
+                write_in_root(root, path, text)
+        except (OSError, TargetPathError) as err:
+            raise _fail(step, [], str(err), f"cannot rewrite {path}") from err
+        log(f"  {path}: {count} id(s) replaced")
 
 
 def _run_checked(step: Step, argv: Sequence[str]) -> str:

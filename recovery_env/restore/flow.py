@@ -50,6 +50,7 @@ from recovery_env.probe.media import (
 from recovery_env.restore.execute import Progress
 from recovery_env.restore.inroot import write_in_root
 from recovery_env.restore.match import DiskMatch, match_disks
+from recovery_env.restore.newids import derive_new_ids
 from recovery_env.restore.plan import RestorePlan, plan_restore
 from recovery_env.restore.rehearsal import CheckFile, plan_check_sample, render_check_files
 from recovery_env.restore.verify import check_backup_set, read_manifest
@@ -255,15 +256,17 @@ def make_match(
 
 
 def make_plan(descriptor: Descriptor, match: DiskMatch, location: BackupLocation, *,
-              rehearsal: bool = False) -> RestorePlan:  # fmt: skip
+              rehearsal: bool = False, new_ids_salt: str = "") -> RestorePlan:  # fmt: skip
     """The plan; for a rehearsal (``asr.rehearsal=1``) with the rehearsal check's files, its checksum sample read
-    from the set's MANIFEST (recovery_env.restore.rehearsal)."""
+    from the set's MANIFEST (recovery_env.restore.rehearsal); with ``new_ids_salt`` (``asr.new_ids=1``), new ids
+    derived from it for everything the restore re-creates (recovery_env.restore.newids)."""
     check: tuple[CheckFile, ...] = ()
     if rehearsal and descriptor.backup is not None:
         entries = read_manifest(Path(location.directory) / descriptor.backup.manifest)
         check = render_check_files(descriptor, plan_check_sample(entries, descriptor))
+    new_ids = derive_new_ids(descriptor, new_ids_salt) if new_ids_salt else None
     return plan_restore(descriptor, match, target_root=TARGET_ROOT, backup_dir=location.directory,
-                        rescue_grub_dir=RESCUE_GRUB_DIR, rehearsal_check=check)
+                        rescue_grub_dir=RESCUE_GRUB_DIR, rehearsal_check=check, new_ids=new_ids)
 
 
 def write_run_log(plan: RestorePlan, agent_log: str, started: float) -> str:

@@ -42,6 +42,7 @@ from recovery_env.model.descriptor import (
 from recovery_env.model.manifest import DECOMPRESSORS, TAR_EXTRACT_OPTIONS
 from recovery_env.probe.disks import TargetDisk, partition_device
 from recovery_env.restore.match import DiskMatch, describe_disk
+from recovery_env.restore.newids import ID_DIRECTORIES, ID_FILES, IdChange, NewIds, apply_new_ids
 from recovery_env.restore.rehearsal import SYSTEMD_MARKS, UNIT_NAME, CheckFile
 from recovery_env.restore.resize import DiskResize, solve_disk
 from recovery_env.text import format_size, visible_lines
@@ -301,8 +302,20 @@ class LinkByUuid:
     directory: str = BY_UUID_DIR
 
 
+@dataclass(frozen=True)
+class ReplaceIds:
+    """A restore with new ids (:mod:`recovery_env.restore.newids`): in each of ``files`` under the target root (and
+    each ``*.cfg`` of ``directories``) that exists, every old id replaced by its new one."""
+
+    name: str
+    phase: Phase
+    files: tuple[str, ...]  # under the target root
+    directories: tuple[str, ...]
+    replacements: tuple[tuple[str, str], ...]  # (old, new)
+
+
 Step = (RunStep | WaitPartitions | CheckTable | CheckFilesystem | MakeDir | Extract | EditFstab | CheckManifest
-        | WriteFiles | LinkByUuid)
+        | WriteFiles | LinkByUuid | ReplaceIds)
 
 
 @dataclass(frozen=True)
@@ -433,6 +446,8 @@ class RestorePlan:
     top_level_steps: tuple[Step, ...] = ()
     # a rehearsal only (asr.rehearsal=1): the transient check written into the restored system, (path, text, mode)
     rehearsal_check: tuple[tuple[str, str, int], ...] = ()
+    # a restore with new ids (asr.new_ids=1): each id given in place of the captured one
+    new_ids: tuple[IdChange, ...] = ()
 
     @property
     def devices(self) -> frozenset[str]:
@@ -606,7 +621,8 @@ def _esp_mountpoint(descriptor: Descriptor, disk_key: str) -> str:
 
 
 def plan_bootloader(
-    descriptor: Descriptor, disks: Mapping[str, DiskPlan], root: str, rescue_grub_dir: str
+    descriptor: Descriptor, disks: Mapping[str, DiskPlan], root: str, rescue_grub_dir: str, *,
+    rebuild_initramfs: bool = False,
 ) -> tuple[tuple[RunStep, ...], tuple[str, ...]]:
     """Boot loader commands and the chroot mounts they need.
 
@@ -617,7 +633,8 @@ def plan_bootloader(
     removable path ``\\EFI\\BOOT\\BOOTX64.EFI`` always, and to ``\\EFI\\<id>`` with an NVRAM entry only when the
     rescue system itself was booted under UEFI (its /sys/firmware/efi, seen through the target's /sys).  Then the
     restored system's ``update-grub``.  Without a ``grub-install`` in the restored system, the rescue system's
-    own GRUB installs the recorded kind (the fallback)."""
+    own GRUB installs the recorded kind (the fallback).  ``rebuild_initramfs`` (ids changed): the restored
+    system's ``update-initramfs`` (or ``dracut``) rebuilds its initramfs first, for the resume device inside it."""
     bl = descriptor.bootloader
     ph = Phase.BOOTLOADER
     if bl.kind is BootloaderKind.NONE:
@@ -652,6 +669,15 @@ def plan_bootloader(
         )
         chroot_mounts.append(efivars)
     own_grub = (f"{root}/usr/sbin/grub-install", f"{root}/sbin/grub-install")
+    if rebuild_initramfs:
+        update_initramfs = (f"{root}/usr/sbin/update-initramfs", f"{root}/sbin/update-initramfs")
+        steps += [
+            RunStep("rebuild the initramfs for the new ids (chroot, update-initramfs)", ph,
+                    ("chroot", root, "update-initramfs", "-u", "-k", "all"), only_if_any=update_initramfs),
+            RunStep("rebuild the initramfs for the new ids (chroot, dracut)", ph,
+                    ("chroot", root, "dracut", "--regenerate-all", "--force"),
+                    only_if_any=(f"{root}/usr/bin/dracut", f"{root}/usr/sbin/dracut"), unless_any=update_initramfs),
+        ]  # fmt: skip
     bl_id = bl.efi_directory or "debian"
     primary = bl.kind.grub_target
     if bios:
@@ -755,9 +781,13 @@ def plan_restore(
     backup_dir: str,
     rescue_grub_dir: str = "/usr/lib/grub",
     rehearsal_check: Sequence[CheckFile] = (),
+    new_ids: NewIds | None = None,
 ) -> RestorePlan:
     """The whole restore as data.  ``mapping`` comes from :func:`match_disks` (complete).  ``rehearsal_check``:
-    the files of the rehearsal check (:mod:`recovery_env.restore.rehearsal`), given only for a rehearsal."""
+    the files of the rehearsal check (:mod:`recovery_env.restore.rehearsal`), given only for a rehearsal.
+    ``new_ids``: a restore with ids of its own (:mod:`recovery_env.restore.newids`) in place of the captured."""
+    if new_ids is not None:
+        descriptor = apply_new_ids(descriptor, new_ids)
     root = os.path.normpath(target_root)
     if root == "/":
         raise PlanError("the target root cannot be / (the rescue system itself)")
@@ -849,7 +879,8 @@ def plan_restore(
             descriptor, fsp, next((e for e in extractions if e.filesystem == fsp.key), None), manifest, root
         )
     )
-    bootloader, chroot_mounts = plan_bootloader(descriptor, disk_plans, root, rescue_grub_dir)
+    bootloader, chroot_mounts = plan_bootloader(descriptor, disk_plans, root, rescue_grub_dir,
+                                                rebuild_initramfs=bool(new_ids and new_ids.changes))
     post = tuple(
         RunStep(
             f"post-restore command {c.order}: {c.command}",
@@ -884,6 +915,7 @@ def plan_restore(
         empty_filesystems=plan_empty_notices(fs_plans, mounts, extractions, descriptor),
         top_level_steps=top_level_steps,
         rehearsal_check=tuple((_under(root, f.path), f.text, f.mode) for f in rehearsal_check),
+        new_ids=new_ids.changes if new_ids is not None else (),
     )
 
 
@@ -1082,6 +1114,10 @@ def _iter_steps(plan: RestorePlan) -> Iterator[Step]:
         compared = tuple(e.filesystem for e in plan.extractions if e.top_level)  # already, on their top level
         yield CheckManifest("compare the restored files with the MANIFEST", ph, plan.target_root, plan.manifest,
                             skip=compared)
+    if plan.new_ids:  # after the comparison: these files differ from the MANIFEST on purpose
+        yield ReplaceIds("write the new ids into the restored system's files", ph,
+                         tuple(_under(plan.target_root, f) for f in ID_FILES),
+                         tuple(_under(plan.target_root, d) for d in ID_DIRECTORIES), NewIds(plan.new_ids).replacements)
     for cm in plan.chroot_mounts:
         if not cm.endswith("/efivars"):
             yield MakeDir(f"make the mount point {cm}", Phase.BOOTLOADER, cm)
@@ -1129,6 +1165,12 @@ def render_plan(plan: RestorePlan) -> list[str]:
         lines += [f"  {e.mountpoint:<12} <- {os.path.basename(e.archive)}" for e in plan.extractions]
     for c in plan.fstab_changes:
         lines.append(f"Change /etc/fstab: {c.mountpoint} {c.old} -> {c.new}")
+    if plan.new_ids:
+        lines += wrap_whole("NEW IDS (asr.new_ids): the restored disks, partitions and filesystems get ids of their "
+                            "own, written into fstab, the resume device and GRUB's defaults; the initramfs is "
+                            "rebuilt:", "", "  ")
+        for idc in plan.new_ids:
+            lines += [f"  {idc.kind:<10} {idc.key:<8} {idc.old}", f"  {'':<10} {'':<8} -> {idc.new}"]
     if plan.bootloader_kind is not BootloaderKind.NONE:
         lines.append(f"Install the boot loader: {plan.bootloader_kind.value}.")
     if plan.post_commands:

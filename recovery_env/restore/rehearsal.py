@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from recovery_env.model.descriptor import Descriptor, FsType
 from recovery_env.model.manifest import EntryType, ManifestEntry
+from recovery_env.restore.newids import ID_DIRECTORIES, ID_FILES
 
 CHECK_PREFIX = "ASR-REHEARSAL-CHECK"
 UNIT_NAME = "asr-rehearsal-check.service"
@@ -50,11 +51,11 @@ STATE_WAIT_SECONDS = 600  # how long the script waits for systemd to settle
 #: (The boot loader steps rewrite /boot/grub and the ESP; the fstab rewrite; files systemd and ldconfig refresh.)
 VOLATILE_PREFIXES = (
     "/boot/grub/", "/boot/efi/", "/var/", "/tmp/", "/run/", "/proc/", "/sys/", "/dev/", CHECK_DIR + "/",
-    "/etc/systemd/system/",
+    "/etc/systemd/system/", "/boot/initrd.img", *(d + "/" for d in ID_DIRECTORIES),  # rebuilt, rewritten: new ids
 )  # fmt: skip
 VOLATILE_FILES = frozenset({
     "/etc/ld.so.cache", "/etc/adjtime", "/etc/resolv.conf", "/etc/machine-id", "/etc/fstab", "/etc/mtab",
-    "/etc/.pwd.lock", "/etc/.updated", "/etc/blkid.tab",
+    "/etc/.pwd.lock", "/etc/.updated", "/etc/blkid.tab", *ID_FILES,  # a restore with new ids rewrites ID_FILES
 })  # fmt: skip
 #: The root filesystem's groups (their share of the sample each); every other mounted filesystem is a group too.
 ROOT_GROUPS = (("/etc/",), ("/usr/bin/", "/bin/"), ("/usr/sbin/", "/sbin/"))

@@ -41,7 +41,8 @@ from recovery_env.model.descriptor import GPT_BIOS_BOOT, BootloaderKind, Filesys
 from recovery_env.model.sif import parse_asr_sif, parse_asrpnp_sif
 from recovery_env.model.validate import validate_inventory
 from recovery_env.probe.inventory import AliasTable, make_device, parse_modules_alias, read_inventory
-from recovery_env.restore.verify import check_backup_set, verify_manifest
+from recovery_env.probe.layout import read_mounts
+from recovery_env.restore.verify import check_backup_set, read_manifest, verify_manifest
 from recovery_env.run import run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -253,7 +254,8 @@ def test_a_filesystem_on_the_wiped_disk_not_backed_up_is_a_warning(attach: list[
     code, out, err = asr("backup", "--to", str(tmp_path / "set2"), "--root", str(a.mnt), "--disk", a.loop)
     assert code == 0, err
     assert f"  warning: {warning}\n" in out
-    (a.mnt / "srv").mkdir()
+    (a.mnt / "srv").mkdir(mode=0o700)
+    os.chmod(a.mnt / "srv", 0o700)  # the mount point on the root filesystem; /srv's own root is 0755 (mke2fs)
     run(["mount", f"{a.loop}p3", str(a.mnt / "srv")])
     try:  # backed up with --include-mount /srv: no warning
         code, out, err = asr("backup", "--to", str(tmp_path / "set3"), "--root", str(a.mnt), "--disk", a.loop,
@@ -263,6 +265,11 @@ def test_a_filesystem_on_the_wiped_disk_not_backed_up_is_a_warning(attach: list[
     assert code == 0, err
     assert [f["backup"] for f in json.loads(out)["filesystems"]] == [True, True]
     assert not [w for w in json.loads(out)["warnings"] if "EMPTY" in w]
+    # the root filesystem is read through a bind of it: /srv archived as the directory it is there, not as the
+    # root of the filesystem mounted on it (that one is /srv's own archive)
+    modes = {e.fs: stat.S_IMODE(e.mode) for e in read_manifest(tmp_path / "set3" / "MANIFEST") if e.path == "/srv"}
+    assert modes == {"fs1": 0o700, "fs2": 0o755}
+    assert not [m for m in read_mounts() if m.target.startswith("/run/asr-source-")]  # the binds are gone
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -43,7 +43,6 @@ Build one by hand: ``python -m builder.vm.debian --layout mbr-bios out/debian`` 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import inspect
 import json
@@ -56,13 +55,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from itertools import pairwise
 from pathlib import Path
 
+from builder.media.packages import file_lock
 from builder.vm.qemu import QemuVM, VMError, VMSpec, find_accel
 from recovery_env.errors import InputError, InternalError
 from recovery_env.model.descriptor import GPT_BIOS_BOOT, GPT_ESP, FsType
@@ -682,13 +681,9 @@ def machines_dir(override: Path | None = None) -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "asr") / "machines"
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One builder per cache entry at a time (two test sessions must not debootstrap twice at once)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+#: One builder per cache entry at a time (two test sessions must not debootstrap twice at once).  A name of its own:
+#: the cache digests read the text of the functions that call it.
+_locked = file_lock
 
 
 def _check_root(doing: str) -> None:

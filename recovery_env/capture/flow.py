@@ -318,15 +318,17 @@ def _capture(
     staging = (
         Path(tempfile.mkdtemp(prefix="asr-fat-")) if any(s.reader is SourceReader.MTOOLS for s in sources) else None
     )
+    binds: list[Path] = []
     try:
-        dirs = {
-            s.fs: (
-                stage_fat_source(s, staging / s.fs)
-                if staging is not None and s.reader is SourceReader.MTOOLS
-                else s.directory
-            )
-            for s in sources
-        }
+        dirs: dict[str, Path] = {}
+        for s in sources:
+            if staging is not None and s.reader is SourceReader.MTOOLS:
+                dirs[s.fs] = stage_fat_source(s, staging / s.fs)
+            elif s.reader is SourceReader.MOUNTED and s.fs not in tops:
+                binds.append(bind_read_only(s.directory))
+                dirs[s.fs] = binds[-1]
+            else:
+                dirs[s.fs] = s.directory
         jobs = plan_archives(
             [(s.fs, s.mountpoint, str(dirs[s.fs]), s.used_bytes) for s in sources],
             excludes=req.excludes,
@@ -353,6 +355,8 @@ def _capture(
             shutil.rmtree(dest, ignore_errors=True)
         raise
     finally:
+        for where in reversed(binds):
+            unbind(where)
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     files = (ASR_SIF, ASRPNP_SIF, result.manifest, *(a.file for a in result.archives))
@@ -394,7 +398,7 @@ SOURCE_RO_OPTIONS: dict[str, str] = {
     "ext3": "ro,noload",
     "ext4": "ro,noload",
     "xfs": "ro,norecovery",
-    "btrfs": "ro,nologreplay",
+    "btrfs": "ro,rescue=nologreplay",  # the rescue= spelling: kernels since 5.9; 6.18 refuses the old one
     "vfat": "ro",
 }
 ROOT_TYPES = ("ext4", "ext3", "ext2", "xfs", "btrfs")
@@ -500,6 +504,37 @@ class OfflineResult:
     backup_device: str
     floppy_written: bool
     where_sif: str  # where ASR.SIF and ASRPNP.SIF went ("the floppy /dev/fd0" or the set's directory)
+
+
+BIND_PARENT = "/run"
+
+
+def bind_read_only(directory: Path) -> Path:
+    """A read-only, non-recursive bind of ``directory`` in a new directory under /run: what tar reads of a
+    mounted source.  Nothing mounted below ``directory`` shows through it, so a mount point is archived as the
+    directory it is on its own filesystem (not as the root of /sys, /proc or /run, whose times change while tar
+    reads them: a running system's pseudo filesystems are not "changed while read"); the source's own mount is
+    left as it is."""
+    where = Path(tempfile.mkdtemp(prefix="asr-source-", dir=BIND_PARENT))
+    try:
+        run(["mount", "-o", "bind", str(directory), str(where)])  # util-linux's and busybox's spelling alike
+    except BaseException:
+        where.rmdir()
+        raise
+    try:
+        run(["mount", "-o", "remount,bind,ro", str(where)])
+    except BaseException:
+        unbind(where)
+        raise
+    return where
+
+
+def unbind(where: Path) -> None:
+    run(["umount", str(where)], check=False)
+    try:
+        where.rmdir()
+    except OSError:
+        pass
 
 
 def _mount(device: str, vfstype: str, options: str, directory: str) -> None:

@@ -75,7 +75,7 @@ def restored() -> Restored:
     t1 = time.monotonic()
     target = rehearse.make_disk(ARTIFACTS / "target.img", machine.plan.disks[0].size_mib * 3 // 2 * MiB)
     spec = rehearse.make_rescue_spec(media.iso, media.floppy, (target, live.backup_disk), firmware=VMFirmware.UEFI,
-                                     memory="768M")  # fmt: skip
+                                     memory="768M", cpus=2)  # fmt: skip
     serial = rehearse.run_rescue(spec, ARTIFACTS / "rescue", "reboot")
     _record("restore", {"media": round(t1 - t0, 1), "rescue_run": round(time.monotonic() - t1, 1)})
     descriptor = parse_asr_sif((live.set_dir / "ASR.SIF").read_text())

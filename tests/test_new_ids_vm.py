@@ -71,7 +71,7 @@ def new_ids_run() -> NewIdsRun:
                                                  "uefi", ARTIFACTS / "capture", backup_mib=BACKUP_MIB)  # fmt: skip
     image.unlink()  # the rehearsal makes its own backup medium from the set
     report = rehearse.rehearse(set_dir, firmware="uefi", grow_percent=50, workdir=ARTIFACTS / "rehearse",
-                               memory="768M", keep=True, new_ids=True, restore_timeout=2700.0)  # fmt: skip
+                               memory="768M", keep=True, new_ids=True, restore_timeout=2700.0, cpus=2)  # fmt: skip
     (ARTIFACTS / "timings.json").write_text(json.dumps(
         {"total": round(time.monotonic() - started, 1), **{p.name: p.seconds for p in report.phases}}, indent=1))
     serial = Path(report.rescue_log).read_text(errors="replace")

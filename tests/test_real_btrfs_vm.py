@@ -140,7 +140,7 @@ def restored(machine: DebianImage) -> Restored:
     t3 = time.monotonic()
     target = rehearse.make_disk(ARTIFACTS / "target.img", machine.plan.disks[0].size_mib * 3 // 2 * MiB)
     spec = rehearse.make_rescue_spec(media.iso, media.floppy, (target, backup_image), firmware=VMFirmware.BIOS,
-                                     memory="768M")  # fmt: skip
+                                     memory="768M", cpus=2)  # fmt: skip
     serial = rehearse.run_rescue(spec, ARTIFACTS / "rescue", "reboot")
     t4 = time.monotonic()
     seconds = {"capture": round(t2 - t1, 1), "media": round(t3 - t2, 1), "rescue_run": round(t4 - t3, 1)}

@@ -110,7 +110,7 @@ def restored(request: pytest.FixtureRequest) -> Restored:
     targets = tuple(rehearse.make_disk(work / f"target{i}.img", int(d.size_mib * f) * MiB)
                     for i, (d, f) in enumerate(zip(plan.disks, factors, strict=True)))  # fmt: skip
     spec = rehearse.make_rescue_spec(media.iso, media.floppy, (*targets, backup_image), firmware=firmware,
-                                     memory="768M")  # fmt: skip
+                                     memory="768M", cpus=2)  # fmt: skip
     serial = rehearse.run_rescue(spec, work / "rescue", "reboot")
     t4 = time.monotonic()
     (work / "rescue.serial.log").write_text(serial)

@@ -104,7 +104,7 @@ def restored(machine: DebianImage) -> Restored:
     target = rehearse.make_disk(ARTIFACTS / "target.img", machine.plan.disks[0].size_mib * 3 // 2 * MiB)
     rescue_dir = ARTIFACTS / "rescue"
     spec = rehearse.make_rescue_spec(media.iso, media.floppy, (target, backup_image), firmware=VMFirmware.UEFI,
-                                     memory="768M")  # fmt: skip
+                                     memory="768M", cpus=2)  # fmt: skip
     serial = rehearse.run_rescue(spec, rescue_dir, "reboot")
     t4 = time.monotonic()
     _record("restore", {"capture": round(t2 - t1, 1), "media": round(t3 - t2, 1), "rescue_run": round(t4 - t3, 1)})
@@ -215,7 +215,7 @@ def test_a_set_without_its_grub_fails_the_rehearsal_with_the_serial_excerpt(mach
     assert "/usr/bin/ls" in paths or "/bin/ls" in paths
     assert not [p for p in paths if p.startswith(("/boot/grub/", "/usr/lib/grub/", "/usr/sbin/grub-"))]
     report = rehearse.rehearse(set_dir, firmware="uefi", expect=r"root@[a-z0-9-]+:~# ", workdir=work / "rehearse",
-                               boot_timeout=90.0, memory="768M", keep=True)  # fmt: skip
+                               boot_timeout=90.0, memory="768M", keep=True, cpus=2)  # fmt: skip
     _record("no-grub", {p.name: p.seconds for p in report.phases})
     root_offset = machine.plan.disks[0].partitions[machine.plan.root.partition - 1].start * 512
     outcomes = rehearse.read_step_outcomes(read_restore_log(Path(report.scratch_disks[0]), root_offset))

@@ -119,7 +119,7 @@ def capture_running(machine_disk: Path, hostname: str, work: Path, *, firmware: 
     sources = make_source_disk(work / "sources.img", render_capture_script(hostname))
     backup = make_backup_disk(work / "backup.img", backup_mib)
     seconds["disks"] = round(time.monotonic() - t0, 1)
-    spec = VMSpec(disks=(system, sources, backup), firmware=firmware, memory="1G", accel=find_accel(),
+    spec = VMSpec(disks=(system, sources, backup), firmware=firmware, memory="1G", accel=find_accel(), cpus=2,
                   name="asr-live-capture")  # fmt: skip
     try:
         with QemuVM(spec, workdir=work / "vm", log=work / "serial.log") as vm:

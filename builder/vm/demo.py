@@ -162,7 +162,7 @@ DEMO_RESCUE_MEMORY = "768M"
 # two virtual CPUs: under TCG each is a host thread, so the restore's decompressor and tar, and the restored
 # system's boot, use both cores of a 2-core host
 DEMO_CPUS = 2
-DEMO_RESTORE_TIMEOUT = 1800.0  # ~700 MB restored: 136 s on a quiet machine, 340-730 s seen under contention
+DEMO_RESTORE_TIMEOUT = 1800.0  # ~700 MB restored: 118 s on a quiet machine (2 CPUs), 340-730 s seen under contention
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,8 @@ def test_bios_cd_with_floppy(files: dict[str, Path], tmp_path: Path) -> None:
     assert option_values(argv, "-accel") == ["tcg"]
     assert option_values(argv, "-machine") == ["pc"]
     assert "-no-reboot" in argv
+    assert option_values(argv, "-smp") == []  # one virtual CPU: QEMU's default
+    assert option_values(qemu_argv(replace(spec, cpus=2), serial="mon:stdio", qmp=None), "-smp") == ["2"]
     assert option_values(argv, "-display") == ["none"]
     assert option_values(argv, "-chardev") == ["pipe,id=ser0,path=/x"]
     assert option_values(argv, "-serial") == ["chardev:ser0"]
@@ -121,6 +124,8 @@ def test_check_spec_names_the_missing_file(files: dict[str, Path], tmp_path: Pat
         check_spec(VMSpec())
     with pytest.raises(InputError, match="memory"):
         check_spec(VMSpec(iso=files["asr.iso"], memory="lots"))
+    with pytest.raises(InputError, match="cpus 65"):
+        check_spec(VMSpec(iso=files["asr.iso"], cpus=65))
     with pytest.raises(InputError, match=r"ISO .*missing\.iso"):
         QemuVM(VMSpec(iso=tmp_path / "missing.iso"))
 

@@ -124,6 +124,8 @@ def test_bad_input_is_refused_before_anything_is_built(tmp_path: Path) -> None:
         rehearse(tmp_path, workdir=tmp_path / "w")
     with pytest.raises(InputError, match=r"--memory 'lots'"):
         rehearse(tmp_path, workdir=tmp_path / "w", memory="lots")
+    with pytest.raises(InputError, match=r"--cpus 0: expected 1 to 64"):
+        rehearse(tmp_path, workdir=tmp_path / "w", cpus=0)
     assert not (tmp_path / "w").exists()
     assert asr_main(["rehearse", str(tmp_path / "missing"), "--workdir", str(tmp_path / "w")]) != 0
 

@@ -104,7 +104,17 @@ def test_pseudo_filesystems_run_and_other_mounts_are_not_archived(restored: Rest
     paths = restored.entries.keys()
     for mount in ("/proc", "/sys", "/dev", "/run", "/mnt/backup"):
         assert mount in paths  # the mount point itself: the restored system needs it
-        assert not [p for p in paths if p.startswith(mount + "/")], mount
+        if mount not in ("/dev", "/run"):
+            assert not [p for p in paths if p.startswith(mount + "/")], mount
+    # the root filesystem is read through a bind of it: under /dev and /run, what is ON the root filesystem (hidden
+    # by devtmpfs and the tmpfs while it runs) is archived, nothing of the running system's (disks, serial port)
+    assert "/dev/console" in paths and "/dev/null" in paths
+    assert not [p for p in paths if p.startswith(("/dev/vd", "/dev/sd", "/dev/ttyS", "/dev/disk/", "/dev/loop"))]
+    machine = restored.machine
+    offset = machine.plan.disks[0].partitions[machine.plan.root.partition - 1].start * 512
+    listing = run(["debugfs", "-R", "ls -p /run", f"{machine.disks[0]}?offset={offset}"]).stdout
+    on_disk = {line.split("/")[5] for line in listing.splitlines() if line.startswith("/")} - {".", ".."}
+    assert {p.split("/")[2] for p in paths if p.startswith("/run/")} == on_disk
     assert "/usr/sbin/grub-install" in paths and "/etc/fstab" in paths
 
 

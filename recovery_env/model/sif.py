@@ -43,8 +43,22 @@ the file on purpose re-seals it with ``asr inspect --reseal FILE``.
 Validation runs in two passes, on parsed and on in-memory descriptors alike
 (:func:`recovery_env.model.validate.validate_descriptor`):
 pass 1 checks each record's own fields (syntax, formats, ranges, enums); pass 2 the references between records
-and the geometry (partitions inside their disk and apart, one filesystem per partition, one root mount, the ESP
-is vfat on an ESP partition, archives for every backed-up filesystem...).
+and the geometry (partitions inside their disk and apart, one holder per block device, no cycle in the storage
+graph, one root mount, the ESP is vfat on an ESP partition, archives for every backed-up filesystem...).
+
+Format 3 adds the storage graph (:mod:`recovery_env.model.descriptor`) in five record sections between
+[PARTITIONS] and [FILESYSTEMS]; a filesystem's ``partition`` may then name any block device key::
+
+    [LUKS]
+    key=luks1 device=disk1p3 uuid=7d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6 version=2 name=sda3_crypt header_file=...
+    [LVM_PV]
+    device=luks1 uuid=aB0001-1234-5678-9AbC-dEf0-1234-xY0001 vg=vg0
+    [LVM_VG]
+    name=vg0 uuid=aB0002-1234-5678-9AbC-dEf0-1234-xY0002 extent_size=4194304
+    [LVM_LV]
+    key=lv1 vg=vg0 name=root uuid=aB0003-1234-5678-9AbC-dEf0-1234-xY0003 size=8589934592
+    [FILESYSTEMS]
+    key=fs3 partition=lv1 type=ext4 ...
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 :func:`validate_inventory`): pass 1 checks each record's own fields (syntax, formats, ranges, enums, paths without
 ``..``, ``/.``, NUL or control characters); pass 2 the references between records and the geometry (partitions
 inside their disk and apart, one filesystem per partition, one root mount, the ESP is vfat on an ESP partition,
-archives for every backed-up filesystem...).  Errors name file, section, record and field; the parser adds the
-line (:mod:`recovery_env.model.sif`).  ``asr backup`` runs it before it writes anything."""
+archives for every backed-up filesystem...), and the storage graph of format 3 (:class:`_Graph`: references,
+one holder per block device, no cycles, LV sizes in whole extents).  Errors name file, section, record and
+field; the parser adds the line (:mod:`recovery_env.model.sif`).  ``asr backup`` runs it before it writes anything."""
 
 from __future__ import annotations
 

@@ -513,3 +513,26 @@ def test_the_planner_refuses_a_graph_cleanly() -> None:
     refusal = "MD RAID array md1 (raid1, raided:0): restoring MD RAID is not implemented yet"
     assert unsupported_device(only_md) == refusal
     assert unsupported_device(sample_descriptor()) == ""
+
+
+def test_inspect_shows_the_graph() -> None:
+    from builder.inspect import render_descriptor
+
+    text = "\n".join(render_descriptor(ENCRYPTED))
+    assert "Storage graph (bottom up)" in text and "LUKS2 on disk1p3 as sda3_crypt" in text
+    assert "vg0/root" in text and "volume group on luks1" in text
+    assert "Storage graph" not in "\n".join(render_descriptor(sample_descriptor()))
+    assert "md1        raid1 of disk1p2,disk2p2" in "\n".join(render_descriptor(RAIDED))
+
+
+def test_every_field_is_named_in_its_section_comment() -> None:
+    import dataclasses
+    import re
+
+    text = render_asr_sif(RAIDED)
+    for section, cls in (("MD", MdArray), ("LUKS", LuksDevice), ("LVM_PV", LvmPv), ("LVM_VG", LvmVg),
+                         ("LVM_LV", LvmLv)):  # fmt: skip
+        body = text.split(f"[{section}]\n", 1)[1].split("\n[", 1)[0]
+        comment = " ".join(x for x in body.split("\n") if x.startswith(";"))
+        for f in dataclasses.fields(cls):
+            assert re.search(rf"\b{f.name}\b", comment), (section, f.name)

@@ -330,6 +330,9 @@ CASES: list[tuple[str, Callable[[], Descriptor], str, int | None, str | None, st
     ("key collides", lambda: luks(key="lv1"), "LVM_LV", 1, "key",
      "key lv1 is also the LUKS2 device lv1 (sda3_crypt)'s"),
     ("key of a partition", lambda: md(key="disk1p2"), "MD", 1, "key", "key disk1p2 is also the partition disk1p2's"),
+    ("key missing", lambda: replace(RAIDED, luks=(LuksDevice("missing", "lv2", "7d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6",
+     2, "c"),)), "LUKS", 1, "key",
+     "'missing' marks an absent slot of an MD array: it is no key"),
     # cycles
     ("cycle", lambda: replace(RAIDED, luks=(LuksDevice("luks1", "lv2", "7d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6", 2,
      "c"),), lvm_pvs=(*RAIDED.lvm_pvs, LvmPv("luks1", _lvm_uuid(13), "vgraid")),

@@ -953,6 +953,11 @@ class _Graph:
                     f"key {r.key} is also the {describe_block_device(other) if other else ''}'s",
                 )
                 self.devices[r.key] = r
+        if d.md_arrays and MD_MISSING in self.devices:
+            # an array's "missing" slot would be read as that device
+            where = [(sec, i) for sec, records in keyed for i, r in enumerate(records, start=1) if r.key == MD_MISSING]
+            sec, i = where[0] if where else ("DISKS", [k.key for k in d.disks].index(MD_MISSING) + 1)
+            c.fail(sec, i, "key", f"{MD_MISSING!r} marks an absent slot of an MD array: it is no key")
         uuids: dict[str, str] = {}
 
         def unique_uuid(uuid: str, sec: str, i: int, who: str) -> None:

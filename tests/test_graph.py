@@ -445,7 +445,7 @@ def graphs(draw: Any) -> Descriptor:
             level = draw(st.sampled_from([RaidLevel.RAID0, RaidLevel.RAID1, RaidLevel.RAID5, RaidLevel.RAID10]))
             take = draw(st.integers(2, len(free)))
             members = [free.pop() for _ in range(take)]
-            slots = max(len(members), level.min_devices)
+            slots = max(len(members) + draw(st.integers(0, 1)), level.min_devices)  # maybe degraded
             members += [MD_MISSING] * (slots - len(members))
             if len(members) - members.count(MD_MISSING) < level.min_present(slots):
                 free.extend(m for m in members if m != MD_MISSING)
@@ -474,6 +474,12 @@ def graphs(draw: Any) -> Descriptor:
                 lvs.append(LvmLv(f"lv{k}", name, f"lv_{j}.x+y", _lvm_uuid(k), extent * draw(st.integers(1, 4096)),
                                  segtype, 2 if striped else 1, 65536 if striped else 0))  # fmt: skip
                 free.append(f"lv{k}")
+            if draw(st.booleans()):  # a thin pool and a thin volume in it
+                k = next(ids)
+                lvs.append(LvmLv(f"lv{k}", name, "pool", _lvm_uuid(k), extent * 16, LvType.THIN_POOL))
+                lvs.append(LvmLv(f"lv{k + 1000}", name, "thin", _lvm_uuid(k + 1000), extent * 64, LvType.THIN,
+                                 pool="pool"))  # fmt: skip
+                free.append(f"lv{k + 1000}")
     filesystems = [_fs("fs1", "disk1p1", FsType.VFAT, 1), _fs("fs2", "disk1p2", FsType.EXT4, 2)]
     for n, key in enumerate(free):
         if draw(st.booleans()):
@@ -491,6 +497,9 @@ def test_generated_graphs_round_trip(d: Descriptor) -> None:
     assert parse_asr_sif(render_asr_sif(d)) == d
     for f in d.filesystems:
         assert set(d.disks_under(f.device)) <= {k.key for k in d.disks}
+    for t in (lv for lv in d.lvm_lvs if lv.segtype is LvType.THIN):
+        assert d.block_device(d.parents_of(t.key)[0]).segtype is LvType.THIN_POOL  # type: ignore[union-attr]
+    assert bool(unsupported_device(d)) == d.has_graph
 
 
 # --- consumers -------------------------------------------------------------------------------------------------

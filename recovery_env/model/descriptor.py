@@ -586,7 +586,7 @@ def _block_kind(dev: BlockDevice) -> BlockKind:
 
 
 def describe_block_device(dev: BlockDevice) -> str:
-    """A person's name for a block device: "LVM logical volume lv1 (vg0/root)", "MD array md1 (raid1)"..."""
+    """A person's name for a block device: "LVM logical volume lv1 (vg0/root)", "MD RAID array md1 (raid1)"..."""
     if isinstance(dev, MdArray):
         return f"MD RAID array {dev.key} ({dev.level.value}{', ' + dev.name if dev.name else ''})"
     if isinstance(dev, LuksDevice):

@@ -215,6 +215,7 @@ def render_descriptor(d: Descriptor) -> list[str]:
                 f"  {p.key:<10} {p.start:>12} {format_size(p.size * k.logical_sector_size, compact=True):>10}  "
                 f"{_type_name(k.table, p.type):<22} {flags or '-':<10} {visible(p.name)}".rstrip()
             )
+    lines += _render_graph(d)
     lines += ["", f"Filesystems ({len(d.filesystems)})"]
     for f in d.filesystems:
         extra = f" FAT{f.fat_size}" if f.fat_size else ""
@@ -250,6 +251,28 @@ def render_descriptor(d: Descriptor) -> list[str]:
     lines += ["", f"Commands ({len(d.commands)})"]
     for c in sorted(d.commands, key=lambda c: c.order):
         lines.append(f"  {c.order:>3}  {visible(c.command)}" + ("  (critical)" if c.critical else ""))
+    return lines
+
+
+def _render_graph(d: Descriptor) -> list[str]:
+    """The storage graph of a format-3 descriptor (MD, LUKS, LVM), bottom up; nothing without one."""
+    if not (d.md_arrays or d.luks or d.lvm_pvs or d.lvm_vgs or d.lvm_lvs):
+        return []
+    lines = ["", "Storage graph (bottom up)"]
+    for a in d.md_arrays:
+        name = f" {visible(a.name)}" if a.name else ""
+        lines.append(f"  {a.key:<10} {a.level.value} of {','.join(a.members)}  metadata {a.metadata}{name}  {a.uuid}")
+    for lk in d.luks:
+        header = f"  header {visible(lk.header_file)}" if lk.header_file else ""
+        lines.append(f"  {lk.key:<10} LUKS{lk.version} on {lk.device} as {visible(lk.name)}  {lk.uuid}{header}")
+    for vg in d.lvm_vgs:
+        pvs = ",".join(pv.device for pv in d.lvm_pvs if pv.vg == vg.name)
+        extents = format_size(vg.extent_size)
+        lines.append(f"  {visible(vg.name):<10} volume group on {pvs}  extents {extents}  {vg.uuid}")
+    for lv in d.lvm_lvs:
+        pool = f" in {visible(lv.pool)}" if lv.pool else ""
+        size = format_size(lv.size, compact=True)
+        lines.append(f"  {lv.key:<10} {visible(lv.path)} {size} {lv.segtype.value}{pool}  {lv.uuid}")
     return lines
 
 

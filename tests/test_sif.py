@@ -98,12 +98,12 @@ def test_samples_validate_and_round_trip() -> None:
 def test_sample_text_shape() -> None:
     """The format as a person reads it: sections in order, named fields, the integrity line last."""
     text = render_asr_sif(sample_descriptor())
-    headers = re.findall(r"^\[([A-Z]+)\]$", text, re.M)
+    headers = re.findall(r"^\[([A-Z_]+)\]$", text, re.M)
     assert headers == [
-        "VERSION", "SYSTEM", "DISKS", "PARTITIONS", "FILESYSTEMS", "MOUNTS", "SUBVOLUMES",
-        "BOOTLOADER", "BACKUP", "ARCHIVES", "COMMANDS", "INTEGRITY",
+        "VERSION", "SYSTEM", "DISKS", "PARTITIONS", "MD", "LUKS", "LVM_PV", "LVM_VG", "LVM_LV", "FILESYSTEMS",
+        "MOUNTS", "SUBVOLUMES", "BOOTLOADER", "BACKUP", "ARCHIVES", "COMMANDS", "INTEGRITY",
     ]  # fmt: skip
-    assert 'signature = "$ASR-LINUX$"\nformat = 2\ntool = "asr 0.1.0"\n' in text
+    assert 'signature = "$ASR-LINUX$"\nformat = 3\ntool = "asr 0.1.0"\n' in text
     assert "\ndisk=disk1 number=3 start=526336 size=3667935 type=4f68bce3-e8cd-4db1-96e7-fbcaf984b709 " in text
     body, _, tail = text.partition("[INTEGRITY]\n")
     assert tail == f"sha256 = {hashlib.sha256(body.encode()).hexdigest()}\n"
@@ -295,8 +295,9 @@ SYNTAX_CASES = [
      "unexpected text after the value"),
     ('signature = "$ASR-LINUX$"', 'signature = "$ASR-LINUX-PNP$"', "signature", "VERSION", None, "signature",
      "(this is an ASRPNP.SIF)"),
-    ("format = 2", "format = 3", "format = 3", "VERSION", None, "format", "format 3 is not supported"),
-    ("format = 2", "format = 1", "[SUBVOLUMES]", None, None, None, "section [SUBVOLUMES] is not in format 1"),
+    ("format = 3", "format = 4", "format = 4", "VERSION", None, "format", "format 4 is not supported"),
+    ("format = 3", "format = 2", "[MD]", None, None, None, "section [MD] is not in format 2 (it came with format 3)"),
+    ("format = 3", "format = 1", "[MD]", None, None, None, "section [MD] is not in format 1"),
     (SAMPLE[SAMPLE.index("[COMMANDS]") : SAMPLE.index("[INTEGRITY]")], "", "[INTEGRITY]", "COMMANDS", None, None,
      "section [COMMANDS] is missing"),
 ]  # fmt: skip

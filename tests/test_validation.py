@@ -151,7 +151,7 @@ Case = tuple[str, Callable[[], Descriptor], str, int | None, str | None, str]
 
 CASES: list[Case] = [
     # --- pass 1: each record's fields ---------------------------------------------------------------------------
-    ("version", lambda: replace(GPT, version=3), "VERSION", None, "format", "format 3"),
+    ("version", lambda: replace(GPT, version=4), "VERSION", None, "format", "format 4"),
     ("hostname", lambda: system(GPT, hostname="asr sample"), "SYSTEM", None, "hostname", "is not a host name"),
     ("machine id", lambda: system(GPT, machine_id="XYZ"), "SYSTEM", None, "machine_id", "is not a machine id"),
     ("captured at", lambda: system(GPT, captured_at="2026-02-30T00:00:00Z"), "SYSTEM", None, "captured_at",
@@ -286,8 +286,10 @@ CASES: list[Case] = [
     ("two active partitions",
      lambda: replace(MBR, partitions=(*MBR.partitions, ACTIVE_3)),
      "PARTITIONS", 5, "flags", "more than one active (boot) partition"),
-    ("fs on missing partition", lambda: fs(GPT, 0, partition="disk1p9"), "FILESYSTEMS", 1, "partition",
-     "partition 'disk1p9' is not in [PARTITIONS]"),
+    ("fs on missing partition", lambda: fs(replace(GPT, version=2), 0, partition="disk1p9"), "FILESYSTEMS", 1,
+     "partition", "partition 'disk1p9' is not in [PARTITIONS]"),
+    ("fs on missing device", lambda: fs(GPT, 0, partition="disk1p9"), "FILESYSTEMS", 1, "partition",
+     "'disk1p9' is not a block device: not in [PARTITIONS], [DISKS], [MD], [LUKS] or [LVM_LV]"),
     ("two fs on one partition", lambda: fs(GPT, 1, partition="disk1p2", uuid="", label=""), "FILESYSTEMS", 2,
      "partition", "disk1p2 already holds fs1"),
     ("fs on extended", lambda: fs(MBR, 1, partition="disk1p2"), "FILESYSTEMS", 2, "partition",

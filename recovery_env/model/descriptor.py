@@ -5,7 +5,13 @@ frozen dataclasses.  Standard library only: this module runs on the minimal Pyth
 
 The text forms (ASR.SIF, ASRPNP.SIF) are rendered by ``recovery_env.model.sif_render`` (jinja2) and parsed and
 validated by ``recovery_env.model.sif``.  Keys tie records together: a partition names its disk by key
-(``disk1``), a filesystem its partition (``disk1p2``), a mount and an archive their filesystem (``fs2``).
+(``disk1``), a filesystem its block device (``disk1p2``), a mount and an archive their filesystem (``fs2``).
+
+The storage stack is a graph of block devices (format 3): a *block device key* names a disk (``disk1``, used
+whole), a partition (``disk1p2``), an MD array (``md1``), a LUKS device (``luks1``) or an LVM logical volume
+(``lv1``).  Each device names what it sits on: an array its members, a LUKS device its device, an LVM physical
+volume its device and its volume group, a logical volume its group (a thin one its pool); a filesystem the device
+it is on.  :meth:`Descriptor.parents_of` walks one step down, :meth:`Descriptor.disks_under` to the disks.
 """
 
 from __future__ import annotations
@@ -14,10 +20,13 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-FORMAT_VERSION = 2  # ASR.SIF as this asr writes it
+FORMAT_VERSION = 3  # ASR.SIF as this asr writes it
 # ASR.SIF formats this asr reads.  Format 2 added [SUBVOLUMES] and [FILESYSTEMS] default_subvolume, and the archive of
 # a btrfs filesystem holds its whole top level (every subvolume); format 1 has neither, and archived what was mounted.
-FORMAT_VERSIONS = (1, FORMAT_VERSION)
+# Format 3 added the graph of block devices: [MD], [LUKS], [LVM_PV], [LVM_VG], [LVM_LV], and a filesystem on any
+# block device (formats 1 and 2: on a partition only).
+FORMAT_VERSIONS = (1, 2, FORMAT_VERSION)
+GRAPH_FORMAT = 3  # the first format with MD, LUKS and LVM records
 PNP_FORMAT_VERSION = 1  # ASRPNP.SIF
 SIGNATURE = "$ASR-LINUX$"
 
@@ -73,6 +82,49 @@ FS_LABEL_MAX: dict[FsType, int] = {
     FsType.VFAT: 11,
     FsType.SWAP: 15,
 }
+
+
+class RaidLevel(StrEnum):
+    RAID0 = "raid0"
+    RAID1 = "raid1"
+    RAID5 = "raid5"
+    RAID6 = "raid6"
+    RAID10 = "raid10"
+
+    @property
+    def min_devices(self) -> int:
+        """The fewest raid devices (slots) mdadm creates an array of this level with."""
+        return {"raid0": 1, "raid1": 2, "raid5": 3, "raid6": 4, "raid10": 4}[self.value]
+
+    def min_present(self, raid_disks: int) -> int:
+        """The fewest present members an array of ``raid_disks`` slots runs with (degraded): raid0 none missing,
+        raid1 one left, raid5 one missing, raid6 two, raid10 (near-2 layout) half of them."""
+        missing = {"raid0": 0, "raid1": raid_disks - 1, "raid5": 1, "raid6": 2, "raid10": raid_disks // 2}
+        return raid_disks - missing[self.value]
+
+    @property
+    def striped(self) -> bool:
+        """Whether the level has a chunk size (raid1 mirrors whole devices: chunk 0)."""
+        return self is not RaidLevel.RAID1
+
+
+class LvType(StrEnum):
+    """The segment type of an LVM logical volume (``lvs -o segtype``)."""
+
+    LINEAR = "linear"
+    STRIPED = "striped"
+    THIN_POOL = "thin-pool"
+    THIN = "thin"
+
+
+class BlockKind(StrEnum):
+    """What a block device key names."""
+
+    DISK = "disk"
+    PARTITION = "partition"
+    MD = "md"
+    LUKS = "luks"
+    LV = "lv"
 
 
 class PartFlag(StrEnum):
@@ -159,6 +211,9 @@ MBR_ID_RE = re.compile(r"^0x[0-9a-f]{8}$")
 MBR_TYPE_RE = re.compile(r"^[0-9a-f]{2}$")
 FAT_VOLID_RE = re.compile(r"^[0-9A-F]{4}-[0-9A-F]{4}$")
 KEY_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+MD_UUID_RE = re.compile(r"^[0-9a-f]{8}(:[0-9a-f]{8}){3}$")  # mdadm's form
+LVM_UUID_RE = re.compile(r"^[A-Za-z0-9]{6}(-[A-Za-z0-9]{4}){5}-[A-Za-z0-9]{6}$")  # 6-4-4-4-4-4-6, as lvs shows it
+MD_MISSING = "missing"  # an absent member slot of a degraded array (mdadm --create's word for it)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -236,9 +291,89 @@ class Partition:
 
 
 @dataclass(frozen=True)
+class MdArray:
+    """An MD RAID array (format 3), as ``mdadm --detail`` shows it."""
+
+    key: str  # md1, md2, ...
+    uuid: str  # mdadm form: xxxxxxxx:xxxxxxxx:xxxxxxxx:xxxxxxxx
+    level: RaidLevel
+    # block device keys in slot order (RaidDevice 0, 1, ...); "missing" marks an absent slot of a degraded array,
+    # so len(members) == raid_disks always and the array re-creates with the same slots
+    members: tuple[str, ...]
+    raid_disks: int
+    metadata: str = "1.2"  # superblock version: 0.90, 1.0, 1.1 or 1.2
+    name: str = ""  # e.g. "host:0" (0.90 superblocks have none)
+    chunk_kib: int = 0  # 0 for raid1
+    size_bytes: int = 0  # the array's size (0 = not recorded)
+    device: str = ""  # kernel name at capture time, e.g. /dev/md0 (informational)
+
+    @property
+    def present(self) -> tuple[str, ...]:
+        """The members that are there (not "missing")."""
+        return tuple(m for m in self.members if m != MD_MISSING)
+
+
+@dataclass(frozen=True)
+class LuksDevice:
+    """A LUKS container (format 3) and the dm device that opens it.  The descriptor holds no key material: a
+    restore asks for the passphrase; the header backup, when made, is a file of the backup set."""
+
+    key: str  # luks1, luks2, ...
+    device: str  # the block device key it is on
+    uuid: str  # the LUKS header's UUID
+    version: int  # 1 or 2
+    name: str  # the dm name it is opened as, e.g. "sda3_crypt" (crypttab's first field)
+    header_file: str = ""  # header backup (cryptsetup luksHeaderBackup) in the backup set; "" = none
+
+
+@dataclass(frozen=True)
+class LvmPv:
+    """An LVM physical volume (format 3): a block device given to a volume group."""
+
+    device: str  # the block device key it is on
+    uuid: str  # LVM form: xxxxxx-xxxx-xxxx-xxxx-xxxx-xxxx-xxxxxx
+    vg: str  # LvmVg.name
+
+
+@dataclass(frozen=True)
+class LvmVg:
+    """An LVM volume group (format 3)."""
+
+    name: str
+    uuid: str  # LVM form
+    extent_size: int  # bytes
+    metadata_file: str = ""  # its vgcfgbackup file in the backup set; "" = none
+
+
+@dataclass(frozen=True)
+class LvmLv:
+    """An LVM logical volume (format 3)."""
+
+    key: str  # lv1, lv2, ...
+    vg: str  # LvmVg.name
+    name: str
+    uuid: str  # LVM form
+    size: int  # bytes (virtual size for a thin volume)
+    segtype: LvType = LvType.LINEAR
+    stripes: int = 1
+    stripe_size: int = 0  # bytes; striped volumes only
+    pool: str = ""  # a thin volume's pool: the name of a thin-pool LV of the same group
+
+    @property
+    def path(self) -> str:
+        """vg/lv, as LVM names it."""
+        return f"{self.vg}/{self.name}"
+
+
+BlockDevice = Disk | Partition | MdArray | LuksDevice | LvmLv
+
+
+@dataclass(frozen=True)
 class Filesystem:
     key: str  # fs1, fs2, ...
-    partition: str  # Partition.key
+    # the block device key it is on (the field keeps its first name so older descriptors parse): a partition
+    # (disk1p2) in every format; from format 3 also a whole disk, an MD array, a LUKS device or a logical volume
+    partition: str
     type: FsType
     uuid: str = ""  # as blkid shows it (FAT: "ABCD-1234")
     label: str = ""
@@ -251,6 +386,11 @@ class Filesystem:
     # bytes its files used at capture (statvfs of the mounted source, or the tar stream's bytes when larger);
     # 0 = not recorded (an older descriptor): the restore never makes it smaller than its partition was
     used_bytes: int = 0
+
+    @property
+    def device(self) -> str:
+        """The block device key it is on (``partition``, by its format-3 meaning)."""
+        return self.partition
 
 
 @dataclass(frozen=True)
@@ -326,6 +466,11 @@ class Descriptor:
     commands: tuple[Command, ...] = ()
     subvolumes: tuple[Subvolume, ...] = ()
     version: int = FORMAT_VERSION
+    md_arrays: tuple[MdArray, ...] = ()
+    luks: tuple[LuksDevice, ...] = ()
+    lvm_pvs: tuple[LvmPv, ...] = ()
+    lvm_vgs: tuple[LvmVg, ...] = ()
+    lvm_lvs: tuple[LvmLv, ...] = ()
 
     def disk(self, key: str) -> Disk:
         for d in self.disks:
@@ -348,6 +493,64 @@ class Descriptor:
     def partitions_of(self, disk_key: str) -> tuple[Partition, ...]:
         return tuple(sorted((p for p in self.partitions if p.disk == disk_key), key=lambda p: p.number))
 
+    @property
+    def has_graph(self) -> bool:
+        """Whether the storage goes beyond partitions: MD, LUKS or LVM records, or a filesystem on a whole disk."""
+        parts = {p.key for p in self.partitions}
+        return bool(self.md_arrays or self.luks or self.lvm_pvs or self.lvm_vgs or self.lvm_lvs) or any(
+            f.partition not in parts for f in self.filesystems
+        )
+
+    def block_kind(self, key: str) -> BlockKind:
+        """What the block device key names (KeyError: nothing).  Partitions come first, then disks, arrays, LUKS
+        devices and logical volumes (the validator keeps the keys apart)."""
+        return _block_kind(self.block_device(key))
+
+    def block_device(self, key: str) -> BlockDevice:
+        """The record of the block device key (KeyError: nothing)."""
+        for group in (self.partitions, self.disks, self.md_arrays, self.luks, self.lvm_lvs):
+            for rec in group:
+                if rec.key == key:
+                    return rec
+        raise KeyError(key)
+
+    def parents_of(self, key: str) -> tuple[str, ...]:
+        """The block devices ``key`` sits on, one step down: a partition its disk; an array its present members
+        in slot order; a LUKS device its device; a logical volume the devices of its group's PVs (a thin volume
+        its pool); a disk nothing.  KeyError for an unknown key or a missing pool."""
+        dev = self.block_device(key)
+        if isinstance(dev, Partition):
+            return (dev.disk,)
+        if isinstance(dev, MdArray):
+            return dev.present
+        if isinstance(dev, LuksDevice):
+            return (dev.device,)
+        if isinstance(dev, LvmLv):
+            if dev.segtype is LvType.THIN:
+                pool = next((lv for lv in self.lvm_lvs if lv.vg == dev.vg and lv.name == dev.pool), None)
+                if pool is None:
+                    raise KeyError(f"{dev.vg}/{dev.pool}")
+                return (pool.key,)
+            return tuple(pv.device for pv in self.lvm_pvs if pv.vg == dev.vg)
+        return ()
+
+    def disks_under(self, key: str) -> tuple[str, ...]:
+        """The disks block device ``key`` ultimately lives on, through the graph, in first-reached order (a
+        filesystem's: ``disks_under(fs.device)``).  KeyError for an unknown key; the walk stops at a cycle (which
+        the validator refuses)."""
+        found: dict[str, None] = {}
+        seen: set[str] = set()
+        stack = [key]
+        while stack:
+            k = stack.pop()
+            if k in seen:
+                continue
+            seen.add(k)
+            if isinstance(self.block_device(k), Disk):
+                found.setdefault(k, None)
+            stack.extend(reversed(self.parents_of(k)))
+        return tuple(found)
+
     def subvolumes_of(self, fs_key: str) -> tuple[Subvolume, ...]:
         """The subvolumes of a btrfs filesystem in id order (the order a restore makes them in)."""
         return tuple(sorted((s for s in self.subvolumes if s.filesystem == fs_key), key=lambda s: s.id))
@@ -369,6 +572,30 @@ class Descriptor:
             if m.mountpoint == "/":
                 return m
         raise KeyError("/")
+
+
+def _block_kind(dev: BlockDevice) -> BlockKind:
+    kinds: dict[type, BlockKind] = {
+        Disk: BlockKind.DISK,
+        Partition: BlockKind.PARTITION,
+        MdArray: BlockKind.MD,
+        LuksDevice: BlockKind.LUKS,
+        LvmLv: BlockKind.LV,
+    }
+    return kinds[type(dev)]
+
+
+def describe_block_device(dev: BlockDevice) -> str:
+    """A person's name for a block device: "LVM logical volume lv1 (vg0/root)", "MD RAID array md1 (raid1)"..."""
+    if isinstance(dev, MdArray):
+        return f"MD RAID array {dev.key} ({dev.level.value}{', ' + dev.name if dev.name else ''})"
+    if isinstance(dev, LuksDevice):
+        return f"LUKS{dev.version} device {dev.key} ({dev.name})"
+    if isinstance(dev, LvmLv):
+        return f"LVM logical volume {dev.key} ({dev.path})"
+    if isinstance(dev, Disk):
+        return f"whole disk {dev.key}"
+    return f"partition {dev.key}"
 
 
 @dataclass(frozen=True)

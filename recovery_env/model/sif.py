@@ -43,8 +43,22 @@ the file on purpose re-seals it with ``asr inspect --reseal FILE``.
 Validation runs in two passes, on parsed and on in-memory descriptors alike
 (:func:`recovery_env.model.validate.validate_descriptor`):
 pass 1 checks each record's own fields (syntax, formats, ranges, enums); pass 2 the references between records
-and the geometry (partitions inside their disk and apart, one filesystem per partition, one root mount, the ESP
-is vfat on an ESP partition, archives for every backed-up filesystem...).
+and the geometry (partitions inside their disk and apart, one holder per block device, no cycle in the storage
+graph, one root mount, the ESP is vfat on an ESP partition, archives for every backed-up filesystem...).
+
+Format 3 adds the storage graph (:mod:`recovery_env.model.descriptor`) in five record sections between
+[PARTITIONS] and [FILESYSTEMS]; a filesystem's ``partition`` may then name any block device key::
+
+    [LUKS]
+    key=luks1 device=disk1p3 uuid=7d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6 version=2 name=sda3_crypt header_file=...
+    [LVM_PV]
+    device=luks1 uuid=aB0001-1234-5678-9AbC-dEf0-1234-xY0001 vg=vg0
+    [LVM_VG]
+    name=vg0 uuid=aB0002-1234-5678-9AbC-dEf0-1234-xY0002 extent_size=4194304
+    [LVM_LV]
+    key=lv1 vg=vg0 name=root uuid=aB0003-1234-5678-9AbC-dEf0-1234-xY0003 size=8589934592
+    [FILESYSTEMS]
+    key=fs3 partition=lv1 type=ext4 ...
 """
 
 from __future__ import annotations
@@ -73,6 +87,11 @@ from recovery_env.model.descriptor import (
     DeviceInventory,
     Disk,
     Filesystem,
+    LuksDevice,
+    LvmLv,
+    LvmPv,
+    LvmVg,
+    MdArray,
     Mount,
     Partition,
     Subvolume,
@@ -263,6 +282,11 @@ ASR_SECTIONS: tuple[SectionSpec, ...] = (
     SectionSpec("SYSTEM", SectionKind.SCALAR, _field_specs(SystemInfo, skip=("tool_version",))),
     SectionSpec("DISKS", SectionKind.RECORDS, _field_specs(Disk)),
     SectionSpec("PARTITIONS", SectionKind.RECORDS, _field_specs(Partition, hex_fields=("attributes",))),
+    SectionSpec("MD", SectionKind.RECORDS, _field_specs(MdArray), since=3),
+    SectionSpec("LUKS", SectionKind.RECORDS, _field_specs(LuksDevice), since=3),
+    SectionSpec("LVM_PV", SectionKind.RECORDS, _field_specs(LvmPv), since=3),
+    SectionSpec("LVM_VG", SectionKind.RECORDS, _field_specs(LvmVg), since=3),
+    SectionSpec("LVM_LV", SectionKind.RECORDS, _field_specs(LvmLv), since=3),
     SectionSpec("FILESYSTEMS", SectionKind.RECORDS, _field_specs(Filesystem)),
     SectionSpec("MOUNTS", SectionKind.RECORDS, _field_specs(Mount)),
     SectionSpec("SUBVOLUMES", SectionKind.RECORDS, _field_specs(Subvolume), since=2),
@@ -272,7 +296,9 @@ ASR_SECTIONS: tuple[SectionSpec, ...] = (
     SectionSpec("COMMANDS", SectionKind.RECORDS, _field_specs(Command)),
 )
 """The sections of ASR.SIF in their order (then [INTEGRITY]).  [BACKUP] and [ARCHIVES] are empty without a backup
-set; every section of the file's format is always present (format 1 has no [SUBVOLUMES])."""
+set; every section of the file's format is always present (format 1 has no [SUBVOLUMES]; formats 1 and 2 have none
+of [MD], [LUKS], [LVM_PV], [LVM_VG], [LVM_LV]: the storage graph, bottom up, between the partitions and the
+filesystems on them)."""
 
 PNP_SECTIONS: tuple[SectionSpec, ...] = (
     SectionSpec("VERSION", SectionKind.SCALAR, _VERSION_FIELDS),
@@ -678,7 +704,21 @@ def parse_asr_sif_bytes(data: bytes, *, file: str = "ASR.SIF") -> Descriptor:
     commands = tuple(_make(Command, spec["COMMANDS"], r, file) for r in sec["COMMANDS"])
     subvolumes = tuple(_make(Subvolume, spec["SUBVOLUMES"], r, file) for r in sec.get("SUBVOLUMES", ()))
     d = Descriptor(
-        system, disks, partitions, filesystems, mounts, bootloader, backup, commands, subvolumes, head["format"]
+        system,
+        disks,
+        partitions,
+        filesystems,
+        mounts,
+        bootloader,
+        backup,
+        commands,
+        subvolumes,
+        head["format"],
+        md_arrays=tuple(_make(MdArray, spec["MD"], r, file) for r in sec.get("MD", ())),
+        luks=tuple(_make(LuksDevice, spec["LUKS"], r, file) for r in sec.get("LUKS", ())),
+        lvm_pvs=tuple(_make(LvmPv, spec["LVM_PV"], r, file) for r in sec.get("LVM_PV", ())),
+        lvm_vgs=tuple(_make(LvmVg, spec["LVM_VG"], r, file) for r in sec.get("LVM_VG", ())),
+        lvm_lvs=tuple(_make(LvmLv, spec["LVM_LV"], r, file) for r in sec.get("LVM_LV", ())),
     )
     try:
         validate_descriptor(d, file=file)

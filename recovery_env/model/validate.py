@@ -2,8 +2,9 @@
 :func:`validate_inventory`): pass 1 checks each record's own fields (syntax, formats, ranges, enums, paths without
 ``..``, ``/.``, NUL or control characters); pass 2 the references between records and the geometry (partitions
 inside their disk and apart, one filesystem per partition, one root mount, the ESP is vfat on an ESP partition,
-archives for every backed-up filesystem...).  Errors name file, section, record and field; the parser adds the
-line (:mod:`recovery_env.model.sif`).  ``asr backup`` runs it before it writes anything."""
+archives for every backed-up filesystem...), and the storage graph of format 3 (:class:`_Graph`: references,
+one holder per block device, no cycles, LV sizes in whole extents).  Errors name file, section, record and
+field; the parser adds the line (:mod:`recovery_env.model.sif`).  ``asr backup`` runs it before it writes anything."""
 
 from __future__ import annotations
 
@@ -23,16 +24,21 @@ from recovery_env.model.descriptor import (
     GPT_BIOS_BOOT,
     GPT_ESP,
     GPT_NAME_MAX,
+    GRAPH_FORMAT,
     KEY_RE,
+    LVM_UUID_RE,
     MBR_ESP,
     MBR_EXTENDED,
     MBR_ID_RE,
     MBR_MAX_SECTORS,
     MBR_TYPE_RE,
+    MD_MISSING,
+    MD_UUID_RE,
     PNP_FORMAT_VERSION,
     SHA256_RE,
     UUID_RE,
     BackupSet,
+    BlockDevice,
     BootloaderKind,
     Descriptor,
     DeviceInventory,
@@ -41,11 +47,18 @@ from recovery_env.model.descriptor import (
     Firmware,
     FstabSpec,
     FsType,
+    LuksDevice,
+    LvmLv,
+    LvmPv,
+    LvmVg,
+    LvType,
+    MdArray,
     Mount,
     PartFlag,
     Partition,
     Subvolume,
     TableType,
+    describe_block_device,
     path_problem,
 )
 
@@ -89,6 +102,19 @@ _MODALIAS_RE = re.compile(r"^[a-z0-9_]+:\S+$")
 
 _MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
+
+# LVM volume group and logical volume names (lvm(8) VALID NAMES): these characters, not starting with '-'
+_LVM_NAME_RE = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$")
+# parts of a logical volume name LVM keeps for itself (its hidden sub-volumes)
+_LVM_RESERVED = ("_cdata", "_cmeta", "_corig", "_mlog", "_mimage", "_pmspare", "_rimage", "_rmeta", "_tdata",
+                 "_tmeta", "_vorigin", "_vdata")  # fmt: skip
+# device-mapper names as crypttab and /dev/mapper take them (udev's safe characters)
+_DM_NAME_RE = re.compile(r"^[A-Za-z0-9#+.:=@_-]{1,127}$")
+# an MD array name: "homehost:name" in the 32 bytes of a 1.x superblock
+_MD_NAME_RE = re.compile(r"^[A-Za-z0-9_.:+-]{1,32}$")
+MD_METADATA = ("0.90", "1.0", "1.1", "1.2")
+LUKS_VERSIONS = (1, 2)
+_MIB = 1 << 20
 
 # values of the btrfs property compression (an algorithm, optionally with a level: "zstd:3")
 _COMPRESSION_RE = re.compile(r"^(zlib|lzo|zstd)(:[0-9]{1,2})?$")
@@ -178,6 +204,7 @@ def _check_fields(d: Descriptor, c: _Checker) -> None:
         )
     for i, m in enumerate(d.mounts, start=1):
         _check_mount(m, i, c)
+    _check_graph_fields(d, c)
     for i, sv in enumerate(d.subvolumes, start=1):
         c.need(d.version >= 2, "SUBVOLUMES", i, None, f"format {d.version} has no subvolumes (format 2 has)")
         _check_subvolume(sv, i, c)
@@ -417,6 +444,178 @@ def _check_filesystem(f: Filesystem, i: int, c: _Checker) -> None:
     c.need(f.used_bytes >= 0, sec, i, "used_bytes", f"used bytes {f.used_bytes} is negative")
 
 
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _need_power_of_two(n: int, least: int, c: _Checker, sec: str, i: int, field: str, what: str, unit: str) -> None:
+    c.need(_power_of_two(n) and n >= least, sec, i, field, f"{what} is not a power of two of {least} {unit} or more")
+
+
+def _lvm_name_problem(name: str, what: str) -> str:
+    """Why ``name`` is no valid LVM volume group or logical volume name ("" when it is)."""
+    if not _LVM_NAME_RE.match(name) or name in (".", ".."):
+        return f"{name!r} is not a valid {what} name (A-Z a-z 0-9 + _ . -, not starting with '-', 1-127 characters)"
+    return ""
+
+
+def _check_graph_fields(d: Descriptor, c: _Checker) -> None:
+    """Pass 1 of the format-3 records (MD, LUKS, LVM): each record's own fields; formats 1 and 2 have none."""
+    for sec, records in (
+        ("MD", d.md_arrays),
+        ("LUKS", d.luks),
+        ("LVM_PV", d.lvm_pvs),
+        ("LVM_VG", d.lvm_vgs),
+        ("LVM_LV", d.lvm_lvs),
+    ):
+        c.need(
+            d.version >= GRAPH_FORMAT or not records,
+            sec,
+            1,
+            None,
+            f"format {d.version} has no [{sec}] (format {GRAPH_FORMAT} has)",
+        )
+    for i, a in enumerate(d.md_arrays, start=1):
+        _check_md(a, i, c)
+    for i, lk in enumerate(d.luks, start=1):
+        _check_luks(lk, i, c)
+    for i, pv in enumerate(d.lvm_pvs, start=1):
+        _check_pv(pv, i, c)
+    for i, vg in enumerate(d.lvm_vgs, start=1):
+        _check_vg(vg, i, c)
+    for i, lv in enumerate(d.lvm_lvs, start=1):
+        _check_lv(lv, i, c)
+
+
+def _check_md(a: MdArray, i: int, c: _Checker) -> None:
+    sec = "MD"
+    c.need(bool(KEY_RE.match(a.key)), sec, i, "key", f"{a.key!r} is not a key (a-z, 0-9, _; a letter first)")
+    c.need(
+        bool(MD_UUID_RE.match(a.uuid)),
+        sec,
+        i,
+        "uuid",
+        f"{a.uuid!r} is not an MD UUID like 0123abcd:4567ef01:89abcdef:01234567 (lower case)",
+    )
+    c.need(a.metadata in MD_METADATA, sec, i, "metadata", f"metadata {a.metadata!r} is not {', '.join(MD_METADATA)}")
+    if a.metadata == "0.90":
+        c.need(a.name == "", sec, i, "name", "a 0.90 superblock has no name")
+    else:
+        c.need(a.name == "" or bool(_MD_NAME_RE.match(a.name)), sec, i, "name", f"{a.name!r} is not an array name")
+    for m in a.members:
+        c.need(m == MD_MISSING or bool(KEY_RE.match(m)), sec, i, "members", f"{m!r} is not a block device key")
+    least = a.level.min_devices
+    c.need(
+        a.raid_disks >= least,
+        sec,
+        i,
+        "raid_disks",
+        f"{a.level.value} needs {least} raid devices or more, not {a.raid_disks}",
+    )
+    c.need(
+        len(a.members) == a.raid_disks,
+        sec,
+        i,
+        "members",
+        f"{len(a.members)} members listed for {a.raid_disks} raid devices (write 'missing' for an absent one)",
+    )
+    present = len(a.present)
+    runs = a.level.min_present(a.raid_disks)
+    c.need(
+        present >= runs,
+        sec,
+        i,
+        "members",
+        f"{a.level.value} of {a.raid_disks} devices does not run with {present} of them (it needs {runs})",
+    )
+    if a.level.striped:
+        _need_power_of_two(a.chunk_kib, 4, c, sec, i, "chunk_kib", f"chunk {a.chunk_kib} KiB", "KiB")
+    else:
+        c.need(a.chunk_kib == 0, sec, i, "chunk_kib", f"{a.level.value} has no chunk size (0, not {a.chunk_kib})")
+    c.need(a.size_bytes >= 0, sec, i, "size_bytes", f"size {a.size_bytes} is negative")
+    _check_path(a.device, c, sec, i, "device")
+    c.need(a.device == "" or _is_abs_path(a.device), sec, i, "device", f"{a.device!r} is not a device path")
+
+
+def _check_luks(lk: LuksDevice, i: int, c: _Checker) -> None:
+    sec = "LUKS"
+    c.need(bool(KEY_RE.match(lk.key)), sec, i, "key", f"{lk.key!r} is not a key (a-z, 0-9, _; a letter first)")
+    c.need(bool(KEY_RE.match(lk.device)), sec, i, "device", f"{lk.device!r} is not a block device key")
+    c.need(bool(UUID_RE.match(lk.uuid)), sec, i, "uuid", f"{lk.uuid!r} is not a UUID (lower case)")
+    c.need(lk.version in LUKS_VERSIONS, sec, i, "version", f"LUKS version {lk.version} is not 1 or 2")
+    c.need(
+        bool(_DM_NAME_RE.match(lk.name)) and lk.name not in (".", ".."),
+        sec,
+        i,
+        "name",
+        f"{lk.name!r} is not a device-mapper name (A-Z a-z 0-9 # + - . : = @ _, 1-127 characters)",
+    )
+    _check_set_file(lk.header_file, c, sec, i, "header_file")
+
+
+def _check_set_file(name: str, c: _Checker, sec: str, i: int, field: str) -> None:
+    """A file of the backup set named by a record ("" = none)."""
+    c.need(name == "" or _is_file_name(name), sec, i, field, f"{name!r} is not a file name")
+
+
+def _check_pv(pv: LvmPv, i: int, c: _Checker) -> None:
+    sec = "LVM_PV"
+    c.need(bool(KEY_RE.match(pv.device)), sec, i, "device", f"{pv.device!r} is not a block device key")
+    c.need(bool(LVM_UUID_RE.match(pv.uuid)), sec, i, "uuid", f"{pv.uuid!r} is not an LVM UUID like {_LVM_UUID_EG}")
+    problem = _lvm_name_problem(pv.vg, "volume group")
+    c.need(not problem, sec, i, "vg", problem)
+
+
+_LVM_UUID_EG = "pV3x9a-Lk2m-0Qw1-Zx7c-Vb4n-Mm5q-a1B2c3"
+
+
+def _check_vg(vg: LvmVg, i: int, c: _Checker) -> None:
+    sec = "LVM_VG"
+    problem = _lvm_name_problem(vg.name, "volume group")
+    c.need(not problem, sec, i, "name", problem)
+    c.need(bool(LVM_UUID_RE.match(vg.uuid)), sec, i, "uuid", f"{vg.uuid!r} is not an LVM UUID like {_LVM_UUID_EG}")
+    e = vg.extent_size
+    c.need(
+        e >= 512 and e % 512 == 0 and (_power_of_two(e) or e % (128 << 10) == 0),
+        sec,
+        i,
+        "extent_size",
+        f"extent size {e} is not a power of two of 512 bytes or more, nor a multiple of 128 KiB",
+    )
+    _check_set_file(vg.metadata_file, c, sec, i, "metadata_file")
+
+
+def _check_lv(lv: LvmLv, i: int, c: _Checker) -> None:
+    sec = "LVM_LV"
+    c.need(bool(KEY_RE.match(lv.key)), sec, i, "key", f"{lv.key!r} is not a key (a-z, 0-9, _; a letter first)")
+    problem = _lvm_name_problem(lv.vg, "volume group")
+    c.need(not problem, sec, i, "vg", problem)
+    problem = _lvm_name_problem(lv.name, "logical volume")
+    c.need(not problem, sec, i, "name", problem)
+    reserved = next((r for r in _LVM_RESERVED if r in lv.name), None)
+    c.need(reserved is None, sec, i, "name", f"{lv.name!r} holds {reserved!r}, which LVM keeps for itself")
+    c.need(
+        not lv.name.startswith(("snapshot", "pvmove")),
+        sec,
+        i,
+        "name",
+        f"{lv.name!r} starts with a prefix LVM keeps for itself (snapshot, pvmove)",
+    )
+    c.need(bool(LVM_UUID_RE.match(lv.uuid)), sec, i, "uuid", f"{lv.uuid!r} is not an LVM UUID like {_LVM_UUID_EG}")
+    c.need(lv.size > 0, sec, i, "size", f"size {lv.size} must be more than 0")
+    if lv.segtype is LvType.STRIPED:
+        c.need(lv.stripes >= 2, sec, i, "stripes", f"a striped volume has 2 stripes or more, not {lv.stripes}")
+        _need_power_of_two(lv.stripe_size, 4096, c, sec, i, "stripe_size", f"stripe size {lv.stripe_size}", "bytes")
+    else:
+        c.need(lv.stripes == 1, sec, i, "stripes", f"a {lv.segtype.value} volume has 1 stripe, not {lv.stripes}")
+        c.need(lv.stripe_size == 0, sec, i, "stripe_size", f"a {lv.segtype.value} volume has no stripe size")
+    if lv.segtype is LvType.THIN:
+        problem = _lvm_name_problem(lv.pool, "thin pool")
+        c.need(not problem, sec, i, "pool", problem)
+    else:
+        c.need(lv.pool == "", sec, i, "pool", f"a {lv.segtype.value} volume has no pool (thin volumes have)")
+
+
 def _check_subvolume(sv: Subvolume, i: int, c: _Checker) -> None:
     sec = "SUBVOLUMES"
     c.need(bool(KEY_RE.match(sv.filesystem)), sec, i, "filesystem", f"{sv.filesystem!r} is not a filesystem key")
@@ -615,29 +814,25 @@ def _check_references(d: Descriptor, c: _Checker) -> None:
     for disk in d.disks:
         _check_geometry(disk, [(i, p) for i, p in parts.values() if p.disk == disk.key], c)
 
+    graph = _Graph(d, disks, parts, c)
+    graph.check()
+
     filesystems: dict[str, tuple[int, Filesystem]] = {}
-    on_partition: dict[str, str] = {}
     fs_uuids: dict[str, str] = {}
     for i, f in enumerate(d.filesystems, start=1):
         c.need(f.key not in filesystems, "FILESYSTEMS", i, "key", f"duplicate filesystem key {f.key!r}")
-        c.need(f.partition in parts, "FILESYSTEMS", i, "partition", f"partition {f.partition!r} is not in [PARTITIONS]")
-        _, p = parts[f.partition]
         c.need(
-            not is_extended(p, disks[p.disk]), "FILESYSTEMS", i, "partition", f"{f.partition} is an extended partition"
-        )
-        c.need(p.type != GPT_BIOS_BOOT, "FILESYSTEMS", i, "partition", f"{f.partition} is a BIOS boot partition")
-        c.need(
-            f.partition not in on_partition,
+            f.partition in parts or d.version >= GRAPH_FORMAT,
             "FILESYSTEMS",
             i,
             "partition",
-            f"{f.partition} already holds {on_partition.get(f.partition)}",
+            f"partition {f.partition!r} is not in [PARTITIONS]",
         )
+        graph.use(f.partition, "FILESYSTEMS", i, "partition", f.key)
         if f.uuid:
             c.need(f.uuid not in fs_uuids, "FILESYSTEMS", i, "uuid", f"UUID {f.uuid} is also {fs_uuids.get(f.uuid)}'s")
             fs_uuids[f.uuid] = f.key
         filesystems[f.key] = (i, f)
-        on_partition[f.partition] = f.key
 
     mountpoints: dict[str, int] = {}
     for i, m in enumerate(d.mounts, start=1):
@@ -661,25 +856,34 @@ def _check_references(d: Descriptor, c: _Checker) -> None:
                 f"{m.mountpoint} is also mount record {mountpoints.get(m.mountpoint)}",
             )
             mountpoints[m.mountpoint] = i
-        _, p = parts[f.partition]
         if m.spec is FstabSpec.UUID:
             c.need(bool(f.uuid), "MOUNTS", i, "spec", f"fstab names it by UUID but {f.key} has no UUID")
         elif m.spec is FstabSpec.LABEL:
             c.need(bool(f.label), "MOUNTS", i, "spec", f"fstab names it by LABEL but {f.key} has no label")
-        elif m.spec is FstabSpec.PARTUUID:
-            c.need(bool(p.partuuid), "MOUNTS", i, "spec", f"fstab names it by PARTUUID but {p.key} has no PARTUUID")
-        elif m.spec is FstabSpec.PARTLABEL:
-            c.need(bool(p.name), "MOUNTS", i, "spec", f"fstab names it by PARTLABEL but {p.key} has no name")
+        elif m.spec in (FstabSpec.PARTUUID, FstabSpec.PARTLABEL):
+            what = m.spec.value.upper()
+            c.need(
+                f.partition in parts,
+                "MOUNTS",
+                i,
+                "spec",
+                f"fstab names it by {what} but {f.partition} is not a partition",
+            )
+            _, p = parts[f.partition]
+            if m.spec is FstabSpec.PARTUUID:
+                c.need(bool(p.partuuid), "MOUNTS", i, "spec", f"fstab names it by PARTUUID but {p.key} has no PARTUUID")
+            else:
+                c.need(bool(p.name), "MOUNTS", i, "spec", f"fstab names it by PARTLABEL but {p.key} has no name")
     c.need("/" in mountpoints, "MOUNTS", None, None, "no mount of '/' (the root filesystem)")
     root_fs = filesystems[d.mounts[mountpoints["/"] - 1].filesystem][1]
-    root_disk = parts[root_fs.partition][1].disk
-    c.need(
-        disks[root_disk].critical,
-        "DISKS",
-        list(disks).index(root_disk) + 1,
-        "critical",
-        f"{root_disk} holds '/' and must be critical",
-    )
+    for root_disk in d.disks_under(root_fs.partition):
+        c.need(
+            disks[root_disk].critical,
+            "DISKS",
+            list(disks).index(root_disk) + 1,
+            "critical",
+            f"{root_disk} holds '/' and must be critical",
+        )
 
     _check_subvolume_references(d, filesystems, c)
     _check_bootloader(d, disks, parts, filesystems, mountpoints, c)
@@ -689,6 +893,175 @@ def _check_references(d: Descriptor, c: _Checker) -> None:
     for i, cmd in enumerate(d.commands, start=1):
         c.need(cmd.order not in orders, "COMMANDS", i, "order", f"order {cmd.order} is used twice")
         orders.add(cmd.order)
+
+
+class _Graph:
+    """Pass 2 of the storage graph (format 3): every reference resolves, keys are apart, each block device holds
+    one thing (a filesystem, an array membership, a LUKS container or an LVM PV), logical volumes fit their group,
+    and no device sits on itself."""
+
+    def __init__(
+        self, d: Descriptor, disks: Mapping[str, Disk], parts: Mapping[str, tuple[int, Partition]], c: _Checker
+    ) -> None:
+        self.d, self.c, self.disks = d, c, disks
+        self.devices: dict[str, BlockDevice] = {**disks, **{k: p for k, (_, p) in parts.items()}}
+        self.used: dict[str, str] = {}  # block device key -> what it holds
+
+    def use(self, key: str, sec: str, i: int, field: str, holder: str) -> None:
+        """``holder`` (in record ``i`` of ``sec``) sits on block device ``key``."""
+        c = self.c
+        c.need(
+            key in self.devices,
+            sec,
+            i,
+            field,
+            f"{key!r} is not a block device: not in [PARTITIONS], [DISKS], [MD], [LUKS] or [LVM_LV]",
+        )
+        dev = self.devices[key]
+        if isinstance(dev, Partition):
+            c.need(not is_extended(dev, self.disks[dev.disk]), sec, i, field, f"{key} is an extended partition")
+            c.need(dev.type != GPT_BIOS_BOOT, sec, i, field, f"{key} is a BIOS boot partition")
+        elif isinstance(dev, Disk):
+            has = next((p.key for p in self.d.partitions if p.disk == key), None)
+            c.need(has is None, sec, i, field, f"{key} has partitions ({has}...): it cannot be used whole")
+        elif isinstance(dev, LvmLv):
+            c.need(
+                dev.segtype is not LvType.THIN_POOL,
+                sec,
+                i,
+                field,
+                f"{key} ({dev.path}) is a thin pool: only thin volumes sit on it",
+            )
+        c.need(key not in self.used, sec, i, field, f"{key} already holds {self.used.get(key)}")
+        self.used[key] = holder
+
+    def check(self) -> None:
+        d, c = self.d, self.c
+        keyed: tuple[tuple[str, tuple[MdArray | LuksDevice | LvmLv, ...]], ...] = (
+            ("MD", d.md_arrays),
+            ("LUKS", d.luks),
+            ("LVM_LV", d.lvm_lvs),
+        )
+        for sec, records in keyed:
+            for i, r in enumerate(records, start=1):
+                other = self.devices.get(r.key)
+                c.need(
+                    other is None,
+                    sec,
+                    i,
+                    "key",
+                    f"key {r.key} is also the {describe_block_device(other) if other else ''}'s",
+                )
+                self.devices[r.key] = r
+        if d.md_arrays and MD_MISSING in self.devices:
+            # an array's "missing" slot would be read as that device
+            where = [(sec, i) for sec, records in keyed for i, r in enumerate(records, start=1) if r.key == MD_MISSING]
+            sec, i = where[0] if where else ("DISKS", [k.key for k in d.disks].index(MD_MISSING) + 1)
+            c.fail(sec, i, "key", f"{MD_MISSING!r} marks an absent slot of an MD array: it is no key")
+        uuids: dict[str, str] = {}
+
+        def unique_uuid(uuid: str, sec: str, i: int, who: str) -> None:
+            c.need(uuid not in uuids, sec, i, "uuid", f"UUID {uuid} is also {uuids.get(uuid)}'s")
+            uuids[uuid] = who
+
+        dm_names: dict[str, str] = {}
+        for i, a in enumerate(d.md_arrays, start=1):
+            unique_uuid(a.uuid, "MD", i, a.key)
+            for m in a.present:
+                self.use(m, "MD", i, "members", f"a member of {a.key}")
+        for i, lk in enumerate(d.luks, start=1):
+            unique_uuid(lk.uuid, "LUKS", i, lk.key)
+            c.need(lk.name not in dm_names, "LUKS", i, "name", f"dm name {lk.name} is also {dm_names.get(lk.name)}'s")
+            dm_names[lk.name] = lk.key
+            self.use(lk.device, "LUKS", i, "device", lk.key)
+        vgs: dict[str, tuple[int, LvmVg]] = {}
+        for i, vg in enumerate(d.lvm_vgs, start=1):
+            c.need(vg.name not in vgs, "LVM_VG", i, "name", f"volume group {vg.name} is listed twice")
+            unique_uuid(vg.uuid, "LVM_VG", i, f"volume group {vg.name}")
+            vgs[vg.name] = (i, vg)
+        with_pv: set[str] = set()
+        for i, pv in enumerate(d.lvm_pvs, start=1):
+            c.need(pv.vg in vgs, "LVM_PV", i, "vg", f"volume group {pv.vg!r} is not in [LVM_VG]")
+            unique_uuid(pv.uuid, "LVM_PV", i, f"the PV on {pv.device}")
+            self.use(pv.device, "LVM_PV", i, "device", f"a physical volume of {pv.vg}")
+            with_pv.add(pv.vg)
+        for name, (i, _) in vgs.items():
+            c.need(name in with_pv, "LVM_VG", i, "name", f"volume group {name} has no physical volume in [LVM_PV]")
+        self._check_lvs(vgs, unique_uuid)
+        self._check_cycles()
+        self._check_set_files()
+
+    def _check_lvs(self, vgs: Mapping[str, tuple[int, LvmVg]], unique_uuid: typing.Callable[..., None]) -> None:
+        c = self.c
+        names: dict[tuple[str, str], LvmLv] = {}
+        for i, lv in enumerate(self.d.lvm_lvs, start=1):
+            c.need(lv.vg in vgs, "LVM_LV", i, "vg", f"volume group {lv.vg!r} is not in [LVM_VG]")
+            c.need((lv.vg, lv.name) not in names, "LVM_LV", i, "name", f"{lv.path} is listed twice")
+            unique_uuid(lv.uuid, "LVM_LV", i, lv.key)
+            names[(lv.vg, lv.name)] = lv
+            extent = vgs[lv.vg][1].extent_size
+            c.need(
+                lv.size % extent == 0,
+                "LVM_LV",
+                i,
+                "size",
+                f"size {lv.size} is not a whole number of {lv.vg}'s {extent}-byte extents",
+            )
+        for i, lv in enumerate(self.d.lvm_lvs, start=1):
+            if lv.segtype is not LvType.THIN:
+                continue
+            pool = names.get((lv.vg, lv.pool))
+            c.need(pool is not None, "LVM_LV", i, "pool", f"thin pool {lv.vg}/{lv.pool} is not in [LVM_LV]")
+            assert pool is not None
+            c.need(
+                pool.segtype is LvType.THIN_POOL,
+                "LVM_LV",
+                i,
+                "pool",
+                f"{pool.path} ({pool.key}) is {pool.segtype.value}, not a thin pool",
+            )
+
+    def _check_cycles(self) -> None:
+        """No block device sits on itself (through any path down the graph)."""
+        d, c = self.d, self.c
+        where = {
+            **{a.key: ("MD", i, "members") for i, a in enumerate(d.md_arrays, start=1)},
+            **{lk.key: ("LUKS", i, "device") for i, lk in enumerate(d.luks, start=1)},
+            **{lv.key: ("LVM_LV", i, "pool" if lv.pool else "vg") for i, lv in enumerate(d.lvm_lvs, start=1)},
+        }
+        done: set[str] = set()
+
+        def walk(key: str, path: list[str]) -> None:
+            if key in done:
+                return
+            if key in path:
+                loop = [*path[path.index(key) :], key]
+                sec, i, field = where[key]
+                c.fail(sec, i, field, f"{key} sits on itself: {' -> '.join(loop)}")
+            for parent in d.parents_of(key):
+                walk(parent, [*path, key])
+            done.add(key)
+
+        for key in where:
+            walk(key, [])
+
+    def _check_set_files(self) -> None:
+        """LUKS header backups and VG metadata backups are files of the backup set, each named once."""
+        d, c = self.d, self.c
+        taken: dict[str, str] = {}
+        if d.backup is not None:
+            taken = {a.file: f"the archive of {a.filesystem}" for a in d.backup.archives}
+            taken[d.backup.manifest] = "the manifest"
+        for sec, field, records in (
+            ("LUKS", "header_file", [(lk.header_file, lk.key) for lk in d.luks]),
+            ("LVM_VG", "metadata_file", [(vg.metadata_file, f"volume group {vg.name}") for vg in d.lvm_vgs]),
+        ):
+            for i, (name, who) in enumerate(records, start=1):
+                if not name:
+                    continue
+                c.need(d.backup is not None, sec, i, field, f"{name} names a file of the backup set, but there is none")
+                c.need(name not in taken, sec, i, field, f"file {name} is also {taken.get(name)}")
+                taken[name] = f"the {field.replace('_', ' ')} of {who}"
 
 
 def _check_geometry(disk: Disk, parts: list[tuple[int, Partition]], c: _Checker) -> None:
@@ -780,6 +1153,13 @@ def _check_bootloader(
             None,
             "esp_mountpoint",
             f"the ESP {b.esp_mountpoint} is {f.type.value} ({f.key}), not vfat",
+        )
+        c.need(
+            f.partition in parts,
+            sec,
+            None,
+            "esp_mountpoint",
+            f"the ESP {b.esp_mountpoint} is on {f.partition}, not on a partition (the firmware reads partitions)",
         )
         _, p = parts[f.partition]
         c.need(

@@ -26,6 +26,7 @@ from recovery_env.model.descriptor import (
     GPT_TYPES,
     MBR_EXTENDED,
     MBR_TYPES,
+    BlockKind,
     BootloaderKind,
     Descriptor,
     Disk,
@@ -38,6 +39,7 @@ from recovery_env.model.descriptor import (
     Partition,
     Subvolume,
     TableType,
+    describe_block_device,
 )
 from recovery_env.model.manifest import DECOMPRESSORS, TAR_EXTRACT_OPTIONS
 from recovery_env.probe.disks import TargetDisk, partition_device
@@ -773,6 +775,33 @@ def plan_bootloader(
     return tuple(steps), tuple(chroot_mounts)
 
 
+_NOT_YET = {
+    BlockKind.DISK: "restoring a filesystem or volume on a whole disk is not implemented yet",
+    BlockKind.MD: "restoring MD RAID is not implemented yet",
+    BlockKind.LUKS: "restoring LUKS is not implemented yet",
+    BlockKind.LV: "restoring LVM is not implemented yet",
+}
+
+
+def unsupported_device(descriptor: Descriptor) -> str:
+    """Why the restore cannot lay out this descriptor's storage graph (format 3), naming its first device that is
+    more than a partition: the device of the first filesystem not on a partition, else the first MD array, LUKS
+    device, logical volume or physical volume.  "" when every filesystem sits on a partition and there is no
+    graph."""
+    if not descriptor.has_graph:
+        return ""
+    keys = [f.device for f in descriptor.filesystems if descriptor.block_kind(f.device) is not BlockKind.PARTITION]
+    keys += [a.key for a in descriptor.md_arrays] + [lk.key for lk in descriptor.luks]
+    keys += [lv.key for lv in descriptor.lvm_lvs]
+    if keys:
+        dev = descriptor.block_device(keys[0])
+        return f"{describe_block_device(dev)}: {_NOT_YET[descriptor.block_kind(keys[0])]}"
+    pv = descriptor.lvm_pvs[0] if descriptor.lvm_pvs else None
+    if pv is not None:
+        return f"LVM physical volume on {pv.device} (volume group {pv.vg}): {_NOT_YET[BlockKind.LV]}"
+    return f"volume group {descriptor.lvm_vgs[0].name}: {_NOT_YET[BlockKind.LV]}"
+
+
 def plan_restore(
     descriptor: Descriptor,
     mapping: Mapping[str, TargetDisk],
@@ -785,7 +814,12 @@ def plan_restore(
 ) -> RestorePlan:
     """The whole restore as data.  ``mapping`` comes from :func:`match_disks` (complete).  ``rehearsal_check``:
     the files of the rehearsal check (:mod:`recovery_env.restore.rehearsal`), given only for a rehearsal.
-    ``new_ids``: a restore with ids of its own (:mod:`recovery_env.restore.newids`) in place of the captured."""
+    ``new_ids``: a restore with ids of its own (:mod:`recovery_env.restore.newids`) in place of the captured.
+    A descriptor whose storage is more than partitions (MD, LUKS, LVM: format 3) is a PlanError naming its first
+    such device (:func:`unsupported_device`): restoring those is not implemented yet."""
+    unsupported = unsupported_device(descriptor)
+    if unsupported:
+        raise PlanError(unsupported)
     if new_ids is not None:
         descriptor = apply_new_ids(descriptor, new_ids)
     root = os.path.normpath(target_root)

@@ -653,8 +653,8 @@ def rehearse(
             rescue = read_rescue_verdict(rescue_serial)
             if not cause and not rescue.ok:
                 cause = rescue.cause
-            ids = parse_new_id_lines(rescue_serial)
             if new_ids and not cause:
+                ids = parse_new_id_lines(rescue_serial)
                 same = [c for c in ids.changes if c.old.lower() == c.new.lower()]
                 if not ids.changes or same:
                     cause = ("the restore logged no new ids" if not ids.changes else

@@ -574,15 +574,17 @@ class Descriptor:
         raise KeyError("/")
 
 
+_BLOCK_KINDS: dict[type, BlockKind] = {
+    Disk: BlockKind.DISK,
+    Partition: BlockKind.PARTITION,
+    MdArray: BlockKind.MD,
+    LuksDevice: BlockKind.LUKS,
+    LvmLv: BlockKind.LV,
+}
+
+
 def _block_kind(dev: BlockDevice) -> BlockKind:
-    kinds: dict[type, BlockKind] = {
-        Disk: BlockKind.DISK,
-        Partition: BlockKind.PARTITION,
-        MdArray: BlockKind.MD,
-        LuksDevice: BlockKind.LUKS,
-        LvmLv: BlockKind.LV,
-    }
-    return kinds[type(dev)]
+    return _BLOCK_KINDS[type(dev)]
 
 
 def describe_block_device(dev: BlockDevice) -> str:
